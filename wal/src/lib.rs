@@ -1,1 +1,685 @@
-//! placeholder
+//! `writebehind-wal` owns writebehind's write-ahead log: segment files, record framing and
+//! checksums, group commit, durability modes, the recovery scan, truncation and checkpoint
+//! files. It knows nothing of keys, values or SQL: records are `(lsn, kind, payload)`.
+//!
+//! ```
+//! # fn main() -> writebehind_wal::Result<()> {
+//! # let tmp = tempfile::tempdir().map_err(|e| writebehind_wal::Error::Config { reason: e.to_string() })?;
+//! use writebehind_wal::{Durability, WalBuilder};
+//! let (wal, recovery) = WalBuilder::new(tmp.path()).durability(Durability::Fsync).open()?;
+//! assert_eq!(recovery.next_lsn, 1);
+//! let lsn = wal.append(1, b"hello")?.wait()?; // durable once this returns
+//! let records: Vec<_> = wal.replay(1)?.collect::<Result<_, _>>()?;
+//! assert_eq!((records[0].lsn, records[0].payload.as_slice()), (lsn, &b"hello"[..]));
+//! wal.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! On-disk formats: see the `frame` and `checkpoint` module docs. Torn tail versus corruption:
+//! see [`reader`].
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+pub mod checkpoint;
+pub mod codec;
+mod committer;
+mod error;
+mod frame;
+pub mod io;
+pub mod reader;
+mod recovery;
+mod ticket;
+
+pub use checkpoint::Checkpoint;
+pub use error::{Error, Result};
+pub use frame::{FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
+pub use io::{Io, StdIo};
+pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
+pub use ticket::Append;
+
+use committer::{Committer, Msg};
+use frame::PendingFrame;
+use io::write_all;
+use reader::{Event, ScanState};
+use ticket::Progress;
+
+/// Log sequence number. The first record ever gets 1; 0 means "nothing".
+pub type Lsn = u64;
+
+/// Smallest accepted segment size.
+pub const MIN_SEGMENT_SIZE: u64 = 128;
+/// Default segment size (64 MiB).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default capacity of the hand-off queue, in records.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+
+pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
+
+/// When an append's ticket resolves, and so what a crash can lose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The ticket resolves after the record is fdatasynced. Loss window: none — a resolved
+    /// ticket survives power loss. Concurrent appends share one fdatasync (group commit).
+    Fsync,
+    /// The ticket resolves once the record is written to the OS; the committer fdatasyncs at
+    /// most `interval` after the write. Loss window: a process crash loses nothing resolved;
+    /// a power loss or kernel crash loses at most the last `interval` of resolved records.
+    Buffered {
+        /// Longest time a written record stays unsynced.
+        interval: Duration,
+    },
+    /// The ticket resolves once the record is written to the OS; the log fsyncs only when a
+    /// segment rotates, on `sync`/`close`, or for a `Fsync` append. Loss window: a process
+    /// crash loses nothing resolved; a power loss may lose anything not yet synced.
+    None,
+}
+
+/// A record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// The caller's record type.
+    pub kind: u8,
+    /// The caller's bytes.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SegMeta {
+    pub(crate) first: Lsn,
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
+}
+
+/// Segment and checkpoint files currently on disk, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    pub(crate) segs: Vec<SegMeta>,
+    pub(crate) ckpts: Vec<(Lsn, PathBuf, u64)>,
+}
+
+pub(crate) fn segment_name(first: Lsn) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
+/// `<20 digits><suffix>` → the LSN.
+pub(crate) fn parse_lsn_name(name: &str, suffix: &str) -> Option<Lsn> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Configures and opens a [`Wal`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct WalBuilder {
+    dir: PathBuf,
+    segment_size: u64,
+    durability: Durability,
+    queue_capacity: usize,
+    max_delay: Option<Duration>,
+    salvage: bool,
+    io: Arc<dyn Io>,
+}
+
+impl WalBuilder {
+    /// A builder for the log in `dir` (created by `open` if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalBuilder {
+            dir: dir.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            durability: Durability::Fsync,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_delay: None,
+            salvage: false,
+            io: Arc::new(StdIo),
+        }
+    }
+
+    /// Rotate to a new segment once the active one would exceed this size. Default 64 MiB;
+    /// at least [`MIN_SEGMENT_SIZE`]. A record larger than a segment gets a segment of its own.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Durability of [`Wal::append`]. Default [`Durability::Fsync`].
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Capacity of the bounded queue between appenders and the committer, in records;
+    /// `append` blocks while it is full. Default 8192; at least 1.
+    pub fn queue_capacity(mut self, records: usize) -> Self {
+        self.queue_capacity = records;
+        self
+    }
+
+    /// Let the committer wait up to this long after the first record of a group for more
+    /// records (bigger groups, more latency). Default `None`: no artificial delay.
+    pub fn max_delay(mut self, d: Option<Duration>) -> Self {
+        self.max_delay = d;
+        self
+    }
+
+    /// Salvage mode: at open and in replay, skip damaged ranges before the tail instead of
+    /// failing, and report them in [`Recovery::skipped`]. Default `false`.
+    pub fn salvage(mut self, on: bool) -> Self {
+        self.salvage = on;
+        self
+    }
+
+    /// The file system to use. Default [`StdIo`] (real files).
+    pub fn io(mut self, io: Arc<dyn Io>) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Opens (creating if needed) the log: recovers, fsyncs the active segment, starts the
+    /// committer thread.
+    pub fn open(self) -> Result<(Wal, Recovery)> {
+        if self.segment_size < MIN_SEGMENT_SIZE {
+            return Err(Error::Config {
+                reason: format!("segment_size {} is below the minimum {MIN_SEGMENT_SIZE}", self.segment_size),
+            });
+        }
+        if self.queue_capacity == 0 {
+            return Err(Error::Config {
+                reason: "queue_capacity must be at least 1".into(),
+            });
+        }
+        let io = self.io.clone();
+        let dir = self.dir.clone();
+        io.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+        let rec = recovery::recover(io.as_ref(), &dir, self.salvage)?;
+        let mut files = rec.files;
+        let report = rec.report;
+        let next_lsn = report.next_lsn;
+
+        let (mut file, seg_path, seg_len) = match rec.active {
+            Some((path, _, len, next)) if next == next_lsn => {
+                let f = io.open_append(&path).map_err(|e| Error::io("open", &path, e))?;
+                (f, path, len)
+            }
+            _ => {
+                let path = dir.join(segment_name(next_lsn));
+                let mut f = io.create(&path).map_err(|e| Error::io("create", &path, e))?;
+                write_all(f.as_mut(), &frame::encode_segment_header(next_lsn))
+                    .map_err(|e| Error::io("write", &path, e))?;
+                f.sync_data().map_err(|e| Error::io("fsync", &path, e))?;
+                io.sync_dir(&dir).map_err(|e| Error::io("fsync dir", &dir, e))?;
+                let len = SEGMENT_HEADER_LEN as u64;
+                files.segs.push(SegMeta {
+                    first: next_lsn,
+                    path: path.clone(),
+                    len,
+                });
+                (f, path, len)
+            }
+        };
+        // What the previous process wrote may still sit in the page cache only.
+        file.sync_data().map_err(|e| Error::io("fsync", &seg_path, e))?;
+
+        if let Some(t) = &report.torn_tail {
+            tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes_cut = t.bytes_cut,
+                saved_to = %t.saved_to.display(), reason = %t.reason, "WAL torn tail cut");
+        }
+        for s in &report.skipped {
+            tracing::warn!(segment = %s.segment.display(), offset = s.offset, len = s.len,
+                reason = %s.reason, "WAL salvage skipped damaged range");
+        }
+        tracing::info!(dir = %dir.display(), records = report.records, bytes = report.bytes,
+            first_lsn = ?report.first_lsn, last_lsn = ?report.last_lsn, next_lsn,
+            checkpoint = ?report.checkpoint.as_ref().map(|c| c.lsn), "WAL opened");
+
+        let last = next_lsn - 1;
+        let progress = Arc::new(Progress::new(last));
+        let files = Arc::new(Mutex::new(files));
+        let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let committer = Committer {
+            io: io.clone(),
+            dir: dir.clone(),
+            rx,
+            progress: progress.clone(),
+            files: files.clone(),
+            segment_size: self.segment_size,
+            max_delay: self.max_delay,
+            file,
+            seg_path,
+            seg_len,
+            written: last,
+            durable: last,
+            buf: Vec::with_capacity(64 << 10),
+            buf_first: 0,
+            buf_last: 0,
+            sync_deadline: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("wal-committer".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::io("spawn committer", &dir, e))?;
+        let wal = Wal {
+            dir,
+            io,
+            salvage: self.salvage,
+            durability: self.durability,
+            append: Mutex::new(AppendState {
+                next_lsn,
+                tx: Some(tx),
+            }),
+            last_assigned: AtomicU64::new(last),
+            progress,
+            files,
+            committer: Mutex::new(Some(handle)),
+            ckpt_lock: Mutex::new(()),
+        };
+        Ok((wal, report))
+    }
+}
+
+#[derive(Debug)]
+struct AppendState {
+    next_lsn: Lsn,
+    tx: Option<Sender<Msg>>,
+}
+
+/// An open write-ahead log. `Send + Sync`: share it with `Arc<Wal>`.
+///
+/// Dropping it stops the committer after it wrote what was queued, without an extra fsync;
+/// call [`Wal::close`] to make everything durable and see any error.
+pub struct Wal {
+    dir: PathBuf,
+    io: Arc<dyn Io>,
+    salvage: bool,
+    durability: Durability,
+    append: Mutex<AppendState>,
+    last_assigned: AtomicU64,
+    progress: Arc<Progress>,
+    files: Arc<Mutex<Files>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    ckpt_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("last_lsn", &self.last_lsn())
+            .field("durable_lsn", &self.durable_lsn())
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Appends with the log's default durability. See [`Wal::append_with`].
+    pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Append> {
+        self.append_with(kind, payload, self.durability)
+    }
+
+    /// Assigns the next LSN and enqueues the record (blocking only while the bounded queue is
+    /// full). LSNs are assigned in call order; when this returns `Ok`, `ticket.lsn()` is
+    /// assigned. The ticket resolves when the record is durable per `durability`.
+    /// Fails without writing anything on an oversized payload, a poisoned or a closed log.
+    pub fn append_with(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<Append> {
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(Error::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        if self.progress.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        // The payload checksum is computed here, outside the lock.
+        let mut frame = PendingFrame::new(kind, payload);
+        let mut st = self.append.lock();
+        let lsn = st.next_lsn;
+        let Some(tx) = st.tx.as_ref() else {
+            return Err(Error::Closed);
+        };
+        frame.seal(lsn);
+        let msg = Msg::Record {
+            lsn,
+            frame: frame.buf,
+            mode: durability,
+        };
+        if tx.send(msg).is_err() {
+            return Err(self.stopped_error());
+        }
+        st.next_lsn = lsn + 1;
+        self.last_assigned.store(lsn, Ordering::SeqCst);
+        drop(st);
+        Ok(Append {
+            lsn,
+            need_durable: durability == Durability::Fsync,
+            progress: self.progress.clone(),
+        })
+    }
+
+    fn stopped_error(&self) -> Error {
+        if self.progress.is_poisoned() {
+            Error::Poisoned
+        } else {
+            Error::Closed
+        }
+    }
+
+    /// Reads the on-disk log: every record with LSN `>= from`, in LSN order, as written
+    /// when this is called (records still queued are not included). A damaged range yields
+    /// [`Error::Corrupt`] and ends the iteration (salvage mode skips it instead).
+    pub fn replay(&self, from: Lsn) -> Result<Replay> {
+        let segs = self.files.lock().segs.clone();
+        // Skip segments that end before `from`: segment i ends where segment i+1 starts.
+        let start = segs.iter().rposition(|s| s.first <= from).unwrap_or(0);
+        Ok(Replay {
+            io: self.io.clone(),
+            segs: segs.into_iter().skip(start).collect(),
+            from,
+            salvage: self.salvage,
+            cur: None,
+            done: false,
+        })
+    }
+
+    /// The last LSN assigned (0 if none).
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_assigned.load(Ordering::SeqCst)
+    }
+
+    /// The last LSN known fdatasynced.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.progress.durable()
+    }
+
+    /// Makes everything appended so far durable; returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        if self.progress.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let target = self.last_lsn();
+        if self.progress.durable() >= target {
+            return Ok(self.progress.durable());
+        }
+        {
+            let st = self.append.lock();
+            let Some(tx) = st.tx.as_ref() else {
+                return Err(Error::Closed);
+            };
+            if tx.send(Msg::Sync).is_err() {
+                return Err(self.stopped_error());
+            }
+        }
+        self.progress.wait(target, true)?;
+        Ok(self.progress.durable())
+    }
+
+    /// Deletes, durably, every segment whose records all have LSN `< lsn` (never the active
+    /// segment). Returns the bytes freed.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
+        let mut files = self.files.lock();
+        let mut freed = 0;
+        let mut removed = 0;
+        let mut result = Ok(());
+        while removed + 1 < files.segs.len() && files.segs[removed + 1].first <= lsn {
+            let s = &files.segs[removed];
+            if let Err(e) = self.io.remove(&s.path) {
+                result = Err(Error::io("remove", &s.path, e));
+                break;
+            }
+            freed += s.len;
+            removed += 1;
+        }
+        files.segs.drain(..removed);
+        drop(files);
+        if removed > 0 {
+            self.sync_dir()?;
+            tracing::debug!(segments = removed, freed, before = lsn, "WAL truncated");
+        }
+        result.map(|()| freed)
+    }
+
+    /// A directory fsync failure poisons the log: the state of its entries is unknown.
+    fn sync_dir(&self) -> Result<()> {
+        self.io.sync_dir(&self.dir).map_err(|e| {
+            self.progress.poison("fsync dir", self.dir.clone(), &e, (0, 0));
+            Error::io("fsync dir", &self.dir, e)
+        })
+    }
+
+    /// Stores `data` as the checkpoint for `lsn` atomically (temp file, fsync, rename,
+    /// directory fsync), then removes older checkpoints. A crash at any point leaves the
+    /// previous checkpoint or the new one loadable.
+    pub fn write_checkpoint(&self, lsn: Lsn, data: &[u8]) -> Result<()> {
+        let last = self.last_lsn();
+        if lsn > last {
+            return Err(Error::CheckpointAhead { lsn, last });
+        }
+        let _guard = self.ckpt_lock.lock();
+        let newest = self.files.lock().ckpts.iter().map(|c| c.0).max();
+        if let Some(newest) = newest.filter(|n| *n > lsn) {
+            return Err(Error::CheckpointBehind { lsn, newest });
+        }
+        let name = checkpoint::file_name(lsn);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let path = self.dir.join(&name);
+        let bytes = checkpoint::encode(lsn, data);
+        let written = (|| {
+            let mut f = self.io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            write_all(f.as_mut(), &bytes).map_err(|e| Error::io("write", &tmp, e))?;
+            // Not retried: on failure this temp file is abandoned.
+            f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))
+        })();
+        if let Err(e) = written {
+            let _ = self.io.remove(&tmp);
+            return Err(e);
+        }
+        self.io.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        self.sync_dir()?;
+        let mut files = self.files.lock();
+        let mut stale = Vec::new();
+        files.ckpts.retain(|c| {
+            if c.0 < lsn {
+                stale.push(c.1.clone());
+            }
+            c.0 > lsn
+        });
+        files.ckpts.push((lsn, path, bytes.len() as u64));
+        drop(files);
+        if !stale.is_empty() {
+            for p in &stale {
+                self.io.remove(p).map_err(|e| Error::io("remove", p, e))?;
+            }
+            self.sync_dir()?;
+        }
+        tracing::debug!(lsn, bytes = bytes.len(), "WAL checkpoint written");
+        Ok(())
+    }
+
+    /// The newest valid checkpoint. A newer file that is half-written or corrupt is skipped
+    /// (and reported with `tracing::warn`).
+    pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let names = self.io.list(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        let mut ckpts: Vec<(Lsn, &String)> = names
+            .iter()
+            .filter_map(|n| checkpoint::parse_file_name(n).map(|l| (l, n)))
+            .collect();
+        ckpts.sort_unstable();
+        for (lsn, name) in ckpts.into_iter().rev() {
+            let p = self.dir.join(name);
+            let bytes = self.io.read(&p).map_err(|e| Error::io("read", &p, e))?;
+            match checkpoint::decode(&bytes) {
+                Ok(c) if c.lsn == lsn => return Ok(Some(c)),
+                Ok(_) => tracing::warn!(path = %p.display(), "checkpoint LSN does not match its name; ignored"),
+                Err(reason) => tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Bytes of segment and checkpoint files.
+    pub fn disk_usage(&self) -> u64 {
+        let f = self.files.lock();
+        f.segs.iter().map(|s| s.len).sum::<u64>() + f.ckpts.iter().map(|c| c.2).sum::<u64>()
+    }
+
+    /// Number of segment files, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.files.lock().segs.len()
+    }
+
+    /// Whether a failed write or fsync has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.progress.is_poisoned()
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Syncs, stops the committer, and reports any error (including an earlier poisoning).
+    pub fn close(self) -> Result<()> {
+        let synced = self.sync();
+        let stopped = self.shutdown();
+        synced?;
+        stopped?;
+        if self.progress.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let tx = self.append.lock().tx.take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Msg::Shutdown);
+        }
+        let handle = self.committer.lock().take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                self.progress.close();
+                tracing::error!(dir = %self.dir.display(), "WAL committer thread panicked");
+                return Err(Error::Closed);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Iterator over on-disk records from an LSN; see [`Wal::replay`].
+#[derive(Debug)]
+pub struct Replay {
+    io: Arc<dyn Io>,
+    segs: VecDeque<SegMeta>,
+    from: Lsn,
+    salvage: bool,
+    cur: Option<(Vec<u8>, ScanState, PathBuf)>,
+    done: bool,
+}
+
+impl Replay {
+    fn load_next(&mut self) -> Result<bool> {
+        let Some(seg) = self.segs.pop_front() else {
+            return Ok(false);
+        };
+        let mut data = self.io.read(&seg.path).map_err(|e| Error::io("read", &seg.path, e))?;
+        // The active segment may be mid-write past what the committer published.
+        data.truncate(seg.len as usize);
+        match frame::decode_segment_header(&data) {
+            Ok(first) => {
+                self.cur = Some((data, ScanState::new(first), seg.path));
+                Ok(true)
+            }
+            Err(_) if self.salvage => Ok(true),
+            Err(reason) => Err(Error::Corrupt {
+                segment: seg.path,
+                offset: 0,
+                reason: reason.to_owned(),
+            }),
+        }
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            if let Some((buf, st, path)) = &mut self.cur {
+                match st.next_event(buf) {
+                    Some(Event::Record { lsn, kind, payload }) => {
+                        if lsn >= self.from {
+                            return Some(Ok(Record {
+                                lsn,
+                                kind,
+                                payload: payload.to_vec(),
+                            }));
+                        }
+                    }
+                    Some(Event::Damage(_)) if self.salvage => {}
+                    Some(Event::Damage(d)) => {
+                        self.done = true;
+                        return Some(Err(Error::Corrupt {
+                            segment: path.clone(),
+                            offset: d.offset,
+                            reason: d.reason.to_string(),
+                        }));
+                    }
+                    None => self.cur = None,
+                }
+                continue;
+            }
+            match self.load_next() {
+                Ok(true) => {}
+                Ok(false) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn wal_is_send_sync() {
+        assert_send_sync::<Wal>();
+        assert_send_sync::<Append>();
+    }
+
+    #[test]
+    fn names_roundtrip() {
+        assert_eq!(segment_name(12), "00000000000000000012.wal");
+        assert_eq!(parse_lsn_name("00000000000000000012.wal", ".wal"), Some(12));
+        assert_eq!(parse_lsn_name("0000000000000000012.wal", ".wal"), None);
+        assert_eq!(parse_lsn_name("0000000000000000001x.wal", ".wal"), None);
+        assert_eq!(parse_lsn_name("99999999999999999999.wal", ".wal"), None);
+    }
+}

@@ -1,0 +1,409 @@
+//! An in-memory, fault-injecting file system for crash tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Io, IoFile};
+
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
+/// What a simulated crash does to bytes written but not yet fsynced.
+///
+/// Fsynced bytes and directory entries made durable by a directory fsync always survive;
+/// names created, renamed or removed since the last fsync of their directory are rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Every unsynced byte is lost.
+    LoseUnsynced,
+    /// A random-length prefix of each file's unsynced bytes survives intact.
+    KeepPrefix,
+    /// A random-length prefix survives, but its last 1..=16 bytes are replaced by random bytes
+    /// (a torn sector).
+    GarbleTail,
+    /// A random-length prefix survives and the rest of the unsynced length reads as zeros
+    /// (the file size reached the disk, the data did not).
+    ZeroFillTail,
+}
+
+/// In-memory file system implementing [`Io`], with fault injection.
+///
+/// Cheap to clone; clones share one file system. Typical crash test: open a `Wal` with
+/// `WalBuilder::new(dir).io(Arc::new(fs.clone()))`, append, call [`FaultyIo::crash`], drop the
+/// old `Wal` (its file handles now fail with EIO), and open a new `Wal` on the same `fs`.
+///
+/// Faults (each one-shot or until cleared with [`FaultyIo::clear_faults`]):
+/// [`FaultyIo::fail_sync_after`] (EIO on an fsync), [`FaultyIo::set_short_writes`],
+/// [`FaultyIo::set_space_limit`] (ENOSPC after N bytes).
+#[derive(Clone, Debug)]
+pub struct FaultyIo {
+    fs: Arc<Mutex<Fs>>,
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Fs {
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    generation: u64,
+    fail_sync_in: Option<u64>,
+    short_writes: bool,
+    space_left: Option<u64>,
+    syncs: u64,
+    failed_syncs: u64,
+    rng: u64,
+}
+
+impl Fs {
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: deterministic per seed, good enough for picking crash points.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn rand_upto(&mut self, max: usize) -> usize {
+        if max == 0 {
+            0
+        } else {
+            (self.rand() % (max as u64 + 1)) as usize
+        }
+    }
+
+    /// Consumes one fsync slot; `Err` if this one is scheduled to fail.
+    fn take_sync(&mut self) -> io::Result<()> {
+        self.syncs += 1;
+        match self.fail_sync_in {
+            Some(0) => {
+                self.fail_sync_in = None;
+                self.failed_syncs += 1;
+                Err(io::Error::from_raw_os_error(EIO))
+            }
+            Some(n) => {
+                self.fail_sync_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn ino(&self, path: &Path) -> io::Result<u64> {
+        self.names
+            .get(path)
+            .copied()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{}", path.display())))
+    }
+
+    fn new_inode(&mut self) -> u64 {
+        self.next_ino += 1;
+        self.inodes.insert(self.next_ino, Inode::default());
+        self.next_ino
+    }
+}
+
+impl Default for FaultyIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FaultyIo {
+    /// An empty file system with a fixed random seed.
+    pub fn new() -> Self {
+        Self::with_seed(0x5EED)
+    }
+
+    /// An empty file system whose crash randomness (kept prefix lengths, garbage) derives from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        let fs = Fs {
+            rng: seed | 1,
+            ..Fs::default()
+        };
+        FaultyIo {
+            fs: Arc::new(Mutex::new(fs)),
+        }
+    }
+
+    /// Simulates a power loss: unsynced bytes are treated per `mode`, directory changes not
+    /// made durable by a directory fsync are rolled back, and every file handle opened before
+    /// the crash fails with EIO from now on. Pending faults are kept.
+    pub fn crash(&self, mode: CrashMode) {
+        let mut fs = self.fs.lock();
+        fs.generation += 1;
+        fs.names = fs.durable_names.clone();
+        let live: Vec<u64> = fs.names.values().copied().collect();
+        fs.inodes.retain(|ino, _| live.contains(ino));
+        let mut inos: Vec<u64> = fs.inodes.keys().copied().collect();
+        inos.sort_unstable();
+        for ino in inos {
+            let Some(inode) = fs.inodes.remove(&ino) else {
+                continue;
+            };
+            let Inode { data, mut durable } = inode;
+            if data.len() > durable.len() && data.starts_with(&durable) {
+                let tail = &data[durable.len()..];
+                let keep = match mode {
+                    CrashMode::LoseUnsynced => 0,
+                    _ => fs.rand_upto(tail.len()),
+                };
+                durable.extend_from_slice(&tail[..keep]);
+                match mode {
+                    CrashMode::GarbleTail if keep > 0 => {
+                        let n = (1 + fs.rand_upto(15)).min(keep);
+                        let len = durable.len();
+                        for i in len - n..len {
+                            durable[i] = fs.rand() as u8;
+                        }
+                    }
+                    CrashMode::ZeroFillTail => {
+                        durable.resize(durable.len() + (tail.len() - keep), 0);
+                    }
+                    _ => {}
+                }
+            }
+            let data = durable.clone();
+            fs.inodes.insert(ino, Inode { data, durable });
+        }
+    }
+
+    /// The next `n` fsyncs (of files or directories) succeed and the one after fails with EIO.
+    /// The failed fsync leaves that file's unsynced bytes unsynced.
+    pub fn fail_sync_after(&self, n: u64) {
+        self.fs.lock().fail_sync_in = Some(n);
+    }
+
+    /// Makes every write store at most half of its buffer (at least one byte).
+    pub fn set_short_writes(&self, on: bool) {
+        self.fs.lock().short_writes = on;
+    }
+
+    /// After `bytes` more bytes have been written, writes fail with ENOSPC (the write that
+    /// crosses the limit stores what fits, then fails). `None` removes the limit.
+    pub fn set_space_limit(&self, bytes: Option<u64>) {
+        self.fs.lock().space_left = bytes;
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        let mut fs = self.fs.lock();
+        fs.fail_sync_in = None;
+        fs.short_writes = false;
+        fs.space_left = None;
+    }
+
+    /// Number of fsync calls so far (files and directories, failed ones included).
+    pub fn sync_count(&self) -> u64 {
+        self.fs.lock().syncs
+    }
+
+    /// Number of fsync calls that failed because of [`FaultyIo::fail_sync_after`].
+    pub fn failed_sync_count(&self) -> u64 {
+        self.fs.lock().failed_syncs
+    }
+
+    /// Every file path currently visible, sorted, with its length.
+    pub fn files(&self) -> Vec<(PathBuf, u64)> {
+        let fs = self.fs.lock();
+        fs.names
+            .iter()
+            .map(|(p, ino)| {
+                let len = fs.inodes.get(ino).map_or(0, |i| i.data.len() as u64);
+                (p.clone(), len)
+            })
+            .collect()
+    }
+
+    /// The current contents of a file (synced or not), or `None` if it does not exist.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let fs = self.fs.lock();
+        let ino = fs.names.get(path)?;
+        fs.inodes.get(ino).map(|i| i.data.clone())
+    }
+
+    /// Replaces a file's contents (creating it if needed) and makes them and its name durable,
+    /// as if corrupted or planted on disk by someone else.
+    pub fn write_file(&self, path: &Path, bytes: &[u8]) {
+        let mut fs = self.fs.lock();
+        let ino = match fs.names.get(path) {
+            Some(ino) => *ino,
+            None => {
+                let ino = fs.new_inode();
+                fs.names.insert(path.to_path_buf(), ino);
+                ino
+            }
+        };
+        fs.durable_names.insert(path.to_path_buf(), ino);
+        if let Some(inode) = fs.inodes.get_mut(&ino) {
+            inode.data = bytes.to_vec();
+            inode.durable = bytes.to_vec();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemFile {
+    fs: Arc<Mutex<Fs>>,
+    ino: u64,
+    generation: u64,
+}
+
+impl MemFile {
+    fn check(&self, fs: &Fs) -> io::Result<()> {
+        if fs.generation == self.generation {
+            Ok(())
+        } else {
+            // A handle from before a simulated crash: the process that held it is "dead".
+            Err(io::Error::from_raw_os_error(EIO))
+        }
+    }
+}
+
+impl IoFile for MemFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut fs = self.fs.lock();
+        self.check(&fs)?;
+        let mut n = buf.len();
+        if fs.short_writes && n > 1 {
+            n /= 2;
+        }
+        let mut full = false;
+        if let Some(left) = fs.space_left {
+            if (n as u64) > left {
+                n = left as usize;
+                full = true;
+            }
+            fs.space_left = Some(left - n as u64);
+        }
+        if n == 0 && full {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        let inode = fs
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
+        inode.data.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        self.check(&fs)?;
+        fs.take_sync()?;
+        let inode = fs
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
+        inode.durable.clone_from(&inode.data);
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        self.check(&fs)?;
+        let inode = fs
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
+        inode.data.resize(len as usize, 0);
+        Ok(())
+    }
+}
+
+impl Io for FaultyIo {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        // Directories exist implicitly; a path's parent is its directory.
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let fs = self.fs.lock();
+        Ok(fs
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let fs = self.fs.lock();
+        let ino = fs.ino(path)?;
+        Ok(fs.inodes.get(&ino).map(|i| i.data.clone()).unwrap_or_default())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let mut fs = self.fs.lock();
+        let ino = match fs.names.get(path) {
+            Some(ino) => {
+                let ino = *ino;
+                if let Some(inode) = fs.inodes.get_mut(&ino) {
+                    inode.data.clear();
+                }
+                ino
+            }
+            None => {
+                let ino = fs.new_inode();
+                fs.names.insert(path.to_path_buf(), ino);
+                ino
+            }
+        };
+        Ok(Box::new(MemFile {
+            fs: self.fs.clone(),
+            ino,
+            generation: fs.generation,
+        }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let fs = self.fs.lock();
+        let ino = fs.ino(path)?;
+        Ok(Box::new(MemFile {
+            fs: self.fs.clone(),
+            ino,
+            generation: fs.generation,
+        }))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        fs.ino(path)?;
+        fs.names.remove(path);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        let ino = fs.ino(from)?;
+        fs.names.remove(from);
+        fs.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        fs.take_sync()?;
+        fs.durable_names.retain(|p, _| p.parent() != Some(dir));
+        let entries: Vec<(PathBuf, u64)> = fs
+            .names
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        fs.durable_names.extend(entries);
+        Ok(())
+    }
+}
