@@ -888,3 +888,7 @@ impl AllGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
