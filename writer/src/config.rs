@@ -1,0 +1,223 @@
+//! Writer configuration and the conflict vocabulary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use writebehind_core::{Change, Expected, Key, Value};
+
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+use crate::schema::TableSpec;
+
+/// A user conflict resolver: sees the conflict, picks the outcome.
+pub type Resolver = Arc<dyn Fn(&Conflict) -> Resolution + Send + Sync>;
+
+/// What to do when a put or delete finds a different database version.
+#[derive(Clone)]
+pub enum ConflictPolicy {
+    /// Drop our change; the outcome carries the database row so the cache
+    /// can refresh. The default.
+    KeepDatabase,
+    /// Write our change unconditionally.
+    Overwrite,
+    /// Ask the resolver, inside the flush transaction (keep it fast and pure).
+    Resolve(Resolver),
+}
+
+impl std::fmt::Debug for ConflictPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConflictPolicy::KeepDatabase => "KeepDatabase",
+            ConflictPolicy::Overwrite => "Overwrite",
+            ConflictPolicy::Resolve(_) => "Resolve(..)",
+        })
+    }
+}
+
+/// A resolver's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Keep the database row, drop ours.
+    KeepDatabase,
+    /// Write this value unconditionally.
+    Write(Value),
+}
+
+/// What the writer did about a conflict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConflictResolutionTaken {
+    /// Not decided yet: what a [`ConflictPolicy::Resolve`] resolver sees.
+    Pending,
+    /// The database row was kept.
+    KeptDatabase,
+    /// Our change was written unconditionally.
+    Overwrote,
+    /// The resolver's value was written.
+    Resolved(Value),
+    /// The write chosen for the conflict failed permanently and was dead-lettered.
+    DeadLettered,
+}
+
+impl ConflictResolutionTaken {
+    /// The label stored in the conflicts table's `resolution` column.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConflictResolutionTaken::Pending => "pending",
+            ConflictResolutionTaken::KeptDatabase => "kept_database",
+            ConflictResolutionTaken::Overwrote => "overwrote",
+            ConflictResolutionTaken::Resolved(_) => "resolved",
+            ConflictResolutionTaken::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// A put or delete whose expected version did not match the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The key.
+    pub key: Key,
+    /// Our coalesced change.
+    pub ours: Change,
+    /// The version our change was derived from.
+    pub expected: Expected,
+    /// The database row (value, version) as found; `None`: no row.
+    pub database: Option<(Value, i64)>,
+    /// What was done about it.
+    pub resolution: ConflictResolutionTaken,
+}
+
+/// Configuration for [`Writer::connect`](crate::Writer::connect).
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub(crate) instance: String,
+    pub(crate) table: TableSpec,
+    pub(crate) progress_table: Ident,
+    pub(crate) conflicts_table: Ident,
+    pub(crate) dead_letter_table: Ident,
+    pub(crate) policy: ConflictPolicy,
+    pub(crate) pool_size: u32,
+    pub(crate) max_rows_per_statement: Option<usize>,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
+}
+
+impl WriterConfig {
+    /// A configuration for the cache instance `instance` (its flush progress
+    /// row is keyed by this id: one id per WAL directory, stable across restarts).
+    pub fn new(instance: impl Into<String>) -> WriterConfig {
+        WriterConfig {
+            instance: instance.into(),
+            table: TableSpec::default(),
+            progress_table: Ident::fixed("writebehind_progress"),
+            conflicts_table: Ident::fixed("writebehind_conflicts"),
+            dead_letter_table: Ident::fixed("writebehind_dead_letters"),
+            policy: ConflictPolicy::KeepDatabase,
+            pool_size: 4,
+            max_rows_per_statement: None,
+            acquire_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The data table. Default: [`TableSpec::default`] (`counters`).
+    #[must_use]
+    pub fn table(mut self, table: TableSpec) -> Self {
+        self.table = table;
+        self
+    }
+
+    /// Progress table name. Default `writebehind_progress`.
+    #[must_use]
+    pub fn progress_table(mut self, name: Ident) -> Self {
+        self.progress_table = name;
+        self
+    }
+
+    /// Conflicts table name. Default `writebehind_conflicts`.
+    #[must_use]
+    pub fn conflicts_table(mut self, name: Ident) -> Self {
+        self.conflicts_table = name;
+        self
+    }
+
+    /// Dead-letter table name. Default `writebehind_dead_letters`.
+    #[must_use]
+    pub fn dead_letter_table(mut self, name: Ident) -> Self {
+        self.dead_letter_table = name;
+        self
+    }
+
+    /// Conflict policy. Default [`ConflictPolicy::KeepDatabase`].
+    #[must_use]
+    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Maximum pooled connections. Default 4. In-memory SQLite always uses 1.
+    #[must_use]
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Maximum rows per data statement. Default per backend: 5 000 on
+    /// PostgreSQL, 2 000 on MySQL, 5 000 on SQLite; SQLite (32 766) and MySQL
+    /// (65 535) statements are further capped by their bind-parameter limit.
+    #[must_use]
+    pub fn max_rows_per_statement(mut self, n: usize) -> Self {
+        self.max_rows_per_statement = Some(n);
+        self
+    }
+
+    /// How long to wait for a pooled connection. Default 10 s.
+    #[must_use]
+    pub fn acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = d;
+        self
+    }
+
+    /// SQLite only: how long a statement waits on a locked database. Default 5 s.
+    #[must_use]
+    pub fn busy_timeout(mut self, d: Duration) -> Self {
+        self.busy_timeout = d;
+        self
+    }
+
+    /// The instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.instance.is_empty() || self.instance.len() > 255 {
+            return Err(Error::Config(format!(
+                "instance id must be 1..=255 bytes, got {}",
+                self.instance.len()
+            )));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if self.max_rows_per_statement == Some(0) {
+            return Err(Error::Config(
+                "max_rows_per_statement must be at least 1".into(),
+            ));
+        }
+        let t = [
+            &self.table.table,
+            &self.progress_table,
+            &self.conflicts_table,
+            &self.dead_letter_table,
+        ];
+        for (i, a) in t.iter().enumerate() {
+            if t[i + 1..]
+                .iter()
+                .any(|b| b.as_str().eq_ignore_ascii_case(a.as_str()))
+            {
+                return Err(Error::Config(format!("table name {a} is used twice")));
+            }
+        }
+        self.table.validate()
+    }
+}
