@@ -116,7 +116,10 @@ macro_rules! bind_scalars {
 }
 
 macro_rules! decode_rows {
-    ($rows:expr, $types:expr) => {{
+    ($rows:expr, $types:expr) => {
+        decode_rows!($rows, $types, try_get)
+    };
+    ($rows:expr, $types:expr, $text_get:ident) => {{
         let mut out = Vec::with_capacity($rows.len());
         for row in $rows {
             let mut vals = Vec::with_capacity($types.len());
@@ -124,7 +127,7 @@ macro_rules! decode_rows {
                 let v = match t {
                     SqlType::BigInt => row.try_get::<Option<i64>, _>(i)?.map(SqlValue::Int),
                     SqlType::Double => row.try_get::<Option<f64>, _>(i)?.map(SqlValue::Float),
-                    SqlType::Text => row.try_get::<Option<String>, _>(i)?.map(SqlValue::Text),
+                    SqlType::Text => row.$text_get::<Option<String>, _>(i)?.map(SqlValue::Text),
                     SqlType::Bytes => row.try_get::<Option<Vec<u8>>, _>(i)?.map(SqlValue::Bytes),
                     SqlType::Bool => row.try_get::<Option<bool>, _>(i)?.map(SqlValue::Bool),
                 };
@@ -337,7 +340,9 @@ impl ConnRef<'_> {
             ConnRef::My(c) => {
                 let q = bind_scalars!(sqlx::query(sql), args, no);
                 let rows = q.fetch_all(c).await?;
-                Ok(decode_rows!(rows, types))
+                // Key columns use utf8mb4_bin, which MySQL flags BINARY; the
+                // bytes are still UTF-8 text (decoding validates it).
+                Ok(decode_rows!(rows, types, try_get_unchecked))
             }
             ConnRef::None(_) => Ok(Vec::new()),
         }

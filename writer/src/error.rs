@@ -104,6 +104,19 @@ impl Error {
         }
     }
 
+    /// A permanent error the database raised for a statement's data
+    /// (constraint, data exception): attributable to the rows it wrote, so
+    /// the flush isolates them. Decode or codec failures are not.
+    pub(crate) fn is_row_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Sql {
+                source: sqlx::Error::Database(_),
+                ..
+            }
+        ) && self.class() == ErrorClass::Permanent
+    }
+
     pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let context = context.into();
         move |source| Error::Sql { context, source }

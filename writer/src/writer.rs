@@ -8,7 +8,7 @@ use writebehind_core::{Change, Cut, Expected, ItemOutcome, Key, Lsn, Value};
 
 use crate::config::{Conflict, ConflictPolicy, ConflictResolutionTaken, Resolution, WriterConfig};
 use crate::db::{Arg, Pool, Tx};
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::schema::{SqlType, SqlValue, TableKind};
 use crate::sql::{Dialect, Mode, RowData, Stmt};
@@ -802,7 +802,7 @@ impl Flush<'_> {
         while let Some((lo, hi)) = stack.pop() {
             match self.run_chunk(group, &rows[lo..hi]).await {
                 Ok(returned) => self.record(group, &rows[lo..hi], returned, &mut lost),
-                Err(e) if e.class() == ErrorClass::Permanent => {
+                Err(e) if e.is_row_error() => {
                     if hi - lo == 1 {
                         let error = match &e {
                             Error::Sql { source, .. } => source.to_string(),
@@ -839,7 +839,7 @@ impl Flush<'_> {
         if savepoint {
             match &result {
                 Ok(_) => self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?,
-                Err(e) if e.class() == ErrorClass::Permanent => {
+                Err(e) if e.is_row_error() => {
                     self.raw(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
                         .await?;
                     self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
