@@ -126,9 +126,12 @@ impl Node {
             None => pending.clone(),
         };
         fold(self.base.visible(), &merged)?;
+        // Leniently through the in-flight change: an add in flight over a
+        // base that turned out to be bytes is doomed already (the database
+        // refuses it); it must not block a put that replaces it.
         let mut v = self.base.visible();
         if let Some(f) = &self.in_flight {
-            v = fold(v, &f.change)?;
+            v = fold_lenient(v, &f.change);
         }
         fold(v, &pending)?;
         Ok(())

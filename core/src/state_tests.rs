@@ -759,3 +759,30 @@ fn index_heap_bytes_counts_nodes_and_tables() {
         one + std::mem::size_of::<InFlight>()
     );
 }
+
+/// Regression (found by the model test): a doomed add in flight over a base
+/// that turned out to be bytes made every later add refused, even after a
+/// put of a counter replaced the value.
+#[test]
+fn doomed_add_in_flight_does_not_block_adds_after_a_put() {
+    let state = State::new(Limits::default());
+    write(&state, "k", Change::Put(b("x")), 1).unwrap();
+    cut(&state, 2);
+    write(&state, "k", put_i(0), 3).unwrap();
+    // The bytes were written (version not reported).
+    state.complete_cut(&[UNKNOWN]).unwrap();
+    cut(&state, 4);
+    write(&state, "k", Change::Add(1), 5).unwrap();
+    // The counter put is dead-lettered: an add is pending over bytes.
+    state.complete_cut(&[ItemOutcome::DeadLettered]).unwrap();
+    assert_eq!(state.get(&k("k")), Lookup::Value(b("x")));
+    assert_eq!(
+        write(&state, "k", Change::Add(1), 6),
+        Err(Error::TypeMismatch { key: k("k") })
+    );
+    // The doomed add goes in flight; a counter put replaces the value.
+    cut(&state, 6);
+    write(&state, "k", put_i(0), 7).unwrap();
+    assert_eq!(write(&state, "k", Change::Add(2), 8), Ok(()));
+    assert_eq!(state.get(&k("k")), Lookup::Value(Value::Int(2)));
+}
