@@ -1,12 +1,18 @@
-//! The group-commit thread: drains the hand-off queue, writes each group with one write and
-//! at most one fdatasync, rotates segments, and runs the `Buffered` fsync timer.
+//! Group commit, pipelined over two threads.
+//!
+//! The committer drains the hand-off queue and writes each group with one write call (looping
+//! only over short writes); it rotates segments and runs the `Buffered` fsync timer. The
+//! syncer fdatasyncs: while one fdatasync runs, the committer keeps writing the records that
+//! arrive, and the next fdatasync covers all of them. So every waiting record shares one
+//! fdatasync and the disk never idles while records wait.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::frame::{encode_segment_header, SEGMENT_HEADER_LEN};
 use crate::io::{write_all, Io, IoFile};
@@ -33,6 +39,145 @@ pub(crate) enum Msg {
 /// Marker: the log is poisoned (the details went to [`Progress::poison`]).
 struct Poisoned;
 
+struct SyncState {
+    file: Arc<dyn IoFile>,
+    path: PathBuf,
+    /// Last LSN written (to `file`; everything in older files is durable).
+    written: Lsn,
+    /// Highest LSN someone needs durable.
+    want: Lsn,
+    durable: Lsn,
+    busy: bool,
+    stop: bool,
+    failed: bool,
+}
+
+/// The fdatasync side of the pipeline.
+pub(crate) struct Syncer {
+    st: Mutex<SyncState>,
+    cv: Condvar,
+    progress: Arc<Progress>,
+}
+
+impl Syncer {
+    pub(crate) fn start(
+        file: Arc<dyn IoFile>,
+        path: PathBuf,
+        last: Lsn,
+        progress: Arc<Progress>,
+    ) -> std::io::Result<(Arc<Syncer>, JoinHandle<()>)> {
+        let s = Arc::new(Syncer {
+            st: Mutex::new(SyncState {
+                file,
+                path,
+                written: last,
+                want: last,
+                durable: last,
+                busy: false,
+                stop: false,
+                failed: false,
+            }),
+            cv: Condvar::new(),
+            progress,
+        });
+        let s2 = s.clone();
+        let h = std::thread::Builder::new()
+            .name("wal-syncer".into())
+            .spawn(move || s2.run())?;
+        Ok((s, h))
+    }
+
+    fn run(&self) {
+        let mut st = self.st.lock();
+        loop {
+            if st.failed {
+                return;
+            }
+            if st.want > st.durable {
+                let target = st.written;
+                let from = st.durable + 1;
+                let file = st.file.clone();
+                st.busy = true;
+                let r = MutexGuard::unlocked(&mut st, || file.sync_data());
+                st.busy = false;
+                match r {
+                    Ok(()) => {
+                        st.durable = st.durable.max(target);
+                        let d = st.durable;
+                        self.cv.notify_all();
+                        MutexGuard::unlocked(&mut st, || self.progress.set_durable(d));
+                    }
+                    Err(e) => {
+                        // Never retried: the kernel may have dropped the dirty pages.
+                        st.failed = true;
+                        self.cv.notify_all();
+                        self.progress.poison("fsync", st.path.clone(), &e, (from, target));
+                    }
+                }
+                continue;
+            }
+            if st.stop {
+                return;
+            }
+            self.cv.wait(&mut st);
+        }
+    }
+
+    /// Records that `last` is written; asks for an fdatasync up to it if `sync`.
+    fn written(&self, last: Lsn, sync: bool) {
+        let mut st = self.st.lock();
+        st.written = last;
+        if sync {
+            st.want = last;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Asks for an fdatasync of everything written.
+    fn request(&self) {
+        let mut st = self.st.lock();
+        if st.written > st.want {
+            st.want = st.written;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Makes the current file fully durable now (waiting out an fdatasync in flight), then
+    /// lets `next` produce the new file, which later fdatasyncs target.
+    fn switch_file(
+        &self,
+        next: impl FnOnce() -> Result<(Arc<dyn IoFile>, PathBuf), Poisoned>,
+    ) -> Result<(), Poisoned> {
+        let mut st = self.st.lock();
+        while st.busy {
+            self.cv.wait(&mut st);
+        }
+        if st.failed {
+            return Err(Poisoned);
+        }
+        if st.written > st.durable {
+            if let Err(e) = st.file.sync_data() {
+                st.failed = true;
+                let range = (st.durable + 1, st.written);
+                self.progress.poison("fsync", st.path.clone(), &e, range);
+                return Err(Poisoned);
+            }
+            st.durable = st.written;
+            st.want = st.want.max(st.durable);
+            self.progress.set_durable(st.durable);
+        }
+        let (file, path) = next()?;
+        st.file = file;
+        st.path = path;
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.st.lock().stop = true;
+        self.cv.notify_all();
+    }
+}
+
 pub(crate) struct Committer {
     pub(crate) io: Arc<dyn Io>,
     pub(crate) dir: PathBuf,
@@ -41,11 +186,11 @@ pub(crate) struct Committer {
     pub(crate) files: Arc<Mutex<Files>>,
     pub(crate) segment_size: u64,
     pub(crate) max_delay: Option<Duration>,
-    pub(crate) file: Box<dyn IoFile>,
+    pub(crate) file: Arc<dyn IoFile>,
     pub(crate) seg_path: PathBuf,
     pub(crate) seg_len: u64,
-    pub(crate) written: Lsn,
-    pub(crate) durable: Lsn,
+    pub(crate) syncer: Arc<Syncer>,
+    pub(crate) syncer_thread: Option<JoinHandle<()>>,
     pub(crate) buf: Vec<u8>,
     pub(crate) buf_first: Lsn,
     pub(crate) buf_last: Lsn,
@@ -57,20 +202,27 @@ impl Committer {
         if self.run_inner().is_err() {
             tracing::error!(dir = %self.dir.display(), "WAL committer stopped: log poisoned");
         }
+        // Let the syncer finish what was asked of it before tickets see "closed".
+        self.syncer.stop();
+        if let Some(h) = self.syncer_thread.take() {
+            if h.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "WAL syncer thread panicked");
+            }
+        }
         self.progress.close();
     }
 
     fn run_inner(&mut self) -> Result<(), Poisoned> {
         loop {
             if self.progress.is_poisoned() {
-                // Poisoned elsewhere (a directory fsync): stop writing.
                 return Err(Poisoned);
             }
             let first = match self.sync_deadline {
                 Some(deadline) => match self.rx.recv_deadline(deadline) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.sync()?;
+                        self.sync_deadline = None;
+                        self.syncer.request();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -98,10 +250,11 @@ impl Committer {
                 };
                 self.take(m, now, &mut want_sync, &mut shutdown)?;
             }
-            self.flush()?;
-            if want_sync || self.sync_deadline.is_some_and(|d| Instant::now() >= d) {
-                self.sync()?;
+            if self.sync_deadline.is_some_and(|d| Instant::now() >= d) {
+                self.sync_deadline = None;
+                want_sync = true;
             }
+            self.flush(want_sync)?;
             if shutdown {
                 return Ok(());
             }
@@ -113,7 +266,7 @@ impl Committer {
             Msg::Record { lsn, frame, mode } => {
                 let pending = self.seg_len + self.buf.len() as u64;
                 if pending + frame.len() as u64 > self.segment_size && pending > SEGMENT_HEADER_LEN as u64 {
-                    self.flush()?;
+                    self.flush(false)?;
                     self.rotate(lsn)?;
                 }
                 if self.buf.is_empty() {
@@ -136,71 +289,61 @@ impl Committer {
         Ok(())
     }
 
-    /// Writes the group buffer with one write (looping only over short writes).
-    fn flush(&mut self) -> Result<(), Poisoned> {
-        if self.buf.is_empty() {
-            return Ok(());
+    /// Writes the group buffer with one write (looping only over short writes), publishes it,
+    /// and hands the fdatasync (if wanted) to the syncer.
+    fn flush(&mut self, sync: bool) -> Result<(), Poisoned> {
+        if !self.buf.is_empty() {
+            if let Err(e) = write_all(self.file.as_ref(), &self.buf) {
+                self.progress
+                    .poison("write", self.seg_path.clone(), &e, (self.buf_first, self.buf_last));
+                return Err(Poisoned);
+            }
+            self.seg_len += self.buf.len() as u64;
+            self.buf.clear();
+            if let Some(active) = self.files.lock().segs.last_mut() {
+                active.len = self.seg_len;
+            }
+            self.syncer.written(self.buf_last, sync);
+            self.progress.set_written(self.buf_last);
+        } else if sync {
+            self.syncer.request();
         }
-        if let Err(e) = write_all(self.file.as_mut(), &self.buf) {
-            self.progress
-                .poison("write", self.seg_path.clone(), &e, (self.buf_first, self.buf_last));
-            return Err(Poisoned);
-        }
-        self.seg_len += self.buf.len() as u64;
-        self.written = self.buf_last;
-        self.buf.clear();
-        if let Some(active) = self.files.lock().segs.last_mut() {
-            active.len = self.seg_len;
-        }
-        self.progress.advance(self.written, self.durable);
-        Ok(())
-    }
-
-    /// fdatasync the active segment if anything is unsynced. Never retried: a failure poisons.
-    fn sync(&mut self) -> Result<(), Poisoned> {
-        self.sync_deadline = None;
-        if self.written == self.durable {
-            return Ok(());
-        }
-        if let Err(e) = self.file.sync_data() {
-            self.progress
-                .poison("fsync", self.seg_path.clone(), &e, (self.durable + 1, self.written));
-            return Err(Poisoned);
-        }
-        self.durable = self.written;
-        self.progress.advance(self.written, self.durable);
         Ok(())
     }
 
     /// Closes the active segment (fully synced, so no later segment can outlive its tail) and
     /// starts a new one named by `first_lsn`.
     fn rotate(&mut self, first_lsn: Lsn) -> Result<(), Poisoned> {
-        self.sync()?;
         let path = self.dir.join(segment_name(first_lsn));
-        let step = (|| -> Result<Box<dyn IoFile>, (&'static str, PathBuf, std::io::Error)> {
-            let mut f = self.io.create(&path).map_err(|e| ("create", path.clone(), e))?;
-            write_all(f.as_mut(), &encode_segment_header(first_lsn)).map_err(|e| ("write", path.clone(), e))?;
-            f.sync_data().map_err(|e| ("fsync", path.clone(), e))?;
-            self.io.sync_dir(&self.dir).map_err(|e| ("fsync dir", self.dir.clone(), e))?;
-            Ok(f)
-        })();
-        match step {
-            Ok(f) => {
-                tracing::debug!(segment = %path.display(), first_lsn, "WAL segment rotated");
-                self.file = f;
-                self.seg_path = path.clone();
-                self.seg_len = SEGMENT_HEADER_LEN as u64;
-                self.files.lock().segs.push(SegMeta {
-                    first: first_lsn,
-                    path,
-                    len: self.seg_len,
-                });
-                Ok(())
+        let io = self.io.clone();
+        let dir = self.dir.clone();
+        let progress = self.progress.clone();
+        let p2 = path.clone();
+        self.syncer.switch_file(move || {
+            let step = (|| -> Result<Arc<dyn IoFile>, (&'static str, PathBuf, std::io::Error)> {
+                let f = io.create(&p2).map_err(|e| ("create", p2.clone(), e))?;
+                write_all(f.as_ref(), &encode_segment_header(first_lsn)).map_err(|e| ("write", p2.clone(), e))?;
+                f.sync_data().map_err(|e| ("fsync", p2.clone(), e))?;
+                io.sync_dir(&dir).map_err(|e| ("fsync dir", dir.clone(), e))?;
+                Ok(f)
+            })();
+            match step {
+                Ok(f) => Ok((f, p2)),
+                Err((op, p, e)) => {
+                    progress.poison(op, p, &e, (first_lsn, first_lsn));
+                    Err(Poisoned)
+                }
             }
-            Err((op, p, e)) => {
-                self.progress.poison(op, p, &e, (first_lsn, first_lsn));
-                Err(Poisoned)
-            }
-        }
+        })?;
+        tracing::debug!(segment = %path.display(), first_lsn, "WAL segment rotated");
+        self.file = self.syncer.st.lock().file.clone();
+        self.seg_path = path.clone();
+        self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.files.lock().segs.push(SegMeta {
+            first: first_lsn,
+            path,
+            len: self.seg_len,
+        });
+        Ok(())
     }
 }

@@ -208,15 +208,15 @@ impl WalBuilder {
         let report = rec.report;
         let next_lsn = report.next_lsn;
 
-        let (mut file, seg_path, seg_len) = match rec.active {
+        let (file, seg_path, seg_len) = match rec.active {
             Some((path, _, len, next)) if next == next_lsn => {
                 let f = io.open_append(&path).map_err(|e| Error::io("open", &path, e))?;
                 (f, path, len)
             }
             _ => {
                 let path = dir.join(segment_name(next_lsn));
-                let mut f = io.create(&path).map_err(|e| Error::io("create", &path, e))?;
-                write_all(f.as_mut(), &frame::encode_segment_header(next_lsn))
+                let f = io.create(&path).map_err(|e| Error::io("create", &path, e))?;
+                write_all(f.as_ref(), &frame::encode_segment_header(next_lsn))
                     .map_err(|e| Error::io("write", &path, e))?;
                 f.sync_data().map_err(|e| Error::io("fsync", &path, e))?;
                 io.sync_dir(&dir).map_err(|e| Error::io("fsync dir", &dir, e))?;
@@ -248,6 +248,8 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let (syncer, syncer_thread) = committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
+            .map_err(|e| Error::io("spawn syncer", &dir, e))?;
         let committer = Committer {
             io: io.clone(),
             dir: dir.clone(),
@@ -259,8 +261,8 @@ impl WalBuilder {
             file,
             seg_path,
             seg_len,
-            written: last,
-            durable: last,
+            syncer,
+            syncer_thread: Some(syncer_thread),
             buf: Vec::with_capacity(64 << 10),
             buf_first: 0,
             buf_last: 0,
@@ -477,8 +479,8 @@ impl Wal {
         let path = self.dir.join(&name);
         let bytes = checkpoint::encode(lsn, data);
         let written = (|| {
-            let mut f = self.io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-            write_all(f.as_mut(), &bytes).map_err(|e| Error::io("write", &tmp, e))?;
+            let f = self.io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            write_all(f.as_ref(), &bytes).map_err(|e| Error::io("write", &tmp, e))?;
             // Not retried: on failure this temp file is abandoned.
             f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))
         })();

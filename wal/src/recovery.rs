@@ -157,8 +157,8 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
             Err(reason) if is_last && !crate::reader::has_frame_after(&data, 0) => {
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
-                let mut f = io.create(&path).map_err(io_err("create", &path))?;
-                write_all(f.as_mut(), &encode_segment_header(*name_lsn)).map_err(io_err("write", &path))?;
+                let f = io.create(&path).map_err(io_err("create", &path))?;
+                write_all(f.as_ref(), &encode_segment_header(*name_lsn)).map_err(io_err("write", &path))?;
                 f.sync_data().map_err(io_err("fsync", &path))?;
                 io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
                 rep.torn_tail = Some(TornTail {
@@ -266,7 +266,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
         if let Some(d) = torn {
             let off = d.offset as usize;
             let saved_to = save_aside(io, dir, name, d.offset, &data[off..], &names)?;
-            let mut f = io.open_append(&path).map_err(io_err("open", &path))?;
+            let f = io.open_append(&path).map_err(io_err("open", &path))?;
             f.set_len(d.offset).map_err(io_err("truncate", &path))?;
             f.sync_data().map_err(io_err("fsync", &path))?;
             rep.torn_tail = Some(TornTail {
@@ -311,8 +311,8 @@ fn save_aside(io: &dyn Io, dir: &Path, seg: &str, offset: u64, bytes: &[u8], nam
         k += 1;
     }
     let p = dir.join(name);
-    let mut f = io.create(&p).map_err(io_err("create", &p))?;
-    write_all(f.as_mut(), bytes).map_err(io_err("write", &p))?;
+    let f = io.create(&p).map_err(io_err("create", &p))?;
+    write_all(f.as_ref(), bytes).map_err(io_err("write", &p))?;
     f.sync_data().map_err(io_err("fsync", &p))?;
     io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
     Ok(p)

@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::{Error, Lsn, Result};
 
@@ -22,23 +23,64 @@ pub(crate) struct PoisonInfo {
     affected: (Lsn, Lsn),
 }
 
+/// A parked waiter: woken when its watermark reaches `lsn`. Ordered by LSN (min-heap).
+#[derive(Debug)]
+struct Waiter {
+    lsn: Lsn,
+    seq: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, o: &Self) -> bool {
+        (self.lsn, self.seq) == (o.lsn, o.seq)
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Waiter {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap and we pop the smallest LSN first.
+        (o.lsn, o.seq).cmp(&(self.lsn, self.seq))
+    }
+}
+
 #[derive(Debug, Default)]
 struct WaitState {
     poison: Option<PoisonInfo>,
-    wakers: Vec<(Lsn, bool, Waker)>,
+    on_written: BinaryHeap<Waiter>,
+    on_durable: BinaryHeap<Waiter>,
+    seq: u64,
+}
+
+/// Wakes a thread blocked in [`Progress::wait`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 /// Written/durable watermarks plus the poison and close flags.
+///
+/// Waiters (blocking or async) register a `Waker` keyed by LSN; the committer wakes exactly
+/// the ones a new watermark satisfies, each once, outside the lock (no thundering herd).
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     written: AtomicU64,
     durable: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
-    sleepers: AtomicUsize,
-    wakers: AtomicUsize,
+    waiters: AtomicUsize,
     state: Mutex<WaitState>,
-    cond: Condvar,
 }
 
 impl Progress {
@@ -65,11 +107,17 @@ impl Progress {
         self.closed.load(SeqCst)
     }
 
-    /// Publishes new watermarks and wakes whoever they satisfy.
-    pub(crate) fn advance(&self, written: Lsn, durable: Lsn) {
-        self.written.store(written, SeqCst);
-        self.durable.store(durable, SeqCst);
-        self.wake();
+    /// Publishes a new written watermark and wakes whoever it satisfies.
+    pub(crate) fn set_written(&self, written: Lsn) {
+        self.written.fetch_max(written, SeqCst);
+        self.wake(false);
+    }
+
+    /// Publishes a new durable watermark (which implies written) and wakes whoever it satisfies.
+    pub(crate) fn set_durable(&self, durable: Lsn) {
+        self.written.fetch_max(durable, SeqCst);
+        self.durable.fetch_max(durable, SeqCst);
+        self.wake(false);
     }
 
     pub(crate) fn poison(&self, op: &'static str, path: PathBuf, err: &std::io::Error, affected: (Lsn, Lsn)) {
@@ -85,35 +133,34 @@ impl Progress {
         }
         self.poisoned.store(true, SeqCst);
         drop(st);
-        self.wake();
+        self.wake(true);
     }
 
     pub(crate) fn close(&self) {
         self.closed.store(true, SeqCst);
-        self.wake();
+        self.wake(true);
     }
 
-    fn wake(&self) {
-        // Dekker pairing with `wait`/`poll`: they bump the counters before re-checking.
-        if self.sleepers.load(SeqCst) == 0 && self.wakers.load(SeqCst) == 0 {
+    fn wake(&self, all: bool) {
+        // Pairs with `register`: a waiter bumps the count before its final re-check.
+        if self.waiters.load(SeqCst) == 0 {
             return;
         }
-        let mut st = self.state.lock();
-        self.cond.notify_all();
-        if !st.wakers.is_empty() {
-            let mut ready = Vec::new();
-            st.wakers.retain(|(lsn, durable, w)| {
-                if self.resolved(*lsn, *durable) {
-                    ready.push(w.clone());
-                    false
-                } else {
-                    true
+        let (w, d) = (self.written(), self.durable());
+        let mut ready = Vec::new();
+        {
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
+            for (heap, mark) in [(&mut st.on_written, w), (&mut st.on_durable, d)] {
+                while heap.peek().is_some_and(|x| all || x.lsn <= mark) {
+                    if let Some(x) = heap.pop() {
+                        ready.push(x.waker);
+                    }
                 }
-            });
-            self.wakers.store(st.wakers.len(), SeqCst);
-            drop(st);
-            ready.into_iter().for_each(Waker::wake);
+            }
+            self.waiters.store(st.on_written.len() + st.on_durable.len(), SeqCst);
         }
+        ready.into_iter().for_each(Waker::wake);
     }
 
     /// Whether the ticket for `lsn` is resolved (without taking the state lock).
@@ -149,38 +196,51 @@ impl Progress {
         }
     }
 
+    /// Registers `waker`; returns false (and registers nothing) if already resolved.
+    fn register(&self, lsn: Lsn, need_durable: bool, waker: &Waker) -> bool {
+        let mut st = self.state.lock();
+        self.waiters.fetch_add(1, SeqCst);
+        if self.resolved(lsn, need_durable) {
+            self.waiters.fetch_sub(1, SeqCst);
+            return false;
+        }
+        st.seq += 1;
+        let w = Waiter {
+            lsn,
+            seq: st.seq,
+            waker: waker.clone(),
+        };
+        if need_durable {
+            st.on_durable.push(w);
+        } else {
+            st.on_written.push(w);
+        }
+        true
+    }
+
     /// Blocks until `lsn` is written (or durable) or the log failed.
     pub(crate) fn wait(&self, lsn: Lsn, need_durable: bool) -> Result<Lsn> {
         if let Some(r) = self.check(lsn, need_durable) {
             return r;
         }
-        self.sleepers.fetch_add(1, SeqCst);
-        let mut st = self.state.lock();
-        let r = loop {
-            // `check` may take the lock for the poison details: release it first.
-            if self.resolved(lsn, need_durable) {
-                break None;
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        if self.register(lsn, need_durable, &waker) {
+            // Spurious unparks are possible: re-check until resolved.
+            while !self.resolved(lsn, need_durable) {
+                std::thread::park();
             }
-            self.cond.wait(&mut st);
-        };
-        drop(st);
-        self.sleepers.fetch_sub(1, SeqCst);
-        r.unwrap_or_else(|| self.check(lsn, need_durable).unwrap_or(Err(Error::Closed)))
+        }
+        self.check(lsn, need_durable).unwrap_or(Err(Error::Closed))
     }
 
     fn poll_ticket(&self, lsn: Lsn, need_durable: bool, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
         if let Some(r) = self.check(lsn, need_durable) {
             return Poll::Ready(r);
         }
-        {
-            let mut st = self.state.lock();
-            st.wakers.push((lsn, need_durable, cx.waker().clone()));
-            self.wakers.store(st.wakers.len(), SeqCst);
+        if self.register(lsn, need_durable, cx.waker()) {
+            return Poll::Pending;
         }
-        match self.check(lsn, need_durable) {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
-        }
+        Poll::Ready(self.check(lsn, need_durable).unwrap_or(Err(Error::Closed)))
     }
 }
 

@@ -273,7 +273,7 @@ impl MemFile {
 }
 
 impl IoFile for MemFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
         let mut n = buf.len();
@@ -299,7 +299,7 @@ impl IoFile for MemFile {
         Ok(n)
     }
 
-    fn sync_data(&mut self) -> io::Result<()> {
+    fn sync_data(&self) -> io::Result<()> {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
         fs.take_sync()?;
@@ -311,7 +311,7 @@ impl IoFile for MemFile {
         Ok(())
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
         let inode = fs
@@ -345,7 +345,7 @@ impl Io for FaultyIo {
         Ok(fs.inodes.get(&ino).map(|i| i.data.clone()).unwrap_or_default())
     }
 
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let mut fs = self.fs.lock();
         let ino = match fs.names.get(path) {
             Some(ino) => {
@@ -361,17 +361,17 @@ impl Io for FaultyIo {
                 ino
             }
         };
-        Ok(Box::new(MemFile {
+        Ok(Arc::new(MemFile {
             fs: self.fs.clone(),
             ino,
             generation: fs.generation,
         }))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+    fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let fs = self.fs.lock();
         let ino = fs.ino(path)?;
-        Ok(Box::new(MemFile {
+        Ok(Arc::new(MemFile {
             fs: self.fs.clone(),
             ino,
             generation: fs.generation,

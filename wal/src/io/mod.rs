@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 #[cfg(any(test, feature = "fault-injection"))]
 mod faulty;
@@ -15,14 +16,16 @@ mod faulty;
 pub use faulty::{CrashMode, FaultyIo};
 
 /// An open file, written sequentially from its current end.
-pub trait IoFile: Send + Debug {
+///
+/// Methods take `&self` so one thread can fsync while another writes (pipelined group commit).
+pub trait IoFile: Send + Sync + Debug {
     /// Writes some prefix of `buf` at the end of the file and returns how many bytes it wrote
     /// (possibly fewer than `buf.len()`: callers loop).
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Makes the file's data durable (fdatasync).
-    fn sync_data(&mut self) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
     /// Truncates or extends the file to `len` bytes; later writes go to the new end.
-    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
 /// The file-system operations the WAL needs. Paths are absolute or relative to the process.
@@ -34,9 +37,9 @@ pub trait Io: Send + Sync + Debug {
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Creates `path` (truncating it if it exists) and opens it for writing.
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Opens an existing file for appending at its end.
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
+    fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to`.
@@ -46,7 +49,7 @@ pub trait Io: Send + Sync + Debug {
 }
 
 /// Writes all of `buf`, looping over short writes.
-pub(crate) fn write_all(file: &mut dyn IoFile, mut buf: &[u8]) -> io::Result<()> {
+pub(crate) fn write_all(file: &dyn IoFile, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         match file.write(buf) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
@@ -66,13 +69,13 @@ pub struct StdIo;
 struct StdFile(File);
 
 impl IoFile for StdFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        (&self.0).write(buf)
     }
-    fn sync_data(&mut self) -> io::Result<()> {
+    fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
 }
@@ -96,17 +99,17 @@ impl Io for StdIo {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
     }
-    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(Box::new(StdFile(f)))
+        Ok(Arc::new(StdFile(f)))
     }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+    fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let f = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(StdFile(f)))
+        Ok(Arc::new(StdFile(f)))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
