@@ -98,11 +98,20 @@ mod tests {
     #[test]
     fn roundtrip_and_golden_header() {
         let b = encode(9, b"state");
-        assert_eq!(&b[0..32], &[
-            b'W', b'B', b'W', b'A', b'L', b'C', b'K', b'P', 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0,
-            0, 0, 5, 0, 0, 0, 0, 0, 0, 0
-        ]);
-        assert_eq!(decode(&b).unwrap(), Checkpoint { lsn: 9, data: b"state".to_vec() });
+        assert_eq!(
+            &b[0..32],
+            &[
+                b'W', b'B', b'W', b'A', b'L', b'C', b'K', b'P', 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0,
+                0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            decode(&b).unwrap(),
+            Checkpoint {
+                lsn: 9,
+                data: b"state".to_vec()
+            }
+        );
     }
 
     #[test]

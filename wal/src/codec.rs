@@ -22,12 +22,16 @@ fn options() -> impl Options {
 
 /// Encodes `v`; fails with [`Error::Codec`] if it does not fit in [`MAX_ENCODED`] bytes.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    options().serialize(v).map_err(|source| Error::Codec { source })
+    options()
+        .serialize(v)
+        .map_err(|source| Error::Codec { source })
 }
 
 /// Decodes `b`; fails with [`Error::Codec`] on malformed, oversized or trailing bytes.
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    options().deserialize(b).map_err(|source| Error::Codec { source })
+    options()
+        .deserialize(b)
+        .map_err(|source| Error::Codec { source })
 }
 
 #[cfg(test)]
@@ -55,7 +59,10 @@ mod tests {
         let r = Rec {
             id: 0x0102_0304,
             ops: vec![
-                Op::Put { key: "k".into(), value: vec![0xAA] },
+                Op::Put {
+                    key: "k".into(),
+                    value: vec![0xAA],
+                },
                 Op::Add(-2),
                 Op::Delete,
             ],

@@ -111,7 +111,8 @@ impl Syncer {
                         // Never retried: the kernel may have dropped the dirty pages.
                         st.failed = true;
                         self.cv.notify_all();
-                        self.progress.poison("fsync", st.path.clone(), &e, (from, target));
+                        self.progress
+                            .poison("fsync", st.path.clone(), &e, (from, target));
                     }
                 }
                 continue;
@@ -261,11 +262,19 @@ impl Committer {
         }
     }
 
-    fn take(&mut self, msg: Msg, now: Instant, want_sync: &mut bool, shutdown: &mut bool) -> Result<(), Poisoned> {
+    fn take(
+        &mut self,
+        msg: Msg,
+        now: Instant,
+        want_sync: &mut bool,
+        shutdown: &mut bool,
+    ) -> Result<(), Poisoned> {
         match msg {
             Msg::Record { lsn, frame, mode } => {
                 let pending = self.seg_len + self.buf.len() as u64;
-                if pending + frame.len() as u64 > self.segment_size && pending > SEGMENT_HEADER_LEN as u64 {
+                if pending + frame.len() as u64 > self.segment_size
+                    && pending > SEGMENT_HEADER_LEN as u64
+                {
                     self.flush(false)?;
                     self.rotate(lsn)?;
                 }
@@ -294,8 +303,12 @@ impl Committer {
     fn flush(&mut self, sync: bool) -> Result<(), Poisoned> {
         if !self.buf.is_empty() {
             if let Err(e) = write_all(self.file.as_ref(), &self.buf) {
-                self.progress
-                    .poison("write", self.seg_path.clone(), &e, (self.buf_first, self.buf_last));
+                self.progress.poison(
+                    "write",
+                    self.seg_path.clone(),
+                    &e,
+                    (self.buf_first, self.buf_last),
+                );
                 return Err(Poisoned);
             }
             self.seg_len += self.buf.len() as u64;
@@ -322,9 +335,11 @@ impl Committer {
         self.syncer.switch_file(move || {
             let step = (|| -> Result<Arc<dyn IoFile>, (&'static str, PathBuf, std::io::Error)> {
                 let f = io.create(&p2).map_err(|e| ("create", p2.clone(), e))?;
-                write_all(f.as_ref(), &encode_segment_header(first_lsn)).map_err(|e| ("write", p2.clone(), e))?;
+                write_all(f.as_ref(), &encode_segment_header(first_lsn))
+                    .map_err(|e| ("write", p2.clone(), e))?;
                 f.sync_data().map_err(|e| ("fsync", p2.clone(), e))?;
-                io.sync_dir(&dir).map_err(|e| ("fsync dir", dir.clone(), e))?;
+                io.sync_dir(&dir)
+                    .map_err(|e| ("fsync dir", dir.clone(), e))?;
                 Ok(f)
             })();
             match step {

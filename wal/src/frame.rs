@@ -184,8 +184,16 @@ mod tests {
     fn segment_header_golden_bytes() {
         let h = encode_segment_header(42);
         assert_eq!(&h[0..8], b"WBWALSEG");
-        assert_eq!(&h[8..24], &[1, 0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(u32_at(&h, 24), 0x56b8_eeaf, "header CRC changed: {:#x}", u32_at(&h, 24));
+        assert_eq!(
+            &h[8..24],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            u32_at(&h, 24),
+            0x56b8_eeaf,
+            "header CRC changed: {:#x}",
+            u32_at(&h, 24)
+        );
         assert_eq!(decode_segment_header(&h), Ok(42));
     }
 
@@ -202,6 +210,9 @@ mod tests {
     #[test]
     fn zeros_are_not_a_frame() {
         assert_eq!(parse_frame(&[0u8; 64], 0).err(), Some("frame LSN is 0"));
-        assert_eq!(parse_frame(&[0u8; 5], 0).err(), Some("incomplete frame header"));
+        assert_eq!(
+            parse_frame(&[0u8; 5], 0).err(),
+            Some("incomplete frame header")
+        );
     }
 }

@@ -43,7 +43,7 @@ pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
 pub use io::{Io, StdIo};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
-pub use ticket::Append;
+pub use ticket::{Append, AppendFuture};
 
 use committer::{Committer, Msg};
 use frame::PendingFrame;
@@ -192,7 +192,10 @@ impl WalBuilder {
     pub fn open(self) -> Result<(Wal, Recovery)> {
         if self.segment_size < MIN_SEGMENT_SIZE {
             return Err(Error::Config {
-                reason: format!("segment_size {} is below the minimum {MIN_SEGMENT_SIZE}", self.segment_size),
+                reason: format!(
+                    "segment_size {} is below the minimum {MIN_SEGMENT_SIZE}",
+                    self.segment_size
+                ),
             });
         }
         if self.queue_capacity == 0 {
@@ -202,7 +205,8 @@ impl WalBuilder {
         }
         let io = self.io.clone();
         let dir = self.dir.clone();
-        io.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+        io.create_dir_all(&dir)
+            .map_err(|e| Error::io("create dir", &dir, e))?;
         let rec = recovery::recover(io.as_ref(), &dir, self.salvage)?;
         let mut files = rec.files;
         let report = rec.report;
@@ -210,16 +214,21 @@ impl WalBuilder {
 
         let (file, seg_path, seg_len) = match rec.active {
             Some((path, _, len, next)) if next == next_lsn => {
-                let f = io.open_append(&path).map_err(|e| Error::io("open", &path, e))?;
+                let f = io
+                    .open_append(&path)
+                    .map_err(|e| Error::io("open", &path, e))?;
                 (f, path, len)
             }
             _ => {
                 let path = dir.join(segment_name(next_lsn));
-                let f = io.create(&path).map_err(|e| Error::io("create", &path, e))?;
+                let f = io
+                    .create(&path)
+                    .map_err(|e| Error::io("create", &path, e))?;
                 write_all(f.as_ref(), &frame::encode_segment_header(next_lsn))
                     .map_err(|e| Error::io("write", &path, e))?;
                 f.sync_data().map_err(|e| Error::io("fsync", &path, e))?;
-                io.sync_dir(&dir).map_err(|e| Error::io("fsync dir", &dir, e))?;
+                io.sync_dir(&dir)
+                    .map_err(|e| Error::io("fsync dir", &dir, e))?;
                 let len = SEGMENT_HEADER_LEN as u64;
                 files.segs.push(SegMeta {
                     first: next_lsn,
@@ -230,7 +239,8 @@ impl WalBuilder {
             }
         };
         // What the previous process wrote may still sit in the page cache only.
-        file.sync_data().map_err(|e| Error::io("fsync", &seg_path, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("fsync", &seg_path, e))?;
 
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes_cut = t.bytes_cut,
@@ -248,8 +258,9 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let (syncer, syncer_thread) = committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
-            .map_err(|e| Error::io("spawn syncer", &dir, e))?;
+        let (syncer, syncer_thread) =
+            committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
+                .map_err(|e| Error::io("spawn syncer", &dir, e))?;
         let committer = Committer {
             io: io.clone(),
             dir: dir.clone(),
@@ -456,7 +467,8 @@ impl Wal {
     /// A directory fsync failure poisons the log: the state of its entries is unknown.
     fn sync_dir(&self) -> Result<()> {
         self.io.sync_dir(&self.dir).map_err(|e| {
-            self.progress.poison("fsync dir", self.dir.clone(), &e, (0, 0));
+            self.progress
+                .poison("fsync dir", self.dir.clone(), &e, (0, 0));
             Error::io("fsync dir", &self.dir, e)
         })
     }
@@ -479,7 +491,10 @@ impl Wal {
         let path = self.dir.join(&name);
         let bytes = checkpoint::encode(lsn, data);
         let written = (|| {
-            let f = self.io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            let f = self
+                .io
+                .create(&tmp)
+                .map_err(|e| Error::io("create", &tmp, e))?;
             write_all(f.as_ref(), &bytes).map_err(|e| Error::io("write", &tmp, e))?;
             // Not retried: on failure this temp file is abandoned.
             f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))
@@ -488,7 +503,9 @@ impl Wal {
             let _ = self.io.remove(&tmp);
             return Err(e);
         }
-        self.io.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        self.io
+            .rename(&tmp, &path)
+            .map_err(|e| Error::io("rename", &tmp, e))?;
         self.sync_dir()?;
         let mut files = self.files.lock();
         let mut stale = Vec::new();
@@ -513,7 +530,10 @@ impl Wal {
     /// The newest valid checkpoint. A newer file that is half-written or corrupt is skipped
     /// (and reported with `tracing::warn`).
     pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>> {
-        let names = self.io.list(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        let names = self
+            .io
+            .list(&self.dir)
+            .map_err(|e| Error::io("list", &self.dir, e))?;
         let mut ckpts: Vec<(Lsn, &String)> = names
             .iter()
             .filter_map(|n| checkpoint::parse_file_name(n).map(|l| (l, n)))
@@ -524,8 +544,12 @@ impl Wal {
             let bytes = self.io.read(&p).map_err(|e| Error::io("read", &p, e))?;
             match checkpoint::decode(&bytes) {
                 Ok(c) if c.lsn == lsn => return Ok(Some(c)),
-                Ok(_) => tracing::warn!(path = %p.display(), "checkpoint LSN does not match its name; ignored"),
-                Err(reason) => tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored"),
+                Ok(_) => {
+                    tracing::warn!(path = %p.display(), "checkpoint LSN does not match its name; ignored")
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored")
+                }
             }
         }
         Ok(None)
@@ -603,7 +627,10 @@ impl Replay {
         let Some(seg) = self.segs.pop_front() else {
             return Ok(false);
         };
-        let mut data = self.io.read(&seg.path).map_err(|e| Error::io("read", &seg.path, e))?;
+        let mut data = self
+            .io
+            .read(&seg.path)
+            .map_err(|e| Error::io("read", &seg.path, e))?;
         // The active segment may be mid-write past what the committer published.
         data.truncate(seg.len as usize);
         match frame::decode_segment_header(&data) {

@@ -237,7 +237,10 @@ mod tests {
         let s = segment(5, 3);
         let c = read_segment(&s, false).unwrap();
         assert_eq!(c.first_lsn, 5);
-        assert_eq!(c.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(
+            c.records.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
         assert_eq!(c.damage, vec![]);
         assert_eq!(c.valid_len, s.len() as u64);
     }
@@ -271,9 +274,15 @@ mod tests {
         assert_eq!(strict.damage[0].offset, second as u64);
         assert_eq!(strict.damage[0].resync, Some(second as u64 + 28));
         let salv = read_segment(&s, true).unwrap();
-        assert_eq!(salv.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(
-            salv.damage.iter().map(|d| d.reason.clone()).collect::<Vec<_>>(),
+            salv.records.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            salv.damage
+                .iter()
+                .map(|d| d.reason.clone())
+                .collect::<Vec<_>>(),
             vec![
                 DamageReason::BadFrame("frame checksum mismatch"),
                 DamageReason::Gap {
@@ -289,6 +298,8 @@ mod tests {
         let mut s = segment(1, 1);
         s[0] = b'X';
         let e = read_segment(&s, false).unwrap_err();
-        assert!(matches!(e, crate::Error::Corrupt { offset: 0, ref reason, .. } if reason == "bad segment magic"));
+        assert!(
+            matches!(e, crate::Error::Corrupt { offset: 0, ref reason, .. } if reason == "bad segment magic")
+        );
     }
 }

@@ -121,8 +121,12 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                     bytes: bytes.len() as u64,
                 })
             }
-            Ok(c) => tracing::warn!(path = %p.display(), lsn = c.lsn, "checkpoint LSN does not match its name; ignored"),
-            Err(reason) => tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored"),
+            Ok(c) => {
+                tracing::warn!(path = %p.display(), lsn = c.lsn, "checkpoint LSN does not match its name; ignored")
+            }
+            Err(reason) => {
+                tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored")
+            }
         }
     }
     files.ckpts.reverse();
@@ -158,7 +162,8 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
                 let f = io.create(&path).map_err(io_err("create", &path))?;
-                write_all(f.as_ref(), &encode_segment_header(*name_lsn)).map_err(io_err("write", &path))?;
+                write_all(f.as_ref(), &encode_segment_header(*name_lsn))
+                    .map_err(io_err("write", &path))?;
                 f.sync_data().map_err(io_err("fsync", &path))?;
                 io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
                 rep.torn_tail = Some(TornTail {
@@ -218,7 +223,11 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                     segment: path.clone(),
                     offset: 0,
                     len: 0,
-                    reason: DamageReason::Gap { expected: exp, found: first }.to_string(),
+                    reason: DamageReason::Gap {
+                        expected: exp,
+                        found: first,
+                    }
+                    .to_string(),
                 });
             }
         }
@@ -302,7 +311,14 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
 }
 
 /// Copies damaged bytes to `<segment>.torn-<offset>[-k]`, fsyncs it and the directory.
-fn save_aside(io: &dyn Io, dir: &Path, seg: &str, offset: u64, bytes: &[u8], names: &[String]) -> Result<PathBuf> {
+fn save_aside(
+    io: &dyn Io,
+    dir: &Path,
+    seg: &str,
+    offset: u64,
+    bytes: &[u8],
+    names: &[String],
+) -> Result<PathBuf> {
     let base = format!("{seg}.torn-{offset}");
     let mut name = base.clone();
     let mut k = 1;

@@ -1,9 +1,9 @@
 //! Progress shared between appenders, waiters and the committer, and the `Append` ticket.
 
-use std::future::Future;
+use std::collections::BinaryHeap;
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -120,7 +120,13 @@ impl Progress {
         self.wake(false);
     }
 
-    pub(crate) fn poison(&self, op: &'static str, path: PathBuf, err: &std::io::Error, affected: (Lsn, Lsn)) {
+    pub(crate) fn poison(
+        &self,
+        op: &'static str,
+        path: PathBuf,
+        err: &std::io::Error,
+        affected: (Lsn, Lsn),
+    ) {
         let mut st = self.state.lock();
         if st.poison.is_none() {
             st.poison = Some(PoisonInfo {
@@ -158,20 +164,29 @@ impl Progress {
                     }
                 }
             }
-            self.waiters.store(st.on_written.len() + st.on_durable.len(), SeqCst);
+            self.waiters
+                .store(st.on_written.len() + st.on_durable.len(), SeqCst);
         }
         ready.into_iter().for_each(Waker::wake);
     }
 
     /// Whether the ticket for `lsn` is resolved (without taking the state lock).
     fn resolved(&self, lsn: Lsn, need_durable: bool) -> bool {
-        let mark = if need_durable { self.durable() } else { self.written() };
+        let mark = if need_durable {
+            self.durable()
+        } else {
+            self.written()
+        };
         mark >= lsn || self.is_poisoned() || self.is_closed()
     }
 
     /// `Some(result)` once the ticket for `lsn` is resolved.
     fn check(&self, lsn: Lsn, need_durable: bool) -> Option<Result<Lsn>> {
-        let mark = if need_durable { self.durable() } else { self.written() };
+        let mark = if need_durable {
+            self.durable()
+        } else {
+            self.written()
+        };
         if mark >= lsn {
             return Some(Ok(lsn));
         }
@@ -273,10 +288,25 @@ impl Append {
     }
 }
 
-impl Future for Append {
+impl IntoFuture for Append {
+    type Output = Result<Lsn>;
+    type IntoFuture = AppendFuture;
+
+    fn into_future(self) -> AppendFuture {
+        AppendFuture(self)
+    }
+}
+
+/// The future of an [`Append`] ticket (`ticket.await`); never blocks the executor thread.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct AppendFuture(Append);
+
+impl Future for AppendFuture {
     type Output = Result<Lsn>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.progress.poll_ticket(self.lsn, self.need_durable, cx)
+        let t = &self.0;
+        t.progress.poll_ticket(t.lsn, t.need_durable, cx)
     }
 }

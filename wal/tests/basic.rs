@@ -13,7 +13,10 @@ fn payload(lsn: u64) -> Vec<u8> {
 }
 
 fn replay_all(wal: &Wal, from: u64) -> Vec<Record> {
-    wal.replay(from).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+    wal.replay(from)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 #[test]
@@ -30,12 +33,25 @@ fn append_replay_reopen_on_real_files() {
     assert_eq!(wal.last_lsn(), 10);
     assert_eq!(wal.durable_lsn(), 10);
     let got = replay_all(&wal, 4);
-    assert_eq!(got.iter().map(|r| r.lsn).collect::<Vec<_>>(), (4..=10).collect::<Vec<_>>());
-    assert_eq!(got[0], Record { lsn: 4, kind: 4, payload: payload(4) });
+    assert_eq!(
+        got.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+        (4..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got[0],
+        Record {
+            lsn: 4,
+            kind: 4,
+            payload: payload(4)
+        }
+    );
     wal.close().unwrap();
 
     let (wal, rec) = WalBuilder::new(dir.path().join("log")).open().unwrap();
-    assert_eq!((rec.first_lsn, rec.last_lsn, rec.records, rec.next_lsn), (Some(1), Some(10), 10, 11));
+    assert_eq!(
+        (rec.first_lsn, rec.last_lsn, rec.records, rec.next_lsn),
+        (Some(1), Some(10), 10, 11)
+    );
     assert_eq!(rec.torn_tail, None);
     assert_eq!(wal.append(0, b"x").unwrap().wait().unwrap(), 11);
     assert_eq!(replay_all(&wal, 0).len(), 11);
@@ -45,21 +61,38 @@ fn append_replay_reopen_on_real_files() {
 #[test]
 fn rotation_spreads_records_over_segments_and_replay_spans_them() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(256).open().unwrap();
-    let tickets: Vec<_> = (1..=100u64).map(|i| wal.append(1, &payload(i)).unwrap()).collect();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .segment_size(256)
+        .open()
+        .unwrap();
+    let tickets: Vec<_> = (1..=100u64)
+        .map(|i| wal.append(1, &payload(i)).unwrap())
+        .collect();
     for t in tickets {
         t.wait().unwrap();
     }
-    assert!(wal.segment_count() > 10, "only {} segments", wal.segment_count());
+    assert!(
+        wal.segment_count() > 10,
+        "only {} segments",
+        wal.segment_count()
+    );
     for f in fs.files() {
         // One record (20 + <=11 bytes) may push a segment over its size, never more.
         assert!(f.1 <= 256 + 31, "{f:?}");
     }
     let got = replay_all(&wal, 37);
-    assert_eq!(got.iter().map(|r| r.lsn).collect::<Vec<_>>(), (37..=100).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+        (37..=100).collect::<Vec<_>>()
+    );
     assert_eq!(got[0].payload, payload(37));
     drop(wal);
-    let (wal, rec) = WalBuilder::new("/w").io(Arc::new(fs)).segment_size(256).open().unwrap();
+    let (wal, rec) = WalBuilder::new("/w")
+        .io(Arc::new(fs))
+        .segment_size(256)
+        .open()
+        .unwrap();
     assert_eq!((rec.records, rec.next_lsn), (100, 101));
     assert_eq!(replay_all(&wal, 1).len(), 100);
 }
@@ -67,10 +100,15 @@ fn rotation_spreads_records_over_segments_and_replay_spans_them() {
 #[test]
 fn oversized_payload_is_rejected_and_nothing_is_written() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
     let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
     let e = wal.append(1, &big).unwrap_err();
-    assert!(matches!(e, Error::PayloadTooLarge { len, max } if len == MAX_PAYLOAD_LEN + 1 && max == MAX_PAYLOAD_LEN));
+    assert!(
+        matches!(e, Error::PayloadTooLarge { len, max } if len == MAX_PAYLOAD_LEN + 1 && max == MAX_PAYLOAD_LEN)
+    );
     assert_eq!(wal.last_lsn(), 0);
     assert_eq!(wal.append(1, b"ok").unwrap().wait().unwrap(), 1);
     assert_eq!(replay_all(&wal, 1).len(), 1);
@@ -79,7 +117,12 @@ fn oversized_payload_is_rejected_and_nothing_is_written() {
 #[test]
 fn concurrent_appenders_get_unique_gap_free_lsns_in_call_order() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs)).segment_size(4096).queue_capacity(16).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs))
+        .segment_size(4096)
+        .queue_capacity(16)
+        .open()
+        .unwrap();
     let wal = Arc::new(wal);
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
@@ -108,7 +151,10 @@ fn concurrent_appenders_get_unique_gap_free_lsns_in_call_order() {
     }
     wal.sync().unwrap();
     all.sort();
-    assert_eq!(all.iter().map(|a| a.0).collect::<Vec<_>>(), (1..=2000).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|a| a.0).collect::<Vec<_>>(),
+        (1..=2000).collect::<Vec<_>>()
+    );
     let replayed = replay_all(&wal, 1);
     assert_eq!(replayed.len(), 2000);
     for (r, (lsn, p)) in replayed.iter().zip(&all) {
@@ -119,7 +165,13 @@ fn concurrent_appenders_get_unique_gap_free_lsns_in_call_order() {
 #[test]
 fn lsns_continue_across_truncate_and_reopen() {
     let fs = FaultyIo::new();
-    let open = || WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(200).open().unwrap();
+    let open = || {
+        WalBuilder::new("/w")
+            .io(Arc::new(fs.clone()))
+            .segment_size(200)
+            .open()
+            .unwrap()
+    };
     let (wal, _) = open();
     for i in 1..=50u64 {
         let _ = wal.append(0, &payload(i)).unwrap();
@@ -128,12 +180,19 @@ fn lsns_continue_across_truncate_and_reopen() {
     let before = wal.segment_count();
     let usage = wal.disk_usage();
     let freed = wal.truncate_before(51).unwrap();
-    assert_eq!(wal.segment_count(), 1, "only the active segment remains (had {before})");
+    assert_eq!(
+        wal.segment_count(),
+        1,
+        "only the active segment remains (had {before})"
+    );
     assert_eq!(wal.disk_usage(), usage - freed);
     assert!(freed > 0);
     // The active segment holds the newest records; nothing older is replayed.
     let left = replay_all(&wal, 1);
-    assert!(left.iter().all(|r| r.lsn > 40) && left.last().unwrap().lsn == 50, "{left:?}");
+    assert!(
+        left.iter().all(|r| r.lsn > 40) && left.last().unwrap().lsn == 50,
+        "{left:?}"
+    );
     wal.close().unwrap();
 
     let (wal, rec) = open();
@@ -147,7 +206,12 @@ fn lsns_continue_across_truncate_and_reopen() {
             fs.write_file(&p, b"");
         }
     }
-    let (wal, rec) = WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(200).salvage(true).open().unwrap();
+    let (wal, rec) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .segment_size(200)
+        .salvage(true)
+        .open()
+        .unwrap();
     assert!(rec.next_lsn >= 52, "next_lsn {}", rec.next_lsn);
     assert!(wal.append(0, b"y").unwrap().wait().unwrap() >= 52);
 }
@@ -155,14 +219,22 @@ fn lsns_continue_across_truncate_and_reopen() {
 #[test]
 fn truncate_keeps_segments_that_reach_the_lsn() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs)).segment_size(200).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs))
+        .segment_size(200)
+        .open()
+        .unwrap();
     for i in 1..=40u64 {
         let _ = wal.append(0, &payload(i)).unwrap();
     }
     wal.sync().unwrap();
     wal.truncate_before(20).unwrap();
     let left = replay_all(&wal, 1);
-    assert!(left.first().unwrap().lsn <= 20, "record 20 was deleted: first left {}", left[0].lsn);
+    assert!(
+        left.first().unwrap().lsn <= 20,
+        "record 20 was deleted: first left {}",
+        left[0].lsn
+    );
     assert_eq!(left.last().unwrap().lsn, 40);
     assert_eq!(wal.truncate_before(0).unwrap(), 0);
 }
@@ -170,7 +242,10 @@ fn truncate_keeps_segments_that_reach_the_lsn() {
 #[test]
 fn checkpoints_replace_older_ones_and_reject_bad_lsns() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
     assert_eq!(wal.load_checkpoint().unwrap(), None);
     for i in 1..=5u64 {
         let _ = wal.append(0, &payload(i)).unwrap();
@@ -179,10 +254,20 @@ fn checkpoints_replace_older_ones_and_reject_bad_lsns() {
     wal.write_checkpoint(5, b"five").unwrap();
     let c = wal.load_checkpoint().unwrap().unwrap();
     assert_eq!((c.lsn, c.data.as_slice()), (5, &b"five"[..]));
-    let names: Vec<_> = fs.files().into_iter().filter(|f| f.0.to_string_lossy().contains("ckpt")).collect();
+    let names: Vec<_> = fs
+        .files()
+        .into_iter()
+        .filter(|f| f.0.to_string_lossy().contains("ckpt"))
+        .collect();
     assert_eq!(names.len(), 1, "older checkpoint removed: {names:?}");
-    assert!(matches!(wal.write_checkpoint(9, b""), Err(Error::CheckpointAhead { lsn: 9, last: 5 })));
-    assert!(matches!(wal.write_checkpoint(4, b""), Err(Error::CheckpointBehind { lsn: 4, newest: 5 })));
+    assert!(matches!(
+        wal.write_checkpoint(9, b""),
+        Err(Error::CheckpointAhead { lsn: 9, last: 5 })
+    ));
+    assert!(matches!(
+        wal.write_checkpoint(4, b""),
+        Err(Error::CheckpointBehind { lsn: 4, newest: 5 })
+    ));
     drop(wal);
     let (_wal, rec) = WalBuilder::new("/w").io(Arc::new(fs)).open().unwrap();
     let info = rec.checkpoint.unwrap();
@@ -192,7 +277,10 @@ fn checkpoints_replace_older_ones_and_reject_bad_lsns() {
 #[test]
 fn half_written_newer_checkpoint_is_ignored() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
     for i in 1..=5u64 {
         let _ = wal.append(0, &payload(i)).unwrap();
     }
@@ -202,14 +290,26 @@ fn half_written_newer_checkpoint_is_ignored() {
     let full = fs.read_file(newer).unwrap();
     // A newer checkpoint cut short, plus a leftover temp file.
     fs.write_file(newer, &full[..full.len() - 2]);
-    fs.write_file(std::path::Path::new("/w/00000000000000000002.ckpt"), &checkpoint_bytes(2, b"good"));
-    fs.write_file(std::path::Path::new("/w/00000000000000000005.ckpt.tmp"), b"junk");
+    fs.write_file(
+        std::path::Path::new("/w/00000000000000000002.ckpt"),
+        &checkpoint_bytes(2, b"good"),
+    );
+    fs.write_file(
+        std::path::Path::new("/w/00000000000000000005.ckpt.tmp"),
+        b"junk",
+    );
     let c = wal.load_checkpoint().unwrap().unwrap();
     assert_eq!((c.lsn, c.data), (2, b"good".to_vec()));
     drop(wal);
-    let (wal, rec) = WalBuilder::new("/w").io(Arc::new(fs.clone())).open().unwrap();
+    let (wal, rec) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
     assert_eq!(rec.checkpoint.map(|c| c.lsn), Some(2));
-    assert_eq!(fs.read_file(std::path::Path::new("/w/00000000000000000005.ckpt.tmp")), None);
+    assert_eq!(
+        fs.read_file(std::path::Path::new("/w/00000000000000000005.ckpt.tmp")),
+        None
+    );
     assert_eq!(wal.load_checkpoint().unwrap().map(|c| c.lsn), Some(2));
 }
 
@@ -229,14 +329,19 @@ fn buffered_mode_fsyncs_within_the_interval() {
     let fs = FaultyIo::new();
     let (wal, _) = WalBuilder::new("/w")
         .io(Arc::new(fs.clone()))
-        .durability(Durability::Buffered { interval: Duration::from_millis(20) })
+        .durability(Durability::Buffered {
+            interval: Duration::from_millis(20),
+        })
         .open()
         .unwrap();
     let t = wal.append(0, b"a").unwrap();
     assert_eq!(t.wait().unwrap(), 1);
     let start = std::time::Instant::now();
     while wal.durable_lsn() < 1 {
-        assert!(start.elapsed() < Duration::from_secs(2), "timer fsync never happened");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "timer fsync never happened"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     // A per-append Fsync override is durable when its ticket resolves.
@@ -248,12 +353,20 @@ fn buffered_mode_fsyncs_within_the_interval() {
 #[test]
 fn none_mode_resolves_on_write_and_sync_makes_durable() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).durability(Durability::None).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     let syncs = fs.sync_count();
     for i in 1..=20u64 {
         assert_eq!(wal.append(0, &payload(i)).unwrap().wait().unwrap(), i);
     }
-    assert_eq!(fs.sync_count(), syncs, "None mode must not fsync on its own");
+    assert_eq!(
+        fs.sync_count(),
+        syncs,
+        "None mode must not fsync on its own"
+    );
     assert_eq!(wal.durable_lsn(), 0);
     assert_eq!(wal.sync().unwrap(), 20);
     assert_eq!(wal.durable_lsn(), 20);
@@ -263,7 +376,11 @@ fn none_mode_resolves_on_write_and_sync_makes_durable() {
 #[test]
 fn max_delay_groups_records_into_fewer_fsyncs() {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).max_delay(Some(Duration::from_millis(50))).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .max_delay(Some(Duration::from_millis(50)))
+        .open()
+        .unwrap();
     let syncs = fs.sync_count();
     let tickets: Vec<_> = (0..10).map(|_| wal.append(0, b"x").unwrap()).collect();
     for t in tickets {
@@ -277,12 +394,18 @@ fn tickets_are_futures() {
     let fs = FaultyIo::new();
     let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs)).open().unwrap();
     let wal = Arc::new(wal);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let lsns = rt.block_on(async {
         let mut handles = Vec::new();
         for _ in 0..50 {
             let wal = wal.clone();
-            handles.push(tokio::spawn(async move { wal.append(0, b"async").unwrap().await.unwrap() }));
+            handles.push(tokio::spawn(async move {
+                wal.append(0, b"async").unwrap().await.unwrap()
+            }));
         }
         let mut out = Vec::new();
         for h in handles {
@@ -298,11 +421,23 @@ fn tickets_are_futures() {
 #[test]
 fn closed_log_rejects_appends_and_bad_config_is_typed() {
     let fs = FaultyIo::new();
-    let e = WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(10).open().unwrap_err();
+    let e = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .segment_size(10)
+        .open()
+        .unwrap_err();
     assert!(matches!(e, Error::Config { .. }));
-    let e = WalBuilder::new("/w").io(Arc::new(fs.clone())).queue_capacity(0).open().unwrap_err();
+    let e = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .queue_capacity(0)
+        .open()
+        .unwrap_err();
     assert!(matches!(e, Error::Config { .. }));
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs)).durability(Durability::None).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs))
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     let t = wal.append(0, b"x").unwrap();
     wal.close().unwrap();
     assert_eq!(t.wait().unwrap(), 1);

@@ -11,7 +11,11 @@ use writebehind_wal::io::{CrashMode, FaultyIo};
 use writebehind_wal::{Durability, Error, Wal, WalBuilder};
 
 fn open(fs: &FaultyIo) -> (Wal, writebehind_wal::Recovery) {
-    WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(512).open().unwrap()
+    WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .segment_size(512)
+        .open()
+        .unwrap()
 }
 
 fn replay_lsns(wal: &Wal) -> Vec<u64> {
@@ -56,7 +60,11 @@ fn tickets_queued_behind_a_failed_fsync_are_poisoned() {
     let tickets: Vec<_> = (0..5).map(|_| wal.append(0, b"x").unwrap()).collect();
     let errs: Vec<Error> = tickets.into_iter().map(|t| t.wait().unwrap_err()).collect();
     // All five were in the failed group (max_delay gathered them): each sees the I/O error.
-    assert!(errs.iter().all(|e| matches!(e, Error::Io { op: "fsync", .. })), "{errs:?}");
+    assert!(
+        errs.iter()
+            .all(|e| matches!(e, Error::Io { op: "fsync", .. })),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -76,7 +84,10 @@ fn enospc_poisons_and_reopen_keeps_the_whole_records() {
         }
     }
     let e = err.unwrap();
-    assert!(matches!(&e, Error::Io { op: "write", source, .. } if source.kind() == std::io::ErrorKind::StorageFull), "{e:?}");
+    assert!(
+        matches!(&e, Error::Io { op: "write", source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+        "{e:?}"
+    );
     // 100 bytes hold three 30-byte frames; the fourth is cut short.
     assert_eq!(ok, vec![1, 2, 3]);
     assert!(matches!(wal.append(0, b"later"), Err(Error::Poisoned)));
@@ -93,13 +104,18 @@ fn short_writes_are_completed() {
     let fs = FaultyIo::new();
     fs.set_short_writes(true);
     let (wal, _) = open(&fs);
-    let tickets: Vec<_> = (0..100u32).map(|i| wal.append(1, &i.to_le_bytes()).unwrap()).collect();
+    let tickets: Vec<_> = (0..100u32)
+        .map(|i| wal.append(1, &i.to_le_bytes()).unwrap())
+        .collect();
     for t in tickets {
         t.wait().unwrap();
     }
     let got: Vec<_> = wal.replay(1).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(got.len(), 100);
-    assert!(got.iter().enumerate().all(|(i, r)| r.payload == (i as u32).to_le_bytes()));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.payload == (i as u32).to_le_bytes()));
     drop(wal);
     fs.crash(CrashMode::LoseUnsynced);
     let (_wal, rec) = open(&fs);
@@ -122,14 +138,30 @@ fn failed_directory_fsync_at_rotation_poisons() {
     let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
     assert!(results[..5].iter().all(|r| r.is_ok()), "{results:?}");
     let e = results[5].as_ref().unwrap_err();
-    assert!(matches!(e, Error::Io { op: "fsync dir", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Io {
+                op: "fsync dir",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(wal.is_poisoned());
     assert!(matches!(wal.append(0, b"x"), Err(Error::Poisoned)));
-    assert_eq!(wal.durable_lsn(), 5, "the old segment was synced before the new one was made");
+    assert_eq!(
+        wal.durable_lsn(),
+        5,
+        "the old segment was synced before the new one was made"
+    );
 }
 
 fn cases() -> u32 {
-    std::env::var("WB_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    std::env::var("WB_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 #[derive(Clone, Debug)]
@@ -141,7 +173,9 @@ struct Batch {
 fn mode() -> impl Strategy<Value = Durability> {
     prop_oneof![
         Just(Durability::Fsync),
-        (0u64..3).prop_map(|ms| Durability::Buffered { interval: Duration::from_millis(ms) }),
+        (0u64..3).prop_map(|ms| Durability::Buffered {
+            interval: Duration::from_millis(ms)
+        }),
         Just(Durability::None),
     ]
 }
@@ -157,7 +191,8 @@ fn crash_mode() -> impl Strategy<Value = CrashMode> {
 
 fn batches() -> impl Strategy<Value = Vec<Batch>> {
     prop::collection::vec(
-        (prop::collection::vec(0usize..80, 1..12), mode()).prop_map(|(payload_lens, mode)| Batch { payload_lens, mode }),
+        (prop::collection::vec(0usize..80, 1..12), mode())
+            .prop_map(|(payload_lens, mode)| Batch { payload_lens, mode }),
         1..12,
     )
 }

@@ -11,21 +11,31 @@ use writebehind_wal::reader::read_segment;
 use writebehind_wal::{checkpoint, Error, Record, WalBuilder};
 
 fn cases() -> u32 {
-    std::env::var("WB_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    std::env::var("WB_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
 }
 
 /// A real segment with `n` records and a real checkpoint, produced by the log itself.
 fn sample(n: usize) -> (Vec<u8>, Vec<Record>, Vec<u8>) {
     let fs = FaultyIo::new();
-    let (wal, _) = WalBuilder::new("/w").io(Arc::new(fs.clone())).open().unwrap();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
     for i in 0..n {
         let _ = wal.append(i as u8, &vec![i as u8; i % 17]).unwrap();
     }
     wal.sync().unwrap();
     wal.write_checkpoint(n as u64, b"checkpoint data").unwrap();
     let recs: Vec<Record> = wal.replay(1).unwrap().map(|r| r.unwrap()).collect();
-    let seg = fs.read_file(std::path::Path::new("/w/00000000000000000001.wal")).unwrap();
-    let ck = fs.read_file(&std::path::PathBuf::from(format!("/w/{n:020}.ckpt"))).unwrap();
+    let seg = fs
+        .read_file(std::path::Path::new("/w/00000000000000000001.wal"))
+        .unwrap();
+    let ck = fs
+        .read_file(&std::path::PathBuf::from(format!("/w/{n:020}.ckpt")))
+        .unwrap();
     (seg, recs, ck)
 }
 
@@ -41,7 +51,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), 1u8..=255).prop_map(|(i, b)| Mutation::Flip(i, b)),
         any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..40)).prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..40))
+            .prop_map(|(i, v)| Mutation::Insert(i, v)),
         (any::<usize>(), 1usize..64).prop_map(|(i, n)| Mutation::Zero(i, n)),
     ]
 }

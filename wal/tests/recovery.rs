@@ -6,15 +6,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use writebehind_wal::io::FaultyIo;
-use writebehind_wal::{Error, Record, Skipped, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use writebehind_wal::{
+    Error, Record, Skipped, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 
 fn payload(lsn: u64) -> Vec<u8> {
     // Varying lengths so frame boundaries are irregular.
     vec![lsn as u8; (lsn as usize * 7) % 23]
 }
 
-fn open(fs: &FaultyIo, seg: u64, salvage: bool) -> writebehind_wal::Result<(Wal, writebehind_wal::Recovery)> {
-    WalBuilder::new("/w").io(Arc::new(fs.clone())).segment_size(seg).salvage(salvage).open()
+fn open(
+    fs: &FaultyIo,
+    seg: u64,
+    salvage: bool,
+) -> writebehind_wal::Result<(Wal, writebehind_wal::Recovery)> {
+    WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .segment_size(seg)
+        .salvage(salvage)
+        .open()
 }
 
 /// A log of `n` records; returns the segment paths, oldest first.
@@ -32,7 +42,10 @@ fn build(fs: &FaultyIo, n: u64, seg: u64) -> Vec<PathBuf> {
 }
 
 fn replay(wal: &Wal) -> Vec<Record> {
-    wal.replay(1).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+    wal.replay(1)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 fn frame_len(lsn: u64) -> u64 {
@@ -66,7 +79,11 @@ fn cutting_the_last_segment_at_every_offset_keeps_exactly_the_whole_records() {
         let (boundary, last_whole) = if cut < SEGMENT_HEADER_LEN {
             (0, first_lsn - 1)
         } else {
-            *ends.iter().rev().find(|(end, _)| *end <= cut as u64).unwrap()
+            *ends
+                .iter()
+                .rev()
+                .find(|(end, _)| *end <= cut as u64)
+                .unwrap()
         };
         assert_eq!(rec.last_lsn, Some(last_whole), "cut {cut}");
         assert_eq!(rec.next_lsn, last_whole + 1, "cut {cut}");
@@ -76,24 +93,43 @@ fn cutting_the_last_segment_at_every_offset_keeps_exactly_the_whole_records() {
         let torn_expected = cut as u64 != boundary || cut < SEGMENT_HEADER_LEN;
         match &rec.torn_tail {
             Some(t) if torn_expected => {
-                assert_eq!((t.segment.as_path(), t.offset), (last.as_path(), boundary), "cut {cut}");
+                assert_eq!(
+                    (t.segment.as_path(), t.offset),
+                    (last.as_path(), boundary),
+                    "cut {cut}"
+                );
                 assert_eq!(t.bytes_cut, cut as u64 - boundary, "cut {cut}");
-                assert_eq!(fs.read_file(&t.saved_to).unwrap(), &bytes[boundary as usize..cut], "cut {cut}");
+                assert_eq!(
+                    fs.read_file(&t.saved_to).unwrap(),
+                    &bytes[boundary as usize..cut],
+                    "cut {cut}"
+                );
             }
             None if !torn_expected => {}
             other => panic!("cut {cut}: torn_tail {other:?}, expected torn: {torn_expected}"),
         }
         // The cut is on disk and the log continues from the right LSN.
-        assert_eq!(wal.append(2, b"after").unwrap().wait().unwrap(), last_whole + 1);
+        assert_eq!(
+            wal.append(2, b"after").unwrap().wait().unwrap(),
+            last_whole + 1
+        );
         drop(wal);
         let (_wal, rec) = open(&fs, 512, false).unwrap();
-        assert_eq!((rec.last_lsn, rec.torn_tail), (Some(last_whole + 1), None), "cut {cut}");
+        assert_eq!(
+            (rec.last_lsn, rec.torn_tail),
+            (Some(last_whole + 1), None),
+            "cut {cut}"
+        );
     }
 }
 
 #[test]
 fn zero_filled_and_garbage_tails_are_cut() {
-    for junk in [vec![0u8; 300], vec![0xA5; 7], b"not a frame at all, just text".to_vec()] {
+    for junk in [
+        vec![0u8; 300],
+        vec![0xA5; 7],
+        b"not a frame at all, just text".to_vec(),
+    ] {
         let fs = FaultyIo::new();
         let segs = build(&fs, 10, 1 << 20);
         let p = &segs[0];
@@ -136,8 +172,18 @@ fn flipped_bit_before_the_tail_is_a_typed_error_and_salvage_reports_it() {
     assert_eq!(
         rec.skipped,
         vec![
-            Skipped { segment: p.clone(), offset: at, len: frame_len(4), reason: "frame checksum mismatch".into() },
-            Skipped { segment: p.clone(), offset: at + frame_len(4), len: 0, reason: "LSN gap: expected 4, found 5".into() },
+            Skipped {
+                segment: p.clone(),
+                offset: at,
+                len: frame_len(4),
+                reason: "frame checksum mismatch".into()
+            },
+            Skipped {
+                segment: p.clone(),
+                offset: at + frame_len(4),
+                len: 0,
+                reason: "LSN gap: expected 4, found 5".into()
+            },
         ]
     );
     assert_eq!(rec.torn_tail, None);
@@ -164,7 +210,12 @@ fn replay_reports_damage_that_appears_after_open() {
     assert!(it.next().is_none(), "replay ends after an error");
     // Reading from a later segment does not touch the damaged one.
     let from = name_lsn(&segs[1]);
-    let n = wal.replay(from).unwrap().collect::<Result<Vec<_>, _>>().unwrap().len() as u64;
+    let n = wal
+        .replay(from)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+        .len() as u64;
     assert_eq!(n, 40 - from + 1);
 }
 
@@ -179,7 +230,10 @@ fn corruption_in_an_older_segment_names_it() {
     bytes[last] ^= 0x80; // last record of a non-last segment: nothing follows it there
     fs.write_file(victim, &bytes);
     let e = open(&fs, 300, false).unwrap_err();
-    assert!(matches!(&e, Error::Corrupt { segment, .. } if segment == victim), "{e:?}");
+    assert!(
+        matches!(&e, Error::Corrupt { segment, .. } if segment == victim),
+        "{e:?}"
+    );
     let (_wal, rec) = open(&fs, 300, true).unwrap();
     // The damaged last record of that segment, then the LSN it leaves missing.
     let next = segs[2].clone();
@@ -187,8 +241,18 @@ fn corruption_in_an_older_segment_names_it() {
     assert_eq!(
         rec.skipped,
         vec![
-            Skipped { segment: victim.clone(), offset: (bytes.len() as u64) - frame_len(lost), len: frame_len(lost), reason: "frame checksum mismatch".into() },
-            Skipped { segment: next, offset: 0, len: 0, reason: format!("LSN gap: expected {lost}, found {}", lost + 1) },
+            Skipped {
+                segment: victim.clone(),
+                offset: (bytes.len() as u64) - frame_len(lost),
+                len: frame_len(lost),
+                reason: "frame checksum mismatch".into()
+            },
+            Skipped {
+                segment: next,
+                offset: 0,
+                len: 0,
+                reason: format!("LSN gap: expected {lost}, found {}", lost + 1)
+            },
         ]
     );
     assert_eq!(rec.records, 39);
@@ -206,7 +270,11 @@ fn missing_middle_segment_is_an_lsn_gap() {
     let after = segs[2].clone();
     let expected: u64 = name_lsn(&gone);
     let found: u64 = name_lsn(&after);
-    let keep: Vec<(PathBuf, Vec<u8>)> = segs.iter().filter(|p| **p != gone).map(|p| (p.clone(), fs.read_file(p).unwrap())).collect();
+    let keep: Vec<(PathBuf, Vec<u8>)> = segs
+        .iter()
+        .filter(|p| **p != gone)
+        .map(|p| (p.clone(), fs.read_file(p).unwrap()))
+        .collect();
     let fs = FaultyIo::new();
     for (p, b) in &keep {
         fs.write_file(p, b);
@@ -218,7 +286,10 @@ fn missing_middle_segment_is_an_lsn_gap() {
     );
     let (_wal, rec) = open(&fs, 300, true).unwrap();
     assert_eq!(rec.skipped.len(), 1);
-    assert_eq!(rec.skipped[0].reason, format!("LSN gap: expected {expected}, found {found}"));
+    assert_eq!(
+        rec.skipped[0].reason,
+        format!("LSN gap: expected {expected}, found {found}")
+    );
 }
 
 fn name_lsn(p: &Path) -> u64 {

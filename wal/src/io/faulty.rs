@@ -165,8 +165,8 @@ impl FaultyIo {
                     CrashMode::GarbleTail if keep > 0 => {
                         let n = (1 + fs.rand_upto(15)).min(keep);
                         let len = durable.len();
-                        for i in len - n..len {
-                            durable[i] = fs.rand() as u8;
+                        for b in &mut durable[len - n..] {
+                            *b = fs.rand() as u8;
                         }
                     }
                     CrashMode::ZeroFillTail => {
@@ -342,7 +342,11 @@ impl Io for FaultyIo {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let fs = self.fs.lock();
         let ino = fs.ino(path)?;
-        Ok(fs.inodes.get(&ino).map(|i| i.data.clone()).unwrap_or_default())
+        Ok(fs
+            .inodes
+            .get(&ino)
+            .map(|i| i.data.clone())
+            .unwrap_or_default())
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
