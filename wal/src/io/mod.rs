@@ -1,6 +1,6 @@
 //! The I/O seam: every file-system operation of the WAL goes through [`Io`].
 //!
-//! [`StdIo`] is the real file system. [`FaultyIo`] (feature `fault-injection`) is an in-memory
+//! [`StdIo`] is the real file system. `FaultyIo` (feature `fault-injection`) is an in-memory
 //! file system that can lose or garble unsynced bytes at a simulated crash, fail an fsync,
 //! write short and run out of space.
 
