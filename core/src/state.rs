@@ -304,9 +304,11 @@ impl State {
     }
 
     fn add_bytes(&self, old: usize, new: usize) {
-        if new >= old {
+        // Equal is the common case (an add onto an add): skip the shared
+        // cache line entirely.
+        if new > old {
             self.dirty_bytes.fetch_add(new - old, Ordering::Relaxed);
-        } else {
+        } else if new < old {
             self.dirty_bytes.fetch_sub(old - new, Ordering::Relaxed);
         }
     }
