@@ -130,3 +130,40 @@ proptest! {
         }
     }
 }
+
+/// The cargo-fuzz seed corpus (wal/fuzz/corpus) through the same entry points, in CI.
+#[test]
+fn fuzz_seed_corpus_gives_the_expected_verdicts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("segment")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        let b = std::fs::read(&p).unwrap();
+        let strict = read_segment(&b, false);
+        let salvage = read_segment(&b, true);
+        if name.starts_with("valid") {
+            let c = strict.unwrap();
+            assert_eq!((c.damage.len() as u64, c.valid_len), (0, b.len() as u64), "{name}");
+            assert!(!c.records.is_empty(), "{name}");
+        } else if name.starts_with("torn") {
+            let c = strict.unwrap();
+            assert_eq!(c.damage.len(), 1, "{name}");
+            assert_eq!(c.damage[0].resync, None, "{name}: a torn tail runs to the end");
+        } else if name.starts_with("flipped") {
+            let c = salvage.unwrap();
+            assert!(!c.damage.is_empty(), "{name}");
+        } else {
+            assert!(matches!(strict, Err(Error::Corrupt { offset: 0, .. })), "{name}");
+        }
+        seen += 1;
+    }
+    for entry in std::fs::read_dir(root.join("checkpoint")).unwrap() {
+        let p = entry.unwrap().path();
+        let b = std::fs::read(&p).unwrap();
+        let valid = p.file_name().unwrap() == "valid";
+        assert_eq!(checkpoint::decode(&b).is_ok(), valid, "{}", p.display());
+        seen += 1;
+    }
+    assert_eq!(seen, 10);
+}
