@@ -283,3 +283,81 @@ proptest! {
         prop_assert_eq!(wal.append(0, b"after").unwrap().wait().unwrap(), n as u64 + 1);
     }
 }
+
+/// Many threads appending (mixed durability) while the crash happens at a random moment.
+#[test]
+fn crash_during_concurrent_appends_keeps_every_fsync_ack() {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    let rounds = (cases() / 4).max(8);
+    for round in 0..rounds as u64 {
+        let fs = FaultyIo::with_seed(round + 1);
+        // Slow fsyncs: records keep arriving while one is in flight.
+        fs.set_sync_latency(Some(Duration::from_micros(150)));
+        let (wal, _) = WalBuilder::new("/w")
+            .io(Arc::new(fs.clone()))
+            .segment_size(700)
+            .open()
+            .unwrap();
+        let wal = Arc::new(wal);
+        let log: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+        let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (wal, log, acked) = (wal.clone(), log.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        let mode = if (i + u32::from(t)) % 3 == 0 {
+                            Durability::None
+                        } else {
+                            Durability::Fsync
+                        };
+                        let p = [t, i as u8, (i >> 8) as u8];
+                        let Ok(ticket) = wal.append_with(t, &p, mode) else {
+                            return;
+                        };
+                        log.lock().unwrap().insert(ticket.lsn(), p.to_vec());
+                        let lsn = ticket.lsn();
+                        match ticket.wait() {
+                            Ok(_) if mode == Durability::Fsync => acked.lock().unwrap().push(lsn),
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_micros(200 + round * 137 % 3000));
+        let mode = [
+            CrashMode::LoseUnsynced,
+            CrashMode::KeepPrefix,
+            CrashMode::GarbleTail,
+            CrashMode::ZeroFillTail,
+        ][round as usize % 4];
+        fs.crash(mode);
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(wal);
+        fs.set_sync_latency(None);
+        let (wal, rec) = open(&fs);
+        let got: Vec<_> = wal.replay(1).unwrap().map(|r| r.unwrap()).collect();
+        let log = log.lock().unwrap();
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.lsn, i as u64 + 1, "round {round}: not a gap-free prefix");
+            assert_eq!(
+                Some(&r.payload),
+                log.get(&r.lsn),
+                "round {round}: payload of {}",
+                r.lsn
+            );
+        }
+        let max_acked = acked.lock().unwrap().iter().copied().max().unwrap_or(0);
+        assert!(
+            got.len() as u64 >= max_acked,
+            "round {round}: recovered {} but {max_acked} was acked",
+            got.len()
+        );
+        assert_eq!(rec.next_lsn, got.len() as u64 + 1);
+    }
+}

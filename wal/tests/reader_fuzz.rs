@@ -144,17 +144,27 @@ fn fuzz_seed_corpus_gives_the_expected_verdicts() {
         let salvage = read_segment(&b, true);
         if name.starts_with("valid") {
             let c = strict.unwrap();
-            assert_eq!((c.damage.len() as u64, c.valid_len), (0, b.len() as u64), "{name}");
+            assert_eq!(
+                (c.damage.len() as u64, c.valid_len),
+                (0, b.len() as u64),
+                "{name}"
+            );
             assert!(!c.records.is_empty(), "{name}");
         } else if name.starts_with("torn") {
             let c = strict.unwrap();
             assert_eq!(c.damage.len(), 1, "{name}");
-            assert_eq!(c.damage[0].resync, None, "{name}: a torn tail runs to the end");
+            assert_eq!(
+                c.damage[0].resync, None,
+                "{name}: a torn tail runs to the end"
+            );
         } else if name.starts_with("flipped") {
             let c = salvage.unwrap();
             assert!(!c.damage.is_empty(), "{name}");
         } else {
-            assert!(matches!(strict, Err(Error::Corrupt { offset: 0, .. })), "{name}");
+            assert!(
+                matches!(strict, Err(Error::Corrupt { offset: 0, .. })),
+                "{name}"
+            );
         }
         seen += 1;
     }

@@ -62,6 +62,7 @@ struct Fs {
     space_left: Option<u64>,
     syncs: u64,
     failed_syncs: u64,
+    sync_latency: Option<std::time::Duration>,
     rng: u64,
 }
 
@@ -197,6 +198,13 @@ impl FaultyIo {
         self.fs.lock().space_left = bytes;
     }
 
+    /// Makes every file fsync take this long. An fsync persists what was written before it
+    /// started; writes during it stay unsynced (as on a real disk), so races between writers
+    /// and fsync become observable. A crash during the fsync makes it fail.
+    pub fn set_sync_latency(&self, latency: Option<std::time::Duration>) {
+        self.fs.lock().sync_latency = latency;
+    }
+
     /// Removes every pending fault.
     pub fn clear_faults(&self) {
         let mut fs = self.fs.lock();
@@ -303,11 +311,20 @@ impl IoFile for MemFile {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
         fs.take_sync()?;
+        let snapshot = fs.inodes.get(&self.ino).map(|i| i.data.clone());
+        if let Some(latency) = fs.sync_latency {
+            drop(fs);
+            std::thread::sleep(latency);
+            fs = self.fs.lock();
+            self.check(&fs)?;
+        }
         let inode = fs
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
-        inode.durable.clone_from(&inode.data);
+        if let Some(snap) = snapshot {
+            inode.durable = snap;
+        }
         Ok(())
     }
 
