@@ -47,6 +47,7 @@ impl Base {
     }
 
     /// The base as a read sees it.
+    #[cfg(test)]
     pub(crate) fn visible(&self) -> Visible {
         match self {
             Base::Unknown | Base::ExpectAbsent | Base::Version(_) => Visible::Unknown,
@@ -77,6 +78,7 @@ impl Base {
     }
 
     /// Bytes of value held, for dirty-byte accounting.
+    #[cfg(test)]
     pub(crate) fn payload(&self) -> usize {
         match self {
             Base::Row { value, .. } | Base::Value(value) => value_payload(value),

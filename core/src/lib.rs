@@ -18,6 +18,7 @@
 
 mod clean;
 mod coalesce;
+mod entry;
 mod error;
 mod limits;
 mod snapshot;

@@ -8,12 +8,11 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::clean::CleanCache;
-use crate::coalesce::{
-    change_payload, coalesce, coalesce_lenient, fold, fold_lenient, Base, FoldError, Visible,
-};
+use crate::coalesce::{coalesce_lenient, fold, Base, FoldError, Visible};
+use crate::entry::{Known, Node};
 use crate::error::{Error, Result};
 use crate::limits::{LimitKind, Limits};
-use crate::snapshot::{Snapshot, SnapshotCut, SnapshotEntry, SnapshotLayer};
+use crate::snapshot::{Snapshot, SnapshotCut, SnapshotEntry};
 use crate::types::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
 
 /// Shards of a [`State::new`] state. 64 keeps writer contention low on
@@ -69,136 +68,12 @@ impl LoadTicket {
     }
 }
 
-/// One dirty key. Boxed in the table so a table slot is one pointer (see
-/// the memory figures in the README).
-struct Node {
-    key: Key,
-    base: Base,
-    pending: Option<Change>,
-    /// LSN of the oldest write in `pending` (meaningless when it is `None`).
-    first_lsn: Lsn,
-    in_flight: Option<Box<InFlight>>,
-}
-
-/// The change handed to the writer in the cut in flight.
-struct InFlight {
-    change: Change,
-    first_lsn: Lsn,
-}
-
-impl Node {
-    fn bytes(&self) -> usize {
-        self.key.len()
-            + self.base.payload()
-            + self
-                .in_flight
-                .as_ref()
-                .map_or(0, |f| change_payload(&f.change))
-            + self.pending.as_ref().map_or(0, change_payload)
-    }
-
-    fn visible(&self) -> Visible {
-        let mut v = self.base.visible();
-        if let Some(f) = &self.in_flight {
-            v = fold_lenient(v, &f.change);
-        }
-        if let Some(p) = &self.pending {
-            v = fold_lenient(v, p);
-        }
-        v
-    }
-
-    fn oldest_lsn(&self) -> Option<Lsn> {
-        match (&self.in_flight, &self.pending) {
-            (Some(f), _) => Some(f.first_lsn),
-            (None, Some(_)) => Some(self.first_lsn),
-            (None, None) => None,
-        }
-    }
-
-    /// Would adding succeed? Checks every sum the entry may ever compute
-    /// with it: the pending sum, the sum after an abort merges the in-flight
-    /// change back, and the visible value either way.
-    fn check_add(&self, change: &Change) -> std::result::Result<(), FoldError> {
-        let pending = coalesce(self.pending.as_ref(), change)?;
-        let merged = match &self.in_flight {
-            Some(f) => coalesce(Some(&f.change), &pending)?,
-            None => pending.clone(),
-        };
-        fold(self.base.visible(), &merged)?;
-        // Leniently through the in-flight change: an add in flight over a
-        // base that turned out to be bytes is doomed already (the database
-        // refuses it); it must not block a put that replaces it.
-        let mut v = self.base.visible();
-        if let Some(f) = &self.in_flight {
-            v = fold_lenient(v, &f.change);
-        }
-        fold(v, &pending)?;
-        Ok(())
-    }
-
-    fn snapshot(&self) -> SnapshotEntry {
-        SnapshotEntry {
-            key: self.key.clone(),
-            base: self.base.clone(),
-            in_flight: self.in_flight.as_ref().map(|f| SnapshotLayer {
-                change: f.change.clone(),
-                first_lsn: f.first_lsn,
-            }),
-            pending: self.pending.as_ref().map(|p| SnapshotLayer {
-                change: p.clone(),
-                first_lsn: self.first_lsn,
-            }),
-        }
-    }
-}
-
 fn to_lookup(v: Visible) -> Lookup {
     match v {
         Visible::Unknown => Lookup::Miss,
         Visible::Absent => Lookup::Absent,
         Visible::Known(v) => Lookup::Value(v),
         Visible::Delta(d) => Lookup::Delta(d),
-    }
-}
-
-/// The database row after the in-flight change's outcome, as far as known.
-fn settle(base: &Base, flight: &Change, pending: Option<&Change>, outcome: &ItemOutcome) -> Base {
-    match outcome {
-        ItemOutcome::Written { .. } if matches!(flight, Change::Delete) => Base::Absent,
-        ItemOutcome::Written { version, value } => {
-            // A put's value is what we wrote; a counter's total is only
-            // known when the backend reports it (other instances add too).
-            let value = value.clone().or_else(|| match flight {
-                Change::Put(v) => Some(v.clone()),
-                _ => None,
-            });
-            match (*version, value) {
-                (Some(version), Some(value)) => Base::Row { version, value },
-                (Some(version), None) => Base::Version(version),
-                (None, Some(value)) => Base::Value(value),
-                (None, None) => Base::Unknown,
-            }
-        }
-        ItemOutcome::Deleted => Base::Absent,
-        ItemOutcome::ConflictKeptDatabase { version, value } => {
-            if matches!(pending, Some(Change::Put(_) | Change::Delete)) {
-                // The pending put/delete was written over our dropped change:
-                // had they coalesced it would carry the old expectation and
-                // conflict too, so keep that expectation (and forget values).
-                return base.invalidated();
-            }
-            match (version, value) {
-                (Some(version), Some(value)) => Base::Row {
-                    version: *version,
-                    value: value.clone(),
-                },
-                (Some(version), None) => Base::Version(*version),
-                (None, _) => Base::Absent,
-            }
-        }
-        // The database did not change; neither does what we know of it.
-        ItemOutcome::DeadLettered => base.clone(),
     }
 }
 
@@ -447,12 +322,11 @@ impl State {
                 continue;
             };
             let node = entry.get_mut();
-            let old = node.bytes();
-            let Some(flight) = node.in_flight.take() else {
+            if node.in_flight().is_none() {
                 continue;
-            };
-            node.base = settle(&node.base, &flight.change, node.pending.as_ref(), outcome);
-            if node.pending.is_some() {
+            }
+            let old = node.bytes();
+            if node.land(outcome) {
                 self.add_bytes(old, node.bytes());
                 continue;
             }
@@ -460,10 +334,16 @@ impl State {
             self.dirty_entries.fetch_sub(1, Ordering::Relaxed);
             self.dirty_bytes.fetch_sub(old, Ordering::Relaxed);
             inner.generation += 1;
-            let Node { key, base, .. } = *node;
-            match base {
-                Base::Row { version, value } => self.clean.insert(key, Some((value, version))),
-                Base::Absent => self.clean.insert(key, None),
+            let Node { key, known, .. } = *node;
+            match known {
+                Known::RowInt { version, value } => {
+                    self.clean.insert(key, Some((Value::Int(value), version)))
+                }
+                Known::RowBytes(row) => {
+                    let (version, bytes) = *row;
+                    self.clean.insert(key, Some((Value::Bytes(bytes), version)))
+                }
+                Known::Absent => self.clean.insert(key, None),
                 _ => self.clean.remove(&key),
             }
         }
@@ -485,17 +365,11 @@ impl State {
             let Some(node) = inner.table.find_mut(hash, |n| *n.key == *item.key) else {
                 continue;
             };
-            let old = node.bytes();
-            let Some(flight) = node.in_flight.take() else {
+            if node.in_flight().is_none() {
                 continue;
-            };
-            let InFlight { change, first_lsn } = *flight;
-            // check() verified this merge when the pending change was accepted.
-            node.pending = Some(match node.pending.take() {
-                None => change,
-                Some(p) => coalesce_lenient(Some(&change), &p),
-            });
-            node.first_lsn = first_lsn;
+            }
+            let old = node.bytes();
+            node.unflight();
             self.add_bytes(old, node.bytes());
         }
         self.in_flight_items.store(0, Ordering::Relaxed);
@@ -534,18 +408,13 @@ impl State {
                 return Err(invalid(Some(&e.key), "duplicate key"));
             }
             in_flight_nodes += usize::from(e.in_flight.is_some());
-            let node = Box::new(Node {
-                key: e.key,
-                base: e.base,
-                first_lsn: e.pending.as_ref().map_or(0, |p| p.first_lsn),
-                pending: e.pending.map(|p| p.change),
-                in_flight: e.in_flight.map(|f| {
-                    Box::new(InFlight {
-                        change: f.change,
-                        first_lsn: f.first_lsn,
-                    })
-                }),
-            });
+            let key = e.key.clone();
+            let node = Box::new(Node::from_snapshot(e).ok_or_else(|| {
+                invalid(
+                    Some(&key),
+                    "entry has neither a pending nor an in-flight change",
+                )
+            })?);
             state.dirty_entries.fetch_add(1, Ordering::Relaxed);
             state.dirty_bytes.fetch_add(node.bytes(), Ordering::Relaxed);
             let hasher = &state.hasher;
@@ -566,7 +435,7 @@ impl State {
             for (key, expected) in items {
                 let hash = state.hash(&key);
                 let inner = state.shards[state.shard_of(hash)].inner.read();
-                let change = match inner.find(hash, &key).and_then(|n| n.in_flight.as_ref()) {
+                let change = match inner.find(hash, &key).and_then(|n| n.in_flight()) {
                     Some(f) => f.change.clone(),
                     None => return Err(invalid(Some(&key), "cut item without an in-flight entry")),
                 };
@@ -596,14 +465,7 @@ impl State {
     pub fn oldest_dirty_lsn(&self) -> Option<Lsn> {
         self.shards
             .iter()
-            .filter_map(|s| {
-                s.inner
-                    .read()
-                    .table
-                    .iter()
-                    .filter_map(|n| n.oldest_lsn())
-                    .min()
-            })
+            .filter_map(|s| s.inner.read().table.iter().map(|n| n.oldest_lsn()).min())
             .min()
     }
 
@@ -646,7 +508,7 @@ impl State {
         self.clean.remove(key);
         if let Some(node) = inner.table.find_mut(hash, |n| *n.key == **key) {
             let old = node.bytes();
-            node.base = node.base.invalidated();
+            node.known = node.known.invalidated();
             self.add_bytes(old, node.bytes());
         }
     }
@@ -659,9 +521,7 @@ impl State {
             .map(|s| {
                 let inner = s.inner.read();
                 inner.table.allocation_size()
-                    + inner.table.len() * std::mem::size_of::<Node>()
-                    + inner.table.iter().filter(|n| n.in_flight.is_some()).count()
-                        * std::mem::size_of::<InFlight>()
+                    + inner.table.iter().map(|n| n.heap_bytes()).sum::<usize>()
             })
             .sum()
     }
@@ -738,8 +598,8 @@ impl ShardGuard<'_> {
     /// next cut carries it.
     pub fn expected(&self, key: &Key) -> Expected {
         match self.inner.find(self.state.hash(key), key) {
-            Some(node) if node.in_flight.is_some() => Expected::Any,
-            Some(node) => node.base.expected(),
+            Some(node) if node.in_flight().is_some() => Expected::Any,
+            Some(node) => node.known.expected(),
             None => match self.state.clean.get(key) {
                 Some(Some((_, version))) => Expected::Version(version),
                 Some(None) => Expected::Absent,
@@ -767,29 +627,20 @@ impl ShardGuard<'_> {
         );
         if let Some(node) = self.inner.table.find_mut(hash, |n| *n.key == *key) {
             let old = node.bytes();
-            if node.in_flight.is_none() && node.base == Base::Unknown {
-                node.base = Base::from_expected(expected);
+            if node.in_flight().is_none() && node.known == Known::Unknown {
+                node.known = Known::from_expected(expected);
             }
-            if node.pending.is_none() {
-                node.first_lsn = lsn;
-            }
-            node.pending = Some(coalesce_lenient(node.pending.as_ref(), &change));
+            node.push(&change, lsn);
             state.add_bytes(old, node.bytes());
             return;
         }
         // A clean copy becomes the base; it must not outlive the write.
-        let base = match state.clean.take(&key) {
-            Some(Some((value, version))) => Base::Row { version, value },
-            Some(None) => Base::Absent,
-            None => Base::from_expected(expected),
+        let known = match state.clean.take(&key) {
+            Some(Some((value, version))) => Known::from_base(Base::Row { version, value }),
+            Some(None) => Known::Absent,
+            None => Known::from_expected(expected),
         };
-        let node = Box::new(Node {
-            key,
-            base,
-            pending: Some(coalesce_lenient(None, &change)),
-            first_lsn: lsn,
-            in_flight: None,
-        });
+        let node = Box::new(Node::new(key, known, coalesce_lenient(None, &change), lsn));
         state.dirty_entries.fetch_add(1, Ordering::Relaxed);
         state.dirty_bytes.fetch_add(node.bytes(), Ordering::Relaxed);
         let hasher = &state.hasher;
@@ -837,16 +688,12 @@ impl AllGuard<'_> {
         let mut items = Vec::with_capacity(state.dirty_entries());
         for inner in &mut self.guards {
             for node in inner.table.iter_mut() {
-                if let Some(change) = node.pending.take() {
+                if let Some(change) = node.start_flight() {
                     items.push(FlushItem {
                         key: node.key.clone(),
-                        change: change.clone(),
-                        expected: node.base.expected(),
-                    });
-                    node.in_flight = Some(Box::new(InFlight {
                         change,
-                        first_lsn: node.first_lsn,
-                    }));
+                        expected: node.known.expected(),
+                    });
                 }
             }
         }

@@ -1,0 +1,430 @@
+//! One dirty entry, laid out compactly: a dirty counter costs one 72-byte
+//! node plus one table slot (see the memory figures in the README).
+
+use std::sync::Arc;
+
+use crate::coalesce::{
+    change_payload, coalesce, coalesce_lenient, fold, fold_lenient, Base, FoldError, Visible,
+};
+use crate::snapshot::{SnapshotEntry, SnapshotLayer};
+use crate::types::{Change, Expected, ItemOutcome, Key, Lsn, Value};
+
+/// [`Base`] in 24 bytes: counters inline, a known bytes row boxed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    Unknown,
+    Absent,
+    ExpectAbsent,
+    Version(i64),
+    RowInt { version: i64, value: i64 },
+    RowBytes(Box<(i64, Arc<[u8]>)>),
+    Int(i64),
+    Bytes(Arc<[u8]>),
+}
+
+impl Known {
+    pub(crate) fn from_base(base: Base) -> Known {
+        match base {
+            Base::Unknown => Known::Unknown,
+            Base::Absent => Known::Absent,
+            Base::ExpectAbsent => Known::ExpectAbsent,
+            Base::Version(v) => Known::Version(v),
+            Base::Row {
+                version,
+                value: Value::Int(value),
+            } => Known::RowInt { version, value },
+            Base::Row {
+                version,
+                value: Value::Bytes(b),
+            } => Known::RowBytes(Box::new((version, b))),
+            Base::Value(Value::Int(v)) => Known::Int(v),
+            Base::Value(Value::Bytes(b)) => Known::Bytes(b),
+        }
+    }
+
+    pub(crate) fn to_base(&self) -> Base {
+        match self {
+            Known::Unknown => Base::Unknown,
+            Known::Absent => Base::Absent,
+            Known::ExpectAbsent => Base::ExpectAbsent,
+            Known::Version(v) => Base::Version(*v),
+            Known::RowInt { version, value } => Base::Row {
+                version: *version,
+                value: Value::Int(*value),
+            },
+            Known::RowBytes(row) => Base::Row {
+                version: row.0,
+                value: Value::Bytes(row.1.clone()),
+            },
+            Known::Int(v) => Base::Value(Value::Int(*v)),
+            Known::Bytes(b) => Base::Value(Value::Bytes(b.clone())),
+        }
+    }
+
+    pub(crate) fn expected(&self) -> Expected {
+        match self {
+            Known::Unknown | Known::Int(_) | Known::Bytes(_) => Expected::Any,
+            Known::Absent | Known::ExpectAbsent => Expected::Absent,
+            Known::Version(version) | Known::RowInt { version, .. } => Expected::Version(*version),
+            Known::RowBytes(row) => Expected::Version(row.0),
+        }
+    }
+
+    pub(crate) fn visible(&self) -> Visible {
+        match self {
+            Known::Unknown | Known::ExpectAbsent | Known::Version(_) => Visible::Unknown,
+            Known::Absent => Visible::Absent,
+            Known::RowInt { value: v, .. } | Known::Int(v) => Visible::Known(Value::Int(*v)),
+            Known::RowBytes(row) => Visible::Known(Value::Bytes(row.1.clone())),
+            Known::Bytes(b) => Visible::Known(Value::Bytes(b.clone())),
+        }
+    }
+
+    pub(crate) fn payload(&self) -> usize {
+        match self {
+            Known::RowInt { .. } | Known::Int(_) => 8,
+            Known::RowBytes(row) => row.1.len(),
+            Known::Bytes(b) => b.len(),
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn invalidated(&self) -> Known {
+        Known::from_base(self.to_base().invalidated())
+    }
+
+    /// Knowledge adopted from a WAL record's `Expected`.
+    pub(crate) fn from_expected(expected: Expected) -> Known {
+        Known::from_base(Base::from_expected(expected))
+    }
+}
+
+/// The change handed to the writer in the cut in flight.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) change: Change,
+    pub(crate) first_lsn: Lsn,
+}
+
+/// A change in flight with a newer one pending.
+#[derive(Debug)]
+pub(crate) struct Both {
+    flight: InFlight,
+    pending: Change,
+}
+
+/// The pending and in-flight changes in 24 bytes: the common "pending
+/// only" case is inline, the rest (only while a cut is in flight) boxed.
+#[derive(Debug)]
+pub(crate) enum Layers {
+    Pending(Change),
+    InFlight(Box<InFlight>),
+    Both(Box<Both>),
+}
+
+/// One dirty key. Boxed in the table so a table slot is one pointer.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) key: Key,
+    pub(crate) known: Known,
+    pub(crate) layers: Layers,
+    /// LSN of the oldest write in the pending change (unused without one).
+    pub(crate) first_lsn: Lsn,
+}
+
+impl Node {
+    pub(crate) fn new(key: Key, known: Known, change: Change, lsn: Lsn) -> Node {
+        Node {
+            key,
+            known,
+            layers: Layers::Pending(change),
+            first_lsn: lsn,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> Option<&Change> {
+        match &self.layers {
+            Layers::Pending(c) => Some(c),
+            Layers::InFlight(_) => None,
+            Layers::Both(b) => Some(&b.pending),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> Option<&InFlight> {
+        match &self.layers {
+            Layers::Pending(_) => None,
+            Layers::InFlight(f) => Some(f),
+            Layers::Both(b) => Some(&b.flight),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.key.len()
+            + self.known.payload()
+            + self.in_flight().map_or(0, |f| change_payload(&f.change))
+            + self.pending().map_or(0, change_payload)
+    }
+
+    pub(crate) fn visible(&self) -> Visible {
+        let mut v = self.known.visible();
+        if let Some(f) = self.in_flight() {
+            v = fold_lenient(v, &f.change);
+        }
+        if let Some(p) = self.pending() {
+            v = fold_lenient(v, p);
+        }
+        v
+    }
+
+    pub(crate) fn oldest_lsn(&self) -> Lsn {
+        match self.in_flight() {
+            Some(f) => f.first_lsn,
+            None => self.first_lsn,
+        }
+    }
+
+    /// Would adding succeed? Checks every sum the entry may ever compute
+    /// with it: the pending sum, the sum after an abort merges the in-flight
+    /// change back, and the visible value either way.
+    pub(crate) fn check_add(&self, change: &Change) -> Result<(), FoldError> {
+        let pending = coalesce(self.pending(), change)?;
+        let merged = match self.in_flight() {
+            Some(f) => coalesce(Some(&f.change), &pending)?,
+            None => pending.clone(),
+        };
+        fold(self.known.visible(), &merged)?;
+        // Leniently through the in-flight change: an add in flight over a
+        // base that turned out to be bytes is doomed already (the database
+        // refuses it); it must not block a put that replaces it.
+        let mut v = self.known.visible();
+        if let Some(f) = self.in_flight() {
+            v = fold_lenient(v, &f.change);
+        }
+        fold(v, &pending)?;
+        Ok(())
+    }
+
+    /// Coalesces a checked change into the pending layer.
+    pub(crate) fn push(&mut self, change: &Change, lsn: Lsn) {
+        if self.pending().is_none() {
+            self.first_lsn = lsn;
+        }
+        let layers = std::mem::replace(&mut self.layers, Layers::Pending(Change::Delete));
+        self.layers = match layers {
+            Layers::Pending(p) => Layers::Pending(coalesce_lenient(Some(&p), change)),
+            Layers::InFlight(f) => Layers::Both(Box::new(Both {
+                flight: *f,
+                pending: coalesce_lenient(None, change),
+            })),
+            Layers::Both(mut b) => {
+                b.pending = coalesce_lenient(Some(&b.pending), change);
+                Layers::Both(b)
+            }
+        };
+    }
+
+    /// Moves the pending change in flight; returns it (for the cut item).
+    pub(crate) fn start_flight(&mut self) -> Option<Change> {
+        let layers = std::mem::replace(&mut self.layers, Layers::Pending(Change::Delete));
+        match layers {
+            Layers::Pending(change) => {
+                self.layers = Layers::InFlight(Box::new(InFlight {
+                    change: change.clone(),
+                    first_lsn: self.first_lsn,
+                }));
+                Some(change)
+            }
+            other => {
+                self.layers = other;
+                None
+            }
+        }
+    }
+
+    /// Drops the in-flight layer after its outcome; returns whether a
+    /// pending change remains (else the entry is clean).
+    pub(crate) fn land(&mut self, outcome: &ItemOutcome) -> bool {
+        let layers = std::mem::replace(&mut self.layers, Layers::Pending(Change::Delete));
+        let (flight, pending) = match layers {
+            Layers::InFlight(f) => (f.change, None),
+            Layers::Both(b) => (b.flight.change, Some(b.pending)),
+            Layers::Pending(p) => {
+                self.layers = Layers::Pending(p);
+                return true;
+            }
+        };
+        self.known = settle(&self.known, &flight, pending.as_ref(), outcome);
+        match pending {
+            Some(p) => {
+                self.layers = Layers::Pending(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Merges the in-flight change back under the pending one.
+    pub(crate) fn unflight(&mut self) {
+        let layers = std::mem::replace(&mut self.layers, Layers::Pending(Change::Delete));
+        self.layers = match layers {
+            Layers::InFlight(f) => {
+                self.first_lsn = f.first_lsn;
+                Layers::Pending(f.change)
+            }
+            Layers::Both(b) => {
+                self.first_lsn = b.flight.first_lsn;
+                // check() verified this merge when the pending change was accepted.
+                Layers::Pending(coalesce_lenient(Some(&b.flight.change), &b.pending))
+            }
+            pending @ Layers::Pending(_) => pending,
+        };
+    }
+
+    pub(crate) fn snapshot(&self) -> SnapshotEntry {
+        SnapshotEntry {
+            key: self.key.clone(),
+            base: self.known.to_base(),
+            in_flight: self.in_flight().map(|f| SnapshotLayer {
+                change: f.change.clone(),
+                first_lsn: f.first_lsn,
+            }),
+            pending: self.pending().map(|p| SnapshotLayer {
+                change: p.clone(),
+                first_lsn: self.first_lsn,
+            }),
+        }
+    }
+
+    /// Rebuilds a node from a snapshot entry; `None` if it has no change.
+    pub(crate) fn from_snapshot(e: SnapshotEntry) -> Option<Node> {
+        let known = Known::from_base(e.base);
+        let (layers, first_lsn) = match (e.in_flight, e.pending) {
+            (None, None) => return None,
+            (None, Some(p)) => (Layers::Pending(p.change), p.first_lsn),
+            (Some(f), None) => (
+                Layers::InFlight(Box::new(InFlight {
+                    change: f.change,
+                    first_lsn: f.first_lsn,
+                })),
+                0,
+            ),
+            (Some(f), Some(p)) => (
+                Layers::Both(Box::new(Both {
+                    flight: InFlight {
+                        change: f.change,
+                        first_lsn: f.first_lsn,
+                    },
+                    pending: p.change,
+                })),
+                p.first_lsn,
+            ),
+        };
+        Some(Node {
+            key: e.key,
+            known,
+            layers,
+            first_lsn,
+        })
+    }
+
+    /// Heap bytes of the node and its boxes (not key or value allocations).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Node>()
+            + match &self.layers {
+                Layers::Pending(_) => 0,
+                Layers::InFlight(_) => std::mem::size_of::<InFlight>(),
+                Layers::Both(_) => std::mem::size_of::<Both>(),
+            }
+            + match &self.known {
+                Known::RowBytes(_) => std::mem::size_of::<(i64, Arc<[u8]>)>(),
+                _ => 0,
+            }
+    }
+}
+
+/// What is known of the database row after the in-flight change's outcome.
+fn settle(
+    known: &Known,
+    flight: &Change,
+    pending: Option<&Change>,
+    outcome: &ItemOutcome,
+) -> Known {
+    let base = match outcome {
+        ItemOutcome::Written { .. } if matches!(flight, Change::Delete) => Base::Absent,
+        ItemOutcome::Written { version, value } => {
+            // A put's value is what we wrote; a counter's total is only
+            // known when the backend reports it (other instances add too).
+            let value = value.clone().or_else(|| match flight {
+                Change::Put(v) => Some(v.clone()),
+                _ => None,
+            });
+            match (*version, value) {
+                (Some(version), Some(value)) => Base::Row { version, value },
+                (Some(version), None) => Base::Version(version),
+                (None, Some(value)) => Base::Value(value),
+                (None, None) => Base::Unknown,
+            }
+        }
+        ItemOutcome::Deleted => Base::Absent,
+        ItemOutcome::ConflictKeptDatabase { .. }
+            if matches!(pending, Some(Change::Put(_) | Change::Delete)) =>
+        {
+            // The pending put/delete was written over our dropped change:
+            // had they coalesced it would carry the old expectation and
+            // conflict too, so keep that expectation (and forget values).
+            return known.invalidated();
+        }
+        ItemOutcome::ConflictKeptDatabase { version, value } => match (version, value) {
+            (Some(version), Some(value)) => Base::Row {
+                version: *version,
+                value: value.clone(),
+            },
+            (Some(version), None) => Base::Version(*version),
+            (None, _) => Base::Absent,
+        },
+        // The database did not change; neither does what we know of it.
+        ItemOutcome::DeadLettered => return known.clone(),
+    };
+    Known::from_base(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_compact() {
+        assert_eq!(std::mem::size_of::<Known>(), 24);
+        assert_eq!(std::mem::size_of::<Layers>(), 24);
+        assert_eq!(std::mem::size_of::<Node>(), 72);
+    }
+
+    #[test]
+    fn known_round_trips_through_base() {
+        let bytes: Arc<[u8]> = Arc::from(&b"ab"[..]);
+        let bases = [
+            Base::Unknown,
+            Base::Absent,
+            Base::ExpectAbsent,
+            Base::Version(3),
+            Base::Row {
+                version: 4,
+                value: Value::Int(-1),
+            },
+            Base::Row {
+                version: 5,
+                value: Value::Bytes(bytes.clone()),
+            },
+            Base::Value(Value::Int(7)),
+            Base::Value(Value::Bytes(bytes)),
+        ];
+        for base in bases {
+            let known = Known::from_base(base.clone());
+            assert_eq!(known.to_base(), base);
+            assert_eq!(known.expected(), base.expected());
+            assert_eq!(known.visible(), base.visible());
+            assert_eq!(known.payload(), base.payload());
+            assert_eq!(known.invalidated().to_base(), base.invalidated());
+        }
+    }
+}
