@@ -1,0 +1,84 @@
+//! Compaction: write the coalesced dirty state as a checkpoint and cut the
+//! WAL below it, so disk use follows the number of dirty keys, not writes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::cache::Inner;
+use crate::log::{self, CheckpointData};
+use crate::{Error, Result};
+
+/// Starts the checkpoint thread. It runs when woken (WAL growth, backpressure)
+/// and stops once the cache is closed or dropped.
+pub(crate) fn spawn(inner: Arc<Inner>, wake: Receiver<()>) -> Result<std::thread::JoinHandle<()>> {
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    std::thread::Builder::new()
+        .name("writebehind-checkpoint".into())
+        .spawn(move || loop {
+            match wake.recv_timeout(Duration::from_millis(200)) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let since = inner
+                .wal
+                .disk_usage()
+                .saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
+            let due = since >= inner.cfg.checkpoint_bytes
+                || inner.wal.disk_usage() >= inner.cfg.max_wal_bytes;
+            if due {
+                if let Err(e) = checkpoint(&inner) {
+                    tracing::error!(dir = %inner.cfg.dir.display(), error = %e, "checkpoint failed");
+                }
+            }
+        })
+        .map_err(|source| Error::Io {
+            path: std::path::PathBuf::from("writebehind-checkpoint thread"),
+            source,
+        })
+}
+
+/// Writes a checkpoint of the current dirty state and truncates the WAL
+/// below it. Writers are paused only while the state is copied.
+pub(crate) fn checkpoint(inner: &Inner) -> Result<()> {
+    let _one_at_a_time = inner.checkpoint_lock.lock();
+    let started = Instant::now();
+    let (snapshot, lsn) = {
+        let all = inner.state.lock_all();
+        // Under every shard lock no write is between its LSN and its apply,
+        // so the state is exactly the WAL up to `lsn`.
+        let lsn = inner.wal.last_lsn();
+        (all.snapshot(lsn), lsn)
+    };
+    if lsn == 0 {
+        return Ok(());
+    }
+    let data = writebehind_wal::codec::encode(&CheckpointData {
+        format: log::FORMAT,
+        snapshot,
+    })
+    .map_err(|e| Error::Codec(e.to_string()))?;
+    inner.wal.write_checkpoint(lsn, &data)?;
+    let freed = inner.wal.truncate_before(lsn + 1)?;
+    inner
+        .wal_bytes_at_checkpoint
+        .store(inner.wal.disk_usage(), Ordering::Relaxed);
+    inner.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    inner.room_made();
+    tracing::debug!(
+        lsn,
+        bytes = data.len(),
+        freed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checkpoint written"
+    );
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Settings and the builder that opens a cache.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use writebehind_core::Limits;
+use writebehind_wal::Durability;
+use writebehind_writer::{Conflict, ConflictPolicy, RetryPolicy};
+
+use crate::cache::WriteBehind;
+use crate::key::CacheKey;
+use crate::value::CacheValue;
+use crate::Result;
+
+/// What a write does when a limit (dirty entries, dirty bytes, WAL bytes) is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait for the flusher to make room, up to this long, then fail with
+    /// [`Error::Backpressure`](crate::Error::Backpressure).
+    Wait(Duration),
+    /// Fail at once with [`Error::Backpressure`](crate::Error::Backpressure).
+    Fail,
+}
+
+/// A callback told of every version conflict the writer met.
+pub type ConflictHook = Arc<dyn Fn(&Conflict) + Send + Sync>;
+
+/// Every setting of a cache. Built by [`Builder`].
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) dir: PathBuf,
+    pub(crate) durability: Durability,
+    pub(crate) segment_size: u64,
+    pub(crate) limits: Limits,
+    pub(crate) max_wal_bytes: u64,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) backpressure: Backpressure,
+    pub(crate) salvage: bool,
+    pub(crate) database: Option<String>,
+    pub(crate) table: String,
+    pub(crate) create_tables: bool,
+    pub(crate) read_through: bool,
+    pub(crate) flush_interval: Duration,
+    pub(crate) flush_dirty_entries: usize,
+    pub(crate) flush_dirty_bytes: usize,
+    pub(crate) close_timeout: Duration,
+    pub(crate) conflict_policy: ConflictPolicy,
+    pub(crate) on_conflict: Option<ConflictHook>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) io: Option<Arc<dyn writebehind_wal::io::Io>>,
+}
+
+/// Opens a [`WriteBehind`]. Every setter documents its default.
+#[must_use]
+pub struct Builder<K, V> {
+    pub(crate) cfg: Config,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: CacheKey, V: CacheValue> Builder<K, V> {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self {
+            cfg: Config {
+                dir,
+                durability: Durability::Fsync,
+                segment_size: 64 << 20,
+                limits: Limits::default(),
+                max_wal_bytes: 1 << 30,
+                checkpoint_bytes: 64 << 20,
+                backpressure: Backpressure::Wait(Duration::from_secs(5)),
+                salvage: false,
+                database: None,
+                table: "counters".into(),
+                create_tables: false,
+                read_through: true,
+                flush_interval: Duration::from_secs(1),
+                flush_dirty_entries: 50_000,
+                flush_dirty_bytes: 32 << 20,
+                close_timeout: Duration::from_secs(30),
+                conflict_policy: ConflictPolicy::KeepDatabase,
+                on_conflict: None,
+                retry: RetryPolicy::default(),
+                io: None,
+            },
+            _types: PhantomData,
+        }
+    }
+
+    /// Durability of writes that do not choose their own. Default: [`Durability::Fsync`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.cfg.durability = durability;
+        self
+    }
+
+    /// WAL segment size. Default: 64 MiB.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.cfg.segment_size = bytes;
+        self
+    }
+
+    /// Most dirty (unflushed) entries held. Default: 1 000 000.
+    pub fn max_dirty_entries(mut self, n: usize) -> Self {
+        self.cfg.limits.max_dirty_entries = n;
+        self
+    }
+
+    /// Most bytes held by dirty entries. Default: 256 MiB.
+    pub fn max_dirty_bytes(mut self, n: usize) -> Self {
+        self.cfg.limits.max_dirty_bytes = n;
+        self
+    }
+
+    /// Largest key, in bytes of its text. Default: 1 KiB.
+    pub fn max_key_bytes(mut self, n: usize) -> Self {
+        self.cfg.limits.max_key_bytes = n;
+        self
+    }
+
+    /// Largest encoded value. Default: 1 MiB.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.cfg.limits.max_value_bytes = n;
+        self
+    }
+
+    /// Clean (flushed or loaded) entries kept for reads. Default: 100 000.
+    pub fn clean_capacity(mut self, n: usize) -> Self {
+        self.cfg.limits.clean_capacity = n;
+        self
+    }
+
+    /// How long a clean entry may be served before it is reloaded. Default: none.
+    pub fn clean_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.cfg.limits.clean_ttl = ttl;
+        self
+    }
+
+    /// Most WAL bytes on disk before writes meet backpressure. Default: 1 GiB.
+    pub fn max_wal_bytes(mut self, n: u64) -> Self {
+        self.cfg.max_wal_bytes = n;
+        self
+    }
+
+    /// WAL bytes written since the last checkpoint that trigger the next one
+    /// (compaction). Default: 64 MiB.
+    pub fn checkpoint_bytes(mut self, n: u64) -> Self {
+        self.cfg.checkpoint_bytes = n;
+        self
+    }
+
+    /// What a write does when a limit is full. Default: wait up to 5 s.
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.cfg.backpressure = policy;
+        self
+    }
+
+    /// Let recovery skip corrupt WAL records (reported in the recovery
+    /// report) instead of failing. Default: off.
+    pub fn salvage(mut self, on: bool) -> Self {
+        self.cfg.salvage = on;
+        self
+    }
+
+    /// The database to flush to: `sqlite://path`, `postgres://…` or
+    /// `mysql://…`. Default: none (the cache keeps everything in its WAL).
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.cfg.database = Some(url.into());
+        self
+    }
+
+    /// The data table. Default: `counters`.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.cfg.table = name.into();
+        self
+    }
+
+    /// Create the data, progress, conflicts and dead-letter tables when
+    /// missing. Default: off.
+    pub fn create_tables(mut self, on: bool) -> Self {
+        self.cfg.create_tables = on;
+        self
+    }
+
+    /// Load misses from the database. Default: on (when a database is set).
+    pub fn read_through(mut self, on: bool) -> Self {
+        self.cfg.read_through = on;
+        self
+    }
+
+    /// Longest time between flushes. Default: 1 s.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.cfg.flush_interval = every;
+        self
+    }
+
+    /// Dirty entries that trigger a flush before the interval. Default: 50 000.
+    pub fn flush_dirty_entries(mut self, n: usize) -> Self {
+        self.cfg.flush_dirty_entries = n;
+        self
+    }
+
+    /// Dirty bytes that trigger a flush before the interval. Default: 32 MiB.
+    pub fn flush_dirty_bytes(mut self, n: usize) -> Self {
+        self.cfg.flush_dirty_bytes = n;
+        self
+    }
+
+    /// How long `close` keeps trying to flush. Default: 30 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.close_timeout = timeout;
+        self
+    }
+
+    /// What to do when a put or delete meets a changed row. Default: keep the database's row.
+    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.cfg.conflict_policy = policy;
+        self
+    }
+
+    /// Called for every conflict (also counted and written to the conflicts table). Default: none.
+    pub fn on_conflict(mut self, hook: impl Fn(&Conflict) + Send + Sync + 'static) -> Self {
+        self.cfg.on_conflict = Some(Arc::new(hook));
+        self
+    }
+
+    /// Retry and circuit-breaker settings of the flusher. Default: [`RetryPolicy::default`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.cfg.retry = policy;
+        self
+    }
+
+    /// The file system under the WAL (tests inject faults here). Default: real files.
+    pub fn io(mut self, io: Arc<dyn writebehind_wal::io::Io>) -> Self {
+        self.cfg.io = Some(io);
+        self
+    }
+
+    /// Opens the cache inside the current tokio runtime: recovers the WAL,
+    /// connects to the database (if set) and starts the flusher.
+    pub async fn open(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open(self.cfg, None).await
+    }
+
+    /// Opens the cache from a plain thread, with a small runtime of its own
+    /// for the flusher. Must not be called from inside a tokio runtime.
+    pub fn open_blocking(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open_blocking(self.cfg)
+    }
+}

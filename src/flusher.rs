@@ -1,0 +1,157 @@
+//! The background flusher: take a cut, write it in one transaction with the
+//! progress row, mark it clean, record the end in the WAL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use writebehind_core::Cut;
+use writebehind_wal::Durability;
+use writebehind_writer::{TableKind, TableSpec, Writer, WriterConfig};
+
+use crate::cache::Inner;
+use crate::config::Config;
+use crate::log::{self, LogEntry};
+use crate::value::CacheValue;
+use crate::{Error, Result};
+
+/// Connects to the database and creates the tables when asked.
+pub(crate) async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
+    let spec = match V::table_kind() {
+        TableKind::Counter => TableSpec::counter(&cfg.table)?,
+        TableKind::Record(codec) => TableSpec::record(&cfg.table, codec)?,
+    };
+    let instance = crate::instance::id(&cfg.dir)?;
+    let wcfg = WriterConfig::new(instance)
+        .table(spec)
+        .conflict_policy(cfg.conflict_policy.clone());
+    let writer = Writer::connect(url, wcfg).await?;
+    if cfg.create_tables {
+        writer.create_tables().await?;
+    }
+    Ok(writer)
+}
+
+/// The loop: a round on every interval, threshold or barrier, until shutdown.
+pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.cfg.flush_interval) => {}
+            _ = inner.wake_flusher.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = round(&inner).await {
+            tracing::warn!(dir = %inner.cfg.dir.display(), error = %e, "flush failed; will retry");
+        }
+    }
+}
+
+/// Flushes until nothing is dirty (used by `close`).
+pub(crate) async fn flush_all(inner: &Inner) -> Result<()> {
+    loop {
+        round(inner).await?;
+        if !inner.state.has_in_flight() && inner.state.stats().dirty_entries == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// One flush round: finish the cut in flight (after a failure or a crash),
+/// else take a new one; write it with retries; complete it.
+pub(crate) async fn round(inner: &Inner) -> Result<()> {
+    let Some(writer) = &inner.writer else {
+        return Ok(());
+    };
+    let _one_at_a_time = inner.flush_lock.lock().await;
+    let cut = match inner.state.in_flight() {
+        Some(cut) => cut,
+        None => match take_cut(inner)? {
+            Some((cut, begin)) => {
+                // The cut's start must be on disk before the database can
+                // hold it, or a crash could replay it as never flushed.
+                begin.await?;
+                cut
+            }
+            None => return Ok(()),
+        },
+    };
+    let started = Instant::now();
+    let span = tracing::info_span!("flush", position = cut.position, rows = cut.items.len());
+    let result = {
+        let _enter = span.enter();
+        inner.retrier.run(|| writer.flush(&cut)).await
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            inner.counters.flush_failures.fetch_add(1, Ordering::Relaxed);
+            let msg = Arc::new(e.to_string());
+            inner.status.send_modify(|s| {
+                s.failures += 1;
+                s.last_error = Some(msg.clone());
+            });
+            return Err(Error::Database(e));
+        }
+    };
+    let outcomes = if report.already_applied {
+        vec![
+            writebehind_core::ItemOutcome::Written {
+                version: None,
+                value: None
+            };
+            cut.items.len()
+        ]
+    } else {
+        report.outcomes
+    };
+    inner.state.complete_cut(&outcomes)?;
+    // Not waited on: a lost end marker only makes the next open ask the
+    // database's progress row, which says the cut is already there.
+    let _end = inner
+        .wal
+        .append_with(
+            log::KIND,
+            &log::encode(&LogEntry::FlushEnd {
+                position: cut.position,
+            })?,
+            Durability::None,
+        )?;
+    let c = &inner.counters;
+    c.flushes.fetch_add(1, Ordering::Relaxed);
+    c.rows_flushed.fetch_add(report.rows, Ordering::Relaxed);
+    c.conflicts
+        .fetch_add(report.conflicts.len() as u64, Ordering::Relaxed);
+    c.dead_letters
+        .fetch_add(report.dead_letters.len() as u64, Ordering::Relaxed);
+    if let Some(hook) = &inner.cfg.on_conflict {
+        for conflict in &report.conflicts {
+            hook(conflict);
+        }
+    }
+    inner.status.send_modify(|s| s.flushed = s.flushed.max(cut.position));
+    inner.room_made();
+    tracing::debug!(
+        position = cut.position,
+        rows = report.rows,
+        already_applied = report.already_applied,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "flushed"
+    );
+    Ok(())
+}
+
+/// Takes a cut under every shard lock, logging its start at its position.
+fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
+    if inner.state.stats().dirty_entries == 0 {
+        return Ok(None);
+    }
+    let payload = log::encode(&LogEntry::FlushBegin)?;
+    let mut all = inner.state.lock_all();
+    let begin = inner.wal.append_with(log::KIND, &payload, Durability::Fsync)?;
+    let cut = all.take_cut(begin.lsn())?;
+    Ok(Some((cut, begin)))
+}

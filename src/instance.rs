@@ -1,0 +1,38 @@
+//! The stable id of a cache instance: made once per WAL directory.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::{Error, Result};
+
+const FILE: &str = "instance.id";
+
+/// Reads the directory's instance id, creating it durably on first use.
+pub(crate) fn id(dir: &Path) -> Result<String> {
+    let path = dir.join(FILE);
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(Error::Config(format!("{} holds no valid instance id", path.display())));
+            }
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+            let tmp = dir.join(format!("{FILE}.tmp"));
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(id.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}

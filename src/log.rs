@@ -1,0 +1,131 @@
+//! The records this crate writes to the WAL, and the checkpoint payload.
+//!
+//! Every record has WAL kind [`KIND`]; the payload is a [`LogEntry`] in the
+//! codec's encoding. The golden-byte tests below fail if that encoding
+//! changes: bump [`FORMAT`] and keep a reader for the old one when it must.
+
+use serde::{Deserialize, Serialize};
+use writebehind_core::{Change, Expected, Key, Lsn, Snapshot};
+use writebehind_wal::codec;
+
+use crate::{Error, Result};
+
+/// WAL record kind of a [`LogEntry`].
+pub(crate) const KIND: u8 = 1;
+/// Format version of the checkpoint payload.
+pub(crate) const FORMAT: u32 = 1;
+
+/// One WAL record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LogEntry {
+    /// A write, with the version it was derived from.
+    Op {
+        key: Key,
+        change: Change,
+        expected: Expected,
+    },
+    /// A flush cut was taken here: it covers every record before this one.
+    /// Its position is this record's own LSN.
+    FlushBegin,
+    /// The cut taken at `position` is in the database.
+    FlushEnd { position: Lsn },
+}
+
+/// Borrowed twin of [`LogEntry::Op`] for the write path (same encoding).
+#[derive(Serialize)]
+enum LogEntryRef<'a> {
+    Op {
+        key: &'a str,
+        change: &'a Change,
+        expected: Expected,
+    },
+}
+
+pub(crate) fn encode_op(key: &str, change: &Change, expected: Expected) -> Result<Vec<u8>> {
+    codec::encode(&LogEntryRef::Op {
+        key,
+        change,
+        expected,
+    })
+    .map_err(|e| Error::Codec(e.to_string()))
+}
+
+pub(crate) fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
+    codec::encode(entry).map_err(|e| Error::Codec(e.to_string()))
+}
+
+pub(crate) fn decode(payload: &[u8]) -> std::result::Result<LogEntry, String> {
+    codec::decode(payload).map_err(|e| e.to_string())
+}
+
+/// The checkpoint payload: the dirty state as of the checkpoint's LSN.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CheckpointData {
+    pub(crate) format: u32,
+    pub(crate) snapshot: Snapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use writebehind_core::Value;
+
+    use super::*;
+
+    #[test]
+    fn op_record_bytes_are_frozen() {
+        let bytes = encode_op("k1", &Change::Add(5), Expected::Any).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                0, 0, 0, 0, // variant Op
+                2, 0, 0, 0, 0, 0, 0, 0, b'k', b'1', // key
+                0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, // Change::Add(5)
+                0, 0, 0, 0, // Expected::Any
+            ]
+        );
+        let put = encode_op(
+            "k",
+            &Change::Put(Value::Bytes(Arc::from(&b"ab"[..]))),
+            Expected::Version(7),
+        )
+        .unwrap();
+        assert_eq!(
+            put,
+            [
+                0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'k', // Op, key
+                1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', // Put(Bytes)
+                2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, // Version(7)
+            ]
+        );
+    }
+
+    #[test]
+    fn borrowed_and_owned_records_encode_alike() {
+        let owned = LogEntry::Op {
+            key: Arc::from("key"),
+            change: Change::Delete,
+            expected: Expected::Absent,
+        };
+        let borrowed = encode_op("key", &Change::Delete, Expected::Absent).unwrap();
+        assert_eq!(encode(&owned).unwrap(), borrowed);
+        assert_eq!(decode(&borrowed).unwrap(), owned);
+    }
+
+    #[test]
+    fn markers_are_frozen() {
+        assert_eq!(encode(&LogEntry::FlushBegin).unwrap(), [1, 0, 0, 0]);
+        assert_eq!(
+            encode(&LogEntry::FlushEnd { position: 9 }).unwrap(),
+            [2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode(&[9, 9, 9, 9]).is_err());
+        assert!(decode(&[0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 127]).is_err());
+    }
+}
