@@ -121,6 +121,15 @@ pub(crate) struct Frame<'a> {
 
 /// Parses the frame at `pos`, or says why there is no valid frame there.
 pub(crate) fn parse_frame(buf: &[u8], pos: usize) -> Result<Frame<'_>, &'static str> {
+    parse_frame_in(buf, pos, 1..=Lsn::MAX)
+}
+
+/// [`parse_frame`], rejecting LSNs outside `lsns` before paying for the checksum.
+pub(crate) fn parse_frame_in(
+    buf: &[u8],
+    pos: usize,
+    lsns: std::ops::RangeInclusive<Lsn>,
+) -> Result<Frame<'_>, &'static str> {
     let Some(h) = buf.get(pos..pos.saturating_add(FRAME_HEADER_LEN)) else {
         return Err("incomplete frame header");
     };
@@ -136,6 +145,9 @@ pub(crate) fn parse_frame(buf: &[u8], pos: usize) -> Result<Frame<'_>, &'static 
     if lsn == 0 {
         // Cheap reject for zero-filled space before computing a checksum.
         return Err("frame LSN is 0");
+    }
+    if !lsns.contains(&lsn) {
+        return Err("frame LSN out of range");
     }
     if u32_at(h, 4) != header_crc(crc32c::crc32c(payload), h) {
         return Err("frame checksum mismatch");

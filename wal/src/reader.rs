@@ -7,7 +7,7 @@
 //! if none does, the damage runs to the end of the file, which in the last segment is a
 //! *torn tail* (an interrupted write or zero-filled space) and anywhere else is corruption.
 
-use crate::frame::{decode_segment_header, parse_frame, SEGMENT_HEADER_LEN};
+use crate::frame::{decode_segment_header, parse_frame, parse_frame_in, SEGMENT_HEADER_LEN};
 use crate::{Lsn, Record};
 
 /// Why a byte range of a segment was not accepted.
@@ -158,14 +158,19 @@ impl ScanState {
     }
 }
 
-/// The first offset `>= from` holding a valid frame with LSN `>= min_lsn`.
+/// LSNs further than this beyond the expected one are not taken for a real frame when
+/// searching past damage (keeps the search from checksumming garbage).
+const MAX_LSN_JUMP: Lsn = 1 << 32;
+
+/// The first offset `>= from` holding a valid frame with LSN `>= min_lsn` (and plausibly close).
 fn find_frame(buf: &[u8], from: usize, min_lsn: Lsn) -> Option<usize> {
-    (from..buf.len()).find(|&p| matches!(parse_frame(buf, p), Ok(f) if f.lsn >= min_lsn))
+    let lsns = min_lsn.max(1)..=min_lsn.saturating_add(MAX_LSN_JUMP);
+    (from..buf.len()).find(|&p| parse_frame_in(buf, p, lsns.clone()).is_ok())
 }
 
-/// Whether any valid frame starts at or after `from`.
-pub(crate) fn has_frame_after(buf: &[u8], from: usize) -> bool {
-    find_frame(buf, from, 1).is_some()
+/// Whether a valid frame with an LSN from `min_lsn` on starts at or after `from`.
+pub(crate) fn has_frame_after(buf: &[u8], from: usize, min_lsn: Lsn) -> bool {
+    find_frame(buf, from, min_lsn).is_some()
 }
 
 /// What [`read_segment`] found in a segment file.

@@ -158,7 +158,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
         };
         let first = match first {
             Ok(l) => l,
-            Err(reason) if is_last && !crate::reader::has_frame_after(&data, 0) => {
+            Err(reason) if is_last && !crate::reader::has_frame_after(&data, 0, *name_lsn) => {
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
                 let f = io.create(&path).map_err(io_err("create", &path))?;
