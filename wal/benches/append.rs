@@ -108,6 +108,28 @@ fn wal_appends(wal: &Wal, n: u64, mode: Durability) {
     }
 }
 
+/// One `write`+`fdatasync` per record for `dur` in `dir`: the baseline, measured right next
+/// to each `Fsync` run too, because the shared disk's fsync latency drifts over minutes.
+fn baseline_burst(dir: &std::path::Path, dur: Duration) -> (u64, Duration) {
+    let path = dir.join("baseline-burst.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let rec = [7u8; 52];
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < dur {
+        f.write_all(&rec).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    let d = start.elapsed();
+    std::fs::remove_file(&path).unwrap();
+    (n, d)
+}
+
 fn bench_ours(c: &mut Criterion) {
     let mut g = configure(c);
     for mode in [
@@ -117,6 +139,11 @@ fn bench_ours(c: &mut Criterion) {
     ] {
         for threads in APPENDERS {
             let dir = bench_dir();
+            let adjacent = format!("baseline_adjacent/{threads}");
+            if mode == Durability::Fsync {
+                let (n, d) = baseline_burst(dir.path(), Duration::from_millis(750));
+                record(&adjacent, n, d);
+            }
             let (wal, _) = WalBuilder::new(dir.path()).durability(mode).open().unwrap();
             let wal = Arc::new(wal);
             let name = format!("wal/{}/{threads}", mode_name(mode));
@@ -135,6 +162,10 @@ fn bench_ours(c: &mut Criterion) {
                 },
             );
             Arc::try_unwrap(wal).unwrap().close().unwrap();
+            if mode == Durability::Fsync {
+                let (n, d) = baseline_burst(dir.path(), Duration::from_millis(750));
+                record(&adjacent, n, d);
+            }
         }
     }
     g.finish();
