@@ -99,6 +99,7 @@ pub struct WriterConfig {
     pub(crate) max_rows_per_statement: Option<usize>,
     pub(crate) acquire_timeout: Duration,
     pub(crate) busy_timeout: Duration,
+    pub(crate) report_values: bool,
 }
 
 impl WriterConfig {
@@ -116,6 +117,7 @@ impl WriterConfig {
             max_rows_per_statement: None,
             acquire_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(5),
+            report_values: true,
         }
     }
 
@@ -181,6 +183,19 @@ impl WriterConfig {
     #[must_use]
     pub fn busy_timeout(mut self, d: Duration) -> Self {
         self.busy_timeout = d;
+        self
+    }
+
+    /// Whether unconditional writes and counter adds read back the row's new
+    /// version and value for [`ItemOutcome::Written`](writebehind_core::ItemOutcome)
+    /// (RETURNING on PostgreSQL; a re-select in the transaction on MySQL and,
+    /// aggregated as one JSON row, on SQLite). Default `true`. With `false`
+    /// those outcomes carry `version: None` (and `value: None` for counters):
+    /// flushes then cost about what the raw upsert does, but the cache cannot
+    /// keep an exact clean copy. Conditional writes and conflicts are exact either way.
+    #[must_use]
+    pub fn report_values(mut self, on: bool) -> Self {
+        self.report_values = on;
         self
     }
 

@@ -203,26 +203,42 @@ impl Writer {
         let position = i64::try_from(cut.position).map_err(|_| Error::PositionOutOfRange {
             position: cut.position,
         })?;
-        let tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(Error::sql("flush: begin"))?;
-        let mut f = Flush {
-            w: &self.inner,
-            cut,
-            position,
-            now_ms: now_ms(),
-            tx: Some(tx),
-            outcomes: vec![None; cut.items.len()],
-            conflicts: Vec::new(),
-            conflict_of_item: HashMap::new(),
-            dead: Vec::new(),
-            rows: 0,
-            statements: 0,
-        };
-        f.run().await
+        // PostgreSQL: optimistic first, no savepoints. A row error then aborts
+        // the transaction, and the flush reruns with a savepoint per chunk.
+        let mut savepoints = false;
+        loop {
+            let tx = self
+                .inner
+                .pool
+                .begin()
+                .await
+                .map_err(Error::sql("flush: begin"))?;
+            let mut f = Flush {
+                w: &self.inner,
+                cut,
+                position,
+                now_ms: now_ms(),
+                tx: Some(tx),
+                savepoints,
+                needs_isolation: false,
+                outcomes: vec![None; cut.items.len()],
+                conflicts: Vec::new(),
+                conflict_of_item: HashMap::new(),
+                dead: Vec::new(),
+                rows: 0,
+                statements: 0,
+            };
+            match f.run().await {
+                Err(e) if f.needs_isolation && !savepoints => {
+                    tracing::debug!(error = %e, "writebehind: row error; rerunning the flush with savepoints");
+                    if let Some(tx) = f.tx.take() {
+                        tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
+                    }
+                    savepoints = true;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Read-through: the rows of `keys` (value, version), `None` where
@@ -437,6 +453,10 @@ struct Flush<'a> {
     now_ms: i64,
     /// Always `Some` until commit or rollback.
     tx: Option<Tx>,
+    /// Wrap each chunk in a savepoint (PostgreSQL, after a row error).
+    savepoints: bool,
+    /// A row error hit a chunk without a savepoint: rerun with savepoints.
+    needs_isolation: bool,
     outcomes: Vec<Option<ItemOutcome>>,
     conflicts: Vec<Conflict>,
     conflict_of_item: HashMap<usize, usize>,
@@ -802,6 +822,13 @@ impl Flush<'_> {
         while let Some((lo, hi)) = stack.pop() {
             match self.run_chunk(group, &rows[lo..hi]).await {
                 Ok(returned) => self.record(group, &rows[lo..hi], returned, &mut lost),
+                Err(e)
+                    if e.is_row_error() && d.backend == Backend::Postgres && !self.savepoints =>
+                {
+                    // The transaction is aborted; `Writer::flush` reruns it with savepoints.
+                    self.needs_isolation = true;
+                    return Err(e);
+                }
                 Err(e) if e.is_row_error() => {
                     if hi - lo == 1 {
                         let error = match &e {
@@ -831,7 +858,7 @@ impl Flush<'_> {
         let d = &self.w.dialect;
         // PostgreSQL aborts the whole transaction on an error; SQLite and
         // InnoDB undo just the failed statement, so only PostgreSQL needs a savepoint.
-        let savepoint = d.backend == Backend::Postgres;
+        let savepoint = self.savepoints && d.backend == Backend::Postgres;
         if savepoint {
             self.raw(&format!("SAVEPOINT {SAVEPOINT}")).await?;
         }
@@ -864,20 +891,77 @@ impl Flush<'_> {
                 Ok(None)
             }
             Group::Write(mode) => {
+                let report = self.w.cfg.report_values;
+                let returning = match d.backend {
+                    Backend::MySql => false,
+                    // InsertIfAbsent needs to know which rows it inserted.
+                    Backend::Sqlite => mode == Mode::InsertIfAbsent,
+                    Backend::Postgres => mode == Mode::InsertIfAbsent || report,
+                };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
-                let st = d.write(mode, &data);
-                let types = d.returning_types(mode);
-                let returned = if d.has_returning() {
-                    self.fetch(st, &types, "write").await?
+                let st = d.write(mode, &data, returning);
+                let returned = if returning {
+                    Some(self.fetch(st, &d.returning_types(mode), "write").await?)
                 } else {
                     self.exec(st, "write").await?;
-                    self.fetch(d.reselect(mode, &keys), &types, "re-select written rows")
-                        .await?
+                    if report || mode == Mode::InsertIfAbsent {
+                        Some(self.reselect(mode, &keys).await?)
+                    } else {
+                        None
+                    }
                 };
-                self.rows += returned.len() as u64;
-                Ok(Some(returned))
+                self.rows += match (&returned, mode) {
+                    (Some(rows), Mode::InsertIfAbsent) => rows.len() as u64,
+                    _ => chunk.len() as u64,
+                };
+                Ok(returned)
             }
         }
+    }
+
+    /// The rows just written (key, version[, counter total]), read in the transaction.
+    async fn reselect(&mut self, mode: Mode, keys: &[&Key]) -> Result<Vec<Vec<SqlValue>>> {
+        let d = &self.w.dialect;
+        let types = d.returning_types(mode);
+        if d.backend != Backend::Sqlite {
+            return self
+                .fetch(d.reselect(mode, keys), &types, "re-select written rows")
+                .await;
+        }
+        let rows = self
+            .fetch(
+                d.reselect_json(mode, keys),
+                &[SqlType::Text],
+                "re-select written rows",
+            )
+            .await?;
+        let json = match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Text(j)) => j.as_str(),
+            _ => "[]",
+        };
+        let bad = |message: String| Error::BadRow {
+            table: d.table_name().to_owned(),
+            key: String::new(),
+            message,
+        };
+        let parsed: Vec<Vec<serde_json::Value>> =
+            serde_json::from_str(json).map_err(|e| bad(format!("re-select JSON: {e}")))?;
+        parsed
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .zip(&types)
+                    .map(|(v, ty)| match (v, ty) {
+                        (serde_json::Value::String(s), SqlType::Text) => Ok(SqlValue::Text(s)),
+                        (serde_json::Value::Number(n), SqlType::BigInt) => n
+                            .as_i64()
+                            .map(SqlValue::Int)
+                            .ok_or_else(|| bad(format!("not a BIGINT: {n}"))),
+                        (v, ty) => Err(bad(format!("re-select: {v} is not {ty:?}"))),
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     fn record(
@@ -916,9 +1000,14 @@ impl Flush<'_> {
                     lost.push(r.clone());
                     continue;
                 }
+                // Not read back (`report_values(false)`): our value is known, the version is not.
                 None => ItemOutcome::Written {
                     version: None,
-                    value: None,
+                    value: if mode == Mode::Set {
+                        Some(r.report.clone())
+                    } else {
+                        None
+                    },
                 },
             };
             self.outcomes[r.idx] = Some(outcome);
