@@ -5,7 +5,8 @@
 //! - `write`: lock + check + expected + apply of an add, one thread.
 //! - `clean_cache`: quick_cache vs moka (sync) get/insert at our capacity.
 //! - `hasher`: foldhash (hashbrown's default) vs std SipHash on our keys.
-//! - `shards`: two threads applying adds at 1 / 8 / 64 / 256 shards.
+//! - `shards`: two threads applying adds at 1 / 8 / 64 / 256 shards, and
+//!   what `lock_all` (every flush and checkpoint) costs at 8 / 64 / 256.
 //!
 //! Run: `cargo bench -p writebehind-core --bench core`.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -215,6 +216,16 @@ fn shards(c: &mut Criterion) {
                     }
                 })
             })
+        });
+    }
+    g.finish();
+
+    // The price of more shards: every flush and checkpoint locks them all.
+    let mut g = c.benchmark_group("lock_all");
+    for n in [8usize, 64, 256] {
+        let state = State::with_shards(Limits::default(), n);
+        g.bench_function(format!("{n}"), |b| {
+            b.iter(|| drop(black_box(state.lock_all())))
         });
     }
     g.finish();

@@ -15,6 +15,30 @@
 //! written), and the *pending* change (accepted since). Reads fold them in
 //! that order; `Put`/`Delete` are last-write-wins and `Add`s sum (see
 //! [`Change`]). Dirty entries are never evicted.
+//!
+//! ```
+//! use writebehind_core::{Change, ItemOutcome, Key, Limits, Lookup, State, Value};
+//!
+//! let state = State::new(Limits::default());
+//! let key = Key::from("page:home");
+//! for lsn in 1..=3 {
+//!     let change = Change::Add(1);
+//!     let mut shard = state.lock(&key);
+//!     shard.check(&key, &change)?;
+//!     let expected = shard.expected(&key); // goes into the WAL record
+//!     shard.apply(key.clone(), change, expected, lsn);
+//! }
+//! // Base unknown: the caller adds the database value.
+//! assert_eq!(state.get(&key), Lookup::Delta(3));
+//!
+//! let cut = state.lock_all().take_cut(4)?;
+//! assert_eq!(cut.items[0].change, Change::Add(3));
+//! // The writer committed the batch and reported the row.
+//! state.complete_cut(&[ItemOutcome::Written { version: Some(1), value: Some(Value::Int(3)) }])?;
+//! assert_eq!(state.get(&key), Lookup::Value(Value::Int(3))); // now a clean row
+//! assert_eq!(state.dirty_entries(), 0);
+//! # Ok::<(), writebehind_core::Error>(())
+//! ```
 
 mod clean;
 mod coalesce;

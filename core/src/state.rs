@@ -483,7 +483,8 @@ impl State {
     /// Caches a row loaded from the database (`None`: no such row) unless
     /// the key is dirty, or was cleaned by a cut or invalidated since the
     /// ticket was taken (the load may predate that write). Returns whether
-    /// it was cached.
+    /// it was accepted (with `clean_capacity == 0` an accepted row is not
+    /// kept).
     pub fn insert_loaded(&self, ticket: LoadTicket, row: Option<(Value, i64)>) -> bool {
         let hash = self.hash(&ticket.key);
         let shard = self.shard_of(hash);
