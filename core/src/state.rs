@@ -242,6 +242,17 @@ impl State {
         self.dirty_entries.load(Ordering::Relaxed)
     }
 
+    /// Whether `key` has a pending or in-flight change (a write to it takes
+    /// no new dirty entry).
+    pub fn is_dirty(&self, key: &Key) -> bool {
+        let hash = self.hash(key);
+        self.shards[self.shard_of(hash)]
+            .inner
+            .read()
+            .find(hash, key)
+            .is_some()
+    }
+
     /// Dirty bytes right now (one atomic load); see [`CoreStats::dirty_bytes`].
     pub fn dirty_bytes(&self) -> usize {
         self.dirty_bytes.load(Ordering::Relaxed)

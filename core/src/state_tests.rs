@@ -793,3 +793,21 @@ fn doomed_add_in_flight_does_not_block_adds_after_a_put() {
     assert_eq!(write(&state, "k", Change::Add(2), 8), Ok(()));
     assert_eq!(state.get(&k("k")), Lookup::Value(Value::Int(2)));
 }
+
+#[test]
+fn is_dirty_follows_pending_and_in_flight_changes() {
+    let state = State::new(Limits::default());
+    assert!(!state.is_dirty(&k("k")));
+    write(&state, "k", Change::Add(1), 1).unwrap();
+    assert!(state.is_dirty(&k("k")));
+    cut(&state, 2);
+    assert!(state.is_dirty(&k("k")));
+    state
+        .complete_cut(&[ItemOutcome::Written {
+            version: Some(1),
+            value: Some(Value::Int(1)),
+        }])
+        .unwrap();
+    assert!(!state.is_dirty(&k("k")));
+    assert!(!state.is_dirty(&k("other")));
+}
