@@ -37,12 +37,11 @@ enum Raw {
 
 impl Raw {
     async fn connect(url: &str) -> Raw {
-        use std::str::FromStr;
         match url.split(':').next().unwrap_or_default() {
             #[cfg(feature = "sqlite")]
             "sqlite" => {
                 // The same options the writer uses.
-                let o = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                let o = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
                     .unwrap()
                     .create_if_missing(true)
                     .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
@@ -240,6 +239,7 @@ fn main() {
     let rounds = env_usize("WB_BENCH_ROUNDS", 15).max(1);
     let rt = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let _ = &dir;
     let mut urls: Vec<(&'static str, String)> = Vec::new();
     #[cfg(feature = "sqlite")]
     urls.push((
@@ -292,10 +292,15 @@ fn main() {
         // Interleaved A/B: the machine is shared and noisy; medians of alternating runs.
         let (mut raw, mut wr, mut lean) = (Vec::new(), Vec::new(), Vec::new());
         rt.block_on(async {
-            for _ in 0..rounds {
-                raw.push(target.flush_raw().await);
-                wr.push(target.flush_writer(false).await);
-                lean.push(target.flush_writer(true).await);
+            // Rotate who goes first: SQLite WAL checkpoints and autovacuum hit whoever runs then.
+            for round in 0..rounds {
+                for step in 0..3 {
+                    match (round + step) % 3 {
+                        0 => raw.push(target.flush_raw().await),
+                        1 => wr.push(target.flush_writer(false).await),
+                        _ => lean.push(target.flush_writer(true).await),
+                    }
+                }
             }
         });
         let (r, w, l) = (median(raw), median(wr), median(lean));

@@ -30,6 +30,8 @@ pub(crate) enum Arg {
 /// A connection pool of the configured backend.
 #[derive(Clone, Debug)]
 pub(crate) enum Pool {
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    None(std::convert::Infallible),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::SqlitePool),
     #[cfg(feature = "postgres")]
@@ -40,6 +42,8 @@ pub(crate) enum Pool {
 
 /// An open transaction.
 pub(crate) enum Tx {
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    None(std::convert::Infallible),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     #[cfg(feature = "postgres")]
@@ -50,6 +54,8 @@ pub(crate) enum Tx {
 
 /// A pooled connection outside a transaction.
 pub(crate) enum Conn {
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    None(std::convert::Infallible),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
     #[cfg(feature = "postgres")]
@@ -80,6 +86,7 @@ fn not_enabled(backend: Backend) -> Error {
     Error::BackendNotEnabled { backend, feature }
 }
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 fn array_on_scalar_backend() -> sqlx::Error {
     sqlx::Error::Protocol("writebehind: array bind on a backend without arrays".into())
 }
@@ -213,6 +220,8 @@ impl Pool {
 
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Pool::None(never) => match *never {},
             #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin().await?)),
             #[cfg(feature = "postgres")]
@@ -224,6 +233,8 @@ impl Pool {
 
     pub(crate) async fn acquire(&self) -> Result<Conn, sqlx::Error> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Pool::None(never) => match *never {},
             #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => Ok(Conn::Sqlite(p.acquire().await?)),
             #[cfg(feature = "postgres")]
@@ -235,6 +246,8 @@ impl Pool {
 
     pub(crate) async fn close(&self) {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Pool::None(never) => match *never {},
             #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => p.close().await,
             #[cfg(feature = "postgres")]
@@ -248,6 +261,8 @@ impl Pool {
 impl Tx {
     pub(crate) fn conn(&mut self) -> ConnRef<'_> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Tx::None(never) => match *never {},
             #[cfg(feature = "sqlite")]
             Tx::Sqlite(t) => ConnRef::Sqlite(&mut *t),
             #[cfg(feature = "postgres")]
@@ -259,6 +274,8 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Tx::None(never) => match never {},
             #[cfg(feature = "sqlite")]
             Tx::Sqlite(t) => t.commit().await,
             #[cfg(feature = "postgres")]
@@ -270,6 +287,8 @@ impl Tx {
 
     pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Tx::None(never) => match never {},
             #[cfg(feature = "sqlite")]
             Tx::Sqlite(t) => t.rollback().await,
             #[cfg(feature = "postgres")]
@@ -283,6 +302,8 @@ impl Tx {
 impl Conn {
     pub(crate) fn conn(&mut self) -> ConnRef<'_> {
         match self {
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+            Conn::None(never) => match *never {},
             #[cfg(feature = "sqlite")]
             Conn::Sqlite(c) => ConnRef::Sqlite(&mut *c),
             #[cfg(feature = "postgres")]

@@ -10,6 +10,11 @@
 //! [`Cut`]: writebehind_core::Cut
 
 mod config;
+// With no backend feature on, the driver layer has nothing to drive.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(unused_imports, unused_macros, unused_variables, dead_code)
+)]
 mod db;
 mod error;
 mod ident;

@@ -2,11 +2,11 @@
 //! postgres`, needs WB_POSTGRES_URL) and MySQL/MariaDB (`--features mysql`,
 //! needs WB_MYSQL_URL).
 #![allow(clippy::unwrap_used)]
+#![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use parking_lot::Mutex;
@@ -861,7 +861,7 @@ async fn sqlite_chunks_40_000_rows_within_the_parameter_limit() {
 async fn sqlite_busy_is_transient_and_writes_nothing() {
     let fx = Fixture::sqlite();
     let w = fx
-        .writer(fx.config("busy").busy_timeout(Duration::ZERO))
+        .writer(fx.config("busy").busy_timeout(std::time::Duration::ZERO))
         .await;
     let locker = Writer::connect(&fx.url, fx.config("locker")).await.unwrap();
     // Hold the write lock from another connection: a one-connection pool, in a transaction.
