@@ -344,22 +344,27 @@ impl Dialect {
     }
 
     /// SQLite's faster stand-in for RETURNING: the written rows as ONE JSON
-    /// text `[[key, version(, value)], ..]` (sqlx hands SQLite rows over one
-    /// by one between threads; one row with 10 000 entries costs far less).
+    /// text `[[key, version(, value)], ..]`, the keys bound as one JSON array
+    /// (sqlx hands SQLite rows over one by one between threads; one row with
+    /// 10 000 entries costs far less).
     pub(crate) fn reselect_json(&self, mode: Mode, keys: &[&Key]) -> Stmt {
-        let mut ph = Ph::new(self.backend);
-        let mut args = Vec::new();
-        let filter = self.key_filter(keys, &mut ph, &mut args);
+        let (t, k, v) = (&self.t, &self.k, &self.v);
         let extra = if mode == Mode::Add {
-            format!(", {}", self.qcols.join(", "))
+            let cols: Vec<String> = self.qcols.iter().map(|c| format!("{t}.{c}")).collect();
+            format!(", {}", cols.join(", "))
         } else {
             String::new()
         };
+        let list: Vec<&str> = keys.iter().map(|k| &***k).collect();
+        let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned());
         let sql = format!(
-            "SELECT json_group_array(json_array({}, {}{extra})) FROM {} WHERE {filter}",
-            self.k, self.v, self.t
+            "SELECT json_group_array(json_array({t}.{k}, {t}.{v}{extra})) \
+             FROM json_each(?) AS wb_keys JOIN {t} ON {t}.{k} = wb_keys.value"
         );
-        Stmt { sql, args }
+        Stmt {
+            sql,
+            args: vec![Arg::Text(Some(json))],
+        }
     }
 
     pub(crate) fn delete(&self, keys: &[&Key]) -> Stmt {

@@ -563,6 +563,12 @@ impl Flush<'_> {
             _ => None,
         };
         if current.is_some_and(|p| p >= self.position) {
+            tracing::info!(
+                position = self.position,
+                committed = current,
+                instance,
+                "writebehind: cut already applied (progress row covers it); skipped"
+            );
             if let Some(tx) = self.tx.take() {
                 tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
             }
@@ -750,6 +756,15 @@ impl Flush<'_> {
                 .map_err(Error::sql(self.context("commit")))?;
         }
 
+        tracing::debug!(
+            position = self.position,
+            items = cut.items.len(),
+            rows = self.rows,
+            statements = self.statements,
+            conflicts = self.conflicts.len(),
+            dead_letters = self.dead.len(),
+            "writebehind: flushed"
+        );
         let outcomes = self
             .outcomes
             .iter()
