@@ -1,10 +1,11 @@
-//! Group commit, pipelined over two threads.
+//! Group commit.
 //!
 //! The committer drains the hand-off queue and writes each group with one write call (looping
-//! only over short writes); it rotates segments and runs the `Buffered` fsync timer. The
-//! syncer fdatasyncs: while one fdatasync runs, the committer keeps writing the records that
-//! arrive, and the next fdatasync covers all of them. So every waiting record shares one
-//! fdatasync and the disk never idles while records wait.
+//! only over short writes). When a record in the group asks for `Fsync` (or `sync()` was
+//! called) the committer fdatasyncs right away, on its own thread; records that arrive during
+//! that fdatasync queue up and form the next group, so every waiting record shares one
+//! fdatasync. Timer-driven fdatasyncs (`Buffered`) run on a separate syncer thread so they
+//! never stall appends that only wait for the write.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,14 +125,9 @@ impl Syncer {
         }
     }
 
-    /// Records that `last` is written; asks for an fdatasync up to it if `sync`.
-    fn written(&self, last: Lsn, sync: bool) {
-        let mut st = self.st.lock();
-        st.written = last;
-        if sync {
-            st.want = last;
-            self.cv.notify_all();
-        }
+    /// Records that `last` is written (a later fdatasync covers it).
+    fn written(&self, last: Lsn) {
+        self.st.lock().written = last;
     }
 
     /// Asks for an fdatasync of everything written.
@@ -143,15 +139,15 @@ impl Syncer {
         }
     }
 
-    /// Makes the current file fully durable now (waiting out an fdatasync in flight), then
-    /// lets `next` produce the new file, which later fdatasyncs target.
-    fn switch_file(
-        &self,
-        next: impl FnOnce() -> Result<(Arc<dyn IoFile>, PathBuf), Poisoned>,
-    ) -> Result<(), Poisoned> {
+    /// fdatasyncs the current file now, on the caller's thread (after any fdatasync in flight).
+    fn sync_now(&self) -> Result<(), Poisoned> {
         let mut st = self.st.lock();
+        self.sync_locked(&mut st)
+    }
+
+    fn sync_locked(&self, st: &mut MutexGuard<'_, SyncState>) -> Result<(), Poisoned> {
         while st.busy {
-            self.cv.wait(&mut st);
+            self.cv.wait(st);
         }
         if st.failed {
             return Err(Poisoned);
@@ -165,8 +161,20 @@ impl Syncer {
             }
             st.durable = st.written;
             st.want = st.want.max(st.durable);
-            self.progress.set_durable(st.durable);
+            let d = st.durable;
+            MutexGuard::unlocked(st, || self.progress.set_durable(d));
         }
+        Ok(())
+    }
+
+    /// Makes the current file fully durable now, then lets `next` produce the new file, which
+    /// later fdatasyncs target.
+    fn switch_file(
+        &self,
+        next: impl FnOnce() -> Result<(Arc<dyn IoFile>, PathBuf), Poisoned>,
+    ) -> Result<(), Poisoned> {
+        let mut st = self.st.lock();
+        self.sync_locked(&mut st)?;
         let (file, path) = next()?;
         st.file = file;
         st.path = path;
@@ -316,10 +324,13 @@ impl Committer {
             if let Some(active) = self.files.lock().segs.last_mut() {
                 active.len = self.seg_len;
             }
-            self.syncer.written(self.buf_last, sync);
+            self.syncer.written(self.buf_last);
             self.progress.set_written(self.buf_last);
-        } else if sync {
-            self.syncer.request();
+        }
+        if sync {
+            // Someone waits for this fdatasync: run it here, without a thread hop. Records
+            // arriving meanwhile queue up and form the next group.
+            self.syncer.sync_now()?;
         }
         Ok(())
     }
