@@ -143,7 +143,9 @@ struct Target {
 }
 
 impl Target {
-    async fn new(name: &'static str, url: &str, rows: usize) -> Target {
+    /// `urls`: where the read-back writer, the lean writer and the raw
+    /// baseline write (one SQLite file each, so no one pays another's WAL checkpoints).
+    async fn new(name: &'static str, urls: [&str; 3], rows: usize) -> Target {
         let tag = format!("{:08x}", fastrand::u32(..));
         let t = |s: &str| format!("wbbench_{tag}_{s}");
         let cfg = |table: &str, inst: &str| {
@@ -153,21 +155,23 @@ impl Target {
                 .conflicts_table(Ident::new(&t("conflicts")).unwrap())
                 .dead_letter_table(Ident::new(&t("dead")).unwrap())
         };
-        let writer = Writer::connect(url, cfg(&t("writer"), "w")).await.unwrap();
+        let writer = Writer::connect(urls[0], cfg(&t("writer"), "w"))
+            .await
+            .unwrap();
         writer.create_tables().await.unwrap();
-        let lean = Writer::connect(url, cfg(&t("lean"), "l").report_values(false))
+        let lean = Writer::connect(urls[1], cfg(&t("lean"), "l").report_values(false))
             .await
             .unwrap();
         lean.create_tables().await.unwrap();
         // Same DDL for the raw table.
-        let raw_setup = Writer::connect(url, cfg(&t("raw"), "r")).await.unwrap();
+        let raw_setup = Writer::connect(urls[2], cfg(&t("raw"), "r")).await.unwrap();
         raw_setup.create_tables().await.unwrap();
         raw_setup.close().await;
         Target {
             name,
             writer,
             lean,
-            raw: Raw::connect(url).await,
+            raw: Raw::connect(urls[2]).await,
             raw_table: t("raw"),
             keys: (0..rows).map(|i| format!("key:{i:08}")).collect(),
             deltas: (0..rows).map(|i| (i % 13) as i64 + 1).collect(),
@@ -261,7 +265,14 @@ fn main() {
         .measurement_time(Duration::from_secs(4));
     let mut summary = Vec::new();
     for (name, url) in urls {
-        let target = rt.block_on(Target::new(name, &url, rows));
+        let urls: Vec<String> = if name == "sqlite" {
+            (0..3)
+                .map(|i| url.replace("bench.db", &format!("bench{i}.db")))
+                .collect()
+        } else {
+            vec![url.clone(); 3]
+        };
+        let target = rt.block_on(Target::new(name, [&urls[0], &urls[1], &urls[2]], rows));
         let mut g = c.benchmark_group(format!("flush_{rows}_counters/{name}"));
         g.throughput(criterion::Throughput::Elements(rows as u64));
         g.bench_function("raw_sqlx_upsert", |b| {

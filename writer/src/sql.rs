@@ -226,14 +226,16 @@ impl Dialect {
             args.push(Arg::TextArr(keys_text(keys)));
             format!("{} = ANY({}::text[])", self.k, ph.next())
         } else {
-            let list: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    args.push(Arg::Text(Some(k.to_string())));
-                    ph.next()
-                })
-                .collect();
-            format!("{} IN ({})", self.k, list.join(", "))
+            let mut list = String::with_capacity(keys.len() * 3 + self.k.len() + 8);
+            list.push_str(&self.k);
+            list.push_str(" IN (");
+            args.reserve(keys.len());
+            for (n, k) in keys.iter().enumerate() {
+                list.push_str(if n == 0 { "?" } else { ", ?" });
+                args.push(Arg::Text(Some(k.to_string())));
+            }
+            list.push(')');
+            list
         }
     }
 
@@ -267,17 +269,22 @@ impl Dialect {
                 names.join(", ")
             )
         } else {
-            let mut tuples = Vec::with_capacity(rows.len());
-            for r in rows {
-                let mut p = vec![ph.next()];
+            // Only SQLite and MySQL get here: their placeholder is always `?`.
+            // Written straight into one buffer: this runs for every row.
+            let per_row = 1 + self.cols.len();
+            let mut src = String::with_capacity(8 + rows.len() * (per_row * 3 + 6));
+            src.push_str("VALUES ");
+            args.reserve(rows.len() * per_row);
+            for (n, r) in rows.iter().enumerate() {
+                src.push_str(if n == 0 { "(?" } else { ", (?" });
                 args.push(Arg::Text(Some(r.key.to_string())));
                 for (i, c) in self.cols.iter().enumerate() {
                     args.push(scalar(r.cols.get(i).unwrap_or(&SqlValue::Null), c.ty));
-                    p.push(ph.next());
+                    src.push_str(", ?");
                 }
-                tuples.push(format!("({}, 1)", p.join(", ")));
+                src.push_str(", 1)");
             }
-            format!("VALUES {}", tuples.join(", "))
+            src
         };
         let head = format!("INSERT INTO {t} ({k}, {cols}, {v}) {source}");
         let sql = match self.backend {
