@@ -192,7 +192,9 @@ impl WriterConfig {
     /// aggregated as one JSON row, on SQLite). Default `true`. With `false`
     /// those outcomes carry `version: None` (and `value: None` for counters):
     /// flushes then cost about what the raw upsert does, but the cache cannot
-    /// keep an exact clean copy. Conditional writes and conflicts are exact either way.
+    /// keep an exact clean copy. Conditional writes (`Expected::Absent` /
+    /// `Version`) and conflict resolutions on existing rows still report
+    /// their version: the row was locked at a known version.
     #[must_use]
     pub fn report_values(mut self, on: bool) -> Self {
         self.report_values = on;

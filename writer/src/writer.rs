@@ -64,6 +64,9 @@ struct WRow {
     idx: usize,
     data: RowData,
     report: Value,
+    /// The version after the write when known without reading back: the
+    /// row was locked at version n, so it becomes n + 1.
+    version_after: Option<i64>,
 }
 
 /// Decoded row of the data table, or why it could not be decoded.
@@ -607,6 +610,7 @@ impl Flush<'_> {
                         cols: vec![SqlValue::Int(*delta)],
                     },
                     report: Value::Int(*delta),
+                    version_after: None,
                 }),
                 Change::Add(_) => {
                     self.dead_letter(idx, "Change::Add applies to counter tables only".to_owned());
@@ -618,6 +622,7 @@ impl Flush<'_> {
                             idx,
                             data: RowData { key, cols },
                             report: value.clone(),
+                            version_after: None,
                         };
                         match item.expected {
                             Expected::Any => sets.push(row),
@@ -650,7 +655,10 @@ impl Flush<'_> {
                     (Some(row), Expected::Absent, None) => inserts.push(row),
                     // The row is locked at version n: the upsert updates it to n + 1.
                     (Some(row), Expected::Version(n), Some(_)) if version == Some(n) => {
-                        sets.push(row)
+                        sets.push(WRow {
+                            version_after: Some(n + 1),
+                            ..row
+                        })
                     }
                     (None, Expected::Version(n), Some(_)) if version == Some(n) => {
                         deletes.push(delete_row(idx, item.key.clone()))
@@ -688,6 +696,8 @@ impl Flush<'_> {
                     continue;
                 }
             };
+            // A present row is locked (FOR UPDATE / SQLite's write lock).
+            let locked_version = database.as_ref().map(|(_, v)| *v);
             let mut conflict = Conflict {
                 key: item.key.clone(),
                 ours: item.change.clone(),
@@ -717,7 +727,10 @@ impl Flush<'_> {
                     conflict.resolution = ConflictResolutionTaken::Overwrote;
                     self.conflicts.push(conflict);
                     match row {
-                        Some(row) => sets.push(row),
+                        Some(row) => sets.push(WRow {
+                            version_after: locked_version.map(|v| v + 1),
+                            ..row
+                        }),
                         None => deletes.push(delete_row(idx, item.key.clone())),
                     }
                 }
@@ -732,6 +745,7 @@ impl Flush<'_> {
                                 cols,
                             },
                             report: value,
+                            version_after: locked_version.map(|v| v + 1),
                         });
                     }
                     Err(e) => {
@@ -1015,9 +1029,10 @@ impl Flush<'_> {
                     lost.push(r.clone());
                     continue;
                 }
-                // Not read back (`report_values(false)`): our value is known, the version is not.
+                // Not read back (`report_values(false)`): our value is known,
+                // the version only when the row was locked before the write.
                 None => ItemOutcome::Written {
-                    version: None,
+                    version: r.version_after,
                     value: if mode == Mode::Set {
                         Some(r.report.clone())
                     } else {
@@ -1092,5 +1107,6 @@ fn delete_row(idx: usize, key: Key) -> WRow {
             cols: Vec::new(),
         },
         report: Value::Int(0),
+        version_after: None,
     }
 }

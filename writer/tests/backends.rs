@@ -801,6 +801,15 @@ mod cases {
                 Some((Value::Int(1), 1))
             ]
         );
+        let r = w
+            .flush(&cut(
+                2,
+                vec![item("b", Change::Put(Value::Int(8)), Expected::Version(1))],
+            ))
+            .await
+            .unwrap();
+        // The row was locked at version 1: its next version is known without a read-back.
+        assert_eq!(r.outcomes, vec![written(2, Value::Int(8))]);
         w.close().await;
     }
 
