@@ -259,11 +259,16 @@ impl Committer {
                 };
                 self.take(m, now, &mut want_sync, &mut shutdown)?;
             }
-            if self.sync_deadline.is_some_and(|d| Instant::now() >= d) {
-                self.sync_deadline = None;
-                want_sync = true;
-            }
+            let timer_due = self.sync_deadline.is_some_and(|d| Instant::now() >= d);
             self.flush(want_sync)?;
+            if want_sync {
+                // Everything written is durable now.
+                self.sync_deadline = None;
+            } else if timer_due {
+                // In the background: appends that wait only for the write keep flowing.
+                self.sync_deadline = None;
+                self.syncer.request();
+            }
             if shutdown {
                 return Ok(());
             }
