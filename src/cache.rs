@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     pub(crate) closed: AtomicBool,
     /// WAL disk usage right after the last checkpoint.
     pub(crate) wal_bytes_at_checkpoint: AtomicU64,
+    /// WAL disk usage as last read (refreshed every few hundred writes).
+    pub(crate) wal_bytes: AtomicU64,
     /// Serialises whole flush rounds (the background loop and `close`).
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     /// Serialises checkpoints.
@@ -84,7 +86,6 @@ impl Drop for Lifetime {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
-        drop(self.inner.wake_checkpoint.clone());
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }
@@ -120,7 +121,10 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         Builder::new(dir.into())
     }
 
-    pub(crate) async fn open(cfg: Config, runtime: Option<tokio::runtime::Runtime>) -> Result<Self> {
+    pub(crate) async fn open(
+        cfg: Config,
+        runtime: Option<tokio::runtime::Runtime>,
+    ) -> Result<Self> {
         let writer = match &cfg.database {
             Some(url) => Some(crate::flusher::connect::<V>(&cfg, url).await?),
             None => None,
@@ -150,6 +154,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             room_async: Notify::new(),
             closed: AtomicBool::new(false),
             wal_bytes_at_checkpoint: AtomicU64::new(wal_bytes),
+            wal_bytes: AtomicU64::new(wal_bytes),
             flush_lock: tokio::sync::Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
             loads: Mutex::new(HashMap::new()),
@@ -239,7 +244,8 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         key: &Q,
         durability: Durability,
     ) -> Result<Lsn> {
-        self.write_async(key, Change::Delete, Some(durability)).await
+        self.write_async(key, Change::Delete, Some(durability))
+            .await
     }
 
     /// Blocking [`put`](Self::put), for plain threads.
@@ -260,7 +266,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         durability: Option<Durability>,
     ) -> Result<Lsn> {
         let key = self.key(key)?;
-        self.wait_for_room_async().await?;
+        self.wait_for_room_async(&key).await?;
         let ticket = self.inner.append_op(key, change, durability)?;
         let lsn = ticket.await?;
         self.inner.after_write();
@@ -274,7 +280,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         durability: Option<Durability>,
     ) -> Result<Lsn> {
         let key = self.key(key)?;
-        self.wait_for_room_blocking()?;
+        self.wait_for_room_blocking(&key)?;
         let ticket = self.inner.append_op(key, change, durability)?;
         let lsn = ticket.wait()?;
         self.inner.after_write();
@@ -290,8 +296,8 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     // ---- backpressure ----
 
-    async fn wait_for_room_async(&self) -> Result<()> {
-        let Some(limit) = self.inner.over_limit() else {
+    async fn wait_for_room_async(&self, key: &Key) -> Result<()> {
+        let Some(limit) = self.inner.over_limit(key) else {
             return Ok(());
         };
         let started = Instant::now();
@@ -299,18 +305,21 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             Backpressure::Fail => return Err(self.inner.reject(limit, started)),
             Backpressure::Wait(wait) => wait,
         };
-        self.inner.counters.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .backpressure_waits
+            .fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.inner.room_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let Some(limit) = self.inner.over_limit() else {
+            let Some(limit) = self.inner.over_limit(key) else {
                 return Ok(());
             };
             self.inner.make_room(limit);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return match self.inner.over_limit() {
+                return match self.inner.over_limit(key) {
                     None => Ok(()),
                     Some(limit) => Err(self.inner.reject(limit, started)),
                 };
@@ -318,8 +327,8 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         }
     }
 
-    fn wait_for_room_blocking(&self) -> Result<()> {
-        let Some(limit) = self.inner.over_limit() else {
+    fn wait_for_room_blocking(&self, key: &Key) -> Result<()> {
+        let Some(limit) = self.inner.over_limit(key) else {
             return Ok(());
         };
         let started = Instant::now();
@@ -327,21 +336,26 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             Backpressure::Fail => return Err(self.inner.reject(limit, started)),
             Backpressure::Wait(wait) => wait,
         };
-        self.inner.counters.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .backpressure_waits
+            .fetch_add(1, Ordering::Relaxed);
         let deadline = started + wait;
         let (lock, cvar) = &self.inner.room;
         let mut generation = lock.lock();
         loop {
-            let Some(limit) = self.inner.over_limit() else {
+            let Some(limit) = self.inner.over_limit(key) else {
                 return Ok(());
             };
             self.inner.make_room(limit);
             // Short waits as well as notifications: the flusher runs elsewhere.
             let step = Instant::now() + Duration::from_millis(50);
-            if cvar.wait_until(&mut generation, step.min(deadline)).timed_out()
+            if cvar
+                .wait_until(&mut generation, step.min(deadline))
+                .timed_out()
                 && Instant::now() >= deadline
             {
-                return match self.inner.over_limit() {
+                return match self.inner.over_limit(key) {
                     None => Ok(()),
                     Some(limit) => Err(self.inner.reject(limit, started)),
                 };
@@ -407,7 +421,9 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             }
         };
         sum.map(Value::Int).ok_or_else(|| {
-            Error::Codec(format!("counter {key:?} overflows i64 with its pending delta"))
+            Error::Codec(format!(
+                "counter {key:?} overflows i64 with its pending delta"
+            ))
         })
     }
 
@@ -424,7 +440,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             Lookup::Miss | Lookup::Delta(_) => self.inner.load(&key).await?,
             _ => None,
         };
-        self.wait_for_room_async().await?;
+        self.wait_for_room_async(&key).await?;
         let (ticket, new) = self.inner.update_locked(&key, loaded, f)?;
         if let Some(ticket) = ticket {
             ticket.await?;
@@ -470,7 +486,9 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// database: write-through for the writes that need it.
     pub async fn flushed(&self, lsn: Lsn) -> Result<()> {
         if self.inner.writer.is_none() {
-            return Err(Error::Config("no database is set: nothing is flushed".into()));
+            return Err(Error::Config(
+                "no database is set: nothing is flushed".into(),
+            ));
         }
         let mut rx = self.inner.status.subscribe();
         let failures_before = rx.borrow().failures;
@@ -500,12 +518,20 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// Keys that are dirty keep their cached state.
     pub async fn warm<Q: KeyText>(&self, keys: &[Q]) -> Result<usize> {
         let Some(writer) = &self.inner.writer else {
-            return Err(Error::Config("no database is set: nothing to warm from".into()));
+            return Err(Error::Config(
+                "no database is set: nothing to warm from".into(),
+            ));
         };
         let mut loaded = 0;
         for chunk in keys.chunks(1_000) {
-            let keys: Vec<Key> = chunk.iter().map(|k| Key::from(k.key_text().as_ref())).collect();
-            let tickets: Vec<_> = keys.iter().map(|k| self.inner.state.load_ticket(k)).collect();
+            let keys: Vec<Key> = chunk
+                .iter()
+                .map(|k| Key::from(k.key_text().as_ref()))
+                .collect();
+            let tickets: Vec<_> = keys
+                .iter()
+                .map(|k| self.inner.state.load_ticket(k))
+                .collect();
             let rows = writer.load(&keys).await?;
             for ((_, row), ticket) in rows.into_iter().zip(tickets) {
                 if self.inner.state.insert_loaded(ticket, row) {
@@ -565,15 +591,14 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     /// Blocking [`close`](Self::close).
     pub fn close_blocking(self) -> Result<()> {
-        let handle = match self.life.runtime.lock().as_ref() {
-            Some(rt) => rt.handle().clone(),
-            None => {
-                return Err(Error::Config(
+        let handle =
+            match self.life.runtime.lock().as_ref() {
+                Some(rt) => rt.handle().clone(),
+                None => return Err(Error::Config(
                     "close_blocking() needs a cache opened with open_blocking(); use close().await"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         handle.block_on(self.close())
     }
 }
@@ -592,7 +617,8 @@ impl<K: CacheKey> WriteBehind<K, i64> {
         delta: i64,
         durability: Durability,
     ) -> Result<Lsn> {
-        self.write_async(key, Change::Add(delta), Some(durability)).await
+        self.write_async(key, Change::Add(delta), Some(durability))
+            .await
     }
 
     /// Blocking [`add`](Self::add), for plain threads.
@@ -694,33 +720,41 @@ impl Inner {
     }
 
     /// After a write: count it and wake the flusher or the checkpointer when
-    /// a threshold is passed.
+    /// a threshold is passed. Cheap: atomics, and the WAL size only every
+    /// 256 writes.
     fn after_write(&self) {
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let stats = self.state.stats();
+        let n = self.counters.writes.fetch_add(1, Ordering::Relaxed);
         if self.writer.is_some()
-            && (stats.dirty_entries >= self.cfg.flush_dirty_entries
-                || stats.dirty_bytes >= self.cfg.flush_dirty_bytes)
+            && (self.state.dirty_entries() >= self.cfg.flush_dirty_entries
+                || self.state.dirty_bytes() >= self.cfg.flush_dirty_bytes)
         {
             self.wake_flusher.notify_one();
         }
-        let since = self
-            .wal
-            .disk_usage()
-            .saturating_sub(self.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
+        if n % 256 == 0 {
+            self.refresh_wal_bytes();
+        }
+    }
+
+    /// Re-reads the WAL's disk use and wakes the checkpointer when it grew
+    /// past the compaction threshold.
+    pub(crate) fn refresh_wal_bytes(&self) {
+        let usage = self.wal.disk_usage();
+        self.wal_bytes.store(usage, Ordering::Relaxed);
+        let since = usage.saturating_sub(self.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
         if since >= self.cfg.checkpoint_bytes {
             let _ = self.wake_checkpoint.try_send(());
         }
     }
 
-    fn over_limit(&self) -> Option<Limit> {
-        let stats = self.state.stats();
+    /// The limit a write to `key` would break, if any. A key that is
+    /// already dirty takes no new entry, so only bytes and WAL limits apply.
+    fn over_limit(&self, key: &Key) -> Option<Limit> {
         let limits = &self.cfg.limits;
-        if stats.dirty_entries >= limits.max_dirty_entries {
+        if self.state.dirty_entries() >= limits.max_dirty_entries && !self.state.is_dirty(key) {
             Some(Limit::DirtyEntries)
-        } else if stats.dirty_bytes >= limits.max_dirty_bytes {
+        } else if self.state.dirty_bytes() >= limits.max_dirty_bytes {
             Some(Limit::DirtyBytes)
-        } else if self.wal.disk_usage() >= self.cfg.max_wal_bytes {
+        } else if self.wal_bytes.load(Ordering::Relaxed) >= self.cfg.max_wal_bytes {
             Some(Limit::WalBytes)
         } else {
             None

@@ -28,12 +28,11 @@ pub(crate) fn spawn(inner: Arc<Inner>, wake: Receiver<()>) -> Result<std::thread
             if inner.closed.load(Ordering::Acquire) {
                 return;
             }
-            let since = inner
-                .wal
-                .disk_usage()
-                .saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
-            let due = since >= inner.cfg.checkpoint_bytes
-                || inner.wal.disk_usage() >= inner.cfg.max_wal_bytes;
+            let usage = inner.wal.disk_usage();
+            inner.wal_bytes.store(usage, Ordering::Relaxed);
+            let since =
+                usage.saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
+            let due = since >= inner.cfg.checkpoint_bytes || usage >= inner.cfg.max_wal_bytes;
             if due {
                 if let Err(e) = checkpoint(&inner) {
                     tracing::error!(dir = %inner.cfg.dir.display(), error = %e, "checkpoint failed");
@@ -68,9 +67,11 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<()> {
     .map_err(|e| Error::Codec(e.to_string()))?;
     inner.wal.write_checkpoint(lsn, &data)?;
     let freed = inner.wal.truncate_before(lsn + 1)?;
+    let usage = inner.wal.disk_usage();
     inner
         .wal_bytes_at_checkpoint
-        .store(inner.wal.disk_usage(), Ordering::Relaxed);
+        .store(usage, Ordering::Relaxed);
+    inner.wal_bytes.store(usage, Ordering::Relaxed);
     inner.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
     inner.room_made();
     tracing::debug!(

@@ -88,7 +88,10 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            inner.counters.flush_failures.fetch_add(1, Ordering::Relaxed);
+            inner
+                .counters
+                .flush_failures
+                .fetch_add(1, Ordering::Relaxed);
             let msg = Arc::new(e.to_string());
             inner.status.send_modify(|s| {
                 s.failures += 1;
@@ -111,15 +114,13 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
     inner.state.complete_cut(&outcomes)?;
     // Not waited on: a lost end marker only makes the next open ask the
     // database's progress row, which says the cut is already there.
-    let _end = inner
-        .wal
-        .append_with(
-            log::KIND,
-            &log::encode(&LogEntry::FlushEnd {
-                position: cut.position,
-            })?,
-            Durability::None,
-        )?;
+    let _end = inner.wal.append_with(
+        log::KIND,
+        &log::encode(&LogEntry::FlushEnd {
+            position: cut.position,
+        })?,
+        Durability::None,
+    )?;
     let c = &inner.counters;
     c.flushes.fetch_add(1, Ordering::Relaxed);
     c.rows_flushed.fetch_add(report.rows, Ordering::Relaxed);
@@ -132,7 +133,9 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
             hook(conflict);
         }
     }
-    inner.status.send_modify(|s| s.flushed = s.flushed.max(cut.position));
+    inner
+        .status
+        .send_modify(|s| s.flushed = s.flushed.max(cut.position));
     inner.room_made();
     tracing::debug!(
         position = cut.position,
@@ -151,7 +154,9 @@ fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
     }
     let payload = log::encode(&LogEntry::FlushBegin)?;
     let mut all = inner.state.lock_all();
-    let begin = inner.wal.append_with(log::KIND, &payload, Durability::Fsync)?;
+    let begin = inner
+        .wal
+        .append_with(log::KIND, &payload, Durability::Fsync)?;
     let cut = all.take_cut(begin.lsn())?;
     Ok(Some((cut, begin)))
 }

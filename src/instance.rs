@@ -17,8 +17,14 @@ pub(crate) fn id(dir: &Path) -> Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let id = s.trim();
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(Error::Config(format!("{} holds no valid instance id", path.display())));
+            if id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(Error::Config(format!(
+                    "{} holds no valid instance id",
+                    path.display()
+                )));
             }
             Ok(id.to_owned())
         }
@@ -30,7 +36,9 @@ pub(crate) fn id(dir: &Path) -> Result<String> {
             f.write_all(id.as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),

@@ -52,13 +52,12 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
     let checkpoint = wal.load_checkpoint()?;
     let (state, checkpoint_lsn) = match checkpoint {
         Some(cp) => {
-            let data: CheckpointData = writebehind_wal::codec::decode(&cp.data).map_err(|e| {
-                Error::Recovery {
+            let data: CheckpointData =
+                writebehind_wal::codec::decode(&cp.data).map_err(|e| Error::Recovery {
                     dir: cfg.dir.clone(),
                     lsn: cp.lsn,
                     reason: format!("checkpoint payload does not decode: {e}"),
-                }
-            })?;
+                })?;
             if data.format != log::FORMAT {
                 return Err(Error::Recovery {
                     dir: cfg.dir.clone(),
@@ -66,13 +65,12 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
                     reason: format!("checkpoint format {} is not supported", data.format),
                 });
             }
-            let state = State::restore(cfg.limits.clone(), data.snapshot).map_err(|e| {
-                Error::Recovery {
+            let state =
+                State::restore(cfg.limits.clone(), data.snapshot).map_err(|e| Error::Recovery {
                     dir: cfg.dir.clone(),
                     lsn: cp.lsn,
                     reason: format!("checkpoint state is invalid: {e}"),
-                }
-            })?;
+                })?;
             (state, Some(cp.lsn))
         }
         None => (State::new(cfg.limits.clone()), None),
@@ -95,13 +93,13 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
             lsn: record.lsn,
             reason,
         })?;
-        if let Some(pos) = replay_one(&state, entry, record.lsn).map_err(|reason| {
-            Error::Recovery {
+        if let Some(pos) =
+            replay_one(&state, entry, record.lsn).map_err(|reason| Error::Recovery {
                 dir: cfg.dir.clone(),
                 lsn: record.lsn,
                 reason,
-            }
-        })? {
+            })?
+        {
             flushed = flushed.max(pos);
         }
         records += 1;
@@ -136,7 +134,11 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
 
 /// Applies one WAL record to the state being rebuilt; returns the position
 /// of a flush it completes.
-fn replay_one(state: &State, entry: LogEntry, lsn: Lsn) -> std::result::Result<Option<Lsn>, String> {
+fn replay_one(
+    state: &State,
+    entry: LogEntry,
+    lsn: Lsn,
+) -> std::result::Result<Option<Lsn>, String> {
     match entry {
         LogEntry::Op {
             key,

@@ -107,14 +107,18 @@ impl Error {
     /// A permanent error the database raised for a statement's data
     /// (constraint, data exception): attributable to the rows it wrote, so
     /// the flush isolates them. Decode or codec failures are not.
+    ///
+    /// Schema errors (a missing table or column, a syntax error) are not
+    /// row errors: dead-lettering every row for them would empty the cache
+    /// into the dead-letter table, so they fail the flush and are retried.
     pub(crate) fn is_row_error(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Sql {
-                source: sqlx::Error::Database(_),
+                source: sqlx::Error::Database(db),
                 ..
-            }
-        ) && self.class() == ErrorClass::Permanent
+            } => is_row_data_error(&DbCode::of(db.as_ref())),
+            _ => false,
+        }
     }
 
     pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
@@ -200,6 +204,61 @@ pub(crate) fn classify_db(code: &DbCode) -> ErrorClass {
         ErrorClass::Transient
     } else {
         ErrorClass::Permanent
+    }
+}
+
+/// Errors a row's data causes: SQLSTATE classes 22 (data exception) and 23
+/// (integrity constraint) on PostgreSQL and MySQL/MariaDB, MySQL 3819 (check
+/// constraint), 1048/1364 (missing value), 1264/1265/1366/1406/1292 (value
+/// out of range or malformed); SQLite CONSTRAINT (19), MISMATCH (20),
+/// TOOBIG (18) and their extended codes.
+pub(crate) fn is_row_data_error(code: &DbCode) -> bool {
+    let data_state = |s: &str| s.starts_with("22") || s.starts_with("23");
+    match code {
+        DbCode::Postgres(s) => data_state(s),
+        DbCode::MySql(n, s) => {
+            data_state(s)
+                || matches!(
+                    n,
+                    1048 | 1062
+                        | 1264
+                        | 1265
+                        | 1292
+                        | 1364
+                        | 1366
+                        | 1406
+                        | 1451
+                        | 1452
+                        | 3819
+                        | 4025
+                )
+        }
+        DbCode::Sqlite(c) => matches!(c & 0xff, 18..=20),
+        DbCode::Other(s) => s.as_deref().is_some_and(data_state),
+    }
+}
+
+#[cfg(test)]
+mod row_error_tests {
+    use super::*;
+
+    #[test]
+    fn data_and_constraint_errors_are_row_errors() {
+        assert!(is_row_data_error(&DbCode::Postgres("23514".into())));
+        assert!(is_row_data_error(&DbCode::Postgres("22003".into())));
+        assert!(is_row_data_error(&DbCode::MySql(3819, "HY000".into())));
+        assert!(is_row_data_error(&DbCode::MySql(1062, "23000".into())));
+        assert!(is_row_data_error(&DbCode::Sqlite(275))); // CHECK
+        assert!(is_row_data_error(&DbCode::Sqlite(2067))); // UNIQUE
+    }
+
+    #[test]
+    fn schema_errors_are_not_row_errors() {
+        assert!(!is_row_data_error(&DbCode::Postgres("42P01".into()))); // undefined table
+        assert!(!is_row_data_error(&DbCode::Postgres("42703".into()))); // undefined column
+        assert!(!is_row_data_error(&DbCode::MySql(1146, "42S02".into())));
+        assert!(!is_row_data_error(&DbCode::MySql(1054, "42S22".into())));
+        assert!(!is_row_data_error(&DbCode::Sqlite(1))); // "no such table"
     }
 }
 
