@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, TryRecvError};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::frame::{encode_segment_header, SEGMENT_HEADER_LEN};
@@ -51,6 +51,8 @@ struct SyncState {
     busy: bool,
     stop: bool,
     failed: bool,
+    /// `Buffered` timer: fdatasync what is written by then.
+    deadline: Option<Instant>,
 }
 
 /// The fdatasync side of the pipeline.
@@ -77,6 +79,7 @@ impl Syncer {
                 busy: false,
                 stop: false,
                 failed: false,
+                deadline: None,
             }),
             cv: Condvar::new(),
             progress,
@@ -93,6 +96,10 @@ impl Syncer {
         loop {
             if st.failed {
                 return;
+            }
+            if st.deadline.is_some_and(|d| Instant::now() >= d) {
+                st.deadline = None;
+                st.want = st.want.max(st.written);
             }
             if st.want > st.durable {
                 let target = st.written;
@@ -121,22 +128,27 @@ impl Syncer {
             if st.stop {
                 return;
             }
-            self.cv.wait(&mut st);
+            match st.deadline {
+                Some(d) => {
+                    let _ = self.cv.wait_until(&mut st, d);
+                }
+                None => self.cv.wait(&mut st),
+            }
+        }
+    }
+
+    /// Arms the `Buffered` timer: what is written gets fdatasynced by `deadline`.
+    fn schedule(&self, deadline: Instant) {
+        let mut st = self.st.lock();
+        if st.deadline.is_none_or(|d| deadline < d) {
+            st.deadline = Some(deadline);
+            self.cv.notify_all();
         }
     }
 
     /// Records that `last` is written (a later fdatasync covers it).
     fn written(&self, last: Lsn) {
         self.st.lock().written = last;
-    }
-
-    /// Asks for an fdatasync of everything written.
-    fn request(&self) {
-        let mut st = self.st.lock();
-        if st.written > st.want {
-            st.want = st.written;
-            self.cv.notify_all();
-        }
     }
 
     /// fdatasyncs the current file now, on the caller's thread (after any fdatasync in flight).
@@ -161,6 +173,7 @@ impl Syncer {
             }
             st.durable = st.written;
             st.want = st.want.max(st.durable);
+            st.deadline = None;
             let d = st.durable;
             MutexGuard::unlocked(st, || self.progress.set_durable(d));
         }
@@ -204,75 +217,123 @@ pub(crate) struct Committer {
     pub(crate) buf_first: Lsn,
     pub(crate) buf_last: Lsn,
     pub(crate) sync_deadline: Option<Instant>,
+    pub(crate) finished: bool,
+}
+
+/// The committer's state behind a lock: whoever holds it commits. That is the committer
+/// thread, or a thread blocked in `Append::wait` that found nobody committing (it then
+/// writes and fdatasyncs the group itself: no thread hop for a lone appender).
+pub(crate) struct CommitCell {
+    state: Mutex<Option<Committer>>,
+}
+
+impl std::fmt::Debug for CommitCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitCell").finish_non_exhaustive()
+    }
+}
+
+impl CommitCell {
+    pub(crate) fn new(c: Committer) -> Arc<CommitCell> {
+        Arc::new(CommitCell {
+            state: Mutex::new(Some(c)),
+        })
+    }
+
+    /// Commits what is queued on the caller's thread, unless someone else is committing.
+    pub(crate) fn try_lead(&self) {
+        if let Some(mut g) = self.state.try_lock() {
+            if let Some(c) = g.as_mut().filter(|c| !c.finished) {
+                if !matches!(c.run_group(), Ok(true)) {
+                    c.finished = true;
+                }
+            }
+        }
+    }
+
+    /// The committer thread: commits whenever something is queued or the fsync timer fires.
+    pub(crate) fn run(self: Arc<Self>, rx: Receiver<Msg>) {
+        let mut sel = Select::new();
+        sel.recv(&rx);
+        loop {
+            // Waits without taking the message: a leader may take it first.
+            sel.ready();
+            let mut g = self.state.lock();
+            let Some(c) = g.as_mut() else { return };
+            if c.finished {
+                break;
+            }
+            match c.run_group() {
+                Ok(true) => {}
+                Ok(false) => {
+                    c.finished = true;
+                    break;
+                }
+                Err(Poisoned) => {
+                    tracing::error!(dir = %c.dir.display(), "WAL committer stopped: log poisoned");
+                    c.finished = true;
+                    break;
+                }
+            }
+        }
+        let Some(mut c) = self.state.lock().take() else {
+            return;
+        };
+        // Let the syncer finish what was asked of it before tickets see "closed".
+        c.syncer.stop();
+        if let Some(h) = c.syncer_thread.take() {
+            if h.join().is_err() {
+                tracing::error!(dir = %c.dir.display(), "WAL syncer thread panicked");
+            }
+        }
+        c.progress.close();
+    }
 }
 
 impl Committer {
-    pub(crate) fn run(mut self) {
-        if self.run_inner().is_err() {
-            tracing::error!(dir = %self.dir.display(), "WAL committer stopped: log poisoned");
+    /// Takes every queued message (one group), writes it, fdatasyncs if anyone needs it.
+    /// `Ok(false)` once shut down or disconnected.
+    fn run_group(&mut self) -> Result<bool, Poisoned> {
+        if self.progress.is_poisoned() {
+            return Err(Poisoned);
         }
-        // Let the syncer finish what was asked of it before tickets see "closed".
-        self.syncer.stop();
-        if let Some(h) = self.syncer_thread.take() {
-            if h.join().is_err() {
-                tracing::error!(dir = %self.dir.display(), "WAL syncer thread panicked");
-            }
-        }
-        self.progress.close();
-    }
-
-    fn run_inner(&mut self) -> Result<(), Poisoned> {
-        loop {
-            if self.progress.is_poisoned() {
-                return Err(Poisoned);
-            }
-            let first = match self.sync_deadline {
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync_deadline = None;
-                        self.syncer.request();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                },
-                None => match self.rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return Ok(()),
+        let now = Instant::now();
+        let mut want_sync = false;
+        let mut shutdown = false;
+        let mut open = true;
+        let mut got_any = false;
+        let linger = self.max_delay.map(|d| now + d);
+        while !shutdown && self.buf.len() < GROUP_BYTES {
+            let m = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+                Err(TryRecvError::Empty) => match linger {
+                    Some(t) if got_any => match self.rx.recv_deadline(t) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                        Err(RecvTimeoutError::Timeout) => break,
+                    },
+                    _ => break,
                 },
             };
-            let now = Instant::now();
-            let mut want_sync = false;
-            let mut shutdown = false;
-            self.take(first, now, &mut want_sync, &mut shutdown)?;
-            let linger = self.max_delay.map(|d| now + d);
-            while !shutdown && self.buf.len() < GROUP_BYTES {
-                let m = match self.rx.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => match linger {
-                        Some(t) => match self.rx.recv_deadline(t) {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        },
-                        None => break,
-                    },
-                };
-                self.take(m, now, &mut want_sync, &mut shutdown)?;
-            }
-            let timer_due = self.sync_deadline.is_some_and(|d| Instant::now() >= d);
-            self.flush(want_sync)?;
-            if want_sync {
-                // Everything written is durable now.
-                self.sync_deadline = None;
-            } else if timer_due {
-                // In the background: appends that wait only for the write keep flowing.
-                self.sync_deadline = None;
-                self.syncer.request();
-            }
-            if shutdown {
-                return Ok(());
+            got_any = true;
+            self.take(m, now, &mut want_sync, &mut shutdown)?;
+        }
+        self.flush(want_sync)?;
+        if let Some(d) = self.sync_deadline.take() {
+            if !want_sync {
+                // The syncer thread runs the timer: appends waiting only for the write keep
+                // flowing, whoever commits.
+                self.syncer.schedule(d);
             }
         }
+        Ok(open && !shutdown)
     }
 
     fn take(

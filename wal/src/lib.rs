@@ -45,7 +45,7 @@ pub use io::{Io, StdIo};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
 pub use ticket::{Append, AppendFuture};
 
-use committer::{Committer, Msg};
+use committer::{CommitCell, Committer, Msg};
 use frame::PendingFrame;
 use io::write_all;
 use reader::{Event, ScanState};
@@ -258,6 +258,7 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let rx2 = rx.clone();
         let (syncer, syncer_thread) =
             committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
                 .map_err(|e| Error::io("spawn syncer", &dir, e))?;
@@ -278,10 +279,13 @@ impl WalBuilder {
             buf_first: 0,
             buf_last: 0,
             sync_deadline: None,
+            finished: false,
         };
+        let commit = CommitCell::new(committer);
+        let cell = commit.clone();
         let handle = std::thread::Builder::new()
             .name("wal-committer".into())
-            .spawn(move || committer.run())
+            .spawn(move || cell.run(rx2))
             .map_err(|e| Error::io("spawn committer", &dir, e))?;
         let wal = Wal {
             dir,
@@ -294,6 +298,7 @@ impl WalBuilder {
             }),
             last_assigned: AtomicU64::new(last),
             progress,
+            commit,
             files,
             committer: Mutex::new(Some(handle)),
             ckpt_lock: Mutex::new(()),
@@ -320,6 +325,7 @@ pub struct Wal {
     append: Mutex<AppendState>,
     last_assigned: AtomicU64,
     progress: Arc<Progress>,
+    commit: Arc<CommitCell>,
     files: Arc<Mutex<Files>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     ckpt_lock: Mutex<()>,
@@ -379,6 +385,7 @@ impl Wal {
             lsn,
             need_durable: durability == Durability::Fsync,
             progress: self.progress.clone(),
+            commit: self.commit.clone(),
         })
     }
 
@@ -435,6 +442,7 @@ impl Wal {
                 return Err(self.stopped_error());
             }
         }
+        self.commit.try_lead();
         self.progress.wait(target, true)?;
         Ok(self.progress.durable())
     }

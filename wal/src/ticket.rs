@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use parking_lot::Mutex;
 
+use crate::committer::CommitCell;
 use crate::{Error, Lsn, Result};
 
 /// The I/O failure that poisoned the log, kept so affected tickets can report it.
@@ -171,7 +172,7 @@ impl Progress {
     }
 
     /// Whether the ticket for `lsn` is resolved (without taking the state lock).
-    fn resolved(&self, lsn: Lsn, need_durable: bool) -> bool {
+    pub(crate) fn resolved(&self, lsn: Lsn, need_durable: bool) -> bool {
         let mark = if need_durable {
             self.durable()
         } else {
@@ -267,6 +268,7 @@ pub struct Append {
     pub(crate) lsn: Lsn,
     pub(crate) need_durable: bool,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) commit: Arc<CommitCell>,
 }
 
 impl Append {
@@ -278,7 +280,13 @@ impl Append {
     /// Blocks until the record is durable per its mode; returns its LSN. After an I/O failure:
     /// the original I/O error if this record was part of the failed write or fsync, otherwise
     /// [`Error::Poisoned`]; [`Error::Closed`] if the log shut down first.
+    ///
+    /// If nobody is committing, the calling thread writes (and fdatasyncs) the queued group
+    /// itself instead of waiting for the committer thread to be scheduled.
     pub fn wait(self) -> Result<Lsn> {
+        if !self.progress.resolved(self.lsn, self.need_durable) {
+            self.commit.try_lead();
+        }
         self.progress.wait(self.lsn, self.need_durable)
     }
 
