@@ -7,6 +7,28 @@
 //! that decides *when* to flush lives in the root crate and calls
 //! [`Writer::flush`] through a [`Retrier`].
 //!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use writebehind_writer::{Change, Cut, Expected, FlushItem, ItemOutcome, Retrier, Value, Writer, WriterConfig};
+//!
+//! let writer = Writer::connect("sqlite::memory:", WriterConfig::new("cache-1")).await?;
+//! writer.create_tables().await?;
+//! let cut = Cut {
+//!     position: 42,
+//!     items: vec![FlushItem { key: Arc::from("page:/home"), change: Change::Add(3), expected: Expected::Any }],
+//! };
+//! let retrier = Retrier::default();
+//! let report = retrier.run(|| writer.flush(&cut)).await?;
+//! assert_eq!(report.outcomes, vec![ItemOutcome::Written { version: Some(1), value: Some(Value::Int(3)) }]);
+//! // The same cut again (say, after a crash before the WAL was cut) is a no-op.
+//! assert!(writer.flush(&cut).await?.already_applied);
+//! assert_eq!(writer.progress().await?, Some(42));
+//! # Ok::<(), writebehind_writer::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! [`Cut`]: writebehind_core::Cut
 
 mod config;
