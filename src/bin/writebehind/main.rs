@@ -1,0 +1,48 @@
+//! `writebehind`: flush, inspect, verify and dump a WAL; benchmark and
+//! stress a database.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod flush;
+mod stress;
+mod wal;
+
+#[derive(Parser)]
+#[command(name = "writebehind", version, about = "An embedded, persistent write-behind cache: tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Flush-throughput benchmark against a database, with baselines.
+    Bench(bench::Args),
+    /// Open a WAL directory, recover, flush everything to the database, close.
+    Flush(flush::Args),
+    /// A load tool: concurrent counter adds with the background flusher.
+    Stress(stress::Args),
+    /// Look into a WAL directory without changing it.
+    #[command(subcommand)]
+    Wal(wal::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
+        Command::Flush(args) => flush::run(args),
+        Command::Stress(args) => stress::run(args),
+        Command::Wal(cmd) => wal::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
