@@ -66,6 +66,7 @@ suite!(
     chunking_keeps_counts_exact,
     load_all_pages_in_key_order,
     report_values_off_skips_read_back,
+    random_cuts_match_a_model,
 );
 
 /// A record codec over "name;score;active;hexblob-or-dash".
@@ -810,6 +811,91 @@ mod cases {
             .unwrap();
         // The row was locked at version 1: its next version is known without a read-back.
         assert_eq!(r.outcomes, vec![written(2, Value::Int(8))]);
+        w.close().await;
+    }
+
+    /// Random cuts over 6 keys, expectations right or wrong at random,
+    /// against a `BTreeMap` model of the table under `KeepDatabase`.
+    /// `WB_MODEL_CUTS` (default 40) sets the number of cuts.
+    pub async fn random_cuts_match_a_model(fx: &Fixture) {
+        use std::collections::BTreeMap;
+        let cuts: u64 = std::env::var("WB_MODEL_CUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let w = fx.writer(fx.config("model")).await;
+        let mut model: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+        for position in 1..=cuts {
+            let mut items = Vec::new();
+            let mut expect = Vec::new();
+            for name in &names {
+                if rng.bool() {
+                    continue;
+                }
+                let row = model.get(name).copied();
+                let expected = match rng.u8(0..4) {
+                    0 => Expected::Any,
+                    1 => Expected::Absent,
+                    // Usually the right version, sometimes a stale one.
+                    _ => {
+                        Expected::Version(row.map_or(1, |(_, v)| v) - i64::from(rng.u8(0..4) == 0))
+                    }
+                };
+                let change = match rng.u8(0..3) {
+                    0 => Change::Add(rng.i64(-5..=5)),
+                    1 => Change::Put(Value::Int(rng.i64(-100..=100))),
+                    _ => Change::Delete,
+                };
+                let conflict = match (&change, expected, row) {
+                    (Change::Add(_), _, _) | (_, Expected::Any, _) => false,
+                    (_, Expected::Absent, r) => r.is_some(),
+                    (_, Expected::Version(n), r) => r.map(|(_, v)| v) != Some(n),
+                };
+                let outcome = if conflict {
+                    ItemOutcome::ConflictKeptDatabase {
+                        version: row.map(|(_, v)| v),
+                        value: row.map(|(x, _)| Value::Int(x)),
+                    }
+                } else {
+                    match &change {
+                        Change::Add(d) => {
+                            let (x, v) = row.map_or((*d, 1), |(x, v)| (x + d, v + 1));
+                            model.insert(name.clone(), (x, v));
+                            written(v, Value::Int(x))
+                        }
+                        Change::Put(Value::Int(x)) => {
+                            let v = row.map_or(1, |(_, v)| v + 1);
+                            model.insert(name.clone(), (*x, v));
+                            written(v, Value::Int(*x))
+                        }
+                        _ => {
+                            model.remove(name);
+                            ItemOutcome::Deleted
+                        }
+                    }
+                };
+                items.push(item(name, change, expected));
+                expect.push(outcome);
+            }
+            let r = w.flush(&cut(position, items)).await.unwrap();
+            assert_eq!(r.outcomes, expect, "seed {seed}, cut {position}");
+            assert!(r.dead_letters.is_empty(), "seed {seed}");
+            let conflicts = expect
+                .iter()
+                .filter(|o| matches!(o, ItemOutcome::ConflictKeptDatabase { .. }))
+                .count();
+            assert_eq!(r.conflicts.len(), conflicts, "seed {seed}, cut {position}");
+        }
+        let keys: Vec<_> = names.iter().map(|n| key(n)).collect();
+        let loaded = w.load(&keys).await.unwrap();
+        for (k, row) in loaded {
+            let want = model.get(&*k).map(|(x, v)| (Value::Int(*x), *v));
+            assert_eq!(row, want, "seed {seed}, key {k}");
+        }
+        assert_eq!(w.progress().await.unwrap(), Some(cuts));
         w.close().await;
     }
 
