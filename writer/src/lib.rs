@@ -54,3 +54,17 @@ pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
 pub use writer::{DeadLetter, FlushReport, Writer};
+
+#[cfg(test)]
+mod tests {
+    /// The root shares one writer and one retrier across tasks.
+    #[test]
+    fn writer_and_retrier_are_send_sync() {
+        fn send_sync<T: Send + Sync + Clone>() {}
+        fn send_sync_ref<T: Send + Sync>() {}
+        send_sync::<crate::Writer>();
+        send_sync_ref::<crate::Retrier>();
+        send_sync::<crate::WriterConfig>();
+        send_sync::<crate::FlushReport>();
+    }
+}
