@@ -79,6 +79,12 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
             None => return Ok(()),
         },
     };
+    // A cut taken in an earlier round (whose wait for its start record may
+    // have failed or been cancelled) must have that record on disk before
+    // the database can hold it, or a crash could replay it as unflushed.
+    if inner.wal.durable_lsn() < cut.position {
+        inner.wal.sync()?;
+    }
     let started = Instant::now();
     let span = tracing::info_span!("flush", position = cut.position, rows = cut.items.len());
     let result = {
