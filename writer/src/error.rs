@@ -208,14 +208,17 @@ pub(crate) fn classify_db(code: &DbCode) -> ErrorClass {
 }
 
 /// Errors a row's data causes: SQLSTATE classes 22 (data exception) and 23
-/// (integrity constraint) on PostgreSQL and MySQL/MariaDB, MySQL 3819 (check
+/// (integrity constraint) on PostgreSQL and MySQL/MariaDB, PostgreSQL 21000
+/// (cardinality violation), MySQL 3819 (check
 /// constraint), 1048/1364 (missing value), 1264/1265/1366/1406/1292 (value
 /// out of range or malformed); SQLite CONSTRAINT (19), MISMATCH (20),
 /// TOOBIG (18) and their extended codes.
 pub(crate) fn is_row_data_error(code: &DbCode) -> bool {
     let data_state = |s: &str| s.starts_with("22") || s.starts_with("23");
     match code {
-        DbCode::Postgres(s) => data_state(s),
+        // 21000: one statement touched a key twice (a cut with a duplicate key);
+        // splitting the chunk separates the two rows.
+        DbCode::Postgres(s) => data_state(s) || s == "21000",
         DbCode::MySql(n, s) => {
             data_state(s)
                 || matches!(
@@ -246,6 +249,7 @@ mod row_error_tests {
     fn data_and_constraint_errors_are_row_errors() {
         assert!(is_row_data_error(&DbCode::Postgres("23514".into())));
         assert!(is_row_data_error(&DbCode::Postgres("22003".into())));
+        assert!(is_row_data_error(&DbCode::Postgres("21000".into())));
         assert!(is_row_data_error(&DbCode::MySql(3819, "HY000".into())));
         assert!(is_row_data_error(&DbCode::MySql(1062, "23000".into())));
         assert!(is_row_data_error(&DbCode::Sqlite(275))); // CHECK
