@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     room: (Mutex<u64>, Condvar),
     room_async: Notify,
     pub(crate) closed: AtomicBool,
+    /// The tables exist (or were not asked for).
+    pub(crate) tables_ready: AtomicBool,
     /// WAL disk usage right after the last checkpoint.
     pub(crate) wal_bytes_at_checkpoint: AtomicU64,
     /// WAL disk usage as last read (refreshed every few hundred writes).
@@ -153,6 +155,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             room: (Mutex::new(0), Condvar::new()),
             room_async: Notify::new(),
             closed: AtomicBool::new(false),
+            tables_ready: AtomicBool::new(false),
             wal_bytes_at_checkpoint: AtomicU64::new(wal_bytes),
             wal_bytes: AtomicU64::new(wal_bytes),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -641,8 +644,14 @@ impl<K: CacheKey> WriteBehind<K, i64> {
 /// from this instance (a reset or restored-from-backup directory would
 /// otherwise have its new writes skipped as already applied).
 async fn check_progress(writer: &Writer, cfg: &Config, opened: &recovery::Opened) -> Result<()> {
-    let Some(progress) = writer.progress().await? else {
-        return Ok(());
+    let progress = match writer.progress().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        // Down or not created yet: the cache still opens and takes writes.
+        Err(e) => {
+            tracing::warn!(dir = %cfg.dir.display(), error = %e, "could not read this instance's flush progress at open");
+            return Ok(());
+        }
     };
     let last = opened.wal.last_lsn();
     if progress > last {

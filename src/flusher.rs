@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use writebehind_core::Cut;
 use writebehind_wal::Durability;
-use writebehind_writer::{TableKind, TableSpec, Writer, WriterConfig};
+use writebehind_writer::{ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
 
 use crate::cache::Inner;
 use crate::config::Config;
@@ -28,7 +28,15 @@ pub(crate) async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Wr
         .conflict_policy(cfg.conflict_policy.clone());
     let writer = Writer::connect(url, wcfg).await?;
     if cfg.create_tables {
-        writer.create_tables().await?;
+        match writer.create_tables().await {
+            Ok(()) => {}
+            // The database may be down while the cache opens: writes are still
+            // accepted, and the flusher creates the tables once it is back.
+            Err(e) if e.class() == ErrorClass::Transient => {
+                tracing::warn!(url = %redact(url), error = %e, "database unreachable at open; tables will be created on the first flush");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(writer)
 }
@@ -84,6 +92,10 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
     // the database can hold it, or a crash could replay it as unflushed.
     if inner.wal.durable_lsn() < cut.position {
         inner.wal.sync()?;
+    }
+    if inner.cfg.create_tables && !inner.tables_ready.load(Ordering::Acquire) {
+        writer.create_tables().await?;
+        inner.tables_ready.store(true, Ordering::Release);
     }
     let started = Instant::now();
     let span = tracing::info_span!("flush", position = cut.position, rows = cut.items.len());
@@ -165,4 +177,38 @@ fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
         .append_with(log::KIND, &payload, Durability::Fsync)?;
     let cut = all.take_cut(begin.lsn())?;
     Ok(Some((cut, begin)))
+}
+
+/// A URL without its password, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://./x.db"), "sqlite://./x.db");
+    }
 }

@@ -325,3 +325,34 @@ suite!(
     backpressure_wait_is_relieved_by_the_flusher,
     close_reports_an_unreachable_database_and_keeps_the_wal,
 );
+
+/// A cache opens and takes writes while its database is down; the writes
+/// reach the database after a reopen once it is back.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_and_accepts_writes_while_the_database_is_down() {
+    let db = Db::from_env("WB_POSTGRES_URL");
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1.
+    let down = Db {
+        url: "postgres://postgres@127.0.0.1:1/test".into(),
+        table: db.table.clone(),
+        _dir: None,
+    };
+    let cache = builder(&down, dir.path())
+        .close_timeout(Duration::from_millis(300))
+        .open()
+        .await
+        .unwrap();
+    cache.add("k", 2).await.unwrap();
+    cache.add("k", 3).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(5));
+    let err = cache.close().await.unwrap_err();
+    assert!(matches!(err, Error::Close(_)), "{err:?}");
+
+    let cache = builder(&db, dir.path()).open().await.unwrap();
+    cache.flush().await.unwrap();
+    cache.close().await.unwrap();
+    assert_eq!(db.rows().await["k"], (5, 1));
+    db.drop_table().await;
+}
