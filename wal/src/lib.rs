@@ -33,6 +33,7 @@ pub mod codec;
 mod committer;
 mod error;
 mod frame;
+pub mod inspect;
 pub mod io;
 pub mod reader;
 mod recovery;
