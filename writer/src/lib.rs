@@ -40,6 +40,7 @@ mod config;
 mod db;
 mod error;
 mod ident;
+pub mod notify;
 mod retry;
 mod schema;
 mod sql;
@@ -53,6 +54,7 @@ pub use ident::{Backend, Ident};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
+pub use notify::{Listener, ListenerStatus};
 pub use writer::{DeadLetter, FlushReport, Writer};
 
 #[cfg(test)]

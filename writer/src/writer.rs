@@ -126,6 +126,11 @@ impl Writer {
         &self.inner.cfg
     }
 
+    /// The pool, for the `NOTIFY` side of `notify.rs`.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     /// Creates the four tables if they do not exist (`K` is `TEXT` on
     /// PostgreSQL/SQLite and `VARCHAR(512) COLLATE utf8mb4_bin` on MySQL; `ID` an auto-increment key):
     ///

@@ -1,0 +1,354 @@
+//! Cross-instance invalidation on PostgreSQL: after a flush commits, the
+//! instance announces the keys it wrote with `NOTIFY`; every other instance
+//! `LISTEN`s and drops its clean copy of those keys.
+//!
+//! Payloads are JSON `{"i":"<instance id>","k":["key",…]}`, each under
+//! PostgreSQL's 8000-byte limit; the sender's id lets it ignore its own
+//! announcements. Notifications are best-effort: one lost while a listener
+//! reconnects leaves a clean copy stale until its TTL, so set a clean TTL
+//! when readers must converge even then. Other backends have no `NOTIFY`:
+//! there the clean TTL alone bounds staleness.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use writebehind_core::Key;
+
+use crate::error::{Error, Result};
+use crate::ident::Backend;
+use crate::writer::Writer;
+
+/// Most bytes of one payload (PostgreSQL refuses 8000 and more).
+pub const MAX_PAYLOAD: usize = 7_900;
+
+/// Longest channel name PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_CHANNEL: usize = 63;
+
+#[derive(Serialize, Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    i: std::borrow::Cow<'a, str>,
+    k: Vec<String>,
+}
+
+/// The channel on which flushes of `table` are announced: `wb_<table>`, or
+/// a prefix and a hash of the name when that is longer than 63 bytes.
+pub fn channel(table: &str) -> String {
+    let name = format!("wb_{table}");
+    if name.len() <= MAX_CHANNEL {
+        return name;
+    }
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = MAX_CHANNEL - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash:016x}", &name[..cut])
+}
+
+/// Splits `keys` into payloads of at most [`MAX_PAYLOAD`] bytes. A key too
+/// long to fit in any payload is left out and counted in the second value.
+pub fn payloads<'k>(
+    instance: &str,
+    keys: impl IntoIterator<Item = &'k str>,
+) -> (Vec<String>, usize) {
+    // `{"i":` + <id> + `,"k":[` + `]}`
+    let head = serde_json::to_string(instance).map_or(usize::MAX, |s| s.len().saturating_add(13));
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    let mut batch: Vec<String> = Vec::new();
+    let mut size = head;
+    let mut push = |batch: &mut Vec<String>| {
+        if !batch.is_empty() {
+            let p = Payload {
+                i: instance.into(),
+                k: std::mem::take(batch),
+            };
+            if let Ok(s) = serde_json::to_string(&p) {
+                out.push(s);
+            }
+        }
+    };
+    for key in keys {
+        let quoted = serde_json::to_string(key).map_or(usize::MAX, |s| s.len());
+        if head.saturating_add(quoted) > MAX_PAYLOAD {
+            skipped += 1;
+            continue;
+        }
+        // One comma per key after the first.
+        let extra = quoted + usize::from(!batch.is_empty());
+        if size + extra > MAX_PAYLOAD {
+            push(&mut batch);
+            size = head;
+            batch.push(key.to_owned());
+            size += quoted;
+        } else {
+            batch.push(key.to_owned());
+            size += extra;
+        }
+    }
+    push(&mut batch);
+    (out, skipped)
+}
+
+/// The sender's instance id and the keys of one payload, or `None` when it
+/// is not a writebehind payload.
+pub fn decode(payload: &str) -> Option<(String, Vec<String>)> {
+    let p: Payload<'_> = serde_json::from_str(payload).ok()?;
+    Some((p.i.into_owned(), p.k))
+}
+
+/// What the listener task reports, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStatus {
+    /// Connection attempts made (successful or not).
+    pub attempts: u64,
+    /// Whether the listener is subscribed right now.
+    pub listening: bool,
+    /// Times the connection was lost after subscribing (notifications sent
+    /// meanwhile are lost).
+    pub gaps: u64,
+}
+
+/// A background task that `LISTEN`s on a table's channel. Stops when dropped.
+#[derive(Debug)]
+pub struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    status: watch::Receiver<ListenerStatus>,
+}
+
+impl Listener {
+    /// The task's current status.
+    pub fn status(&self) -> ListenerStatus {
+        *self.status.borrow()
+    }
+
+    /// Waits until the first connection attempt finished (either way), at
+    /// most `timeout`. Returns whether the listener is subscribed.
+    pub async fn first_attempt(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.status.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.attempts > 0)).await;
+        let listening = rx.borrow().listening;
+        listening
+    }
+
+    /// Stops the task.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Called with the keys another instance flushed.
+pub type OnKeys = Arc<dyn Fn(&[String]) + Send + Sync>;
+
+impl Writer {
+    /// Whether this backend can announce flushes (PostgreSQL only).
+    pub fn supports_notify(&self) -> bool {
+        self.backend() == Backend::Postgres
+    }
+
+    /// The channel this writer announces its table's flushes on.
+    pub fn notify_channel(&self) -> String {
+        channel(self.config().table.table.as_str())
+    }
+
+    /// Announces that `keys` were flushed, in one statement of as many
+    /// `pg_notify` calls as payloads. Returns the number of notifications
+    /// sent; 0 (and nothing done) on backends without `NOTIFY`.
+    pub async fn notify_flushed(&self, keys: &[Key]) -> Result<usize> {
+        if !self.supports_notify() || keys.is_empty() {
+            return Ok(0);
+        }
+        let (payloads, skipped) = payloads(&self.config().instance, keys.iter().map(|k| &**k));
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "writebehind: keys too long to announce; other instances see them change only after their clean TTL"
+            );
+        }
+        self.send_notifications(payloads).await
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn send_notifications(&self, payloads: Vec<String>) -> Result<usize> {
+        let crate::db::Pool::Pg(pool) = self.pool() else {
+            return Ok(0);
+        };
+        let n = payloads.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(self.notify_channel())
+            .bind(payloads)
+            .execute(pool)
+            .await
+            .map_err(Error::sql("notify: pg_notify"))?;
+        Ok(n)
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    async fn send_notifications(&self, payloads: Vec<String>) -> Result<usize> {
+        let _ = payloads;
+        Ok(0)
+    }
+
+    /// Starts a background task (on the current tokio runtime) that listens
+    /// on this table's channel over a connection of its own, reconnecting
+    /// with backoff after errors, and calls `on_keys` with the keys every
+    /// other instance flushes. `None` on backends without `NOTIFY`.
+    pub fn listen(&self, on_keys: OnKeys) -> Option<Listener> {
+        if !self.supports_notify() {
+            return None;
+        }
+        self.spawn_listener(on_keys)
+    }
+
+    #[cfg(feature = "postgres")]
+    fn spawn_listener(&self, on_keys: OnKeys) -> Option<Listener> {
+        let crate::db::Pool::Pg(pool) = self.pool() else {
+            return None;
+        };
+        // A pool of its own: the listener holds its connection for good and
+        // must not take one from the flusher.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(self.config().acquire_timeout)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let (tx, rx) = watch::channel(ListenerStatus::default());
+        let task = tokio::spawn(listen_loop(
+            own,
+            self.notify_channel(),
+            self.config().instance.clone(),
+            on_keys,
+            tx,
+        ));
+        Some(Listener { task, status: rx })
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn spawn_listener(&self, on_keys: OnKeys) -> Option<Listener> {
+        let _ = on_keys;
+        None
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn listen_loop(
+    pool: sqlx::PgPool,
+    channel: String,
+    instance: String,
+    on_keys: OnKeys,
+    status: watch::Sender<ListenerStatus>,
+) {
+    use std::time::Duration;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.listen(&channel).await?;
+            status.send_modify(|s| {
+                s.attempts += 1;
+                s.listening = true;
+            });
+            tracing::debug!(channel = %channel, "writebehind: listening for other instances' flushes");
+            loop {
+                match listener.try_recv().await? {
+                    Some(n) => {
+                        if let Some((from, keys)) = decode(n.payload()) {
+                            if from != instance {
+                                on_keys(&keys);
+                            }
+                        }
+                    }
+                    None => {
+                        status.send_modify(|s| s.gaps += 1);
+                        tracing::warn!(
+                            channel = %channel,
+                            "writebehind: invalidation listener lost its connection; flushes announced meanwhile are missed (clean TTL bounds staleness)"
+                        );
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let was_listening = status.borrow().listening;
+            status.send_modify(|s| {
+                s.attempts += u64::from(!was_listening);
+                s.listening = false;
+                s.gaps += u64::from(was_listening);
+            });
+            tracing::warn!(
+                channel = %channel,
+                error = %e,
+                retry_in = ?backoff,
+                "writebehind: invalidation listener failed; reconnecting"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(100);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn channel_names_fit_postgres() {
+        assert_eq!(channel("counters"), "wb_counters");
+        let long = "t".repeat(63);
+        let c = channel(&long);
+        assert_eq!(c.len(), 63);
+        assert!(c.starts_with("wb_ttt"));
+        assert_ne!(c, channel(&"t".repeat(62)));
+    }
+
+    #[test]
+    fn payloads_are_chunked_under_the_limit_and_round_trip() {
+        let keys: Vec<String> = (0..2_000).map(|i| format!("key:\"{i}\"")).collect();
+        let (ps, skipped) = payloads("inst-1", keys.iter().map(String::as_str));
+        assert_eq!(skipped, 0);
+        assert!(ps.len() > 1);
+        let mut back = Vec::new();
+        for p in &ps {
+            assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
+            let (from, k) = decode(p).unwrap();
+            assert_eq!(from, "inst-1");
+            back.extend(k);
+        }
+        assert_eq!(back, keys);
+    }
+
+    #[test]
+    fn a_key_too_long_is_skipped_not_sent() {
+        let big = "x".repeat(MAX_PAYLOAD);
+        let (ps, skipped) = payloads("i", ["a", big.as_str(), "b"]);
+        assert_eq!(skipped, 1);
+        assert_eq!(ps.len(), 1);
+        assert_eq!(
+            decode(&ps[0]).unwrap().1,
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert_eq!(decode("not json"), None);
+    }
+}
