@@ -1,11 +1,135 @@
-//! `writebehind flush` (being written).
+//! `writebehind flush`: open a WAL directory (recovering it), flush every
+//! write it holds to the database, close. Exit 0 only when all of it is in.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use writebehind::WriteBehind;
 
 /// Arguments of `writebehind flush`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The WAL directory to recover and flush.
+    #[arg(long)]
+    wal: PathBuf,
+    /// The database: `sqlite://path`, `postgres://…` or `mysql://…`.
+    #[arg(long)]
+    db: String,
+    /// The counter table (created when absent).
+    #[arg(long, default_value = "counters")]
+    table: String,
+    /// Give up after this many seconds (what is not flushed stays in the WAL).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
 
-pub fn run(_args: Args) -> Result<ExitCode, String> {
-    Err("`writebehind flush` is not built yet".into())
+pub fn run(args: Args) -> Result<ExitCode, String> {
+    // Checked first so a typo creates nothing (opening would make the directory).
+    if !args.wal.is_dir() {
+        return Err(format!(
+            "{} is not a WAL directory (it does not exist or is not a directory)",
+            args.wal.display()
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let timeout = Duration::from_secs(args.timeout);
+    rt.block_on(async move {
+        match tokio::time::timeout(timeout, flush(&args, timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "flushing {} to {} did not finish within {}s; the rest stays in the WAL",
+                args.wal.display(),
+                redact(&args.db),
+                args.timeout
+            )),
+        }
+    })
+}
+
+async fn flush(args: &Args, timeout: Duration) -> Result<ExitCode, String> {
+    let started = Instant::now();
+    let db = redact(&args.db);
+    // The cache opens while its database is down (writes still go to the WAL), so an
+    // unreachable database is caught here, before the WAL is touched.
+    probe(&args.db)
+        .await
+        .map_err(|e| format!("cannot reach the database {db}: {e}"))?;
+    let cache = WriteBehind::<String, i64>::builder(&args.wal)
+        .database(&args.db)
+        .table(&args.table)
+        .create_tables(true)
+        .close_timeout(timeout)
+        .open()
+        .await
+        .map_err(|e| format!("opening {} for {db} failed: {e}", args.wal.display()))?;
+    let report = cache.recovery();
+    let (replayed, checkpoint) = (report.records_replayed, report.checkpoint_lsn);
+    let dirty = cache.stats().dirty_entries as u64;
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(dirty);
+        bar.set_message("entries flushed");
+        bar
+    });
+    let watch = bar.clone().map(|bar| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                let left = cache.stats().dirty_entries as u64;
+                bar.set_position(dirty.saturating_sub(left));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let flushed = cache.flush().await;
+    if let Some(w) = watch {
+        w.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let stats = cache.stats();
+    let closed = cache.close().await;
+    flushed
+        .and(closed)
+        .map_err(|e| format!("flushing {} to {db} failed: {e}", args.wal.display()))?;
+    println!(
+        "flushed {} rows in {} flushes from {} ({} records replayed{}) to {db} in {:.2}s",
+        stats.rows_flushed,
+        stats.flushes,
+        args.wal.display(),
+        replayed,
+        checkpoint.map_or(String::new(), |l| format!(" after checkpoint {l}")),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn probe(url: &str) -> Result<(), writebehind_writer::Error> {
+    let cfg = writebehind_writer::WriterConfig::new("writebehind-flush-probe")
+        .acquire_timeout(Duration::from_secs(5));
+    let writer = writebehind_writer::Writer::connect(url, cfg).await?;
+    let result = writer.execute_sql("SELECT 1").await;
+    writer.close().await;
+    result
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
