@@ -1,11 +1,13 @@
 //! Group commit.
 //!
-//! The committer drains the hand-off queue and writes each group with one write call (looping
-//! only over short writes). When a record in the group asks for `Fsync` (or `sync()` was
-//! called) the committer fdatasyncs right away, on its own thread; records that arrive during
+//! Whoever holds the commit lock ([`CommitCell`]) drains the hand-off queue and writes the
+//! group with one write call (looping only over short writes). When a record in the group asks
+//! for `Fsync` (or `sync()` was called) it fdatasyncs right away; records that arrive during
 //! that fdatasync queue up and form the next group, so every waiting record shares one
-//! fdatasync. Timer-driven fdatasyncs (`Buffered`) run on a separate syncer thread so they
-//! never stall appends that only wait for the write.
+//! fdatasync. The lock holder is the committer thread, or a thread blocked in `Append::wait`
+//! that found nobody committing (leader/follower: no thread hop for a lone appender).
+//! Timer-driven fdatasyncs (`Buffered`) run on a separate syncer thread so they never stall
+//! appends that only wait for the write.
 
 use std::path::PathBuf;
 use std::sync::Arc;
