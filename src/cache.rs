@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{watch, Notify, OnceCell};
-use writebehind_core::{Change, Key, Lookup, Lsn, State, Value};
+use tracing::Instrument;
+use writebehind_core::{Change, Expected, Key, Lookup, Lsn, State, Value};
 use writebehind_wal::{Append, Durability, Wal};
 use writebehind_writer::{Retrier, Writer};
 
@@ -16,6 +17,7 @@ use crate::config::{Backpressure, Builder, Config};
 use crate::error::Limit;
 use crate::key::{CacheKey, KeyText};
 use crate::log;
+use crate::metrics::{Metrics, Op, Unflushed};
 use crate::recovery::{self, RecoveryReport};
 use crate::stats::{Counters, Stats};
 use crate::value::CacheValue;
@@ -63,6 +65,14 @@ pub(crate) struct Inner {
     pub(crate) checkpoint_lock: Mutex<()>,
     loads: Mutex<HashMap<Key, Arc<OnceCell<LoadResult>>>>,
     pub(crate) recovery: RecoveryReport,
+    /// Metric handles, registered once at open.
+    pub(crate) metrics: Metrics,
+    /// When the cache opened: the zero of `unflushed`'s timestamps.
+    pub(crate) epoch: Instant,
+    /// Times of the oldest unflushed writes.
+    pub(crate) unflushed: Unflushed,
+    /// Announce flushed keys to other instances (PostgreSQL `NOTIFY`).
+    pub(crate) notify: bool,
 }
 
 /// Stops the background work when the last handle goes away without `close`.
@@ -72,6 +82,8 @@ struct Lifetime {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Drops the clean copies of keys other instances flush.
+    listener: Mutex<Option<writebehind_writer::Listener>>,
 }
 
 impl Drop for Lifetime {
@@ -88,6 +100,7 @@ impl Drop for Lifetime {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        drop(self.listener.lock().take());
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }
@@ -127,11 +140,46 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         cfg: Config,
         runtime: Option<tokio::runtime::Runtime>,
     ) -> Result<Self> {
+        let span =
+            tracing::info_span!("open", dir = %cfg.dir.display(), instance = tracing::field::Empty);
+        Self::open_in(cfg, runtime, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn open_in(
+        cfg: Config,
+        runtime: Option<tokio::runtime::Runtime>,
+        span: tracing::Span,
+    ) -> Result<Self> {
         let writer = match &cfg.database {
             Some(url) => Some(crate::flusher::connect::<V>(&cfg, url).await?),
             None => None,
         };
+        let notify = match (cfg.notify, &writer) {
+            (Some(false), _) | (None, None) => false,
+            (None, Some(w)) => w.supports_notify(),
+            (Some(true), Some(w)) if w.supports_notify() => true,
+            (Some(true), _) => {
+                return Err(Error::Config(format!(
+                    "notify(true) needs a PostgreSQL database, but {} has no NOTIFY: the clean TTL alone bounds staleness there",
+                    cfg.database.as_deref().map_or_else(|| "a cache without a database".to_owned(), crate::flusher::redact)
+                )))
+            }
+        };
+        // The metrics' instance label: the id the database knows, else the directory.
+        let instance = match &writer {
+            Some(w) => w.config().instance().to_owned(),
+            None => cfg.dir.display().to_string(),
+        };
+        span.record("instance", instance.as_str());
+        let metrics = Metrics::register(&instance);
         let opened = recovery::open(&cfg)?;
+        metrics.recovered(
+            &instance,
+            opened.report.records_replayed,
+            opened.report.elapsed,
+        );
         if let Some(writer) = &writer {
             check_progress(writer, &cfg, &opened).await?;
         }
@@ -162,7 +210,35 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             checkpoint_lock: Mutex::new(()),
             loads: Mutex::new(HashMap::new()),
             recovery: opened.report,
+            metrics,
+            epoch: Instant::now(),
+            unflushed: Unflushed::default(),
+            notify,
         });
+        if inner.writer.is_some()
+            && (inner.recovery.dirty_entries > 0 || inner.recovery.in_flight.is_some())
+        {
+            inner.unflushed.recovered();
+        }
+        let listener = match &inner.writer {
+            Some(writer) if notify => {
+                let weak = Arc::downgrade(&inner);
+                let listener = writer.listen(Arc::new(move |keys: &[(String, Option<i64>)]| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.invalidate(keys);
+                    }
+                }));
+                if let Some(l) = &listener {
+                    // Subscribed before open returns, so no flush after it is missed;
+                    // a database that is down only delays this.
+                    if !l.first_attempt(Duration::from_secs(2)).await {
+                        tracing::warn!("not yet listening for other instances' flushes (database unreachable); retrying in the background");
+                    }
+                }
+                listener
+            }
+            _ => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if inner.writer.is_some() {
@@ -179,6 +255,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             tasks: Mutex::new(tasks),
             checkpointer: Mutex::new(Some(checkpointer)),
             runtime: Mutex::new(runtime),
+            listener: Mutex::new(listener),
         });
         Ok(Self {
             inner,
@@ -203,7 +280,11 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
                 source,
             })?;
         let handle = rt.handle().clone();
-        handle.block_on(Self::open(cfg, Some(rt)))
+        // The runtime is handed over only after a successful open: an error inside
+        // `block_on` would drop it there, which panics. Tasks spawn on `rt` (current).
+        let cache = handle.block_on(Self::open(cfg, None))?;
+        *cache.life.runtime.lock() = Some(rt);
+        Ok(cache)
     }
 
     /// What recovery found when this cache was opened.
@@ -270,9 +351,11 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     ) -> Result<Lsn> {
         let key = self.key(key)?;
         self.wait_for_room_async(&key).await?;
+        let op = Op::of(&change);
+        let timed = self.inner.timed(durability);
         let ticket = self.inner.append_op(key, change, durability)?;
         let lsn = ticket.await?;
-        self.inner.after_write();
+        self.inner.after_write(op, timed);
         Ok(lsn)
     }
 
@@ -284,9 +367,11 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     ) -> Result<Lsn> {
         let key = self.key(key)?;
         self.wait_for_room_blocking(&key)?;
+        let op = Op::of(&change);
+        let timed = self.inner.timed(durability);
         let ticket = self.inner.append_op(key, change, durability)?;
         let lsn = ticket.wait()?;
-        self.inner.after_write();
+        self.inner.after_write(op, timed);
         Ok(lsn)
     }
 
@@ -444,10 +529,12 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             _ => None,
         };
         self.wait_for_room_async(&key).await?;
+        let timed = self.inner.timed(None);
         let (ticket, new) = self.inner.update_locked(&key, loaded, f)?;
         if let Some(ticket) = ticket {
             ticket.await?;
-            self.inner.after_write();
+            let op = if new.is_some() { Op::Put } else { Op::Delete };
+            self.inner.after_write(op, timed);
         }
         Ok(new)
     }
@@ -468,7 +555,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     pub async fn flush(&self) -> Result<()> {
         let target = self.inner.wal.last_lsn();
         if self.inner.writer.is_none() {
-            self.inner.wal.sync()?;
+            self.inner.sync_wal("flush")?;
             return Ok(());
         }
         self.flushed(target).await
@@ -477,7 +564,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// Blocking [`flush`](Self::flush).
     pub fn flush_blocking(&self) -> Result<()> {
         if self.inner.writer.is_none() {
-            self.inner.wal.sync()?;
+            self.inner.sync_wal("flush")?;
             return Ok(());
         }
         let handle = self.runtime_handle()?;
@@ -551,6 +638,11 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// syncs and closes the WAL, and returns every error met. What could not
     /// be flushed stays safe in the WAL for the next open.
     pub async fn close(self) -> Result<()> {
+        let span = tracing::info_span!("close", dir = %self.inner.cfg.dir.display());
+        self.close_in().instrument(span).await
+    }
+
+    async fn close_in(self) -> Result<()> {
         let inner = self.inner.clone();
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
@@ -573,6 +665,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         if let Err(e) = crate::checkpoint::checkpoint(&inner) {
             errors.push(e.to_string());
         }
+        drop(self.life.listener.lock().take());
         if let Some(writer) = &inner.writer {
             writer.close().await;
         }
@@ -582,12 +675,15 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             let _ = inner.wake_checkpoint.try_send(());
             let _ = t.join();
         }
-        if let Err(e) = inner.wal.sync() {
+        if let Err(e) = inner.sync_wal("close") {
             errors.push(e.to_string());
         }
+        crate::metrics::publish(&inner);
         if errors.is_empty() {
+            tracing::info!("closed");
             Ok(())
         } else {
+            tracing::error!(errors = ?errors, "close met errors; what was not flushed stays in the WAL");
             Err(Error::Close(errors))
         }
     }
@@ -644,11 +740,16 @@ impl<K: CacheKey> WriteBehind<K, i64> {
 /// from this instance (a reset or restored-from-backup directory would
 /// otherwise have its new writes skipped as already applied).
 async fn check_progress(writer: &Writer, cfg: &Config, opened: &recovery::Opened) -> Result<()> {
-    let progress = match writer.progress().await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Ok(()),
+    let probe = tokio::time::timeout(crate::flusher::OPEN_PROBE, writer.progress()).await;
+    let progress = match probe {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return Ok(()),
+        Err(_) => {
+            tracing::warn!(dir = %cfg.dir.display(), "the database did not answer at open; flush progress not checked");
+            return Ok(());
+        }
         // Down or not created yet: the cache still opens and takes writes.
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(dir = %cfg.dir.display(), error = %e, "could not read this instance's flush progress at open");
             return Ok(());
         }
@@ -667,6 +768,49 @@ async fn check_progress(writer: &Writer, cfg: &Config, opened: &recovery::Opened
 impl Inner {
     pub(crate) fn retries(&self) -> u64 {
         self.retrier.retries()
+    }
+
+    /// A start time when this write waits for an fsync (its wait is then
+    /// measured); `None` otherwise, so other writes pay nothing.
+    #[inline]
+    fn timed(&self, durability: Option<Durability>) -> Option<Instant> {
+        matches!(durability.unwrap_or(self.cfg.durability), Durability::Fsync).then(Instant::now)
+    }
+
+    /// `wal.sync()`, timed.
+    pub(crate) fn sync_wal(&self, what: &'static str) -> Result<Lsn> {
+        let started = Instant::now();
+        let lsn = self.wal.sync()?;
+        self.metrics
+            .fsync_waited(started.elapsed(), what, &self.cfg.dir);
+        Ok(lsn)
+    }
+
+    /// Another instance flushed these keys: drop our copies, unless ours
+    /// already has the version it wrote (a late announcement must not make
+    /// us forget the version our next put is checked against).
+    fn invalidate(&self, keys: &[(String, Option<i64>)]) {
+        let mut dropped = 0;
+        for (key, version) in keys {
+            let key = Key::from(key.as_str());
+            let current = match self.state.lock(&key).expected(&key) {
+                Expected::Version(v) => Some(v),
+                _ => None,
+            };
+            if matches!((current, version), (Some(c), Some(v)) if c >= *v) {
+                continue;
+            }
+            self.state.invalidate(&key);
+            dropped += 1;
+        }
+        self.counters
+            .invalidations
+            .fetch_add(dropped, Ordering::Relaxed);
+        tracing::trace!(
+            announced = keys.len(),
+            dropped,
+            "dropped copies of keys another instance flushed"
+        );
     }
 
     /// The write path: lock the key's shard, check, append to the WAL (which
@@ -731,13 +875,20 @@ impl Inner {
     /// After a write: count it and wake the flusher or the checkpointer when
     /// a threshold is passed. Cheap: atomics, and the WAL size only every
     /// 256 writes.
-    fn after_write(&self) {
+    fn after_write(&self, op: Op, timed: Option<Instant>) {
+        if let Some(started) = timed {
+            self.metrics
+                .fsync_waited(started.elapsed(), "write", &self.cfg.dir);
+        }
         let n = self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        if self.writer.is_some()
-            && (self.state.dirty_entries() >= self.cfg.flush_dirty_entries
-                || self.state.dirty_bytes() >= self.cfg.flush_dirty_bytes)
-        {
-            self.wake_flusher.notify_one();
+        self.counters.writes_by_op[op as usize].fetch_add(1, Ordering::Relaxed);
+        if self.writer.is_some() {
+            self.unflushed.wrote(self.epoch);
+            if self.state.dirty_entries() >= self.cfg.flush_dirty_entries
+                || self.state.dirty_bytes() >= self.cfg.flush_dirty_bytes
+            {
+                self.wake_flusher.notify_one();
+            }
         }
         if n % 256 == 0 {
             self.refresh_wal_bytes();

@@ -1,12 +1,13 @@
 //! The background flusher: take a cut, write it in one transaction with the
 //! progress row, mark it clean, record the end in the WAL.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
-use writebehind_core::Cut;
+use tracing::Instrument;
+use writebehind_core::{Cut, ItemOutcome};
 use writebehind_wal::Durability;
 use writebehind_writer::{ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
 
@@ -15,6 +16,9 @@ use crate::config::Config;
 use crate::log::{self, LogEntry};
 use crate::value::CacheValue;
 use crate::{Error, Result};
+
+/// How long `open` waits for the database before going on without it.
+pub(crate) const OPEN_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Connects to the database and creates the tables when asked.
 pub(crate) async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
@@ -28,14 +32,17 @@ pub(crate) async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Wr
         .conflict_policy(cfg.conflict_policy.clone());
     let writer = Writer::connect(url, wcfg).await?;
     if cfg.create_tables {
-        match writer.create_tables().await {
-            Ok(()) => {}
+        match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
+            Ok(Ok(())) => {}
             // The database may be down while the cache opens: writes are still
             // accepted, and the flusher creates the tables once it is back.
-            Err(e) if e.class() == ErrorClass::Transient => {
+            Ok(Err(e)) if e.class() == ErrorClass::Transient => {
                 tracing::warn!(url = %redact(url), error = %e, "database unreachable at open; tables will be created on the first flush");
             }
-            Err(e) => return Err(e.into()),
+            Err(_) => {
+                tracing::warn!(url = %redact(url), "database did not answer at open; tables will be created on the first flush");
+            }
+            Ok(Err(e)) => return Err(e.into()),
         }
     }
     Ok(writer)
@@ -52,9 +59,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         if *shutdown.borrow() {
             return;
         }
-        if let Err(e) = round(&inner).await {
-            tracing::warn!(dir = %inner.cfg.dir.display(), error = %e, "flush failed; will retry");
-        }
+        // `round` logs its failures with their context.
+        let _ = round(&inner).await;
     }
 }
 
@@ -81,7 +87,11 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
             Some((cut, begin)) => {
                 // The cut's start must be on disk before the database can
                 // hold it, or a crash could replay it as never flushed.
+                let started = Instant::now();
                 begin.await?;
+                inner
+                    .metrics
+                    .fsync_waited(started.elapsed(), "flush start", &inner.cfg.dir);
                 cut
             }
             None => return Ok(()),
@@ -91,21 +101,44 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
     // have failed or been cancelled) must have that record on disk before
     // the database can hold it, or a crash could replay it as unflushed.
     if inner.wal.durable_lsn() < cut.position {
-        inner.wal.sync()?;
+        inner.sync_wal("flush start")?;
     }
     if inner.cfg.create_tables && !inner.tables_ready.load(Ordering::Acquire) {
         writer.create_tables().await?;
         inner.tables_ready.store(true, Ordering::Release);
     }
     let started = Instant::now();
-    let span = tracing::info_span!("flush", position = cut.position, rows = cut.items.len());
-    let result = {
-        let _enter = span.enter();
-        inner.retrier.run(|| writer.flush(&cut)).await
-    };
+    // The cut holds the writes after the last flushed position, up to its own.
+    let from = inner.status.borrow().flushed + 1;
+    let span = tracing::info_span!(
+        "flush",
+        dir = %inner.cfg.dir.display(),
+        batch = cut.items.len(),
+        lsn_from = from,
+        lsn_to = cut.position,
+    );
+    let attempt = AtomicU32::new(0);
+    let result = inner
+        .retrier
+        .run(|| {
+            let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
+            writer
+                .flush(&cut)
+                .instrument(tracing::debug_span!("attempt", n))
+        })
+        .instrument(span.clone())
+        .await;
     let report = match result {
         Ok(report) => report,
         Err(e) => {
+            span.in_scope(|| {
+                tracing::warn!(
+                    attempts = attempt.load(Ordering::Relaxed),
+                    class = ?e.class(),
+                    error = %e,
+                    "flush failed; the batch stays in flight and is retried on the next round"
+                );
+            });
             inner
                 .counters
                 .flush_failures
@@ -130,6 +163,10 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
         report.outcomes
     };
     inner.state.complete_cut(&outcomes)?;
+    inner.unflushed.cut_done();
+    let elapsed = started.elapsed();
+    inner.metrics.flush_rows.record(cut.items.len() as f64);
+    inner.metrics.flush_seconds.record(elapsed.as_secs_f64());
     // Not waited on: a lost end marker only makes the next open ask the
     // database's progress row, which says the cut is already there.
     let _end = inner.wal.append_with(
@@ -155,14 +192,53 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
         .status
         .send_modify(|s| s.flushed = s.flushed.max(cut.position));
     inner.room_made();
-    tracing::debug!(
-        position = cut.position,
-        rows = report.rows,
-        already_applied = report.already_applied,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "flushed"
-    );
+    span.in_scope(|| {
+        tracing::debug!(
+            rows = report.rows,
+            conflicts = report.conflicts.len(),
+            dead_letters = report.dead_letters.len(),
+            already_applied = report.already_applied,
+            attempts = attempt.load(Ordering::Relaxed),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "flushed"
+        );
+    });
+    if inner.notify {
+        announce(inner, writer, &cut, &outcomes)
+            .instrument(span)
+            .await;
+    }
+    crate::metrics::publish(inner);
     Ok(())
+}
+
+/// Tells the other instances which keys changed, so they drop their clean
+/// copies. Best-effort: a failure only leaves their copies to the clean TTL.
+async fn announce(inner: &Inner, writer: &Writer, cut: &Cut, outcomes: &[ItemOutcome]) {
+    // Only rows this flush changed; conflicts and dead letters changed nothing.
+    let keys: Vec<_> = cut
+        .items
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(item, outcome)| match outcome {
+            ItemOutcome::Written { version, .. } => Some((item.key.clone(), *version)),
+            ItemOutcome::Deleted => Some((item.key.clone(), None)),
+            _ => None,
+        })
+        .collect();
+    match writer.notify_flushed(&keys).await {
+        Ok(n) => {
+            inner
+                .counters
+                .notifications
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(
+            keys = keys.len(),
+            error = %e,
+            "could not announce flushed keys to other instances; their clean copies stay until the clean TTL"
+        ),
+    }
 }
 
 /// Takes a cut under every shard lock, logging its start at its position.
@@ -176,6 +252,7 @@ fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
         .wal
         .append_with(log::KIND, &payload, Durability::Fsync)?;
     let cut = all.take_cut(begin.lsn())?;
+    inner.unflushed.cut_taken();
     Ok(Some((cut, begin)))
 }
 
