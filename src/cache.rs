@@ -585,10 +585,9 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         loop {
             {
                 let status = rx.borrow_and_update();
-                if status.flushed >= lsn || self.inner.state.stats().dirty_entries == 0 {
-                    if status.flushed >= lsn || !self.inner.state.has_in_flight() {
-                        return Ok(());
-                    }
+                // Nothing dirty (in flight included) means everything is flushed.
+                if status.flushed >= lsn || self.inner.state.dirty_entries() == 0 {
+                    return Ok(());
                 }
                 if status.failures > failures_before {
                     let msg = status.last_error.as_deref().cloned().unwrap_or_default();
