@@ -30,12 +30,17 @@ pub(crate) fn spawn(inner: Arc<Inner>, wake: Receiver<()>) -> Result<std::thread
             }
             let usage = inner.wal.disk_usage();
             inner.wal_bytes.store(usage, Ordering::Relaxed);
-            let since =
-                usage.saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
+            let since = usage.saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
             let due = since >= inner.cfg.checkpoint_bytes || usage >= inner.cfg.max_wal_bytes;
+            crate::metrics::publish(&inner);
             if due {
                 if let Err(e) = checkpoint(&inner) {
-                    tracing::error!(dir = %inner.cfg.dir.display(), error = %e, "checkpoint failed");
+                    tracing::error!(
+                        dir = %inner.cfg.dir.display(),
+                        wal_bytes = usage,
+                        error = %e,
+                        "checkpoint failed; the WAL keeps growing until one succeeds"
+                    );
                 }
             }
         })
@@ -49,6 +54,8 @@ pub(crate) fn spawn(inner: Arc<Inner>, wake: Receiver<()>) -> Result<std::thread
 /// below it. Writers are paused only while the state is copied.
 pub(crate) fn checkpoint(inner: &Inner) -> Result<()> {
     let _one_at_a_time = inner.checkpoint_lock.lock();
+    let span = tracing::info_span!("checkpoint", dir = %inner.cfg.dir.display());
+    let _enter = span.enter();
     let started = Instant::now();
     let (snapshot, lsn) = {
         let all = inner.state.lock_all();
@@ -73,6 +80,10 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<()> {
         .store(usage, Ordering::Relaxed);
     inner.wal_bytes.store(usage, Ordering::Relaxed);
     inner.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    inner
+        .metrics
+        .checkpoint_seconds
+        .record(started.elapsed().as_secs_f64());
     inner.room_made();
     tracing::debug!(
         lsn,

@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) on_conflict: Option<ConflictHook>,
     pub(crate) retry: RetryPolicy,
     pub(crate) io: Option<Arc<dyn writebehind_wal::io::Io>>,
+    /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
+    pub(crate) notify: Option<bool>,
 }
 
 /// Opens a [`WriteBehind`]. Every setter documents its default.
@@ -83,6 +85,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 on_conflict: None,
                 retry: RetryPolicy::default(),
                 io: None,
+                notify: None,
             },
             _types: PhantomData,
         }
@@ -227,6 +230,16 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// Retry and circuit-breaker settings of the flusher. Default: [`RetryPolicy::default`].
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.cfg.retry = policy;
+        self
+    }
+
+    /// Announce flushed keys to other instances and drop the keys they
+    /// announce (PostgreSQL `NOTIFY`/`LISTEN` on the channel `wb_<table>`),
+    /// so clean reads converge without waiting for the clean TTL. Turning it
+    /// on for a backend without `NOTIFY` (SQLite, MySQL) is an error at open.
+    /// Default: on for PostgreSQL, off elsewhere.
+    pub fn notify(mut self, on: bool) -> Self {
+        self.cfg.notify = Some(on);
         self
     }
 

@@ -24,6 +24,7 @@ mod flusher;
 mod instance;
 mod key;
 mod log;
+pub mod metrics;
 mod recovery;
 mod stats;
 mod value;

@@ -39,6 +39,8 @@ pub(crate) struct Opened {
 }
 
 pub(crate) fn open(cfg: &Config) -> Result<Opened> {
+    let span = tracing::info_span!("recover", dir = %cfg.dir.display());
+    let _enter = span.enter();
     let started = Instant::now();
     let mut builder = WalBuilder::new(cfg.dir.clone())
         .durability(cfg.durability)

@@ -2,9 +2,11 @@
 //! instance announces the keys it wrote with `NOTIFY`; every other instance
 //! `LISTEN`s and drops its clean copy of those keys.
 //!
-//! Payloads are JSON `{"i":"<instance id>","k":["key",…]}`, each under
-//! PostgreSQL's 8000-byte limit; the sender's id lets it ignore its own
-//! announcements. Notifications are best-effort: one lost while a listener
+//! Payloads are JSON `{"i":"<instance id>","k":["key",…],"v":[version|null,…]}`,
+//! each under PostgreSQL's 8000-byte limit. The sender's id lets it ignore
+//! its own announcements; the version written lets a receiver keep a copy
+//! that is already as new (a late announcement must not make it forget the
+//! version its next put is checked against). Notifications are best-effort: one lost while a listener
 //! reconnects leaves a clean copy stale until its TTL, so set a clean TTL
 //! when readers must converge even then. Other backends have no `NOTIFY`:
 //! there the clean TTL alone bounds staleness.
@@ -30,6 +32,8 @@ struct Payload<'a> {
     #[serde(borrow)]
     i: std::borrow::Cow<'a, str>,
     k: Vec<String>,
+    #[serde(default)]
+    v: Vec<Option<i64>>,
 }
 
 /// The channel on which flushes of `table` are announced: `wb_<table>`, or
@@ -50,56 +54,69 @@ pub fn channel(table: &str) -> String {
     format!("{}_{hash:016x}", &name[..cut])
 }
 
-/// Splits `keys` into payloads of at most [`MAX_PAYLOAD`] bytes. A key too
-/// long to fit in any payload is left out and counted in the second value.
+/// Splits `(key, version written)` pairs into payloads of at most
+/// [`MAX_PAYLOAD`] bytes. A key too long to fit in any payload is left out
+/// and counted in the second value.
 pub fn payloads<'k>(
     instance: &str,
-    keys: impl IntoIterator<Item = &'k str>,
+    keys: impl IntoIterator<Item = (&'k str, Option<i64>)>,
 ) -> (Vec<String>, usize) {
-    // `{"i":` + <id> + `,"k":[` + `]}`
-    let head = serde_json::to_string(instance).map_or(usize::MAX, |s| s.len().saturating_add(13));
+    // `{"i":` + <id> + `,"k":[` + `],"v":[` + `]}`
+    let head = serde_json::to_string(instance).map_or(usize::MAX, |s| s.len().saturating_add(19));
     let mut out = Vec::new();
     let mut skipped = 0;
-    let mut batch: Vec<String> = Vec::new();
+    let mut batch = Payload {
+        i: instance.into(),
+        k: Vec::new(),
+        v: Vec::new(),
+    };
     let mut size = head;
-    let mut push = |batch: &mut Vec<String>| {
-        if !batch.is_empty() {
-            let p = Payload {
-                i: instance.into(),
-                k: std::mem::take(batch),
-            };
-            if let Ok(s) = serde_json::to_string(&p) {
+    let mut push = |batch: &mut Payload<'_>| {
+        if !batch.k.is_empty() {
+            if let Ok(s) = serde_json::to_string(&batch) {
                 out.push(s);
             }
+            batch.k.clear();
+            batch.v.clear();
         }
     };
-    for key in keys {
+    for (key, version) in keys {
         let quoted = serde_json::to_string(key).map_or(usize::MAX, |s| s.len());
-        if head.saturating_add(quoted) > MAX_PAYLOAD {
+        let number = version.map_or(4, |v| v.to_string().len());
+        // Two commas per key after the first.
+        let one = quoted.saturating_add(number);
+        if head.saturating_add(one) > MAX_PAYLOAD {
             skipped += 1;
             continue;
         }
-        // One comma per key after the first.
-        let extra = quoted + usize::from(!batch.is_empty());
-        if size + extra > MAX_PAYLOAD {
+        if size + one + 2 > MAX_PAYLOAD {
             push(&mut batch);
             size = head;
-            batch.push(key.to_owned());
-            size += quoted;
-        } else {
-            batch.push(key.to_owned());
-            size += extra;
         }
+        size += one + if batch.k.is_empty() { 0 } else { 2 };
+        batch.k.push(key.to_owned());
+        batch.v.push(version);
     }
     push(&mut batch);
     (out, skipped)
 }
 
+/// A key another instance flushed, with the row version it wrote (`None`:
+/// unknown or deleted).
+pub type Flushed = (String, Option<i64>);
+
 /// The sender's instance id and the keys of one payload, or `None` when it
 /// is not a writebehind payload.
-pub fn decode(payload: &str) -> Option<(String, Vec<String>)> {
+pub fn decode(payload: &str) -> Option<(String, Vec<Flushed>)> {
     let p: Payload<'_> = serde_json::from_str(payload).ok()?;
-    Some((p.i.into_owned(), p.k))
+    let versions = if p.v.is_empty() {
+        vec![None; p.k.len()]
+    } else if p.v.len() == p.k.len() {
+        p.v
+    } else {
+        return None;
+    };
+    Some((p.i.into_owned(), p.k.into_iter().zip(versions).collect()))
 }
 
 /// What the listener task reports, for tests and metrics.
@@ -149,7 +166,7 @@ impl Drop for Listener {
 }
 
 /// Called with the keys another instance flushed.
-pub type OnKeys = Arc<dyn Fn(&[String]) + Send + Sync>;
+pub type OnKeys = Arc<dyn Fn(&[Flushed]) + Send + Sync>;
 
 impl Writer {
     /// Whether this backend can announce flushes (PostgreSQL only).
@@ -162,14 +179,18 @@ impl Writer {
         channel(self.config().table.table.as_str())
     }
 
-    /// Announces that `keys` were flushed, in one statement of as many
-    /// `pg_notify` calls as payloads. Returns the number of notifications
-    /// sent; 0 (and nothing done) on backends without `NOTIFY`.
-    pub async fn notify_flushed(&self, keys: &[Key]) -> Result<usize> {
+    /// Announces that `keys` were flushed (with the row version written,
+    /// when known), in one statement of as many `pg_notify` calls as
+    /// payloads. Returns the number of notifications sent; 0 (and nothing
+    /// done) on backends without `NOTIFY`.
+    pub async fn notify_flushed(&self, keys: &[(Key, Option<i64>)]) -> Result<usize> {
         if !self.supports_notify() || keys.is_empty() {
             return Ok(0);
         }
-        let (payloads, skipped) = payloads(&self.config().instance, keys.iter().map(|k| &**k));
+        let (payloads, skipped) = payloads(
+            &self.config().instance,
+            keys.iter().map(|(k, v)| (&**k, *v)),
+        );
         if skipped > 0 {
             tracing::warn!(
                 skipped,
@@ -325,8 +346,15 @@ mod tests {
 
     #[test]
     fn payloads_are_chunked_under_the_limit_and_round_trip() {
-        let keys: Vec<String> = (0..2_000).map(|i| format!("key:\"{i}\"")).collect();
-        let (ps, skipped) = payloads("inst-1", keys.iter().map(String::as_str));
+        let keys: Vec<(String, Option<i64>)> = (0..2_000i64)
+            .map(|i| {
+                (
+                    format!("key:\"{i}\""),
+                    (i % 3 != 0).then_some(i * 1_000_003),
+                )
+            })
+            .collect();
+        let (ps, skipped) = payloads("inst-1", keys.iter().map(|(k, v)| (k.as_str(), *v)));
         assert_eq!(skipped, 0);
         assert!(ps.len() > 1);
         let mut back = Vec::new();
@@ -337,18 +365,26 @@ mod tests {
             back.extend(k);
         }
         assert_eq!(back, keys);
+        // Chunks are full: no more payloads than the bytes need.
+        let bytes: usize = ps.iter().map(String::len).sum();
+        assert_eq!(ps.len(), bytes.div_ceil(MAX_PAYLOAD - 40).max(1));
     }
 
     #[test]
     fn a_key_too_long_is_skipped_not_sent() {
         let big = "x".repeat(MAX_PAYLOAD);
-        let (ps, skipped) = payloads("i", ["a", big.as_str(), "b"]);
+        let (ps, skipped) = payloads("i", [("a", Some(1)), (big.as_str(), None), ("b", None)]);
         assert_eq!(skipped, 1);
         assert_eq!(ps.len(), 1);
         assert_eq!(
             decode(&ps[0]).unwrap().1,
-            vec!["a".to_owned(), "b".to_owned()]
+            vec![("a".to_owned(), Some(1)), ("b".to_owned(), None)]
         );
         assert_eq!(decode("not json"), None);
+        assert_eq!(decode(r#"{"i":"x","k":["a"],"v":[1,2]}"#), None);
+        assert_eq!(
+            decode(r#"{"i":"x","k":["a"]}"#),
+            Some(("x".to_owned(), vec![("a".to_owned(), None)]))
+        );
     }
 }
