@@ -45,7 +45,9 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--db" => args.db = Some(value()?),
             "--dir" => args.dir = value()?.into(),
-            "--increments" => args.increments = value()?.parse().map_err(|e| format!("--increments: {e}"))?,
+            "--increments" => {
+                args.increments = value()?.parse().map_err(|e| format!("--increments: {e}"))?
+            }
             "--tasks" => args.tasks = value()?.parse().map_err(|e| format!("--tasks: {e}"))?,
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--fsync" => args.durability = Durability::Fsync,
@@ -163,7 +165,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (sum, rows) = read_totals(&url, table).await?;
     println!("database: {rows} rows, total {sum}");
     if sum != args.increments as i64 {
-        return Err(format!("MISMATCH: added {} but the database holds {sum}", args.increments).into());
+        return Err(format!(
+            "MISMATCH: added {} but the database holds {sum}",
+            args.increments
+        )
+        .into());
     }
     println!("OK: the database holds exactly what was added");
     Ok(())
@@ -177,7 +183,9 @@ async fn reset_table(url: &str, table: &str) -> Result<(), sqlx::Error> {
         url.to_owned()
     };
     let pool = sqlx::AnyPool::connect(&url).await?;
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&pool).await?;
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await?;
     pool.close().await;
     Ok(())
 }

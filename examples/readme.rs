@@ -1,3 +1,5 @@
+//! The README example: counters keyed by text, flushed to SQLite in the background.
+
 use writebehind::{Durability, WriteBehind};
 
 #[tokio::main]
