@@ -1,0 +1,269 @@
+//! Process-kill crash test: `writebehind stress --print-acks` is SIGKILLed
+//! at a random moment (small segments, checkpoints and flush interval, so
+//! many kills land during a flush or a checkpoint), sometimes the following
+//! `writebehind flush` is killed too, then `flush` runs to completion and
+//! every key is checked against the printed acks:
+//!
+//! `acks <= database value <= acks + writers` under `fsync` (an add in
+//! flight at the kill may or may not have reached the WAL; with a second
+//! killed stress on the same WAL, `writers` per life); under `buffered` the
+//! upper bound (nothing applied twice).
+//!
+//! Rounds per backend: `WB_CRASH_ROUNDS` (default 20); seed:
+//! `WB_CRASH_SEED` (default random, printed). `scripts/crash-test` runs
+//! hundreds.
+#![allow(clippy::unwrap_used)]
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+
+const BIN: &str = env!("CARGO_BIN_EXE_writebehind");
+
+#[derive(Default)]
+struct Tally {
+    rounds: u64,
+    stress_kills: u64,
+    flush_kills: u64,
+    acks: u64,
+    keys: u64,
+    violations: Vec<String>,
+}
+
+fn env_u64(var: &str) -> Option<u64> {
+    std::env::var(var).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a number"))
+    })
+}
+
+fn postgres_url() -> String {
+    std::env::var("WB_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "WB_POSTGRES_URL is not set. Run the tests with scripts/test, or set it, e.g. \
+             WB_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
+        )
+    })
+}
+
+/// Reads `ack <key>` lines until EOF (the child's death closes the pipe).
+fn count_acks(child: &mut Child) -> JoinHandle<BTreeMap<String, u64>> {
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut acks = BTreeMap::new();
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(key) = line.strip_prefix("ack ") {
+                *acks.entry(key.to_owned()).or_insert(0) += 1;
+            }
+        }
+        acks
+    })
+}
+
+fn drain(child: &mut Child) -> JoinHandle<String> {
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Kills `child` with SIGKILL unless it already exited; true if it was killed.
+fn kill(child: &mut Child) -> bool {
+    let running = child.try_wait().unwrap().is_none();
+    if running {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    running
+}
+
+async fn db_values(url: &str, table: &str) -> BTreeMap<String, i64> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let rows = sqlx::query(&format!("SELECT key, value FROM {table}"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect()
+}
+
+async fn drop_table(url: &str, table: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+fn flush(wal: &Path, url: &str, table: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("flush").arg("--wal").arg(wal).args([
+        "--db",
+        url,
+        "--table",
+        table,
+        "--timeout",
+        "120",
+    ]);
+    cmd
+}
+
+/// One round: stress, kill, maybe kill a flush, flush, compare.
+async fn round(backend: &str, n: u64, seed: u64, tally: &mut Tally) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let (url, table) = match backend {
+        "sqlite" => (
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("db.sqlite").display()
+            ),
+            "counters".to_owned(),
+        ),
+        _ => (postgres_url(), format!("crash_{}_{n}", std::process::id())),
+    };
+    let writers = rng.u64(1..=8);
+    let keys = [3u64, 40, 400][rng.usize(0..3)];
+    let buffered = n % 4 == 3;
+    let durability = if buffered { "buffered:10ms" } else { "fsync" };
+    let dist = if rng.bool() { "uniform" } else { "zipf:1.0" };
+    let delay = Duration::from_millis(rng.u64(30..1500));
+    let what = format!(
+        "{backend} round {n} (seed {seed}): writers {writers}, keys {keys}, {durability}, {dist}, kill after {delay:?}"
+    );
+
+    // Sometimes a second stress on the recovered WAL, killed too: acks add up.
+    let lives = if rng.u8(0..3) == 0 { 2 } else { 1 };
+    let mut acks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stress_err = String::new();
+    for life in 0..lives {
+        let mut stress = Command::new(BIN)
+            .arg("stress")
+            .arg("--wal")
+            .arg(&wal)
+            .args(["--db", &url, "--table", &table])
+            .args(["--keys", &keys.to_string(), "--ops", "1000000000"])
+            .args(["--writers", &writers.to_string()])
+            .args(["--durability", durability, "--dist", dist])
+            .args(["--seed", &(seed + life).to_string(), "--print-acks"])
+            .args(["--flush-interval-ms", &rng.u64(2..60).to_string()])
+            .args(["--checkpoint-bytes", &rng.u64(1_000..40_000).to_string()])
+            .args(["--segment-bytes", &rng.u64(2_000..40_000).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let counted = count_acks(&mut stress);
+        let err = drain(&mut stress);
+        std::thread::sleep(if life == 0 {
+            delay
+        } else {
+            Duration::from_millis(rng.u64(30..1500))
+        });
+        assert!(kill(&mut stress), "{what}: stress exited before the kill");
+        tally.stress_kills += 1;
+        for (k, n) in counted.join().unwrap() {
+            *acks.entry(k).or_insert(0) += n;
+        }
+        stress_err.push_str(&err.join().unwrap());
+    }
+    let in_flight = writers * lives;
+
+    if !wal.is_dir() {
+        // Killed before it made its directory: nothing can have been acknowledged.
+        assert!(acks.is_empty(), "{what}: acks without a WAL directory");
+        tally.rounds += 1;
+        return;
+    }
+    if rng.u8(0..3) == 0 {
+        let mut f = flush(&wal, &url, &table)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+        if kill(&mut f) {
+            tally.flush_kills += 1;
+        }
+    }
+    let out = flush(&wal, &url, &table).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: flush failed: {}\nstress stderr: {stress_err}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let db = db_values(&url, &table).await;
+    let mut all: Vec<&String> = acks.keys().chain(db.keys()).collect();
+    all.sort();
+    all.dedup();
+    for key in all {
+        let a = acks.get(key).copied().unwrap_or(0);
+        let v = db.get(key).copied().unwrap_or(0);
+        let low_ok = buffered || v >= a as i64;
+        let high_ok = v <= (a + in_flight) as i64;
+        if !(low_ok && high_ok) {
+            tally
+                .violations
+                .push(format!("{what}: key {key}: {a} acks, database {v}"));
+        }
+        tally.acks += a;
+        tally.keys += 1;
+    }
+    if backend != "sqlite" {
+        drop_table(&url, &table).await;
+    }
+    tally.rounds += 1;
+}
+
+async fn crash_rounds(backend: &str) {
+    let rounds = env_u64("WB_CRASH_ROUNDS").unwrap_or(20);
+    let seed = env_u64("WB_CRASH_SEED").unwrap_or_else(|| fastrand::u64(..1 << 48));
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    for n in 0..rounds {
+        round(backend, n, seed + n, &mut tally).await;
+    }
+    println!(
+        "crash-test {backend}: rounds {}, kills {} (stress {}, flush {}), acks checked {}, keys checked {}, violations {}, seed {seed}, {:.1}s",
+        tally.rounds,
+        tally.stress_kills + tally.flush_kills,
+        tally.stress_kills,
+        tally.flush_kills,
+        tally.acks,
+        tally.keys,
+        tally.violations.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        tally.violations.is_empty(),
+        "violations:\n{}",
+        tally.violations.join("\n")
+    );
+    assert!(tally.acks > 0, "no round acknowledged anything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_stress_and_flush_sqlite() {
+    crash_rounds("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_stress_and_flush_postgres() {
+    crash_rounds("postgres").await;
+}
