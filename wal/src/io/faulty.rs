@@ -48,6 +48,9 @@ pub struct FaultyIo {
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
+    /// Set when `data` stopped being `durable` plus appended bytes (truncated or recreated):
+    /// the next fsync copies it whole instead of just the new tail.
+    reshaped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +157,9 @@ impl FaultyIo {
             let Some(inode) = fs.inodes.remove(&ino) else {
                 continue;
             };
-            let Inode { data, mut durable } = inode;
+            let Inode {
+                data, mut durable, ..
+            } = inode;
             if data.len() > durable.len() && data.starts_with(&durable) {
                 let tail = &data[durable.len()..];
                 let keep = match mode {
@@ -177,7 +182,14 @@ impl FaultyIo {
                 }
             }
             let data = durable.clone();
-            fs.inodes.insert(ino, Inode { data, durable });
+            fs.inodes.insert(
+                ino,
+                Inode {
+                    data,
+                    durable,
+                    reshaped: false,
+                },
+            );
         }
     }
 
@@ -258,6 +270,7 @@ impl FaultyIo {
         if let Some(inode) = fs.inodes.get_mut(&ino) {
             inode.data = bytes.to_vec();
             inode.durable = bytes.to_vec();
+            inode.reshaped = false;
         }
     }
 }
@@ -311,7 +324,15 @@ impl IoFile for MemFile {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
         fs.take_sync()?;
-        let snapshot = fs.inodes.get(&self.ino).map(|i| i.data.clone());
+        // What the fsync covers: the data as of its start. Usually only the appended tail
+        // needs copying (fsyncs stay O(new bytes)).
+        let snapshot = fs.inodes.get(&self.ino).map(|i| {
+            if i.reshaped || i.durable.len() > i.data.len() {
+                (i.data.len(), Some(i.data.clone()))
+            } else {
+                (i.data.len(), None)
+            }
+        });
         if let Some(latency) = fs.sync_latency {
             drop(fs);
             std::thread::sleep(latency);
@@ -322,8 +343,20 @@ impl IoFile for MemFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
-        if let Some(snap) = snapshot {
-            inode.durable = snap;
+        match snapshot {
+            Some((_, Some(whole))) => {
+                inode.durable = whole;
+                inode.reshaped = false;
+            }
+            Some((len, None)) if !inode.reshaped && len <= inode.data.len() => {
+                let from = inode.durable.len();
+                if from < len {
+                    inode.durable.extend_from_slice(&inode.data[from..len]);
+                }
+            }
+            // Reshaped during the fsync: the fsync covered the old bytes only partly; keep
+            // the previous durable state (conservative).
+            _ => {}
         }
         Ok(())
     }
@@ -336,6 +369,7 @@ impl IoFile for MemFile {
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
         inode.data.resize(len as usize, 0);
+        inode.reshaped = true;
         Ok(())
     }
 }
@@ -373,6 +407,7 @@ impl Io for FaultyIo {
                 let ino = *ino;
                 if let Some(inode) = fs.inodes.get_mut(&ino) {
                     inode.data.clear();
+                    inode.reshaped = true;
                 }
                 ino
             }
@@ -426,5 +461,112 @@ impl Io for FaultyIo {
             .collect();
         fs.durable_names.extend(entries);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::io::write_all;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn crash_keeps_synced_bytes_and_durable_names_only() {
+        let fs = FaultyIo::new();
+        let f = fs.create(&p("/d/a")).unwrap();
+        write_all(f.as_ref(), b"hello").unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        write_all(f.as_ref(), b" world").unwrap();
+        let g = fs.create(&p("/d/b")).unwrap();
+        write_all(g.as_ref(), b"x").unwrap();
+        g.sync_data().unwrap(); // data synced, but its name never was
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")), Some(b"hello".to_vec()));
+        assert_eq!(fs.read_file(&p("/d/b")), None);
+        assert_eq!(f.write(b"!").unwrap_err().raw_os_error(), Some(EIO));
+    }
+
+    #[test]
+    fn truncation_is_durable_only_after_fsync() {
+        let fs = FaultyIo::new();
+        let f = fs.create(&p("/d/a")).unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        write_all(f.as_ref(), b"abcdef").unwrap();
+        f.sync_data().unwrap();
+        f.set_len(2).unwrap();
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")), Some(b"abcdef".to_vec()));
+        let f = fs.open_append(&p("/d/a")).unwrap();
+        f.set_len(2).unwrap();
+        f.sync_data().unwrap();
+        write_all(f.as_ref(), b"Z").unwrap();
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")), Some(b"ab".to_vec()));
+    }
+
+    #[test]
+    fn torn_crash_modes_only_touch_unsynced_bytes() {
+        for seed in 0..50 {
+            for mode in [
+                CrashMode::KeepPrefix,
+                CrashMode::GarbleTail,
+                CrashMode::ZeroFillTail,
+            ] {
+                let fs = FaultyIo::with_seed(seed);
+                let f = fs.create(&p("/d/a")).unwrap();
+                fs.sync_dir(&p("/d")).unwrap();
+                write_all(f.as_ref(), b"synced|").unwrap();
+                f.sync_data().unwrap();
+                write_all(f.as_ref(), b"unsynced bytes").unwrap();
+                fs.crash(mode);
+                let got = fs.read_file(&p("/d/a")).unwrap();
+                assert!(got.starts_with(b"synced|"), "{mode:?} {seed}: {got:?}");
+                assert!(got.len() <= 21, "{mode:?} {seed}: {got:?}");
+                if mode == CrashMode::KeepPrefix {
+                    assert!(
+                        b"synced|unsynced bytes".starts_with(&got),
+                        "{seed}: {got:?}"
+                    );
+                }
+                if mode == CrashMode::ZeroFillTail {
+                    assert_eq!(got.len(), 21, "{seed}: the size reached the disk");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn failed_fsync_leaves_bytes_unsynced_and_counts() {
+        let fs = FaultyIo::new();
+        let f = fs.create(&p("/d/a")).unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        write_all(f.as_ref(), b"data").unwrap();
+        fs.fail_sync_after(0);
+        assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(EIO));
+        assert_eq!((fs.sync_count(), fs.failed_sync_count()), (2, 1));
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")), Some(Vec::new()));
+    }
+
+    #[test]
+    fn space_limit_and_short_writes() {
+        let fs = FaultyIo::new();
+        let f = fs.create(&p("/d/a")).unwrap();
+        fs.set_short_writes(true);
+        assert_eq!(f.write(b"abcd").unwrap(), 2);
+        fs.set_space_limit(Some(1));
+        assert_eq!(f.write(b"xy").unwrap(), 1);
+        assert_eq!(
+            f.write(b"z").unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        fs.clear_faults();
+        write_all(f.as_ref(), b"!!").unwrap();
+        assert_eq!(fs.read_file(&p("/d/a")), Some(b"abx!!".to_vec()));
     }
 }
