@@ -1,0 +1,134 @@
+//! Runs the `prometheus` example's workload in-process (the example's own
+//! code, included below), scrapes its HTTP endpoint with a plain GET and
+//! checks every documented metric is there with the value the cache's
+//! `stats()` reports.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+#[allow(dead_code)]
+#[path = "../examples/prometheus.rs"]
+mod example;
+
+/// `name{labels}` → value, for the `writebehind_` lines of a scrape.
+fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .lines()
+        .filter(|l| l.starts_with("writebehind_"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+/// The value of the one series of `name` whose labels contain all of `with`.
+fn value(m: &BTreeMap<String, f64>, name: &str, with: &[&str]) -> f64 {
+    let found: Vec<f64> = m
+        .iter()
+        .filter(|(series, _)| {
+            let (n, labels) = series.split_once('{').unwrap_or((series.as_str(), ""));
+            n == name && with.iter().all(|w| labels.contains(w))
+        })
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {with:?} in {m:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_endpoint_serves_every_metric_with_the_stats_values() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = example::Options {
+        listen: Some(addr),
+        db: None,
+        wal: dir.path().join("wal"),
+        table: "prom_test".into(),
+        ops: 4_000,
+        serve_secs: 0,
+    };
+    example::install(addr).unwrap();
+    let stats = example::workload(&opts).await.unwrap();
+    let m = scrape(addr);
+
+    // Every documented metric is exported (histograms as summaries).
+    for (name, kind, _) in writebehind::metrics::METRICS {
+        let series = if *kind == "histogram" {
+            format!("{name}_count")
+        } else {
+            (*name).to_owned()
+        };
+        assert!(
+            m.keys().any(|k| k.split('{').next() == Some(series.as_str())),
+            "{series} missing"
+        );
+    }
+
+    // Counters: exactly what stats() saw before close (close published them).
+    let id = std::fs::read_to_string(dir.path().join("wal/instance.id")).unwrap();
+    let inst = format!("instance=\"{}\"", id.trim());
+    let v = |name: &str| value(&m, name, &[inst.as_str()]);
+    let op = |op: &str| value(&m, "writebehind_writes_total", &[inst.as_str(), op]);
+    assert_eq!(op("op=\"add\""), 3_200.0);
+    assert_eq!(op("op=\"put\""), 400.0);
+    assert_eq!(op("op=\"delete\""), 400.0);
+    assert_eq!(
+        (stats.adds, stats.puts, stats.deletes, stats.writes),
+        (3_200, 400, 400, 4_000)
+    );
+    // 1 000 reads of 400 keys, half of which were never written.
+    let (hits, misses) = (v("writebehind_hits_total"), v("writebehind_misses_total"));
+    assert!(hits + misses >= 1_000.0, "{hits} + {misses}");
+    assert!(hits > 0.0 && misses > 0.0, "{hits} {misses}");
+    let ratio = v("writebehind_hit_ratio");
+    assert!((ratio - hits / (hits + misses)).abs() < 1e-9, "{ratio}");
+    assert!(v("writebehind_loads_total") >= 1.0);
+    assert!(v("writebehind_flushes_total") >= 1.0);
+    assert!(v("writebehind_flushes_total") >= stats.flushes as f64);
+    let rows = v("writebehind_rows_flushed_total");
+    assert!((250.0..4_000.0).contains(&rows), "{rows}");
+    assert_eq!(v("writebehind_flush_failures_total"), 0.0);
+    assert_eq!(v("writebehind_retries_total"), 0.0);
+    assert_eq!(v("writebehind_conflicts_total"), 0.0);
+    assert_eq!(v("writebehind_dead_letters_total"), 0.0);
+    assert_eq!(v("writebehind_backpressure_rejections_total"), 0.0);
+    assert_eq!(v("writebehind_notifications_total"), 0.0);
+    // close() wrote a checkpoint.
+    assert!(v("writebehind_checkpoints_total") >= 1.0);
+    // Gauges after close: nothing dirty, nothing old.
+    assert_eq!(v("writebehind_dirty_entries"), 0.0);
+    assert_eq!(v("writebehind_dirty_bytes"), 0.0);
+    assert_eq!(v("writebehind_oldest_unflushed_seconds"), 0.0);
+    assert!(v("writebehind_clean_entries") > 0.0);
+    assert!(v("writebehind_wal_bytes") > 0.0);
+    assert!(v("writebehind_wal_segments") >= 1.0);
+    assert_eq!(v("writebehind_recovery_records"), 0.0);
+    assert!(v("writebehind_recovery_seconds") < 5.0);
+    // Histograms: one fsync wait per fsync-durability write (400) plus the
+    // flush-start markers and close's sync; batches as many as flushes.
+    let fsyncs = value(&m, "writebehind_fsync_seconds_count", &[inst.as_str()]);
+    assert!(fsyncs >= 400.0 + stats.flushes as f64, "{fsyncs}");
+    let batches = value(&m, "writebehind_flush_batch_rows_count", &[inst.as_str()]);
+    assert_eq!(batches, v("writebehind_flushes_total"));
+    let batch_rows = value(&m, "writebehind_flush_batch_rows_sum", &[inst.as_str()]);
+    assert!(batch_rows >= rows, "{batch_rows} < {rows}");
+    let flush_secs = value(&m, "writebehind_flush_seconds_sum", &[inst.as_str()]);
+    assert!(flush_secs > 0.0 && flush_secs < 60.0, "{flush_secs}");
+}
