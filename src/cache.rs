@@ -174,6 +174,21 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         };
         span.record("instance", instance.as_str());
         let metrics = Metrics::register(&instance);
+        // Started first, so its connection is made while recovery runs and
+        // the progress probe waits; it reaches the state once that exists.
+        let target: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
+        let listen_by = Instant::now() + Duration::from_secs(2);
+        let listener = match &writer {
+            Some(writer) if notify => {
+                let target = target.clone();
+                writer.listen(Arc::new(move |keys: &[(String, Option<i64>)]| {
+                    if let Some(inner) = target.get().and_then(std::sync::Weak::upgrade) {
+                        inner.invalidate(keys);
+                    }
+                }))
+            }
+            _ => None,
+        };
         let opened = recovery::open(&cfg)?;
         metrics.recovered(
             &instance,
@@ -220,25 +235,15 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         {
             inner.unflushed.recovered();
         }
-        let listener = match &inner.writer {
-            Some(writer) if notify => {
-                let weak = Arc::downgrade(&inner);
-                let listener = writer.listen(Arc::new(move |keys: &[(String, Option<i64>)]| {
-                    if let Some(inner) = weak.upgrade() {
-                        inner.invalidate(keys);
-                    }
-                }));
-                if let Some(l) = &listener {
-                    // Subscribed before open returns, so no flush after it is missed;
-                    // a database that is down only delays this.
-                    if !l.first_attempt(Duration::from_secs(2)).await {
-                        tracing::warn!("not yet listening for other instances' flushes (database unreachable); retrying in the background");
-                    }
-                }
-                listener
+        let _ = target.set(Arc::downgrade(&inner));
+        if let Some(l) = &listener {
+            // Subscribed before open returns, so no flush after it is missed;
+            // a database that is down only delays this (by 2 s at most).
+            let wait = listen_by.saturating_duration_since(Instant::now());
+            if !l.first_attempt(wait).await {
+                tracing::warn!("not yet listening for other instances' flushes (database unreachable); retrying in the background");
             }
-            _ => None,
-        };
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if inner.writer.is_some() {
