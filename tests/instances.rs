@@ -177,6 +177,50 @@ mod postgres {
         drop_table(&table).await;
     }
 
+    /// The database drops B's listening connection; B reconnects on its own
+    /// and announcements reach it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_reconnects_after_its_connection_is_killed() {
+        let table = super::table_name();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = builder(da.path(), &table).open().await.unwrap();
+        let b = builder(db.path(), &table).open().await.unwrap();
+        a.add("r", 1).await.unwrap();
+        a.flush().await.unwrap();
+        announced(&b, 1).await;
+        let pool = pool().await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query = 'LISTEN \"wb_' || $1 || '\"' AND pid <> pg_backend_pid()",
+        )
+        .bind(&table)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        // A's listener and B's.
+        assert_eq!(killed, vec![true, true]);
+        let before = b.stats().invalidations;
+        // Keep changing the key until B hears of it (announcements sent
+        // while it reconnects are lost: that is the documented gap).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut expected = 1;
+        loop {
+            a.add("r", 1).await.unwrap();
+            expected += 1;
+            a.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if b.stats().invalidations > before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never heard from A again");
+        }
+        assert_eq!(b.get("r").await.unwrap(), Some(expected));
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        drop_table(&table).await;
+    }
+
     /// Waits (at most 2 s) until `cache` has acted on `n` announced keys.
     async fn announced(cache: &WriteBehind<String, i64>, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(2);
