@@ -76,7 +76,8 @@ async fn the_prometheus_endpoint_serves_every_metric_with_the_stats_values() {
             (*name).to_owned()
         };
         assert!(
-            m.keys().any(|k| k.split('{').next() == Some(series.as_str())),
+            m.keys()
+                .any(|k| k.split('{').next() == Some(series.as_str())),
             "{series} missing"
         );
     }

@@ -51,10 +51,10 @@ pub use config::{
 };
 pub use error::{Error, ErrorClass, Result};
 pub use ident::{Backend, Ident};
+pub use notify::{Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
-pub use notify::{Listener, ListenerStatus};
 pub use writer::{DeadLetter, FlushReport, Writer};
 
 #[cfg(test)]
