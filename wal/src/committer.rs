@@ -177,7 +177,8 @@ impl Syncer {
             st.want = st.want.max(st.durable);
             st.deadline = None;
             let d = st.durable;
-            MutexGuard::unlocked(st, || self.progress.set_durable(d));
+            // Woken by the commit-lock holder once it lets go.
+            self.progress.store_durable(d);
         }
         Ok(())
     }
@@ -227,6 +228,7 @@ pub(crate) struct Committer {
 /// writes and fdatasyncs the group itself: no thread hop for a lone appender).
 pub(crate) struct CommitCell {
     state: Mutex<Option<Committer>>,
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for CommitCell {
@@ -238,6 +240,7 @@ impl std::fmt::Debug for CommitCell {
 impl CommitCell {
     pub(crate) fn new(c: Committer) -> Arc<CommitCell> {
         Arc::new(CommitCell {
+            progress: c.progress.clone(),
             state: Mutex::new(Some(c)),
         })
     }
@@ -250,6 +253,9 @@ impl CommitCell {
                     c.finished = true;
                 }
             }
+            drop(g);
+            // Outside the lock: a woken thread can lead the next group at once.
+            self.progress.wake_ready();
         }
     }
 
@@ -266,7 +272,10 @@ impl CommitCell {
                 break;
             }
             match c.run_group() {
-                Ok(true) => {}
+                Ok(true) => {
+                    drop(g);
+                    self.progress.wake_ready();
+                }
                 Ok(false) => {
                     c.finished = true;
                     break;
@@ -278,6 +287,7 @@ impl CommitCell {
                 }
             }
         }
+        self.progress.wake_ready();
         let Some(mut c) = self.state.lock().take() else {
             return;
         };
@@ -393,7 +403,7 @@ impl Committer {
                 active.len = self.seg_len;
             }
             self.syncer.written(self.buf_last);
-            self.progress.set_written(self.buf_last);
+            self.progress.store_written(self.buf_last);
         }
         if sync {
             // Someone waits for this fdatasync: run it here, without a thread hop. Records

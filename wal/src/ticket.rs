@@ -108,9 +108,20 @@ impl Progress {
         self.closed.load(SeqCst)
     }
 
-    /// Publishes a new written watermark and wakes whoever it satisfies.
-    pub(crate) fn set_written(&self, written: Lsn) {
+    /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
+    /// (after releasing the commit lock).
+    pub(crate) fn store_written(&self, written: Lsn) {
         self.written.fetch_max(written, SeqCst);
+    }
+
+    /// Publishes a new durable watermark (which implies written) without waking anyone.
+    pub(crate) fn store_durable(&self, durable: Lsn) {
+        self.written.fetch_max(durable, SeqCst);
+        self.durable.fetch_max(durable, SeqCst);
+    }
+
+    /// Wakes every waiter the current watermarks satisfy.
+    pub(crate) fn wake_ready(&self) {
         self.wake(false);
     }
 
