@@ -101,6 +101,16 @@ fn bad_options_are_one_line_errors() {
     let out = run(&["--durability", "sometimes"]);
     assert_eq!(out.status.code(), Some(2)); // clap usage error
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not `fsync`, `buffered:<N>ms`"));
+    // Nothing listens on port 1: refused at once, and the password is not printed.
+    let out = run(&["--db", "postgres://u:secret@127.0.0.1:1/db", "--ops", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot connect to postgres://***@127.0.0.1:1/db: "),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("secret"));
     let out = run(&["--db", "oracle://x", "--ops", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

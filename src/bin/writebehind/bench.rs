@@ -417,6 +417,11 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
 
 async fn connect(url: &str, max: u32) -> Result<sqlx::AnyPool, String> {
     sqlx::any::install_default_drivers();
+    // One plain connection first: a pool would retry until its timeout and hide the cause.
+    let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    let _ = sqlx::Connection::close(probe).await;
     sqlx::pool::PoolOptions::<sqlx::Any>::new()
         .max_connections(max)
         .connect(url)
