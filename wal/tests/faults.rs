@@ -161,7 +161,7 @@ fn cases() -> u32 {
     std::env::var("WB_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(256)
 }
 
 #[derive(Clone, Debug)]
