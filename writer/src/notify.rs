@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use writebehind_core::Key;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ident::Backend;
 use crate::writer::Writer;
 
@@ -201,6 +201,7 @@ impl Writer {
     }
 
     #[cfg(feature = "postgres")]
+    #[allow(irrefutable_let_patterns)] // with postgres the only backend
     async fn send_notifications(&self, payloads: Vec<String>) -> Result<usize> {
         let crate::db::Pool::Pg(pool) = self.pool() else {
             return Ok(0);
@@ -214,7 +215,7 @@ impl Writer {
             .bind(payloads)
             .execute(pool)
             .await
-            .map_err(Error::sql("notify: pg_notify"))?;
+            .map_err(crate::error::Error::sql("notify: pg_notify"))?;
         Ok(n)
     }
 
@@ -236,6 +237,7 @@ impl Writer {
     }
 
     #[cfg(feature = "postgres")]
+    #[allow(irrefutable_let_patterns)] // with postgres the only backend
     fn spawn_listener(&self, on_keys: OnKeys) -> Option<Listener> {
         let crate::db::Pool::Pg(pool) = self.pool() else {
             return None;

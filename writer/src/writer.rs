@@ -127,6 +127,7 @@ impl Writer {
     }
 
     /// The pool, for the `NOTIFY` side of `notify.rs`.
+    #[cfg(feature = "postgres")]
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
     }
