@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) checkpoint_lock: Mutex<()>,
     loads: Mutex<HashMap<Key, Arc<OnceCell<LoadResult>>>>,
     pub(crate) recovery: RecoveryReport,
+    /// The WAL directory's lock, released when the cache goes.
+    _dir_lock: Option<std::fs::File>,
     /// Metric handles, registered once at open.
     pub(crate) metrics: Metrics,
     /// When the cache opened: the zero of `unflushed`'s timestamps.
@@ -225,6 +227,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             checkpoint_lock: Mutex::new(()),
             loads: Mutex::new(HashMap::new()),
             recovery: opened.report,
+            _dir_lock: opened.lock,
             metrics,
             epoch: Instant::now(),
             unflushed: Unflushed::default(),

@@ -55,7 +55,12 @@ fn eight_threads_sum_exactly_before_and_after_reopen() {
     });
     let sum = |cache: &WriteBehind<String, i64>| -> i64 {
         (0..KEYS)
-            .map(|k| cache.get_blocking(format!("k{k}").as_str()).unwrap().unwrap_or(0))
+            .map(|k| {
+                cache
+                    .get_blocking(format!("k{k}").as_str())
+                    .unwrap()
+                    .unwrap_or(0)
+            })
             .sum()
     };
     assert_eq!(sum(&cache), (THREADS * ADDS) as i64);
@@ -74,7 +79,9 @@ fn a_reopen_without_close_replays_the_wal() {
     {
         let cache = counters(dir.path()).open_blocking().unwrap();
         for i in 0..100 {
-            cache.add_blocking(format!("k{}", i % 10).as_str(), i).unwrap();
+            cache
+                .add_blocking(format!("k{}", i % 10).as_str(), i)
+                .unwrap();
         }
         cache.put_blocking("p", &-5).unwrap();
         cache.delete_blocking("k0").unwrap();
@@ -84,7 +91,10 @@ fn a_reopen_without_close_replays_the_wal() {
     assert_eq!(cache.recovery().records_replayed, 102);
     assert_eq!(cache.get_blocking("k0").unwrap(), None);
     // k3 got 3 + 13 + … + 93
-    assert_eq!(cache.get_blocking("k3").unwrap(), Some((0..10).map(|j| 3 + 10 * j).sum()));
+    assert_eq!(
+        cache.get_blocking("k3").unwrap(),
+        Some((0..10).map(|j| 3 + 10 * j).sum())
+    );
     assert_eq!(cache.get_blocking("p").unwrap(), Some(-5));
     cache.close_blocking().unwrap();
 }
@@ -140,7 +150,10 @@ fn backpressure_wait_gives_up_after_its_timeout() {
             ..
         }
     ));
-    assert!(waited >= Duration::from_millis(200), "waited only {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "waited only {waited:?}"
+    );
     assert_eq!(cache.get_blocking("c").unwrap(), None);
     assert_eq!(cache.stats().backpressure_waits, 1);
     cache.close_blocking().unwrap();
@@ -149,7 +162,10 @@ fn backpressure_wait_gives_up_after_its_timeout() {
 #[test]
 fn oversized_keys_and_values_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = counters(dir.path()).max_key_bytes(8).open_blocking().unwrap();
+    let cache = counters(dir.path())
+        .max_key_bytes(8)
+        .open_blocking()
+        .unwrap();
     let err = cache.add_blocking("123456789", 1).unwrap_err();
     assert!(matches!(err, Error::Rejected(_)), "{err:?}");
     assert_eq!(cache.stats().last_lsn, 0);
@@ -182,7 +198,9 @@ fn compaction_bounds_the_wal_while_nothing_is_flushed() {
     let wal_dir = dir.path().to_path_buf();
     let mut largest = 0u64;
     for i in 0..1_000_000u64 {
-        cache.add_blocking(format!("k{}", i % 1_000).as_str(), 1).unwrap();
+        cache
+            .add_blocking(format!("k{}", i % 1_000).as_str(), 1)
+            .unwrap();
         if i % 50_000 == 0 {
             largest = largest.max(dir_size(&wal_dir));
         }
@@ -196,7 +214,12 @@ fn compaction_bounds_the_wal_while_nothing_is_flushed() {
     cache.close_blocking().unwrap();
     let cache = counters(dir.path()).open_blocking().unwrap();
     let total: i64 = (0..1_000)
-        .map(|k| cache.get_blocking(format!("k{k}").as_str()).unwrap().unwrap())
+        .map(|k| {
+            cache
+                .get_blocking(format!("k{k}").as_str())
+                .unwrap()
+                .unwrap()
+        })
         .sum();
     assert_eq!(total, 1_000_000);
     cache.close_blocking().unwrap();
@@ -217,7 +240,10 @@ fn async_writes_and_update_are_atomic() {
             let cache = cache.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..50 {
-                    cache.update("n", |v| Some(v.unwrap_or(0) * 1 + 2)).await.unwrap();
+                    cache
+                        .update("n", |v| Some(v.unwrap_or(0) * 1 + 2))
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -240,4 +266,20 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
+}
+
+#[test]
+fn a_second_cache_on_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = counters(dir.path()).open_blocking().unwrap();
+    first.add_blocking("a", 1).unwrap();
+    let err = counters(dir.path()).open_blocking().err().unwrap();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("in use")),
+        "{err:?}"
+    );
+    first.close_blocking().unwrap();
+    let second = counters(dir.path()).open_blocking().unwrap();
+    assert_eq!(second.get_blocking("a").unwrap(), Some(1));
+    second.close_blocking().unwrap();
 }
