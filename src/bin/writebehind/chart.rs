@@ -40,16 +40,24 @@ fn short(v: f64) -> String {
 }
 
 /// The chart as an SVG document. The x axis is logarithmic when the batch sizes span more
-/// than a factor of 10; the y axis starts at 0.
+/// than a factor of 10; the y axis when the throughputs span more than a factor of 50
+/// (otherwise it starts at 0).
 pub fn throughput_svg(series: &[Series]) -> String {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (xmin, xmax) = xs.fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max)
-        .max(1.0)
-        * 1.1;
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let ymax = ys().fold(0.0f64, f64::max).max(1.0) * 1.1;
+    let ymin_pos = ys().filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min);
+    // Baselines can be 1000x apart: a log axis keeps every line readable.
+    let ylog = ymin_pos.is_finite() && ymax / ymin_pos > 50.0;
+    let (ylo, yhi) = if ylog {
+        (
+            10f64.powf(ymin_pos.log10().floor()),
+            10f64.powf(ymax.log10().ceil()),
+        )
+    } else {
+        (0.0, ymax)
+    };
     let (xmin, xmax) = if xmin.is_finite() && xmax > xmin {
         (xmin, xmax)
     } else if xmin.is_finite() {
@@ -66,7 +74,14 @@ pub fn throughput_svg(series: &[Series]) -> String {
         };
         LEFT + t * (W - LEFT - RIGHT)
     };
-    let fy = |y: f64| H - BOTTOM - y / ymax * (H - TOP - BOTTOM);
+    let fy = |y: f64| {
+        let t = if ylog {
+            (y.max(ylo).log10() - ylo.log10()) / (yhi.log10() - ylo.log10())
+        } else {
+            y / yhi
+        };
+        H - BOTTOM - t * (H - TOP - BOTTOM)
+    };
 
     let mut s = String::new();
     let _ = writeln!(
@@ -85,8 +100,13 @@ pub fn throughput_svg(series: &[Series]) -> String {
         s,
         r#"<path d="M{x0} {y1} L{x0} {y0} L{x1} {y0}" stroke="black" fill="none"/>"#
     );
-    for i in 0..=5 {
-        let v = ymax / 1.1 * i as f64 / 5.0;
+    let yticks: Vec<f64> = if ylog {
+        let (a, b) = (ylo.log10() as i32, yhi.log10() as i32);
+        (a..=b).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=5).map(|i| ymax / 1.1 * f64::from(i) / 5.0).collect()
+    };
+    for v in yticks {
         let y = fy(v);
         let _ = writeln!(
             s,
@@ -121,9 +141,10 @@ pub fn throughput_svg(series: &[Series]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">increments / s</text>"#,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">increments / s{}</text>"#,
         (y0 + y1) / 2.0,
-        (y0 + y1) / 2.0
+        (y0 + y1) / 2.0,
+        if ylog { " (log scale)" } else { "" }
     );
     // Lines and legend.
     for (i, ser) in series.iter().enumerate() {
@@ -191,5 +212,14 @@ mod tests {
         assert_eq!(svg.matches("stroke-dasharray").count(), 2); // line + legend
         assert!(svg.contains("a&lt;b"));
         assert!(svg.contains("log scale"));
+        assert!(!svg.contains("increments / s (log scale)"));
+        let wide = throughput_svg(&[Series {
+            name: "w".into(),
+            points: vec![(1.0, 100.0), (2.0, 1_000_000.0)],
+            dashed: false,
+        }]);
+        assert!(wide.contains("increments / s (log scale)"));
+        // Decade ticks 100 .. 10M, every point inside the plot.
+        assert!(wide.contains(">100<") && wide.contains(">10.0M<"));
     }
 }
