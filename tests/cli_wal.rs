@@ -236,3 +236,23 @@ fn missing_directory_is_one_line_and_creates_nothing() {
         assert!(!missing.exists(), "{sub} created the directory");
     }
 }
+
+#[test]
+fn directory_without_wal_files_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "hello").unwrap();
+    for sub in ["inspect", "verify", "dump"] {
+        let out = cli(&["wal", sub, tmp.path().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "error: {} holds no WAL segment (*.wal) or checkpoint (*.ckpt) files\n",
+                tmp.path().display()
+            ),
+            "{sub}"
+        );
+        assert!(out.stdout.is_empty(), "{sub}");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}

@@ -51,7 +51,8 @@ pub fn run(cmd: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// Scans `dir`, refusing a missing directory with one sentence (and creating nothing).
+/// Scans `dir`, refusing a missing directory or one without WAL files with one sentence (and
+/// creating nothing).
 fn scan(dir: &Path, on_record: impl FnMut(&Path, &Record)) -> Result<DirReport, String> {
     if !dir.is_dir() {
         return Err(format!(
@@ -59,7 +60,15 @@ fn scan(dir: &Path, on_record: impl FnMut(&Path, &Record)) -> Result<DirReport, 
             dir.display()
         ));
     }
-    scan_dir(dir, on_record).map_err(|e| format!("cannot read WAL directory: {e}"))
+    let rep = scan_dir(dir, on_record).map_err(|e| format!("cannot read WAL directory: {e}"))?;
+    // Most likely the wrong directory: say so rather than report an empty, clean log.
+    if rep.segments.is_empty() && rep.checkpoints.is_empty() {
+        return Err(format!(
+            "{} holds no WAL segment (*.wal) or checkpoint (*.ckpt) files",
+            dir.display()
+        ));
+    }
+    Ok(rep)
 }
 
 fn file_name(p: &Path) -> String {
