@@ -12,7 +12,11 @@ mod stress;
 mod wal;
 
 #[derive(Parser)]
-#[command(name = "writebehind", version, about = "An embedded, persistent write-behind cache: tools")]
+#[command(
+    name = "writebehind",
+    version,
+    about = "An embedded, persistent write-behind cache: tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
