@@ -178,6 +178,11 @@ fn verify_names_file_and_offset_of_a_flipped_byte() {
     );
     assert!(err.contains("frame checksum mismatch"), "{err}");
     assert!(text(&out.stdout).starts_with("CORRUPT: "));
+    // dump prints every intact record (the damaged one is skipped), names the damage, fails.
+    let out = cli(&["wal", "dump", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), frames.len() - 1);
+    assert!(text(&out.stderr).contains(&format!("at byte offset {victim} ")));
     // Read-only: the damaged file is untouched and nothing was added.
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     assert_eq!(segments(&dir), vec![seg]);
