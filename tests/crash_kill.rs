@@ -175,12 +175,18 @@ async fn round(backend: &str, n: u64, seed: u64, tally: &mut Tally) {
         } else {
             Duration::from_millis(rng.u64(30..1500))
         });
-        assert!(kill(&mut stress), "{what}: stress exited before the kill");
+        let killed = kill(&mut stress);
+        let counted = counted.join().unwrap();
+        let err = err.join().unwrap();
+        assert!(
+            killed,
+            "{what}: stress (life {life}) exited before the kill: {err}"
+        );
         tally.stress_kills += 1;
-        for (k, n) in counted.join().unwrap() {
+        for (k, n) in counted {
             *acks.entry(k).or_insert(0) += n;
         }
-        stress_err.push_str(&err.join().unwrap());
+        stress_err.push_str(&err);
     }
     let in_flight = writers * lives;
 
@@ -266,4 +272,37 @@ async fn kill_stress_and_flush_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_stress_and_flush_postgres() {
     crash_rounds("postgres").await;
+}
+
+/// Regression (found by the crash test: a second stress started while the
+/// killed one's `CREATE TABLE` was still running): PostgreSQL's
+/// `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent creator, the
+/// loser failing on a catalog unique index (`pg_type_typname_nsp_index`), so
+/// one of two caches opening at once on a fresh table failed to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_opening_at_once_on_a_fresh_postgres_table_all_open() {
+    let url = postgres_url();
+    for n in 0..8 {
+        let table = format!("race_{}_{n}", std::process::id());
+        let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+        let opens: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                let (url, table, dir) = (url.clone(), table.clone(), d.path().to_owned());
+                tokio::spawn(async move {
+                    writebehind::WriteBehind::<String, i64>::builder(dir)
+                        .database(url)
+                        .table(table)
+                        .create_tables(true)
+                        .open()
+                        .await
+                })
+            })
+            .collect();
+        for o in opens {
+            let cache = o.await.unwrap().unwrap_or_else(|e| panic!("{table}: {e}"));
+            cache.close().await.unwrap();
+        }
+        drop_table(&url, &table).await;
+    }
 }

@@ -154,10 +154,17 @@ impl Writer {
             .await
             .map_err(Error::sql("create_tables: connect"))?;
         for ddl in self.inner.dialect.ddl() {
-            conn.conn()
-                .execute_raw(&ddl)
-                .await
-                .map_err(Error::sql(format!("create_tables: {ddl}")))?;
+            // PostgreSQL's `IF NOT EXISTS` is not safe against a concurrent creator: the
+            // loser fails on a catalog unique index once the winner commits. Run again,
+            // it sees the object.
+            let mut tries = 0;
+            loop {
+                match conn.conn().execute_raw(&ddl).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 3 && created_concurrently(&e) => tries += 1,
+                    Err(e) => return Err(Error::sql(format!("create_tables: {ddl}"))(e)),
+                }
+            }
         }
         Ok(())
     }
@@ -1114,5 +1121,16 @@ fn delete_row(idx: usize, key: Key) -> WRow {
         },
         report: Value::Int(0),
         version_after: None,
+    }
+}
+
+/// A DDL statement lost a race with another creator of the same object
+/// (PostgreSQL: unique_violation on a catalog index, duplicate_table, duplicate_object).
+fn created_concurrently(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("23505" | "42P07" | "42710"))
+        }
+        _ => false,
     }
 }
