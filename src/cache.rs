@@ -897,7 +897,7 @@ impl Inner {
                 self.wake_flusher.notify_one();
             }
         }
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             self.refresh_wal_bytes();
         }
     }
