@@ -133,3 +133,132 @@ async fn the_prometheus_endpoint_serves_every_metric_with_the_stats_values() {
     let flush_secs = value(&m, "writebehind_flush_seconds_sum", &[inst.as_str()]);
     assert!(flush_secs > 0.0 && flush_secs < 60.0, "{flush_secs}");
 }
+
+/// WARN events' messages and fields, captured process-wide.
+mod capture {
+    use std::sync::{Mutex, OnceLock};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    pub static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Capture;
+    struct Text(String);
+
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={:?} ", field.name(), value));
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, m: &Metadata<'_>) -> bool {
+            *m.level() <= Level::WARN
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            WARNINGS.lock().unwrap().push(text.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    pub fn install() {
+        static ONCE: OnceLock<()> = OnceLock::new();
+        ONCE.get_or_init(|| tracing::subscriber::set_global_default(Capture).unwrap());
+    }
+}
+
+/// A WAL disk that takes over a second per fsync: the waits are measured,
+/// and the warning is logged once a second at most, not once per writer.
+#[test]
+fn slow_fsyncs_are_warned_about_once_a_second_at_most() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use writebehind::{Durability, WriteBehind};
+    use writebehind_wal::io::FaultyIo;
+
+    capture::install();
+    let fs = FaultyIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = WriteBehind::<String, i64>::builder(dir.path().join("slow-wal"))
+        .durability(Durability::Fsync)
+        .io(Arc::new(fs.clone()))
+        .open_blocking()
+        .unwrap();
+    fs.set_sync_latency(Some(Duration::from_millis(1_100)));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let cache = &cache;
+            s.spawn(move || cache.add_blocking(format!("k{t}").as_str(), 1).unwrap());
+        }
+    });
+    let elapsed = started.elapsed();
+    fs.set_sync_latency(None);
+    let slow: Vec<String> = capture::WARNINGS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.contains("slow fsync") && w.contains("slow-wal"))
+        .cloned()
+        .collect();
+    assert!(elapsed >= Duration::from_millis(1_100), "{elapsed:?}");
+    assert!(!slow.is_empty(), "no slow-fsync warning");
+    assert!(
+        slow.len() as u64 <= elapsed.as_secs() + 1 && slow.len() < 8,
+        "{} warnings in {elapsed:?}: {slow:?}",
+        slow.len()
+    );
+    assert!(slow[0].contains("waited_ms="), "{}", slow[0]);
+    assert_eq!(cache.stats().writes, 8);
+    cache.close_blocking().unwrap();
+}
+
+/// The age of the oldest unflushed write grows while nothing flushes, and
+/// drops to zero once everything is in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oldest_unflushed_age_grows_until_a_flush() {
+    use std::time::Duration;
+    use writebehind::WriteBehind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let cache = WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+        .database(url)
+        .create_tables(true)
+        .flush_interval(Duration::from_secs(3_600))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(cache.stats().oldest_unflushed, Duration::ZERO);
+    cache.add("a", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.add("b", 1).await.unwrap();
+    let age = cache.stats().oldest_unflushed;
+    assert!(
+        age >= Duration::from_millis(300) && age < Duration::from_secs(30),
+        "{age:?}"
+    );
+    cache.flush().await.unwrap();
+    let stats = cache.stats();
+    assert_eq!(stats.oldest_unflushed, Duration::ZERO);
+    assert_eq!((stats.dirty_entries, stats.rows_flushed), (0, 2));
+    // Reads: "a" is clean now (a hit); "zzz" is nowhere (a miss, one load).
+    assert_eq!(cache.get("a").await.unwrap(), Some(1));
+    assert_eq!(cache.get("zzz").await.unwrap(), None);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 1, 1));
+    assert_eq!(stats.hit_ratio(), 0.5);
+    cache.close().await.unwrap();
+}
