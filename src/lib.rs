@@ -11,6 +11,13 @@
 //!
 //! This crate composes three others: `writebehind-wal` (the log),
 //! `writebehind-core` (the in-memory state) and `writebehind-writer` (SQL).
+//!
+//! Operating it: every figure is exported through the `metrics` facade (the
+//! names and how to install a recorder are in [`metrics`]) and returned by
+//! [`WriteBehind::stats`]; open, recovery, flushes, checkpoints and close
+//! are `tracing` spans. Several instances may share one database (each its
+//! own WAL directory); on PostgreSQL they drop each other's flushed keys
+//! through `LISTEN/NOTIFY` ([`Builder::notify`]).
 #![doc = ""]
 #![doc = "```no_run"]
 #![doc = include_str!("../examples/readme.rs")]
