@@ -3,10 +3,11 @@
 //! Nothing here opens a `Wal` (that would cut a torn tail): every command goes through
 //! `writebehind_wal::inspect::scan_dir`, which only reads.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use writebehind_core::{Change, Expected, Value};
@@ -53,14 +54,41 @@ pub fn run(cmd: Command) -> Result<ExitCode, String> {
 
 /// Scans `dir`, refusing a missing directory or one without WAL files with one sentence (and
 /// creating nothing).
-fn scan(dir: &Path, on_record: impl FnMut(&Path, &Record)) -> Result<DirReport, String> {
+fn scan(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result<DirReport, String> {
     if !dir.is_dir() {
         return Err(format!(
             "WAL directory {} does not exist or is not a directory",
             dir.display()
         ));
     }
-    let rep = scan_dir(dir, on_record).map_err(|e| format!("cannot read WAL directory: {e}"))?;
+    // A bar per segment on a terminal (a long log takes a while); nothing in a pipe.
+    let bar = if std::io::stderr().is_terminal() {
+        let segments = std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            })
+            .count()
+        });
+        let b = ProgressBar::new(segments as u64);
+        if let Ok(style) = ProgressStyle::with_template("scanning segments [{bar:30}] {pos}/{len}")
+        {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut current: Option<PathBuf> = None;
+    let rep = scan_dir(dir, |path, r| {
+        if current.as_deref() != Some(path) {
+            bar.inc(1);
+            current = Some(path.to_path_buf());
+        }
+        on_record(path, r)
+    });
+    bar.finish_and_clear();
+    let rep = rep.map_err(|e| format!("cannot read WAL directory: {e}"))?;
     // Most likely the wrong directory: say so rather than report an empty, clean log.
     if rep.segments.is_empty() && rep.checkpoints.is_empty() {
         return Err(format!(
