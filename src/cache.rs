@@ -464,34 +464,48 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// The latest acknowledged value of `key`, loading it from the database
     /// on a miss (read-through) when a database is set.
     pub async fn get<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<Option<V>> {
-        let key = self.key(key)?;
-        let value = match self.inner.state.get(&key) {
+        let text = self.key_text(key)?;
+        let value = match self.inner.state.get(&text) {
             Lookup::Value(v) => Some(v),
             Lookup::Absent => None,
-            Lookup::Delta(d) => Some(self.with_base(&key, d).await?),
-            Lookup::Miss => self.inner.load(&key).await?.map(|(v, _)| v),
+            Lookup::Delta(d) => Some(self.with_base(&Key::from(text.as_ref()), d).await?),
+            Lookup::Miss => self
+                .inner
+                .load(&Key::from(text.as_ref()))
+                .await?
+                .map(|(v, _)| v),
         };
-        self.inner.count_read(&value);
+        self.inner.count_read();
         value.as_ref().map(V::from_value).transpose()
     }
 
-    /// Blocking [`get`](Self::get). Needs the cache's own runtime (a cache
-    /// opened with `open_blocking`) when it must load from the database.
+    /// Blocking [`get`](Self::get). A read that must load from the database
+    /// needs the cache's own runtime (a cache opened with `open_blocking`).
     pub fn get_blocking<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<Option<V>> {
-        let key = self.key(key)?;
-        match self.inner.state.get(&key) {
-            Lookup::Value(v) => {
-                self.inner.count_read(&Some(v.clone()));
-                V::from_value(&v).map(Some)
-            }
-            Lookup::Absent => Ok(None),
-            _ => {
+        let text = self.key_text(key)?;
+        let value = match self.inner.state.get(&text) {
+            Lookup::Value(v) => Some(v),
+            Lookup::Absent => None,
+            // Without read-through the cache is the whole truth: no base, no row.
+            Lookup::Delta(d) if !self.inner.reads_through() => Some(Value::Int(d)),
+            Lookup::Miss if !self.inner.reads_through() => None,
+            Lookup::Delta(_) | Lookup::Miss => {
                 let handle = self.runtime_handle()?;
                 let this = self.clone();
-                let text = key.to_string();
-                handle.block_on(async move { this.get(text.as_str()).await })
+                let text = text.into_owned();
+                return handle.block_on(async move { this.get(text.as_str()).await });
             }
+        };
+        self.inner.count_read();
+        value.as_ref().map(V::from_value).transpose()
+    }
+
+    /// The key's text, borrowed when it can be (no allocation on a hit).
+    fn key_text<'k, Q: KeyText + ?Sized>(&self, key: &'k Q) -> Result<std::borrow::Cow<'k, str>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
+        Ok(key.key_text())
     }
 
     fn runtime_handle(&self) -> Result<tokio::runtime::Handle> {
@@ -956,9 +970,13 @@ impl Inner {
         self.room_async.notify_waiters();
     }
 
-    fn count_read(&self, value: &Option<Value>) {
-        let _ = value;
+    fn count_read(&self) {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether misses and unknown counter bases are read from the database.
+    fn reads_through(&self) -> bool {
+        self.writer.is_some() && self.cfg.read_through
     }
 
     /// Read-through with concurrent misses on one key collapsed into one

@@ -27,7 +27,7 @@ impl CleanCache {
     }
 
     /// The row if cached and fresh: `Some(None)` is a cached "no row".
-    pub(crate) fn get(&self, key: &Key) -> Option<Option<(Value, i64)>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Option<(Value, i64)>> {
         let cache = self.cache.as_ref()?;
         let hit = cache.get(key)?;
         if let Some(at) = hit.expires {

@@ -211,7 +211,7 @@ impl State {
 
     /// The latest acknowledged state of `key`: dirty entry first, then the
     /// clean cache.
-    pub fn get(&self, key: &Key) -> Lookup {
+    pub fn get(&self, key: &str) -> Lookup {
         let hash = self.hash(key);
         let shard = &self.shards[self.shard_of(hash)];
         let found = {
@@ -229,7 +229,7 @@ impl State {
         found
     }
 
-    fn clean_lookup(&self, key: &Key) -> Lookup {
+    fn clean_lookup(&self, key: &str) -> Lookup {
         match self.clean.get(key) {
             Some(Some((v, _))) => Lookup::Value(v),
             Some(None) => Lookup::Absent,
