@@ -5,7 +5,8 @@
 //! flusher writes to the database. The parent kills it with SIGKILL partway, reopens the cache
 //! on the same WAL directory and database, and checks every counter: each holds at least what
 //! was acknowledged, and at most one more (the add in flight at the kill may or may not have
-//! reached the disk), in the database after a flush and as served by the cache.
+//! reached the disk), in the database after a flush and as served by the cache after it
+//! (`--read-before-flush`: also right after reopening, before that flush).
 //!
 //! ```text
 //! cargo run --example crash_replay
@@ -68,9 +69,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--read-before-flush" => read_before_flush = true,
             "--child" => child_of = Some(PathBuf::from(args.next().ok_or("--child needs a dir")?)),
             "-h" | "--help" => {
-                println!(
-                    "usage: crash_replay [--db URL] [--acks N]   (kill after N acknowledged adds)"
-                );
+                println!("usage: crash_replay [--db URL] [--acks N] [--read-before-flush]");
+                println!("  --acks N: kill the child after N acknowledged adds (default 500)");
+                println!("  --read-before-flush: also check get() right after reopening");
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -128,18 +129,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         rec.dirty_entries,
         rec.wal.torn_tail.is_some()
     );
+    // Reads right after reopening: the replayed WAL merged with the database rows (a flush
+    // the child committed but did not log as finished must not count twice). Opt-in: this
+    // still fails now and then (about 1 run in 50 here), see the crate's open issues.
+    let mut before = BTreeMap::new();
     if read_before_flush {
-        // Reads served from the replayed WAL merged with the database row.
         for k in 0..KEYS {
             let key = format!("k{k}");
             let got = cache.get(key.as_str()).await?.unwrap_or(0);
-            let want = acked.get(&key).copied().unwrap_or(0);
-            if got < want || got > want + 1 {
-                return Err(format!(
-                    "{key}: {want} acknowledged but get() says {got} before the first flush"
-                )
-                .into());
-            }
+            before.insert(key, got);
         }
     }
     cache.flush().await?;
@@ -168,9 +166,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let key = format!("k{k}");
         let want = acked.get(&key).copied().unwrap_or(0);
         let db = in_db.get(&key).copied().unwrap_or(0);
-        if db < want || served.get(&key) != Some(&db) {
+        let early = before.get(&key).copied().unwrap_or(db);
+        if db < want || served.get(&key) != Some(&db) || early != db {
             return Err(format!(
-                "{key}: {want} acknowledged, the database holds {db}, the cache served {:?}",
+                "{key}: {want} acknowledged, the database holds {db}, the cache served {:?} \
+                 before the first flush and {:?} after it",
+                read_before_flush.then_some(early),
                 served.get(&key)
             )
             .into());
