@@ -130,8 +130,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         rec.wal.torn_tail.is_some()
     );
     // Reads right after reopening: the replayed WAL merged with the database rows (a flush
-    // the child committed but did not log as finished must not count twice). Opt-in: this
-    // still fails now and then (about 1 run in 50 here), see the crate's open issues.
+    // the child committed but did not log as finished must not count twice). Opt-in: about
+    // 1 run in 50 here, a read before the first flush still counts that flush twice.
     let mut before = BTreeMap::new();
     if read_before_flush {
         for k in 0..KEYS {
