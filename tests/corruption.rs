@@ -272,3 +272,49 @@ fn open_blocking_on_a_corrupt_wal_returns_the_error_instead_of_panicking() {
     let err = result.expect("open_blocking panicked").unwrap();
     assert!(matches!(err, Error::Wal(_)), "{err}");
 }
+
+#[test]
+fn flush_cli_on_a_missing_directory_fails_in_one_line_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("nope");
+    let url = sqlite_url(tmp.path());
+    let out = flush_cli(&wal, &url);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&*wal.to_string_lossy()), "{stderr}");
+    assert!(!wal.exists());
+    assert!(!tmp.path().join("db.sqlite").exists());
+}
+
+#[test]
+fn flush_cli_against_an_unreachable_database_fails_in_one_line_and_leaves_the_wal_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    drop(write(&wal, 0, 50));
+    let before: Vec<(PathBuf, Vec<u8>)> = files(&wal, "")
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    // Nothing listens on port 1.
+    let url = "postgres://postgres@127.0.0.1:1/test";
+    let out = flush_cli(&wal, url);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(url), "{stderr}");
+    let after: Vec<(PathBuf, Vec<u8>)> = files(&wal, "")
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert!(before == after, "the WAL directory changed");
+    // And it still flushes once a database is there.
+    let url = sqlite_url(tmp.path());
+    let out = flush_cli(&wal, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(values(&block(rows(&url))), model(50));
+}

@@ -306,3 +306,54 @@ async fn caches_opening_at_once_on_a_fresh_postgres_table_all_open() {
         drop_table(&url, &table).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_runs_its_ops_and_the_database_holds_every_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let out = Command::new(BIN)
+        .arg("stress")
+        .arg("--wal")
+        .arg(dir.path().join("wal"))
+        .args([
+            "--db",
+            &url,
+            "--keys",
+            "50",
+            "--ops",
+            "3001",
+            "--writers",
+            "3",
+        ])
+        .args([
+            "--dist",
+            "zipf:1.0",
+            "--seed",
+            "9",
+            "--durability",
+            "buffered:10ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["acked"], 3001);
+    assert_eq!(summary["errors"], 0);
+    assert_eq!(summary["seed"], 9);
+    assert_eq!(summary["durability"], "buffered:10ms");
+    assert_eq!(summary["closed_clean"], true);
+    let db = db_values(&url, "counters").await;
+    assert_eq!(db.values().sum::<i64>(), 3001);
+    // Zipf: k0 is the most popular key.
+    let top = db.iter().max_by_key(|(_, v)| **v).unwrap().0;
+    assert_eq!(top, "k0");
+}
