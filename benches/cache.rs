@@ -98,7 +98,10 @@ fn add(c: &mut Criterion) {
         }
     }
     println!("\nadd vs raw WAL append (same record bytes, same durability, same threads):");
-    println!("{:<10} {:>7} {:>14} {:>14} {:>10}", "mode", "writers", "raw appends/s", "cache adds/s", "overhead");
+    println!(
+        "{:<10} {:>7} {:>14} {:>14} {:>10}",
+        "mode", "writers", "raw appends/s", "cache adds/s", "overhead"
+    );
     for (name, threads, raw, cache) in ratios {
         println!(
             "{name:<10} {threads:>7} {:>14.0} {:>14.0} {:>9.1}%",

@@ -53,6 +53,9 @@ pub(crate) struct Inner {
     room: (Mutex<u64>, Condvar),
     room_async: Notify,
     pub(crate) closed: AtomicBool,
+    /// Bumped when a cut is taken and when one settles: reads that combine a
+    /// loaded row with pending deltas start over when it moves.
+    pub(crate) cut_epoch: AtomicU64,
     /// The tables exist (or were not asked for).
     pub(crate) tables_ready: AtomicBool,
     /// WAL disk usage right after the last checkpoint.
@@ -221,6 +224,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             room_async: Notify::new(),
             closed: AtomicBool::new(false),
             tables_ready: AtomicBool::new(false),
+            cut_epoch: AtomicU64::new(0),
             wal_bytes_at_checkpoint: AtomicU64::new(wal_bytes),
             wal_bytes: AtomicU64::new(wal_bytes),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -468,7 +472,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         let value = match self.inner.state.get(&text) {
             Lookup::Value(v) => Some(v),
             Lookup::Absent => None,
-            Lookup::Delta(d) => Some(self.with_base(&Key::from(text.as_ref()), d).await?),
+            Lookup::Delta(_) => self.with_base(&Key::from(text.as_ref())).await?,
             Lookup::Miss => self
                 .inner
                 .load(&Key::from(text.as_ref()))
@@ -518,23 +522,44 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         ))
     }
 
-    /// A counter whose base is unknown: the database's value plus `delta`.
-    async fn with_base(&self, key: &Key, delta: i64) -> Result<Value> {
-        let base = self.inner.load(key).await?;
-        let sum = match base {
-            None => Some(delta),
-            Some((Value::Int(b), _)) => b.checked_add(delta),
-            Some((Value::Bytes(_), _)) => {
-                return Err(Error::Codec(format!(
-                    "key {key:?} holds a record in the database but counter adds in the cache"
-                )))
+    /// A counter whose base is unknown: the database's value plus the
+    /// pending delta. Two races would count a delta twice, so both restart
+    /// the read: the key is in the cut in flight (the database may or may
+    /// not hold that part yet: wait for the cut to settle), or a cut was
+    /// taken while the row loaded (the row may already hold the delta).
+    async fn with_base(&self, key: &Key) -> Result<Option<Value>> {
+        let mut status = self.inner.status.subscribe();
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            status.borrow_and_update();
+            let epoch = self.inner.cut_epoch.load(Ordering::Acquire);
+            let delta = match self.inner.state.get(key) {
+                Lookup::Value(v) => return Ok(Some(v)),
+                Lookup::Absent => return Ok(None),
+                Lookup::Miss => return Ok(self.inner.load(key).await?.map(|(v, _)| v)),
+                Lookup::Delta(d) => d,
+            };
+            if self.inner.state.is_in_flight(key) {
+                self.inner.wake_flusher.notify_one();
+                if tokio::time::timeout_at(deadline, status.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Load {
+                        key: key.to_string(),
+                        reason: format!(
+                            "a flush of this counter has not settled within {SETTLE_TIMEOUT:?}, so its database value is not known"
+                        ),
+                    });
+                }
+                continue;
             }
-        };
-        sum.map(Value::Int).ok_or_else(|| {
-            Error::Codec(format!(
-                "counter {key:?} overflows i64 with its pending delta"
-            ))
-        })
+            let base = self.inner.load(key).await?;
+            if self.inner.cut_epoch.load(Ordering::Acquire) != epoch {
+                continue;
+            }
+            return add_to_base(key, base, delta).map(Some);
+        }
     }
 
     /// Atomically replaces the value of `key` with `f(old)`: `Some` puts,
@@ -545,20 +570,34 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         F: FnOnce(Option<V>) -> Option<V>,
     {
         let key = self.key(key)?;
-        // Load first (outside the lock) so the closure sees the database's row.
-        let loaded = match self.inner.state.get(&key) {
-            Lookup::Miss | Lookup::Delta(_) => self.inner.load(&key).await?,
-            _ => None,
-        };
-        self.wait_for_room_async(&key).await?;
-        let timed = self.inner.timed(None);
-        let (ticket, new) = self.inner.update_locked(&key, loaded, f)?;
-        if let Some(ticket) = ticket {
-            ticket.await?;
-            let op = if new.is_some() { Op::Put } else { Op::Delete };
-            self.inner.after_write(op, timed);
+        let mut f = f;
+        loop {
+            let epoch = self.inner.cut_epoch.load(Ordering::Acquire);
+            // Load first (outside the lock) so the closure sees the database's
+            // row; a counter in flight settles first (see `with_base`).
+            let loaded = match self.inner.state.get(&key) {
+                Lookup::Miss => self.inner.load(&key).await?,
+                Lookup::Delta(_) => {
+                    if self.inner.state.is_in_flight(&key) {
+                        self.with_base(&key).await?;
+                        continue;
+                    }
+                    self.inner.load(&key).await?
+                }
+                _ => None,
+            };
+            self.wait_for_room_async(&key).await?;
+            let timed = self.inner.timed(None);
+            match self.inner.update_locked(&key, loaded, epoch, f)? {
+                Updated::Retry(back) => f = back,
+                Updated::Done(ticket, new) => {
+                    ticket.await?;
+                    let op = if new.is_some() { Op::Put } else { Op::Delete };
+                    self.inner.after_write(op, timed);
+                    return Ok(new);
+                }
+            }
         }
-        Ok(new)
     }
 
     /// Writes a checkpoint of the dirty state now and truncates the WAL
@@ -757,6 +796,35 @@ impl<K: CacheKey> WriteBehind<K, i64> {
     }
 }
 
+/// How long a read of a counter waits for a flush of it to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `update_locked` did.
+enum Updated<V, F> {
+    /// A flush moved deltas since the row was loaded: load again.
+    Retry(F),
+    /// Written: the WAL ticket and the new value.
+    Done(Append, Option<V>),
+}
+
+/// The loaded row's counter plus a pending delta.
+fn add_to_base(key: &Key, base: Option<(Value, i64)>, delta: i64) -> Result<Value> {
+    let sum = match base {
+        None => Some(delta),
+        Some((Value::Int(b), _)) => b.checked_add(delta),
+        Some((Value::Bytes(_), _)) => {
+            return Err(Error::Codec(format!(
+                "key {key:?} holds a record in the database but counter adds in the cache"
+            )))
+        }
+    };
+    sum.map(Value::Int).ok_or_else(|| {
+        Error::Codec(format!(
+            "counter {key:?} overflows i64 with its pending delta"
+        ))
+    })
+}
+
 /// Refuses a WAL directory that is behind what the database already has
 /// from this instance (a reset or restored-from-backup directory would
 /// otherwise have its new writes skipped as already applied).
@@ -859,8 +927,9 @@ impl Inner {
         &self,
         key: &Key,
         loaded: Option<(Value, i64)>,
+        epoch: u64,
         f: F,
-    ) -> Result<(Option<Append>, Option<V>)>
+    ) -> Result<Updated<V, F>>
     where
         F: FnOnce(Option<V>) -> Option<V>,
     {
@@ -869,13 +938,12 @@ impl Inner {
             Lookup::Value(v) => Some(v),
             Lookup::Absent => None,
             Lookup::Delta(d) => {
-                let base = match &loaded {
-                    Some((Value::Int(b), _)) => *b,
-                    _ => 0,
-                };
-                Some(Value::Int(base.checked_add(d).ok_or_else(|| {
-                    Error::Codec(format!("counter {key:?} overflows i64"))
-                })?))
+                // A cut since the load may have put this delta in the loaded
+                // row (cuts need every shard lock, so none runs now).
+                if self.cut_epoch.load(Ordering::Acquire) != epoch {
+                    return Ok(Updated::Retry(f));
+                }
+                Some(add_to_base(key, loaded, d)?)
             }
             Lookup::Miss => loaded.map(|(v, _)| v),
         };
@@ -890,7 +958,7 @@ impl Inner {
         let payload = log::encode_op(key, &change, expected)?;
         let ticket = self.wal.append(log::KIND, &payload)?;
         shard.apply(key.clone(), change, expected, ticket.lsn());
-        Ok((Some(ticket), new))
+        Ok(Updated::Done(ticket, new))
     }
 
     /// After a write: count it and wake the flusher or the checkpointer when

@@ -163,6 +163,7 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
         report.outcomes
     };
     inner.state.complete_cut(&outcomes)?;
+    inner.cut_epoch.fetch_add(1, Ordering::AcqRel);
     inner.unflushed.cut_done();
     let elapsed = started.elapsed();
     inner.metrics.flush_rows.record(cut.items.len() as f64);
@@ -243,7 +244,7 @@ async fn announce(inner: &Inner, writer: &Writer, cut: &Cut, outcomes: &[ItemOut
 
 /// Takes a cut under every shard lock, logging its start at its position.
 fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
-    if inner.state.stats().dirty_entries == 0 {
+    if inner.state.dirty_entries() == 0 {
         return Ok(None);
     }
     let payload = log::encode(&LogEntry::FlushBegin)?;
@@ -252,6 +253,8 @@ fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
         .wal
         .append_with(log::KIND, &payload, Durability::Fsync)?;
     let cut = all.take_cut(begin.lsn())?;
+    // Under every shard lock: no read can be between its lookup and this.
+    inner.cut_epoch.fetch_add(1, Ordering::AcqRel);
     inner.unflushed.cut_taken();
     Ok(Some((cut, begin)))
 }

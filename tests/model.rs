@@ -99,7 +99,10 @@ fn run(ops: Vec<Op>, seed: u64) {
             }
             Op::Get(k) => {
                 let key = format!("k{k}");
-                assert_eq!(cache.get_blocking(key.as_str()).unwrap(), model.get(&key).copied());
+                assert_eq!(
+                    cache.get_blocking(key.as_str()).unwrap(),
+                    model.get(&key).copied()
+                );
             }
             Op::Checkpoint => {
                 let r = cache.checkpoint();

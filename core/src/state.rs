@@ -242,6 +242,17 @@ impl State {
         self.dirty_entries.load(Ordering::Relaxed)
     }
 
+    /// Whether `key` has a change in the cut in flight: the database may or
+    /// may not hold it yet, so its row cannot serve as this key's base.
+    pub fn is_in_flight(&self, key: &str) -> bool {
+        let hash = self.hash(key);
+        self.shards[self.shard_of(hash)]
+            .inner
+            .read()
+            .find(hash, key)
+            .is_some_and(|node| node.in_flight().is_some())
+    }
+
     /// Whether `key` has a pending or in-flight change (a write to it takes
     /// no new dirty entry).
     pub fn is_dirty(&self, key: &Key) -> bool {

@@ -811,3 +811,22 @@ fn is_dirty_follows_pending_and_in_flight_changes() {
     assert!(!state.is_dirty(&k("k")));
     assert!(!state.is_dirty(&k("other")));
 }
+
+#[test]
+fn is_in_flight_is_true_only_between_cut_and_completion() {
+    let state = State::new(Limits::default());
+    write(&state, "k", Change::Add(1), 1).unwrap();
+    assert!(!state.is_in_flight("k"));
+    cut(&state, 2);
+    assert!(state.is_in_flight("k"));
+    write(&state, "k", Change::Add(1), 3).unwrap();
+    assert!(state.is_in_flight("k"));
+    state
+        .complete_cut(&[ItemOutcome::Written {
+            version: None,
+            value: None,
+        }])
+        .unwrap();
+    assert!(!state.is_in_flight("k"));
+    assert!(state.is_dirty(&k("k")));
+}

@@ -87,7 +87,13 @@ fn eight_writers_and_a_flusher_sum_exactly() {
             let mut round = 0u32;
             while !done.load(Ordering::SeqCst) {
                 round += 1;
-                flush(&state, &wal, &db, !round.is_multiple_of(5), round.is_multiple_of(2));
+                flush(
+                    &state,
+                    &wal,
+                    &db,
+                    !round.is_multiple_of(5),
+                    round.is_multiple_of(2),
+                );
             }
             round
         })
