@@ -2,6 +2,7 @@
 //! bytes, measured in the same run; ratios are printed at the end.
 //!
 //! `cargo bench --bench cache`
+#![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use std::hint::black_box;
 use std::sync::Arc;

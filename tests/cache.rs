@@ -241,7 +241,7 @@ fn async_writes_and_update_are_atomic() {
             tasks.push(tokio::spawn(async move {
                 for _ in 0..50 {
                     cache
-                        .update("n", |v| Some(v.unwrap_or(0) * 1 + 2))
+                        .update("n", |v| Some(v.unwrap_or(0) + 2))
                         .await
                         .unwrap();
                 }

@@ -236,7 +236,7 @@ async fn crash_between_commit_and_wal_cut_applies_nothing_twice(db: &Db) {
     drop(cache);
 
     let cache = open().await.unwrap();
-    assert_eq!(cache.recovery().in_flight.is_some(), true);
+    assert!(cache.recovery().in_flight.is_some());
     cache.add("k0", 1).await.unwrap();
     cache.flush().await.unwrap();
     cache.close().await.unwrap();
@@ -272,7 +272,10 @@ async fn reads_after_a_crash_do_not_count_an_unconfirmed_flush_twice(db: &Db) {
     // Before any flush of this run: the database has 10, one add is pending.
     assert_eq!(cache.get("k0").await.unwrap(), Some(11));
     assert_eq!(cache.get("k1").await.unwrap(), Some(10));
-    assert_eq!(cache.update("k2", |v| v.map(|n| n * 2)).await.unwrap(), Some(20));
+    assert_eq!(
+        cache.update("k2", |v| v.map(|n| n * 2)).await.unwrap(),
+        Some(20)
+    );
     cache.close().await.unwrap();
     let rows = db.rows().await;
     assert_eq!(rows["k0"].0, 11);
