@@ -42,6 +42,7 @@ pub(crate) struct Config {
     pub(crate) table: String,
     pub(crate) create_tables: bool,
     pub(crate) read_through: bool,
+    pub(crate) read_back: bool,
     pub(crate) flush_interval: Duration,
     pub(crate) flush_dirty_entries: usize,
     pub(crate) flush_dirty_bytes: usize,
@@ -77,6 +78,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 table: "counters".into(),
                 create_tables: false,
                 read_through: true,
+                read_back: true,
                 flush_interval: Duration::from_secs(1),
                 flush_dirty_entries: 50_000,
                 flush_dirty_bytes: 32 << 20,
@@ -188,6 +190,16 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// Load misses from the database. Default: on (when a database is set).
     pub fn read_through(mut self, on: bool) -> Self {
         self.cfg.read_through = on;
+        self
+    }
+
+    /// After a flush, read back each row's new value and version so the
+    /// cache keeps an exact clean copy (and the next put carries the right
+    /// version). Off: flushes are faster (no read-back query on SQLite and
+    /// MySQL) and a counter read after its flush goes to the database.
+    /// Default: on.
+    pub fn read_back(mut self, on: bool) -> Self {
+        self.cfg.read_back = on;
         self
     }
 

@@ -29,7 +29,8 @@ pub(crate) async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Wr
     let instance = crate::instance::id(&cfg.dir)?;
     let wcfg = WriterConfig::new(instance)
         .table(spec)
-        .conflict_policy(cfg.conflict_policy.clone());
+        .conflict_policy(cfg.conflict_policy.clone())
+        .report_values(cfg.read_back);
     let writer = Writer::connect(url, wcfg).await?;
     if cfg.create_tables {
         match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
