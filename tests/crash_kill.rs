@@ -33,6 +33,13 @@ struct Tally {
     flush_kills: u64,
     acks: u64,
     keys: u64,
+    /// Rounds whose kill left a half-written checkpoint (`.ckpt.tmp`).
+    mid_checkpoint: u64,
+    /// Rounds whose final flush found a flush in flight (killed between its
+    /// start record and its end record).
+    mid_flush: u64,
+    /// Rounds whose final flush cut a torn WAL tail.
+    torn: u64,
     violations: Vec<String>,
 }
 
@@ -196,6 +203,13 @@ async fn round(backend: &str, n: u64, seed: u64, tally: &mut Tally) {
         tally.rounds += 1;
         return;
     }
+    let names: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.iter().any(|n| n.ends_with(".ckpt.tmp")) {
+        tally.mid_checkpoint += 1;
+    }
     if rng.u8(0..3) == 0 {
         let mut f = flush(&wal, &url, &table)
             .stdout(Stdio::null())
@@ -213,6 +227,9 @@ async fn round(backend: &str, n: u64, seed: u64, tally: &mut Tally) {
         "{what}: flush failed: {}\nstress stderr: {stress_err}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    tally.mid_flush += u64::from(said.contains("in flight"));
+    tally.torn += u64::from(said.contains("torn tail"));
 
     let db = db_values(&url, &table).await;
     let mut all: Vec<&String> = acks.keys().chain(db.keys()).collect();
@@ -246,7 +263,8 @@ async fn crash_rounds(backend: &str) {
         round(backend, n, seed + n, &mut tally).await;
     }
     println!(
-        "crash-test {backend}: rounds {}, kills {} (stress {}, flush {}), acks checked {}, keys checked {}, violations {}, seed {seed}, {:.1}s",
+        "crash-test {backend}: rounds {}, kills {} (stress {}, flush {}), acks checked {}, keys checked {}, violations {}, seed {seed}, {:.1}s; \
+         kills seen mid-checkpoint {}, mid-flush {}, torn tails {}",
         tally.rounds,
         tally.stress_kills + tally.flush_kills,
         tally.stress_kills,
@@ -254,7 +272,10 @@ async fn crash_rounds(backend: &str) {
         tally.acks,
         tally.keys,
         tally.violations.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        tally.mid_checkpoint,
+        tally.mid_flush,
+        tally.torn
     );
     assert!(
         tally.violations.is_empty(),

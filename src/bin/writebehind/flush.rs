@@ -70,6 +70,18 @@ async fn flush(args: &Args, timeout: Duration) -> Result<ExitCode, String> {
         .map_err(|e| format!("opening {} for {db} failed: {e}", args.wal.display()))?;
     let report = cache.recovery();
     let (replayed, checkpoint) = (report.records_replayed, report.checkpoint_lsn);
+    let mut found = String::new();
+    if let Some(lsn) = report.in_flight {
+        found.push_str(&format!(", a flush in flight at {lsn} resumed"));
+    }
+    if let Some(t) = &report.wal.torn_tail {
+        found.push_str(&format!(
+            ", torn tail cut at {} of {} (saved to {})",
+            t.offset,
+            t.segment.display(),
+            t.saved_to.display()
+        ));
+    }
     let dirty = cache.stats().dirty_entries as u64;
 
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -100,7 +112,7 @@ async fn flush(args: &Args, timeout: Duration) -> Result<ExitCode, String> {
         .and(closed)
         .map_err(|e| format!("flushing {} to {db} failed: {e}", args.wal.display()))?;
     println!(
-        "flushed {} rows in {} flushes from {} ({} records replayed{}) to {db} in {:.2}s",
+        "flushed {} rows in {} flushes from {} ({} records replayed{}{found}) to {db} in {:.2}s",
         stats.rows_flushed,
         stats.flushes,
         args.wal.display(),
