@@ -397,18 +397,10 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     // ---- backpressure ----
 
     async fn wait_for_room_async(&self, key: &Key) -> Result<()> {
-        let Some(limit) = self.inner.over_limit(key) else {
+        let started = Instant::now();
+        let Some(wait) = self.inner.room_or_wait(key, started)? else {
             return Ok(());
         };
-        let started = Instant::now();
-        let wait = match self.inner.cfg.backpressure {
-            Backpressure::Fail => return Err(self.inner.reject(limit, started)),
-            Backpressure::Wait(wait) => wait,
-        };
-        self.inner
-            .counters
-            .backpressure_waits
-            .fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.inner.room_async.notified();
@@ -428,18 +420,10 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     }
 
     fn wait_for_room_blocking(&self, key: &Key) -> Result<()> {
-        let Some(limit) = self.inner.over_limit(key) else {
+        let started = Instant::now();
+        let Some(wait) = self.inner.room_or_wait(key, started)? else {
             return Ok(());
         };
-        let started = Instant::now();
-        let wait = match self.inner.cfg.backpressure {
-            Backpressure::Fail => return Err(self.inner.reject(limit, started)),
-            Backpressure::Wait(wait) => wait,
-        };
-        self.inner
-            .counters
-            .backpressure_waits
-            .fetch_add(1, Ordering::Relaxed);
         let deadline = started + wait;
         let (lock, cvar) = &self.inner.room;
         let mut generation = lock.lock();
@@ -1007,6 +991,23 @@ impl Inner {
             Some(Limit::WalBytes)
         } else {
             None
+        }
+    }
+
+    /// Before a write: `None` when there is room, the time to wait when the
+    /// policy says wait, the `Backpressure` error when it says fail.
+    fn room_or_wait(&self, key: &Key, started: Instant) -> Result<Option<Duration>> {
+        let Some(limit) = self.over_limit(key) else {
+            return Ok(None);
+        };
+        match self.cfg.backpressure {
+            Backpressure::Fail => Err(self.reject(limit, started)),
+            Backpressure::Wait(wait) => {
+                self.counters
+                    .backpressure_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Some(wait))
+            }
         }
     }
 
