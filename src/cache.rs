@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     /// Bumped when a cut is taken and when one settles: reads that combine a
     /// loaded row with pending deltas start over when it moves.
     pub(crate) cut_epoch: AtomicU64,
+    /// A flush completed since the checkpoint thread last looked.
+    pub(crate) flushed_since_checkpoint: AtomicBool,
     /// The tables exist (or were not asked for).
     pub(crate) tables_ready: AtomicBool,
     /// WAL disk usage right after the last checkpoint.
@@ -224,6 +226,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             room_async: Notify::new(),
             closed: AtomicBool::new(false),
             tables_ready: AtomicBool::new(false),
+            flushed_since_checkpoint: AtomicBool::new(false),
             cut_epoch: AtomicU64::new(0),
             wal_bytes_at_checkpoint: AtomicU64::new(wal_bytes),
             wal_bytes: AtomicU64::new(wal_bytes),

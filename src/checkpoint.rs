@@ -31,7 +31,13 @@ pub(crate) fn spawn(inner: Arc<Inner>, wake: Receiver<()>) -> Result<std::thread
             let usage = inner.wal.disk_usage();
             inner.wal_bytes.store(usage, Ordering::Relaxed);
             let since = usage.saturating_sub(inner.wal_bytes_at_checkpoint.load(Ordering::Relaxed));
-            let due = since >= inner.cfg.checkpoint_bytes || usage >= inner.cfg.max_wal_bytes;
+            // Right after a flush the dirty state is small, so a checkpoint is
+            // cheap and lets every whole segment behind it go: disk use then
+            // follows the dirty keys, not the writes, between thresholds too.
+            let flushed = inner.flushed_since_checkpoint.swap(false, Ordering::AcqRel);
+            let due = since >= inner.cfg.checkpoint_bytes
+                || usage >= inner.cfg.max_wal_bytes
+                || (flushed && since >= inner.cfg.segment_size);
             crate::metrics::publish(&inner);
             if due {
                 if let Err(e) = checkpoint(&inner) {

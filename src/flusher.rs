@@ -194,6 +194,10 @@ pub(crate) async fn round(inner: &Inner) -> Result<()> {
         .status
         .send_modify(|s| s.flushed = s.flushed.max(cut.position));
     inner.room_made();
+    inner
+        .flushed_since_checkpoint
+        .store(true, Ordering::Release);
+    let _ = inner.wake_checkpoint.try_send(());
     span.in_scope(|| {
         tracing::debug!(
             rows = report.rows,

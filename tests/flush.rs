@@ -284,6 +284,45 @@ async fn reads_after_a_crash_do_not_count_an_unconfirmed_flush_twice(db: &Db) {
     db.drop_table().await;
 }
 
+/// With the database flushing, checkpoints after flushes let whole segments
+/// go: the WAL follows the dirty keys even below the compaction threshold.
+async fn flushed_segments_are_dropped_after_flushes(db: &Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(db, dir.path())
+        .durability(Durability::None)
+        .segment_size(64 << 10)
+        .checkpoint_bytes(1 << 30)
+        .flush_interval(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    for i in 0..60_000u64 {
+        cache
+            .add(format!("k{}", i % 100).as_str(), 1)
+            .await
+            .unwrap();
+    }
+    cache.flush().await.unwrap();
+    // The checkpoint thread runs right after the flush's wake-up (or within 200 ms).
+    let mut wal = u64::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        wal = cache.stats().wal_bytes;
+        if wal < 512 << 10 {
+            break;
+        }
+    }
+    // 60 000 records take ~2.4 MB of WAL; after the checkpoints a few segments remain.
+    assert!(wal < 512 << 10, "WAL still holds {wal} bytes");
+    assert!(cache.stats().checkpoints >= 1);
+    cache.close().await.unwrap();
+    assert_eq!(
+        db.rows().await.values().map(|(v, _)| v).sum::<i64>(),
+        60_000
+    );
+    db.drop_table().await;
+}
+
 async fn backpressure_wait_is_relieved_by_the_flusher(db: &Db) {
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(db, dir.path())
@@ -370,6 +409,7 @@ suite!(
     conflicting_put_is_reported_and_keeps_the_database_row,
     crash_between_commit_and_wal_cut_applies_nothing_twice,
     reads_after_a_crash_do_not_count_an_unconfirmed_flush_twice,
+    flushed_segments_are_dropped_after_flushes,
     backpressure_wait_is_relieved_by_the_flusher,
     close_reports_an_unreachable_database_and_keeps_the_wal,
 );
