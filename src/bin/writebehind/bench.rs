@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 use sqlx::Row;
 use writebehind::{Durability, WriteBehind};
 
 use crate::chart;
+use crate::workload::{self, durability_name, parse_dist, redact, Dist, Picker};
 
 /// Arguments of `writebehind bench`.
 #[derive(clap::Args)]
@@ -73,38 +74,7 @@ pub struct Args {
     svg: Option<PathBuf>,
 }
 
-/// Key distribution.
-#[derive(Clone, Copy, Debug)]
-pub enum Dist {
-    /// Every key equally likely.
-    Uniform,
-    /// Zipf with this exponent.
-    Zipf(f64),
-}
-
-impl std::fmt::Display for Dist {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Dist::Uniform => f.write_str("uniform"),
-            Dist::Zipf(s) => write!(f, "zipf:{s}"),
-        }
-    }
-}
-
-fn parse_dist(s: &str) -> Result<Dist, String> {
-    if s == "uniform" {
-        return Ok(Dist::Uniform);
-    }
-    let exp = s
-        .strip_prefix("zipf:")
-        .ok_or_else(|| format!("{s:?} is neither `uniform` nor `zipf:S`"))?;
-    match exp.parse::<f64>() {
-        Ok(e) if e.is_finite() && e >= 0.0 => Ok(Dist::Zipf(e)),
-        _ => Err(format!("zipf exponent {exp:?} is not a number ≥ 0")),
-    }
-}
-
-/// A durability mode with its label.
+/// A durability mode, shown as its option text.
 #[derive(Clone, Copy, Debug)]
 pub struct Mode {
     durability: Durability,
@@ -112,33 +82,12 @@ pub struct Mode {
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.durability {
-            Durability::Fsync => f.write_str("fsync"),
-            Durability::Buffered { interval } => write!(f, "buffered:{}ms", interval.as_millis()),
-            Durability::None => f.write_str("none"),
-        }
+        f.write_str(&durability_name(self.durability))
     }
 }
 
 fn parse_durability(s: &str) -> Result<Mode, String> {
-    let durability = match s {
-        "fsync" => Durability::Fsync,
-        "none" => Durability::None,
-        _ => {
-            let ms = s
-                .strip_prefix("buffered:")
-                .and_then(|r| r.strip_suffix("ms"))
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    format!("{s:?} is not `fsync`, `buffered:<N>ms` (N ≥ 1) or `none`")
-                })?;
-            Durability::Buffered {
-                interval: Duration::from_millis(ms),
-            }
-        }
-    };
-    Ok(Mode { durability })
+    workload::parse_durability(s).map(|durability| Mode { durability })
 }
 
 /// One contender's figures (a row of the table, an element of the JSON `results`).
@@ -252,14 +201,6 @@ impl Backend {
     }
 }
 
-/// The URL with any password hidden, for output.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// A scratch directory removed on drop (WAL directories, the default SQLite file).
 struct Scratch(PathBuf);
 
@@ -289,31 +230,19 @@ const ROWS_PER_STATEMENT: usize = 5_000;
 /// Key generator of one writer: the same seed gives the same sequence in every contender.
 struct Keys {
     rng: StdRng,
-    keys: u64,
-    zipf: Option<rand_distr::Zipf<f64>>,
+    picker: Picker,
 }
 
 impl Keys {
     fn new(dist: Dist, keys: u64, writer: u64) -> Result<Keys, String> {
-        let zipf = match dist {
-            Dist::Uniform => None,
-            Dist::Zipf(s) => {
-                Some(rand_distr::Zipf::new(keys, s).map_err(|e| format!("--dist: {e}"))?)
-            }
-        };
         Ok(Keys {
             rng: StdRng::seed_from_u64(0x5EED_0000 + writer),
-            keys,
-            zipf,
+            picker: Picker::new(keys, dist).map_err(|e| format!("--dist: {e}"))?,
         })
     }
 
     fn next_key(&mut self) -> u64 {
-        match &self.zipf {
-            // Zipf samples ranks 1..=n.
-            Some(z) => (self.rng.sample(z) as u64).clamp(1, self.keys) - 1,
-            None => self.rng.gen_range(0..self.keys),
-        }
+        self.picker.pick(&mut self.rng)
     }
 }
 

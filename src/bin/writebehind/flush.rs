@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use writebehind::WriteBehind;
 
+use crate::workload::redact;
+
 /// Arguments of `writebehind flush`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -130,18 +132,4 @@ async fn probe(url: &str) -> Result<(), writebehind_writer::Error> {
     let result = writer.execute_sql("SELECT 1").await;
     writer.close().await;
     result
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }

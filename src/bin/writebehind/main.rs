@@ -10,6 +10,7 @@ mod chart;
 mod flush;
 mod stress;
 mod wal;
+mod workload;
 
 #[derive(Parser)]
 #[command(

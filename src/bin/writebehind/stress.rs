@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::Distribution;
+use rand::SeedableRng;
 use writebehind::{Durability, WriteBehind};
+
+use crate::workload::{durability_name, parse_dist, parse_durability, redact, Dist, Picker};
 
 /// Arguments of `writebehind stress`.
 #[derive(clap::Args)]
@@ -61,80 +62,6 @@ pub struct Args {
     segment_bytes: Option<u64>,
 }
 
-/// A key distribution.
-#[derive(Clone, Copy, Debug)]
-pub enum Dist {
-    /// Every key equally likely.
-    Uniform,
-    /// Zipf with this exponent: key `k0` is the most popular.
-    Zipf(f64),
-}
-
-fn parse_durability(s: &str) -> Result<Durability, String> {
-    let bad = || format!("durability {s:?} is not one of fsync, buffered:<N>ms, none");
-    match s {
-        "fsync" => Ok(Durability::Fsync),
-        "none" => Ok(Durability::None),
-        _ => {
-            let ms = s
-                .strip_prefix("buffered:")
-                .and_then(|r| r.strip_suffix("ms"))
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(bad)?;
-            Ok(Durability::Buffered {
-                interval: Duration::from_millis(ms),
-            })
-        }
-    }
-}
-
-fn parse_dist(s: &str) -> Result<Dist, String> {
-    if s == "uniform" {
-        return Ok(Dist::Uniform);
-    }
-    s.strip_prefix("zipf:")
-        .and_then(|e| e.parse::<f64>().ok())
-        .filter(|e| e.is_finite() && *e > 0.0)
-        .map(Dist::Zipf)
-        .ok_or_else(|| format!("distribution {s:?} is not uniform or zipf:<exponent > 0>"))
-}
-
-fn durability_name(d: Durability) -> String {
-    match d {
-        Durability::Fsync => "fsync".into(),
-        Durability::Buffered { interval } => format!("buffered:{}ms", interval.as_millis()),
-        Durability::None => "none".into(),
-        #[allow(unreachable_patterns)]
-        _ => format!("{d:?}"),
-    }
-}
-
-/// Picks key indexes for one writer.
-enum Picker {
-    Uniform(u64),
-    Zipf(rand_distr::Zipf<f64>),
-}
-
-impl Picker {
-    fn new(keys: u64, dist: Dist) -> Result<Picker, String> {
-        match dist {
-            Dist::Uniform => Ok(Picker::Uniform(keys)),
-            Dist::Zipf(s) => rand_distr::Zipf::new(keys, s)
-                .map(Picker::Zipf)
-                .map_err(|e| format!("zipf:{s} over {keys} keys: {e}")),
-        }
-    }
-
-    fn pick(&self, rng: &mut StdRng) -> u64 {
-        match self {
-            Picker::Uniform(n) => rng.gen_range(0..*n),
-            // Zipf samples 1..=n.
-            Picker::Zipf(z) => (z.sample(rng) as u64).saturating_sub(1),
-        }
-    }
-}
-
 /// What one writer did.
 struct Outcome {
     acked: u64,
@@ -155,7 +82,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
 }
 
 async fn stress(args: Args, seed: u64) -> Result<ExitCode, String> {
-    let db = crate::flush::redact(&args.db);
+    let db = redact(&args.db);
     let mut builder = WriteBehind::<String, i64>::builder(&args.wal)
         .database(&args.db)
         .table(&args.table)
