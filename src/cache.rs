@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{watch, Notify, OnceCell};
 use tracing::Instrument;
-use writebehind_core::{Change, Expected, Key, Lookup, Lsn, State, Value};
+use writebehind_core::{Change, Expected, Key, Lookup, Lsn, ShardGuard, State, Value};
 use writebehind_wal::{Append, Durability, Wal};
 use writebehind_writer::{Retrier, Writer};
 
@@ -899,6 +899,17 @@ impl Inner {
         durability: Option<Durability>,
     ) -> Result<Append> {
         let mut shard = self.state.lock(&key);
+        self.append_locked(&mut shard, key, change, durability)
+    }
+
+    /// Under the key's shard lock: check, log (which assigns the LSN), apply.
+    fn append_locked(
+        &self,
+        shard: &mut ShardGuard<'_>,
+        key: Key,
+        change: Change,
+        durability: Option<Durability>,
+    ) -> Result<Append> {
         shard.check(&key, &change)?;
         let expected = shard.expected(&key);
         let payload = log::encode_op(&key, &change, expected)?;
@@ -940,11 +951,7 @@ impl Inner {
             Some(v) => Change::Put(v.to_value()?),
             None => Change::Delete,
         };
-        shard.check(key, &change)?;
-        let expected = shard.expected(key);
-        let payload = log::encode_op(key, &change, expected)?;
-        let ticket = self.wal.append(log::KIND, &payload)?;
-        shard.apply(key.clone(), change, expected, ticket.lsn());
+        let ticket = self.append_locked(&mut shard, key.clone(), change, None)?;
         Ok(Updated::Done(ticket, new))
     }
 
