@@ -56,6 +56,9 @@ pub enum ConflictResolutionTaken {
     Resolved(Value),
     /// The write chosen for the conflict failed permanently and was dead-lettered.
     DeadLettered,
+    /// The [`ConflictPolicy::Resolve`] resolver panicked (its message): the
+    /// database row was kept.
+    ResolverPanicked(String),
 }
 
 impl ConflictResolutionTaken {
@@ -67,6 +70,7 @@ impl ConflictResolutionTaken {
             ConflictResolutionTaken::Overwrote => "overwrote",
             ConflictResolutionTaken::Resolved(_) => "resolved",
             ConflictResolutionTaken::DeadLettered => "dead_lettered",
+            ConflictResolutionTaken::ResolverPanicked(_) => "resolver_panicked",
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct WriterConfig {
     pub(crate) acquire_timeout: Duration,
     pub(crate) busy_timeout: Duration,
     pub(crate) report_values: bool,
+    pub(crate) dead_letter_file: Option<std::path::PathBuf>,
 }
 
 impl WriterConfig {
@@ -118,7 +123,19 @@ impl WriterConfig {
             acquire_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(5),
             report_values: true,
+            dead_letter_file: None,
         }
+    }
+
+    /// A local file for dead letters the dead-letter table itself refuses
+    /// (e.g. text PostgreSQL cannot store): one JSON line each, synced
+    /// before the flush commits; read it with
+    /// [`read_local_dead_letters`](crate::read_local_dead_letters). Without
+    /// it such a flush fails. Default: none.
+    #[must_use]
+    pub fn dead_letter_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.dead_letter_file = Some(path.into());
+        self
     }
 
     /// The data table. Default: [`TableSpec::default`] (`counters`).

@@ -32,6 +32,7 @@
 //! [`Cut`]: writebehind_core::Cut
 
 mod config;
+mod conflicts;
 // With no backend feature on, the driver layer has nothing to drive.
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
@@ -39,9 +40,12 @@ mod config;
 )]
 mod db;
 mod error;
+mod flush;
 mod ident;
+mod local;
 pub mod notify;
 mod retry;
+mod rows;
 mod schema;
 mod sql;
 mod writer;
@@ -51,6 +55,7 @@ pub use config::{
 };
 pub use error::{Error, ErrorClass, Result};
 pub use ident::{Backend, Ident};
+pub use local::{read_local_dead_letters, LocalDeadLetter};
 pub use notify::{Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};

@@ -13,7 +13,8 @@ use crate::error::{ErrorClass, Result};
 /// How [`Retrier::run`] retries transient errors.
 ///
 /// Defaults: `min_delay` 50 ms, `max_delay` 10 s, `factor` 2.0,
-/// `max_attempts` `None` (retry forever), `jitter` true (full jitter: each
+/// `max_attempts` 8 (then the last error is returned: the caller decides
+/// when to run again; `None` retries forever), `jitter` true (full jitter: each
 /// delay is uniform in `0..=base`), `breaker_threshold` 5 consecutive
 /// transient failures, `breaker_cooldown` 30 s.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,7 +41,7 @@ impl Default for RetryPolicy {
             min_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(10),
             factor: 2.0,
-            max_attempts: None,
+            max_attempts: Some(8),
             jitter: true,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),

@@ -588,8 +588,19 @@ impl Dialect {
             .iter()
             .zip(&self.qcols)
             .map(|(c, q)| {
+                // SQLite turns an overflowing integer sum into a REAL: the
+                // check makes that a constraint error on the row instead.
+                let integer = match (self.backend, c.ty, c.nullable) {
+                    (Backend::Sqlite, SqlType::BigInt, false) => {
+                        format!(" CHECK (typeof({q}) = 'integer')")
+                    }
+                    (Backend::Sqlite, SqlType::BigInt, true) => {
+                        format!(" CHECK ({q} IS NULL OR typeof({q}) = 'integer')")
+                    }
+                    _ => String::new(),
+                };
                 format!(
-                    "{q} {}{}",
+                    "{q} {}{}{integer}",
                     self.type_name(c.ty),
                     if c.nullable { "" } else { " NOT NULL" }
                 )

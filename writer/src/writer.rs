@@ -2,18 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use writebehind_core::{Change, Cut, Expected, ItemOutcome, Key, Lsn, Value};
+use writebehind_core::{Change, Cut, ItemOutcome, Key, Lsn, Value};
 
-use crate::config::{Conflict, ConflictPolicy, ConflictResolutionTaken, Resolution, WriterConfig};
-use crate::db::{Arg, Pool, Tx};
+use crate::config::{Conflict, WriterConfig};
+use crate::db::Pool;
 use crate::error::{Error, Result};
+use crate::flush::Flush;
 use crate::ident::Backend;
-use crate::schema::{SqlType, SqlValue, TableKind};
-use crate::sql::{Dialect, Mode, RowData, Stmt};
+use crate::schema::{SqlType, SqlValue};
+use crate::sql::{Dialect, Stmt};
 
-/// A row that failed permanently and went to the dead-letter table.
+/// A row that failed permanently and was dead-lettered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     /// The key.
@@ -22,6 +22,9 @@ pub struct DeadLetter {
     pub change: Change,
     /// The database's or codec's error text.
     pub error: String,
+    /// The dead-letter table could not hold it either, so it went to the
+    /// local dead-letter file ([`WriterConfig::dead_letter_file`]).
+    pub local: bool,
 }
 
 /// What one [`Writer::flush`] did.
@@ -42,6 +45,8 @@ pub struct FlushReport {
     pub rows: u64,
     /// SQL statements run inside the transaction (BEGIN/COMMIT not counted).
     pub statements: u64,
+    /// Conflict resolvers that panicked (their conflicts kept the database's row).
+    pub resolver_panics: u64,
 }
 
 /// The SQL sink of one cache instance. Cheap to clone (shared pool); `Send + Sync`.
@@ -50,51 +55,26 @@ pub struct Writer {
     inner: Arc<Inner>,
 }
 
+/// What every clone of a [`Writer`] shares.
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     pool: Pool,
     dialect: Dialect,
     cfg: WriterConfig,
 }
 
-/// A data-table row in a write group: which cut item, the SQL row, and the
-/// value to report back when written.
-#[derive(Clone, Debug)]
-struct WRow {
-    idx: usize,
-    data: RowData,
-    report: Value,
-    /// The version after the write when known without reading back: the
-    /// row was locked at version n, so it becomes n + 1.
-    version_after: Option<i64>,
+impl Inner {
+    pub(crate) fn dialect(&self) -> &Dialect {
+        &self.dialect
+    }
+
+    pub(crate) fn cfg(&self) -> &WriterConfig {
+        &self.cfg
+    }
 }
 
-/// Decoded row of the data table, or why it could not be decoded.
-type DbRow = std::result::Result<(Value, i64), String>;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Group {
-    Write(Mode),
-    Delete,
-}
-
-const SAVEPOINT: &str = "wb_chunk";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|e| format!("<unserializable: {e}>"))
-}
-
-/// Keys in the log tables are bounded (MySQL VARCHAR(512)); a longer key is cut there only.
-fn log_key(key: &Key) -> String {
-    key.chars().take(512).collect()
-}
+/// MySQL's key columns are `VARCHAR(512)`: characters, not bytes.
+const MYSQL_KEY_CHARS: usize = 512;
 
 impl Writer {
     /// Builds the pool and validates the configuration. The pool is lazy: no
@@ -114,6 +94,27 @@ impl Writer {
                 cfg: config,
             }),
         })
+    }
+
+    /// Whether the database can hold `key` in its key columns; the reason
+    /// when it cannot. Checked before a write reaches the WAL, so nothing
+    /// acknowledged is later refused for its key: PostgreSQL text holds no
+    /// NUL byte, MySQL's key columns hold 512 characters.
+    pub fn check_key(&self, key: &str) -> std::result::Result<(), String> {
+        match self.backend() {
+            Backend::Postgres if key.contains('\0') => {
+                Err("PostgreSQL text cannot hold a NUL byte".to_owned())
+            }
+            Backend::MySql
+                if key.len() > MYSQL_KEY_CHARS && key.chars().count() > MYSQL_KEY_CHARS =>
+            {
+                Err(format!(
+                    "{} characters, but MySQL's key column holds {MYSQL_KEY_CHARS}",
+                    key.chars().count()
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The backend the URL named.
@@ -203,7 +204,7 @@ impl Writer {
     /// 3. conditional puts/deletes (`Expected::Absent`/`Version`): read the
     ///    rows `FOR UPDATE`, split into writes and conflicts; inserts that lose
     ///    a race with a concurrent insert become conflicts too;
-    /// 4. conflicts per [`ConflictPolicy`];
+    /// 4. conflicts per [`ConflictPolicy`](crate::ConflictPolicy);
     /// 5. unconditional upserts and deletes, multi-row, chunked; on
     ///    PostgreSQL `UNNEST` arrays, on MySQL `VALUES .. ON DUPLICATE KEY
     ///    UPDATE` (then re-selected for versions), on SQLite `VALUES .. ON
@@ -229,27 +230,11 @@ impl Writer {
                 .begin()
                 .await
                 .map_err(Error::sql("flush: begin"))?;
-            let mut f = Flush {
-                w: &self.inner,
-                cut,
-                position,
-                now_ms: now_ms(),
-                tx: Some(tx),
-                savepoints,
-                needs_isolation: false,
-                outcomes: vec![None; cut.items.len()],
-                conflicts: Vec::new(),
-                conflict_of_item: HashMap::new(),
-                dead: Vec::new(),
-                rows: 0,
-                statements: 0,
-            };
+            let mut f = Flush::new(&self.inner, cut, position, tx, savepoints);
             match f.run().await {
-                Err(e) if f.needs_isolation && !savepoints => {
+                Err(e) if f.needs_isolation() && !savepoints => {
                     tracing::debug!(error = %e, "writebehind: row error; rerunning the flush with savepoints");
-                    if let Some(tx) = f.tx.take() {
-                        tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
-                    }
+                    f.rollback().await?;
                     savepoints = true;
                 }
                 result => return result,
@@ -371,756 +356,6 @@ impl Writer {
 
     fn ctx(&self, op: &str) -> String {
         format!("{op} from table {}", self.inner.dialect.table_name())
-    }
-}
-
-impl Inner {
-    /// Row layout of `Dialect::select`: key, version, value columns.
-    fn decode_row(&self, mut row: Vec<SqlValue>) -> Result<(Key, Value, i64)> {
-        let bad = |key: &str, message: String| Error::BadRow {
-            table: self.dialect.table_name().to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        if row.len() < 2 {
-            return Err(bad(
-                "?",
-                format!("expected at least 2 columns, got {}", row.len()),
-            ));
-        }
-        let cols = row.split_off(2);
-        let key: Key = match &row[0] {
-            SqlValue::Text(k) => Arc::from(k.as_str()),
-            other => return Err(bad("?", format!("key is {other:?}"))),
-        };
-        let version = match row[1] {
-            SqlValue::Int(v) => v,
-            ref other => return Err(bad(&key, format!("version is {other:?}"))),
-        };
-        let value = self.decode_value(&key, cols).map_err(|m| bad(&key, m))?;
-        Ok((key, value, version))
-    }
-
-    fn decode_value(
-        &self,
-        key: &str,
-        mut cols: Vec<SqlValue>,
-    ) -> std::result::Result<Value, String> {
-        match &self.cfg.table.kind {
-            TableKind::Counter => match cols.pop() {
-                Some(SqlValue::Int(v)) if cols.is_empty() => Ok(Value::Int(v)),
-                other => Err(format!("counter value is {other:?}")),
-            },
-            TableKind::Record(codec) => codec
-                .from_row(cols)
-                .map(|b| Value::Bytes(Arc::from(b)))
-                .map_err(|e| format!("codec cannot decode the row of {key:?}: {e}")),
-        }
-    }
-
-    /// A value as the data table's columns, checked against their types.
-    fn encode(&self, key: &Key, value: &Value) -> Result<Vec<SqlValue>> {
-        let mismatch = |message: &str| Error::Mismatch {
-            table: self.dialect.table_name().to_owned(),
-            key: key.clone(),
-            message: message.to_owned(),
-        };
-        match (&self.cfg.table.kind, value) {
-            (TableKind::Counter, Value::Int(v)) => Ok(vec![SqlValue::Int(*v)]),
-            (TableKind::Counter, Value::Bytes(_)) => Err(mismatch(
-                "a counter table stores Value::Int, got Value::Bytes",
-            )),
-            (TableKind::Record(_), Value::Int(_)) => Err(mismatch(
-                "a record table stores Value::Bytes, got Value::Int",
-            )),
-            (TableKind::Record(codec), Value::Bytes(b)) => {
-                let codec_err = |message: String| Error::Codec {
-                    key: key.clone(),
-                    message,
-                };
-                let row = codec.to_row(b).map_err(codec_err)?;
-                let cols = self.dialect.columns();
-                if row.len() != cols.len() {
-                    return Err(codec_err(format!(
-                        "{} values for {} columns",
-                        row.len(),
-                        cols.len()
-                    )));
-                }
-                for (v, c) in row.iter().zip(cols) {
-                    if !v.fits(c.ty) || (*v == SqlValue::Null && !c.nullable) {
-                        return Err(codec_err(format!(
-                            "column {}: {v:?} does not fit {:?}",
-                            c.name, c.ty
-                        )));
-                    }
-                }
-                Ok(row)
-            }
-        }
-    }
-}
-
-/// The state of one flush transaction.
-struct Flush<'a> {
-    w: &'a Inner,
-    cut: &'a Cut,
-    position: i64,
-    now_ms: i64,
-    /// Always `Some` until commit or rollback.
-    tx: Option<Tx>,
-    /// Wrap each chunk in a savepoint (PostgreSQL, after a row error).
-    savepoints: bool,
-    /// A row error hit a chunk without a savepoint: rerun with savepoints.
-    needs_isolation: bool,
-    outcomes: Vec<Option<ItemOutcome>>,
-    conflicts: Vec<Conflict>,
-    conflict_of_item: HashMap<usize, usize>,
-    dead: Vec<DeadLetter>,
-    rows: u64,
-    statements: u64,
-}
-
-enum Decision {
-    Keep,
-    Ours,
-    Write(Value),
-}
-
-impl Flush<'_> {
-    fn tx(&mut self) -> Result<&mut Tx> {
-        self.tx
-            .as_mut()
-            .ok_or_else(|| Error::Config("flush transaction already finished".into()))
-    }
-
-    async fn exec(&mut self, st: Stmt, ctx: &str) -> Result<u64> {
-        self.statements += 1;
-        let Stmt { sql, args } = st;
-        self.tx()?
-            .conn()
-            .execute(&sql, args)
-            .await
-            .map_err(Error::sql(self.context(ctx)))
-    }
-
-    async fn fetch(
-        &mut self,
-        st: Stmt,
-        types: &[SqlType],
-        ctx: &str,
-    ) -> Result<Vec<Vec<SqlValue>>> {
-        self.statements += 1;
-        let Stmt { sql, args } = st;
-        self.tx()?
-            .conn()
-            .fetch(&sql, args, types)
-            .await
-            .map_err(Error::sql(self.context(ctx)))
-    }
-
-    async fn raw(&mut self, sql: &str) -> Result<()> {
-        self.statements += 1;
-        self.tx()?
-            .conn()
-            .execute_raw(sql)
-            .await
-            .map_err(Error::sql(format!("flush: {sql}")))
-    }
-
-    fn context(&self, what: &str) -> String {
-        format!(
-            "flush of position {} for instance {:?}: {what} on table {}",
-            self.position,
-            self.w.cfg.instance,
-            self.w.dialect.table_name()
-        )
-    }
-
-    fn dead_letter(&mut self, idx: usize, error: String) {
-        let Some(item) = self.cut.items.get(idx) else {
-            return;
-        };
-        tracing::warn!(key = %item.key, %error, "writebehind: dead-lettering a row");
-        self.outcomes[idx] = Some(ItemOutcome::DeadLettered);
-        if let Some(c) = self
-            .conflict_of_item
-            .get(&idx)
-            .and_then(|&c| self.conflicts.get_mut(c))
-        {
-            c.resolution = ConflictResolutionTaken::DeadLettered;
-        }
-        self.dead.push(DeadLetter {
-            key: item.key.clone(),
-            change: item.change.clone(),
-            error,
-        });
-    }
-
-    async fn run(&mut self) -> Result<FlushReport> {
-        let w = self.w;
-        let d = &w.dialect;
-        let instance = w.cfg.instance.as_str();
-
-        self.exec(
-            d.progress_ensure(instance, self.now_ms),
-            "create progress row",
-        )
-        .await?;
-        let rows = self
-            .fetch(
-                d.progress_read(instance, true),
-                &[SqlType::BigInt],
-                "lock progress row",
-            )
-            .await?;
-        let current = match rows.first().and_then(|r| r.first()) {
-            Some(SqlValue::Int(p)) => Some(*p),
-            _ => None,
-        };
-        if current.is_some_and(|p| p >= self.position) {
-            tracing::info!(
-                position = self.position,
-                committed = current,
-                instance,
-                "writebehind: cut already applied (progress row covers it); skipped"
-            );
-            if let Some(tx) = self.tx.take() {
-                tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
-            }
-            let outcomes = self
-                .cut
-                .items
-                .iter()
-                .map(|i| match i.change {
-                    Change::Delete => ItemOutcome::Deleted,
-                    _ => ItemOutcome::Written {
-                        version: None,
-                        value: None,
-                    },
-                })
-                .collect();
-            return Ok(FlushReport {
-                outcomes,
-                already_applied: true,
-                statements: self.statements,
-                ..FlushReport::default()
-            });
-        }
-
-        let counter = matches!(w.cfg.table.kind, TableKind::Counter);
-        let (mut adds, mut sets, mut inserts, mut deletes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut conditional: Vec<(usize, Option<WRow>)> = Vec::new();
-        let cut = self.cut;
-        for (idx, item) in cut.items.iter().enumerate() {
-            let key = item.key.clone();
-            match &item.change {
-                Change::Add(delta) if counter => adds.push(WRow {
-                    idx,
-                    data: RowData {
-                        key,
-                        cols: vec![SqlValue::Int(*delta)],
-                    },
-                    report: Value::Int(*delta),
-                    version_after: None,
-                }),
-                Change::Add(_) => {
-                    self.dead_letter(idx, "Change::Add applies to counter tables only".to_owned());
-                }
-                Change::Put(value) => match w.encode(&key, value) {
-                    Err(e) => self.dead_letter(idx, e.to_string()),
-                    Ok(cols) => {
-                        let row = WRow {
-                            idx,
-                            data: RowData { key, cols },
-                            report: value.clone(),
-                            version_after: None,
-                        };
-                        match item.expected {
-                            Expected::Any => sets.push(row),
-                            _ => conditional.push((idx, Some(row))),
-                        }
-                    }
-                },
-                Change::Delete => match item.expected {
-                    Expected::Any => deletes.push(delete_row(idx, key)),
-                    _ => conditional.push((idx, None)),
-                },
-            }
-        }
-
-        self.run_group(Group::Write(Mode::Add), adds).await?;
-
-        // Conditional items: the locked rows decide write or conflict.
-        let mut pending: Vec<(usize, Option<WRow>, Option<DbRow>)> = Vec::new();
-        if !conditional.is_empty() {
-            let keys: Vec<&Key> = conditional
-                .iter()
-                .map(|(i, _)| &cut.items[*i].key)
-                .collect();
-            let db = self.read_rows(&keys).await?;
-            for (idx, row) in conditional {
-                let item = &cut.items[idx];
-                let found = db.get(&item.key);
-                let version = found.and_then(|r| r.as_ref().ok()).map(|(_, v)| *v);
-                match (row, item.expected, found) {
-                    (Some(row), Expected::Absent, None) => inserts.push(row),
-                    // The row is locked at version n: the upsert updates it to n + 1.
-                    (Some(row), Expected::Version(n), Some(_)) if version == Some(n) => {
-                        sets.push(WRow {
-                            version_after: Some(n + 1),
-                            ..row
-                        })
-                    }
-                    (None, Expected::Version(n), Some(_)) if version == Some(n) => {
-                        deletes.push(delete_row(idx, item.key.clone()))
-                    }
-                    (None, Expected::Absent, None) => {
-                        self.outcomes[idx] = Some(ItemOutcome::Deleted)
-                    }
-                    (row, _, found) => pending.push((idx, row, found.cloned())),
-                }
-            }
-        }
-
-        let lost = self
-            .run_group(Group::Write(Mode::InsertIfAbsent), inserts)
-            .await?;
-        if !lost.is_empty() {
-            let keys: Vec<&Key> = lost.iter().map(|r| &r.data.key).collect();
-            let db = self.read_rows(&keys).await?;
-            for row in lost {
-                let found = db.get(&row.data.key).cloned();
-                pending.push((row.idx, Some(row), found));
-            }
-        }
-
-        for (idx, row, found) in pending {
-            let item = &cut.items[idx];
-            let database = match found {
-                None => None,
-                Some(Ok(r)) => Some(r),
-                Some(Err(message)) => {
-                    self.dead_letter(
-                        idx,
-                        format!("version conflict, and the database row is unreadable: {message}"),
-                    );
-                    continue;
-                }
-            };
-            // A present row is locked (FOR UPDATE / SQLite's write lock).
-            let locked_version = database.as_ref().map(|(_, v)| *v);
-            let mut conflict = Conflict {
-                key: item.key.clone(),
-                ours: item.change.clone(),
-                expected: item.expected,
-                database,
-                resolution: ConflictResolutionTaken::Pending,
-            };
-            let decision = match &w.cfg.policy {
-                ConflictPolicy::KeepDatabase => Decision::Keep,
-                ConflictPolicy::Overwrite => Decision::Ours,
-                ConflictPolicy::Resolve(resolve) => match resolve(&conflict) {
-                    Resolution::KeepDatabase => Decision::Keep,
-                    Resolution::Write(v) => Decision::Write(v),
-                },
-            };
-            self.conflict_of_item.insert(idx, self.conflicts.len());
-            match decision {
-                Decision::Keep => {
-                    conflict.resolution = ConflictResolutionTaken::KeptDatabase;
-                    self.outcomes[idx] = Some(ItemOutcome::ConflictKeptDatabase {
-                        version: conflict.database.as_ref().map(|(_, v)| *v),
-                        value: conflict.database.as_ref().map(|(v, _)| v.clone()),
-                    });
-                    self.conflicts.push(conflict);
-                }
-                Decision::Ours => {
-                    conflict.resolution = ConflictResolutionTaken::Overwrote;
-                    self.conflicts.push(conflict);
-                    match row {
-                        Some(row) => sets.push(WRow {
-                            version_after: locked_version.map(|v| v + 1),
-                            ..row
-                        }),
-                        None => deletes.push(delete_row(idx, item.key.clone())),
-                    }
-                }
-                Decision::Write(value) => match w.encode(&item.key, &value) {
-                    Ok(cols) => {
-                        conflict.resolution = ConflictResolutionTaken::Resolved(value.clone());
-                        self.conflicts.push(conflict);
-                        sets.push(WRow {
-                            idx,
-                            data: RowData {
-                                key: item.key.clone(),
-                                cols,
-                            },
-                            report: value,
-                            version_after: locked_version.map(|v| v + 1),
-                        });
-                    }
-                    Err(e) => {
-                        self.conflicts.push(conflict);
-                        self.dead_letter(idx, format!("resolver's value: {e}"));
-                    }
-                },
-            }
-        }
-
-        self.run_group(Group::Write(Mode::Set), sets).await?;
-        self.run_group(Group::Delete, deletes).await?;
-        self.write_logs().await?;
-        self.exec(
-            d.progress_write(instance, self.position, self.now_ms),
-            "advance progress",
-        )
-        .await?;
-        if let Some(tx) = self.tx.take() {
-            tx.commit()
-                .await
-                .map_err(Error::sql(self.context("commit")))?;
-        }
-
-        tracing::debug!(
-            position = self.position,
-            items = cut.items.len(),
-            rows = self.rows,
-            statements = self.statements,
-            conflicts = self.conflicts.len(),
-            dead_letters = self.dead.len(),
-            "writebehind: flushed"
-        );
-        let outcomes = self
-            .outcomes
-            .iter()
-            .map(|o| {
-                o.clone().unwrap_or(ItemOutcome::Written {
-                    version: None,
-                    value: None,
-                })
-            })
-            .collect();
-        Ok(FlushReport {
-            outcomes,
-            conflicts: std::mem::take(&mut self.conflicts),
-            dead_letters: std::mem::take(&mut self.dead),
-            already_applied: false,
-            rows: self.rows,
-            statements: self.statements,
-        })
-    }
-
-    /// Locked reads of the data rows of `keys`.
-    async fn read_rows(&mut self, keys: &[&Key]) -> Result<HashMap<Key, DbRow>> {
-        let w = self.w;
-        let d = &w.dialect;
-        let per = d.rows_per_statement(w.cfg.max_rows_per_statement, 1);
-        let types = d.select_types();
-        let mut sorted = keys.to_vec();
-        sorted.sort();
-        let mut out = HashMap::with_capacity(keys.len());
-        for chunk in sorted.chunks(per) {
-            for mut row in self
-                .fetch(d.select(chunk, true), &types, "read rows for update")
-                .await?
-            {
-                let cols = row.split_off(2.min(row.len()));
-                let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1))
-                else {
-                    continue;
-                };
-                let key: Key = Arc::from(k.as_str());
-                let decoded = w.decode_value(k, cols).map(|v| (v, *ver));
-                out.insert(key, decoded);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Runs a group in chunks, isolating permanently failing rows. Returns
-    /// the rows an `InsertIfAbsent` did not insert (the key existed).
-    async fn run_group(&mut self, group: Group, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let w = self.w;
-        let d = &w.dialect;
-        // Key order: concurrent flushers lock rows in the same order (fewer deadlocks).
-        rows.sort_by(|a, b| a.data.key.cmp(&b.data.key));
-        let per_row = if group == Group::Delete {
-            1
-        } else {
-            d.params_per_row()
-        };
-        let per = d.rows_per_statement(w.cfg.max_rows_per_statement, per_row);
-        let mut stack: Vec<(usize, usize)> = (0..rows.len())
-            .step_by(per)
-            .map(|lo| (lo, (lo + per).min(rows.len())))
-            .collect();
-        stack.reverse();
-        let mut lost = Vec::new();
-        while let Some((lo, hi)) = stack.pop() {
-            match self.run_chunk(group, &rows[lo..hi]).await {
-                Ok(returned) => self.record(group, &rows[lo..hi], returned, &mut lost),
-                Err(e)
-                    if e.is_row_error() && d.backend == Backend::Postgres && !self.savepoints =>
-                {
-                    // The transaction is aborted; `Writer::flush` reruns it with savepoints.
-                    self.needs_isolation = true;
-                    return Err(e);
-                }
-                Err(e) if e.is_row_error() => {
-                    if hi - lo == 1 {
-                        let error = match &e {
-                            Error::Sql { source, .. } => source.to_string(),
-                            other => other.to_string(),
-                        };
-                        self.dead_letter(rows[lo].idx, error);
-                    } else {
-                        let mid = lo + (hi - lo) / 2;
-                        tracing::debug!(rows = hi - lo, error = %e, "writebehind: splitting a failing chunk");
-                        stack.push((mid, hi));
-                        stack.push((lo, mid));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(lost)
-    }
-
-    /// One statement (plus MySQL's re-select), undone alone on failure.
-    async fn run_chunk(
-        &mut self,
-        group: Group,
-        chunk: &[WRow],
-    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
-        let d = &self.w.dialect;
-        // PostgreSQL aborts the whole transaction on an error; SQLite and
-        // InnoDB undo just the failed statement, so only PostgreSQL needs a savepoint.
-        let savepoint = self.savepoints && d.backend == Backend::Postgres;
-        if savepoint {
-            self.raw(&format!("SAVEPOINT {SAVEPOINT}")).await?;
-        }
-        let result = self.chunk_statement(group, chunk).await;
-        if savepoint {
-            match &result {
-                Ok(_) => self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?,
-                Err(e) if e.is_row_error() => {
-                    self.raw(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
-                        .await?;
-                    self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
-                }
-                Err(_) => {}
-            }
-        }
-        result
-    }
-
-    async fn chunk_statement(
-        &mut self,
-        group: Group,
-        chunk: &[WRow],
-    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
-        let d = &self.w.dialect;
-        let keys: Vec<&Key> = chunk.iter().map(|r| &r.data.key).collect();
-        match group {
-            Group::Delete => {
-                let n = self.exec(d.delete(&keys), "delete").await?;
-                self.rows += n;
-                Ok(None)
-            }
-            Group::Write(mode) => {
-                let report = self.w.cfg.report_values;
-                let returning = match d.backend {
-                    Backend::MySql => false,
-                    // InsertIfAbsent needs to know which rows it inserted.
-                    Backend::Sqlite => mode == Mode::InsertIfAbsent,
-                    Backend::Postgres => mode == Mode::InsertIfAbsent || report,
-                };
-                let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
-                let st = d.write(mode, &data, returning);
-                let returned = if returning {
-                    Some(self.fetch(st, &d.returning_types(mode), "write").await?)
-                } else {
-                    self.exec(st, "write").await?;
-                    if report || mode == Mode::InsertIfAbsent {
-                        Some(self.reselect(mode, &keys).await?)
-                    } else {
-                        None
-                    }
-                };
-                self.rows += match (&returned, mode) {
-                    (Some(rows), Mode::InsertIfAbsent) => rows.len() as u64,
-                    _ => chunk.len() as u64,
-                };
-                Ok(returned)
-            }
-        }
-    }
-
-    /// The rows just written (key, version[, counter total]), read in the transaction.
-    async fn reselect(&mut self, mode: Mode, keys: &[&Key]) -> Result<Vec<Vec<SqlValue>>> {
-        let d = &self.w.dialect;
-        let types = d.returning_types(mode);
-        if d.backend != Backend::Sqlite {
-            return self
-                .fetch(d.reselect(mode, keys), &types, "re-select written rows")
-                .await;
-        }
-        let rows = self
-            .fetch(
-                d.reselect_json(mode, keys),
-                &[SqlType::Text],
-                "re-select written rows",
-            )
-            .await?;
-        let json = match rows.first().and_then(|r| r.first()) {
-            Some(SqlValue::Text(j)) => j.as_str(),
-            _ => "[]",
-        };
-        let bad = |message: String| Error::BadRow {
-            table: d.table_name().to_owned(),
-            key: String::new(),
-            message,
-        };
-        let parsed: Vec<Vec<serde_json::Value>> =
-            serde_json::from_str(json).map_err(|e| bad(format!("re-select JSON: {e}")))?;
-        parsed
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .zip(&types)
-                    .map(|(v, ty)| match (v, ty) {
-                        (serde_json::Value::String(s), SqlType::Text) => Ok(SqlValue::Text(s)),
-                        (serde_json::Value::Number(n), SqlType::BigInt) => n
-                            .as_i64()
-                            .map(SqlValue::Int)
-                            .ok_or_else(|| bad(format!("not a BIGINT: {n}"))),
-                        (v, ty) => Err(bad(format!("re-select: {v} is not {ty:?}"))),
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn record(
-        &mut self,
-        group: Group,
-        chunk: &[WRow],
-        returned: Option<Vec<Vec<SqlValue>>>,
-        lost: &mut Vec<WRow>,
-    ) {
-        let Group::Write(mode) = group else {
-            for r in chunk {
-                self.outcomes[r.idx] = Some(ItemOutcome::Deleted);
-            }
-            return;
-        };
-        let mut by_key: HashMap<&str, (i64, Option<i64>)> = HashMap::new();
-        for row in returned.iter().flatten() {
-            if let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1)) {
-                let total = match row.get(2) {
-                    Some(SqlValue::Int(t)) => Some(*t),
-                    _ => None,
-                };
-                by_key.insert(k.as_str(), (*ver, total));
-            }
-        }
-        for r in chunk {
-            let outcome = match by_key.get(&*r.data.key) {
-                Some((ver, total)) => ItemOutcome::Written {
-                    version: Some(*ver),
-                    value: match mode {
-                        Mode::Add => total.map(Value::Int),
-                        Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),
-                    },
-                },
-                None if mode == Mode::InsertIfAbsent => {
-                    lost.push(r.clone());
-                    continue;
-                }
-                // Not read back (`report_values(false)`): our value is known,
-                // the version only when the row was locked before the write.
-                None => ItemOutcome::Written {
-                    version: r.version_after,
-                    value: if mode == Mode::Set {
-                        Some(r.report.clone())
-                    } else {
-                        None
-                    },
-                },
-            };
-            self.outcomes[r.idx] = Some(outcome);
-        }
-    }
-
-    /// Conflict and dead-letter rows, inside the same transaction.
-    async fn write_logs(&mut self) -> Result<()> {
-        let w = self.w;
-        let d = &w.dialect;
-        let instance = || Arg::Text(Some(w.cfg.instance.clone()));
-        let table = || Arg::Text(Some(d.table_name().to_owned()));
-        let pos = Arg::Int(Some(self.position));
-        let now = Arg::Int(Some(self.now_ms));
-        let conflict_rows: Vec<Vec<Arg>> = self
-            .conflicts
-            .iter()
-            .map(|c| {
-                vec![
-                    instance(),
-                    table(),
-                    pos.clone(),
-                    Arg::Text(Some(log_key(&c.key))),
-                    Arg::Text(Some(to_json(&c.ours))),
-                    Arg::Text(Some(to_json(&c.expected))),
-                    Arg::Int(c.database.as_ref().map(|(_, v)| *v)),
-                    Arg::Text(Some(c.resolution.label().to_owned())),
-                    now.clone(),
-                ]
-            })
-            .collect();
-        let dead_rows: Vec<Vec<Arg>> = self
-            .dead
-            .iter()
-            .map(|x| {
-                vec![
-                    instance(),
-                    table(),
-                    pos.clone(),
-                    Arg::Text(Some(log_key(&x.key))),
-                    Arg::Text(Some(to_json(&x.change))),
-                    Arg::Text(Some(x.error.clone())),
-                    now.clone(),
-                ]
-            })
-            .collect();
-        for chunk in conflict_rows.chunks(500) {
-            self.exec(d.insert_log(true, chunk), "insert into the conflicts table")
-                .await?;
-        }
-        for chunk in dead_rows.chunks(500) {
-            self.exec(
-                d.insert_log(false, chunk),
-                "insert into the dead-letter table",
-            )
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-fn delete_row(idx: usize, key: Key) -> WRow {
-    WRow {
-        idx,
-        data: RowData {
-            key,
-            cols: Vec::new(),
-        },
-        report: Value::Int(0),
-        version_after: None,
     }
 }
 

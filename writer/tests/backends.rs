@@ -694,8 +694,10 @@ mod cases {
             key: dk,
             change,
             error,
+            local,
         } = &r.dead_letters[0];
         assert_eq!((dk.clone(), change.clone()), (key("k5"), Change::Add(-5)));
+        assert!(!local, "the dead-letter table holds it");
         let lower = error.to_ascii_lowercase();
         assert!(
             lower.contains("check") || lower.contains("constraint"),

@@ -1,0 +1,726 @@
+//! One flush transaction: the progress row, the change groups in chunks,
+//! bad rows isolated by halving and dead-lettered, the logs, the commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use writebehind_core::{Change, Cut, Expected, ItemOutcome, Key, Value};
+
+use crate::config::{Conflict, ConflictResolutionTaken};
+use crate::db::{Arg, Tx};
+use crate::error::{Error, Result};
+use crate::ident::Backend;
+use crate::rows::{delete_row, DbRow, WRow};
+use crate::schema::{SqlType, SqlValue, TableKind};
+use crate::sql::{Mode, RowData, Stmt};
+use crate::writer::{DeadLetter, FlushReport, Inner};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Write(Mode),
+    Delete,
+}
+
+const SAVEPOINT: &str = "wb_chunk";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("<unserializable: {e}>"))
+}
+
+/// The state of one flush transaction.
+pub(crate) struct Flush<'a> {
+    pub(crate) w: &'a Inner,
+    pub(crate) cut: &'a Cut,
+    position: i64,
+    now_ms: i64,
+    /// Always `Some` until commit or rollback.
+    tx: Option<Tx>,
+    /// Wrap each chunk in a savepoint (PostgreSQL, after a row error).
+    savepoints: bool,
+    /// A row error hit a chunk without a savepoint: rerun with savepoints.
+    needs_isolation: bool,
+    pub(crate) outcomes: Vec<Option<ItemOutcome>>,
+    pub(crate) conflicts: Vec<Conflict>,
+    pub(crate) conflict_of_item: HashMap<usize, usize>,
+    dead: Vec<DeadLetter>,
+    rows: u64,
+    statements: u64,
+    pub(crate) resolver_panics: u64,
+}
+
+impl<'a> Flush<'a> {
+    pub(crate) fn new(
+        w: &'a Inner,
+        cut: &'a Cut,
+        position: i64,
+        tx: Tx,
+        savepoints: bool,
+    ) -> Flush<'a> {
+        Flush {
+            w,
+            cut,
+            position,
+            now_ms: now_ms(),
+            tx: Some(tx),
+            savepoints,
+            needs_isolation: false,
+            outcomes: vec![None; cut.items.len()],
+            conflicts: Vec::new(),
+            conflict_of_item: HashMap::new(),
+            dead: Vec::new(),
+            rows: 0,
+            statements: 0,
+            resolver_panics: 0,
+        }
+    }
+
+    /// A row error met without savepoints: the flush must run again with them.
+    pub(crate) fn needs_isolation(&self) -> bool {
+        self.needs_isolation
+    }
+
+    /// Rolls the transaction back (when it is still open).
+    pub(crate) async fn rollback(&mut self) -> Result<()> {
+        if let Some(tx) = self.tx.take() {
+            tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self) -> Result<&mut Tx> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| Error::Config("flush transaction already finished".into()))
+    }
+
+    async fn exec(&mut self, st: Stmt, ctx: &str) -> Result<u64> {
+        self.statements += 1;
+        let Stmt { sql, args } = st;
+        self.tx()?
+            .conn()
+            .execute(&sql, args)
+            .await
+            .map_err(Error::sql(self.context(ctx)))
+    }
+
+    async fn fetch(
+        &mut self,
+        st: Stmt,
+        types: &[SqlType],
+        ctx: &str,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        self.statements += 1;
+        let Stmt { sql, args } = st;
+        self.tx()?
+            .conn()
+            .fetch(&sql, args, types)
+            .await
+            .map_err(Error::sql(self.context(ctx)))
+    }
+
+    async fn raw(&mut self, sql: &str) -> Result<()> {
+        self.statements += 1;
+        self.tx()?
+            .conn()
+            .execute_raw(sql)
+            .await
+            .map_err(Error::sql(format!("flush: {sql}")))
+    }
+
+    fn context(&self, what: &str) -> String {
+        format!(
+            "flush of position {} for instance {:?}: {what} on table {}",
+            self.position,
+            self.w.cfg().instance,
+            self.w.dialect().table_name()
+        )
+    }
+
+    pub(crate) fn dead_letter(&mut self, idx: usize, error: String) {
+        let Some(item) = self.cut.items.get(idx) else {
+            return;
+        };
+        tracing::warn!(key = %item.key, %error, "writebehind: dead-lettering a row");
+        self.outcomes[idx] = Some(ItemOutcome::DeadLettered);
+        if let Some(c) = self
+            .conflict_of_item
+            .get(&idx)
+            .and_then(|&c| self.conflicts.get_mut(c))
+        {
+            c.resolution = ConflictResolutionTaken::DeadLettered;
+        }
+        self.dead.push(DeadLetter {
+            key: item.key.clone(),
+            change: item.change.clone(),
+            error,
+            local: false,
+        });
+    }
+
+    pub(crate) async fn run(&mut self) -> Result<FlushReport> {
+        let w = self.w;
+        let d = w.dialect();
+        let instance = w.cfg().instance.as_str();
+
+        self.exec(
+            d.progress_ensure(instance, self.now_ms),
+            "create progress row",
+        )
+        .await?;
+        let rows = self
+            .fetch(
+                d.progress_read(instance, true),
+                &[SqlType::BigInt],
+                "lock progress row",
+            )
+            .await?;
+        let current = match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Int(p)) => Some(*p),
+            _ => None,
+        };
+        if current.is_some_and(|p| p >= self.position) {
+            tracing::info!(
+                position = self.position,
+                committed = current,
+                instance,
+                "writebehind: cut already applied (progress row covers it); skipped"
+            );
+            if let Some(tx) = self.tx.take() {
+                tx.rollback().await.map_err(Error::sql("flush: rollback"))?;
+            }
+            let outcomes = self
+                .cut
+                .items
+                .iter()
+                .map(|i| match i.change {
+                    Change::Delete => ItemOutcome::Deleted,
+                    _ => ItemOutcome::Written {
+                        version: None,
+                        value: None,
+                    },
+                })
+                .collect();
+            return Ok(FlushReport {
+                outcomes,
+                already_applied: true,
+                resolver_panics: 0,
+                statements: self.statements,
+                ..FlushReport::default()
+            });
+        }
+
+        let counter = matches!(w.cfg().table.kind, TableKind::Counter);
+        let (mut adds, mut sets, mut inserts, mut deletes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut conditional: Vec<(usize, Option<WRow>)> = Vec::new();
+        let cut = self.cut;
+        for (idx, item) in cut.items.iter().enumerate() {
+            let key = item.key.clone();
+            match &item.change {
+                Change::Add(delta) if counter => adds.push(WRow {
+                    idx,
+                    data: RowData {
+                        key,
+                        cols: vec![SqlValue::Int(*delta)],
+                    },
+                    report: Value::Int(*delta),
+                    version_after: None,
+                }),
+                Change::Add(_) => {
+                    self.dead_letter(idx, "Change::Add applies to counter tables only".to_owned());
+                }
+                Change::Put(value) => match w.encode(&key, value) {
+                    Err(e) => self.dead_letter(idx, e.to_string()),
+                    Ok(cols) => {
+                        let row = WRow {
+                            idx,
+                            data: RowData { key, cols },
+                            report: value.clone(),
+                            version_after: None,
+                        };
+                        match item.expected {
+                            Expected::Any => sets.push(row),
+                            _ => conditional.push((idx, Some(row))),
+                        }
+                    }
+                },
+                Change::Delete => match item.expected {
+                    Expected::Any => deletes.push(delete_row(idx, key)),
+                    _ => conditional.push((idx, None)),
+                },
+            }
+        }
+
+        self.run_group(Group::Write(Mode::Add), adds).await?;
+
+        // Conditional items: the locked rows decide write or conflict.
+        let mut pending: Vec<(usize, Option<WRow>, Option<DbRow>)> = Vec::new();
+        if !conditional.is_empty() {
+            let keys: Vec<&Key> = conditional
+                .iter()
+                .map(|(i, _)| &cut.items[*i].key)
+                .collect();
+            let db = self.read_rows(&keys).await?;
+            for (idx, row) in conditional {
+                let item = &cut.items[idx];
+                let found = db.get(&item.key);
+                let version = found.and_then(|r| r.as_ref().ok()).map(|(_, v)| *v);
+                match (row, item.expected, found) {
+                    (Some(row), Expected::Absent, None) => inserts.push(row),
+                    // The row is locked at version n: the upsert updates it to n + 1.
+                    (Some(row), Expected::Version(n), Some(_)) if version == Some(n) => {
+                        sets.push(WRow {
+                            version_after: Some(n + 1),
+                            ..row
+                        })
+                    }
+                    (None, Expected::Version(n), Some(_)) if version == Some(n) => {
+                        deletes.push(delete_row(idx, item.key.clone()))
+                    }
+                    (None, Expected::Absent, None) => {
+                        self.outcomes[idx] = Some(ItemOutcome::Deleted)
+                    }
+                    (row, _, found) => pending.push((idx, row, found.cloned())),
+                }
+            }
+        }
+
+        let lost = self
+            .run_group(Group::Write(Mode::InsertIfAbsent), inserts)
+            .await?;
+        if !lost.is_empty() {
+            let keys: Vec<&Key> = lost.iter().map(|r| &r.data.key).collect();
+            let db = self.read_rows(&keys).await?;
+            for row in lost {
+                let found = db.get(&row.data.key).cloned();
+                pending.push((row.idx, Some(row), found));
+            }
+        }
+
+        self.settle_conflicts(pending, &mut sets, &mut deletes);
+
+        self.run_group(Group::Write(Mode::Set), sets).await?;
+        self.run_group(Group::Delete, deletes).await?;
+        self.write_logs().await?;
+        self.exec(
+            d.progress_write(instance, self.position, self.now_ms),
+            "advance progress",
+        )
+        .await?;
+        if let Some(tx) = self.tx.take() {
+            tx.commit()
+                .await
+                .map_err(Error::sql(self.context("commit")))?;
+        }
+
+        tracing::debug!(
+            position = self.position,
+            items = cut.items.len(),
+            rows = self.rows,
+            statements = self.statements,
+            conflicts = self.conflicts.len(),
+            dead_letters = self.dead.len(),
+            "writebehind: flushed"
+        );
+        let outcomes = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                o.clone().unwrap_or(ItemOutcome::Written {
+                    version: None,
+                    value: None,
+                })
+            })
+            .collect();
+        Ok(FlushReport {
+            outcomes,
+            conflicts: std::mem::take(&mut self.conflicts),
+            dead_letters: std::mem::take(&mut self.dead),
+            already_applied: false,
+            rows: self.rows,
+            statements: self.statements,
+            resolver_panics: self.resolver_panics,
+        })
+    }
+
+    /// Locked reads of the data rows of `keys`.
+    async fn read_rows(&mut self, keys: &[&Key]) -> Result<HashMap<Key, DbRow>> {
+        let w = self.w;
+        let d = w.dialect();
+        let per = d.rows_per_statement(w.cfg().max_rows_per_statement, 1);
+        let types = d.select_types();
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in sorted.chunks(per) {
+            for mut row in self
+                .fetch(d.select(chunk, true), &types, "read rows for update")
+                .await?
+            {
+                let cols = row.split_off(2.min(row.len()));
+                let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1))
+                else {
+                    continue;
+                };
+                let key: Key = Arc::from(k.as_str());
+                let decoded = w.decode_value(k, cols).map(|v| (v, *ver));
+                out.insert(key, decoded);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a group in chunks, isolating permanently failing rows. Returns
+    /// the rows an `InsertIfAbsent` did not insert (the key existed).
+    async fn run_group(&mut self, group: Group, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let w = self.w;
+        let d = w.dialect();
+        // Key order: concurrent flushers lock rows in the same order (fewer deadlocks).
+        rows.sort_by(|a, b| a.data.key.cmp(&b.data.key));
+        let per_row = if group == Group::Delete {
+            1
+        } else {
+            d.params_per_row()
+        };
+        let per = d.rows_per_statement(w.cfg().max_rows_per_statement, per_row);
+        let mut stack: Vec<(usize, usize)> = (0..rows.len())
+            .step_by(per)
+            .map(|lo| (lo, (lo + per).min(rows.len())))
+            .collect();
+        stack.reverse();
+        let mut lost = Vec::new();
+        while let Some((lo, hi)) = stack.pop() {
+            match self.run_chunk(group, &rows[lo..hi]).await {
+                Ok(returned) => self.record(group, &rows[lo..hi], returned, &mut lost),
+                Err(e)
+                    if e.is_row_error() && d.backend == Backend::Postgres && !self.savepoints =>
+                {
+                    // The transaction is aborted; `Writer::flush` reruns it with savepoints.
+                    self.needs_isolation = true;
+                    return Err(e);
+                }
+                Err(e) if e.is_row_error() => {
+                    if hi - lo == 1 {
+                        let error = match &e {
+                            Error::Sql { source, .. } => source.to_string(),
+                            other => other.to_string(),
+                        };
+                        self.dead_letter(rows[lo].idx, error);
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        tracing::debug!(rows = hi - lo, error = %e, "writebehind: splitting a failing chunk");
+                        stack.push((mid, hi));
+                        stack.push((lo, mid));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(lost)
+    }
+
+    /// One statement (plus MySQL's re-select), undone alone on failure.
+    async fn run_chunk(
+        &mut self,
+        group: Group,
+        chunk: &[WRow],
+    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
+        let d = self.w.dialect();
+        // PostgreSQL aborts the whole transaction on an error; SQLite and
+        // InnoDB undo just the failed statement, so only PostgreSQL needs a savepoint.
+        let savepoint = self.savepoints && d.backend == Backend::Postgres;
+        if savepoint {
+            self.raw(&format!("SAVEPOINT {SAVEPOINT}")).await?;
+        }
+        let result = self.chunk_statement(group, chunk).await;
+        if savepoint {
+            match &result {
+                Ok(_) => self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?,
+                Err(e) if e.is_row_error() => {
+                    self.raw(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                        .await?;
+                    self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
+                }
+                Err(_) => {}
+            }
+        }
+        result
+    }
+
+    async fn chunk_statement(
+        &mut self,
+        group: Group,
+        chunk: &[WRow],
+    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
+        let d = self.w.dialect();
+        let keys: Vec<&Key> = chunk.iter().map(|r| &r.data.key).collect();
+        match group {
+            Group::Delete => {
+                let n = self.exec(d.delete(&keys), "delete").await?;
+                self.rows += n;
+                Ok(None)
+            }
+            Group::Write(mode) => {
+                let report = self.w.cfg().report_values;
+                let returning = match d.backend {
+                    Backend::MySql => false,
+                    // InsertIfAbsent needs to know which rows it inserted.
+                    Backend::Sqlite => mode == Mode::InsertIfAbsent,
+                    Backend::Postgres => mode == Mode::InsertIfAbsent || report,
+                };
+                let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
+                let st = d.write(mode, &data, returning);
+                let returned = if returning {
+                    Some(self.fetch(st, &d.returning_types(mode), "write").await?)
+                } else {
+                    self.exec(st, "write").await?;
+                    if report || mode == Mode::InsertIfAbsent {
+                        Some(self.reselect(mode, &keys).await?)
+                    } else {
+                        None
+                    }
+                };
+                self.rows += match (&returned, mode) {
+                    (Some(rows), Mode::InsertIfAbsent) => rows.len() as u64,
+                    _ => chunk.len() as u64,
+                };
+                Ok(returned)
+            }
+        }
+    }
+
+    /// The rows just written (key, version[, counter total]), read in the transaction.
+    async fn reselect(&mut self, mode: Mode, keys: &[&Key]) -> Result<Vec<Vec<SqlValue>>> {
+        let d = self.w.dialect();
+        let types = d.returning_types(mode);
+        if d.backend != Backend::Sqlite {
+            return self
+                .fetch(d.reselect(mode, keys), &types, "re-select written rows")
+                .await;
+        }
+        let rows = self
+            .fetch(
+                d.reselect_json(mode, keys),
+                &[SqlType::Text],
+                "re-select written rows",
+            )
+            .await?;
+        let json = match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Text(j)) => j.as_str(),
+            _ => "[]",
+        };
+        let bad = |message: String| Error::BadRow {
+            table: d.table_name().to_owned(),
+            key: String::new(),
+            message,
+        };
+        let parsed: Vec<Vec<serde_json::Value>> =
+            serde_json::from_str(json).map_err(|e| bad(format!("re-select JSON: {e}")))?;
+        parsed
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .zip(&types)
+                    .map(|(v, ty)| match (v, ty) {
+                        (serde_json::Value::String(s), SqlType::Text) => Ok(SqlValue::Text(s)),
+                        (serde_json::Value::Number(n), SqlType::BigInt) => n
+                            .as_i64()
+                            .map(SqlValue::Int)
+                            .ok_or_else(|| bad(format!("not a BIGINT: {n}"))),
+                        (v, ty) => Err(bad(format!("re-select: {v} is not {ty:?}"))),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn record(
+        &mut self,
+        group: Group,
+        chunk: &[WRow],
+        returned: Option<Vec<Vec<SqlValue>>>,
+        lost: &mut Vec<WRow>,
+    ) {
+        let Group::Write(mode) = group else {
+            for r in chunk {
+                self.outcomes[r.idx] = Some(ItemOutcome::Deleted);
+            }
+            return;
+        };
+        let mut by_key: HashMap<&str, (i64, Option<i64>)> = HashMap::new();
+        for row in returned.iter().flatten() {
+            if let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1)) {
+                let total = match row.get(2) {
+                    Some(SqlValue::Int(t)) => Some(*t),
+                    _ => None,
+                };
+                by_key.insert(k.as_str(), (*ver, total));
+            }
+        }
+        for r in chunk {
+            let outcome = match by_key.get(&*r.data.key) {
+                Some((ver, total)) => ItemOutcome::Written {
+                    version: Some(*ver),
+                    value: match mode {
+                        Mode::Add => total.map(Value::Int),
+                        Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),
+                    },
+                },
+                None if mode == Mode::InsertIfAbsent => {
+                    lost.push(r.clone());
+                    continue;
+                }
+                // Not read back (`report_values(false)`): our value is known,
+                // the version only when the row was locked before the write.
+                None => ItemOutcome::Written {
+                    version: r.version_after,
+                    value: if mode == Mode::Set {
+                        Some(r.report.clone())
+                    } else {
+                        None
+                    },
+                },
+            };
+            self.outcomes[r.idx] = Some(outcome);
+        }
+    }
+
+    /// Conflict and dead-letter rows, inside the same transaction.
+    async fn write_logs(&mut self) -> Result<()> {
+        let w = self.w;
+        let d = w.dialect();
+        let instance = || Arg::Text(Some(w.cfg().instance.clone()));
+        let table = || Arg::Text(Some(d.table_name().to_owned()));
+        let pos = Arg::Int(Some(self.position));
+        let now = Arg::Int(Some(self.now_ms));
+        let conflict_rows: Vec<Vec<Arg>> = self
+            .conflicts
+            .iter()
+            .map(|c| {
+                vec![
+                    instance(),
+                    table(),
+                    pos.clone(),
+                    Arg::Text(Some(c.key.to_string())),
+                    Arg::Text(Some(to_json(&c.ours))),
+                    Arg::Text(Some(to_json(&c.expected))),
+                    Arg::Int(c.database.as_ref().map(|(_, v)| *v)),
+                    Arg::Text(Some(c.resolution.label().to_owned())),
+                    now.clone(),
+                ]
+            })
+            .collect();
+        let dead_rows: Vec<Vec<Arg>> = self
+            .dead
+            .iter()
+            .map(|x| {
+                vec![
+                    instance(),
+                    table(),
+                    pos.clone(),
+                    Arg::Text(Some(x.key.to_string())),
+                    Arg::Text(Some(to_json(&x.change))),
+                    Arg::Text(Some(x.error.clone())),
+                    now.clone(),
+                ]
+            })
+            .collect();
+        for chunk in conflict_rows.chunks(500) {
+            self.exec(d.insert_log(true, chunk), "insert into the conflicts table")
+                .await?;
+        }
+        // The dead-letter table may refuse a row too (text it cannot hold):
+        // try each chunk, then its rows one by one, and keep what it refuses
+        // in the local dead-letter file, so no bad row blocks the flush.
+        let mut refused = Vec::new();
+        for (n, chunk) in dead_rows.chunks(500).enumerate() {
+            let ctx = "insert into the dead-letter table";
+            if self
+                .guarded(d.insert_log(false, chunk), ctx)
+                .await?
+                .is_none()
+            {
+                continue;
+            }
+            for (i, row) in chunk.iter().enumerate() {
+                let one = d.insert_log(false, std::slice::from_ref(row));
+                if let Some(e) = self.guarded(one, ctx).await? {
+                    refused.push((n * 500 + i, e));
+                }
+            }
+        }
+        if !refused.is_empty() {
+            self.spill(refused)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a statement whose data the database may refuse without ending
+    /// the transaction (a savepoint on PostgreSQL; SQLite and InnoDB undo
+    /// just the statement). `Some(error)`: refused for its data.
+    async fn guarded(&mut self, st: Stmt, ctx: &str) -> Result<Option<Error>> {
+        let pg = self.w.dialect().backend == Backend::Postgres;
+        if pg {
+            self.raw(&format!("SAVEPOINT {SAVEPOINT}")).await?;
+        }
+        match self.exec(st, ctx).await {
+            Ok(_) => {
+                if pg {
+                    self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
+                }
+                Ok(None)
+            }
+            Err(e) if e.is_row_error() => {
+                if pg {
+                    self.raw(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                        .await?;
+                    self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
+                }
+                Ok(Some(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Dead letters the table refused go to the local file, synced before
+    /// the transaction commits. Without a local file the flush fails.
+    fn spill(&mut self, refused: Vec<(usize, Error)>) -> Result<()> {
+        let Some(path) = self.w.cfg().dead_letter_file.clone() else {
+            let (_, first) = refused
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Config("no refused dead letter to report".into()))?;
+            return Err(first);
+        };
+        let mut lines = Vec::with_capacity(refused.len());
+        for (idx, e) in &refused {
+            let Some(x) = self.dead.get_mut(*idx) else {
+                continue;
+            };
+            x.local = true;
+            tracing::error!(key = %x.key.escape_debug(), error = %e, file = %path.display(), "writebehind: the dead-letter table refused a row; keeping it in the local dead-letter file");
+            lines.push(crate::local::Entry {
+                instance: self.w.cfg().instance.clone(),
+                table: self.w.dialect().table_name().to_owned(),
+                position: self.position,
+                key: x.key.to_string(),
+                change: x.change.clone(),
+                error: x.error.clone(),
+                refused_by_table: e.to_string(),
+                created_at_ms: self.now_ms,
+            });
+        }
+        crate::local::append(&path, &lines)
+    }
+}
