@@ -12,7 +12,7 @@ use writebehind_writer::{Conflict, ConflictPolicy, RetryPolicy};
 use crate::cache::WriteBehind;
 use crate::key::CacheKey;
 use crate::value::CacheValue;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What a write does when a limit (dirty entries, dirty bytes, WAL bytes) is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,12 +47,33 @@ pub(crate) struct Config {
     pub(crate) flush_dirty_entries: usize,
     pub(crate) flush_dirty_bytes: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) wait_timeout: Duration,
     pub(crate) conflict_policy: ConflictPolicy,
     pub(crate) on_conflict: Option<ConflictHook>,
     pub(crate) retry: RetryPolicy,
     pub(crate) io: Option<Arc<dyn writebehind_wal::io::Io>>,
     /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
     pub(crate) notify: Option<bool>,
+}
+
+impl Config {
+    /// Refuses settings that cannot work, before anything is touched.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let zero = |what: &str| Err(Error::Config(format!("{what} must be greater than zero")));
+        if self.wait_timeout.is_zero() {
+            return zero("wait_timeout");
+        }
+        if self.close_timeout.is_zero() {
+            return zero("close_timeout");
+        }
+        if self.flush_interval.is_zero() {
+            return zero("flush_interval");
+        }
+        if self.segment_size == 0 {
+            return zero("segment_size");
+        }
+        Ok(())
+    }
 }
 
 /// Opens a [`WriteBehind`]. Every setter documents its default.
@@ -83,6 +104,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 flush_dirty_entries: 50_000,
                 flush_dirty_bytes: 32 << 20,
                 close_timeout: Duration::from_secs(30),
+                wait_timeout: Duration::from_secs(30),
                 conflict_policy: ConflictPolicy::KeepDatabase,
                 on_conflict: None,
                 retry: RetryPolicy::default(),
@@ -227,6 +249,17 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
+    /// The bound on every wait for the database: [`flush`](WriteBehind::flush),
+    /// [`flushed`](WriteBehind::flushed) and counter reads that wait for a
+    /// flush of their key to settle. When it passes, the call returns
+    /// [`Error::FlushTimeout`](crate::Error::FlushTimeout) (or
+    /// [`Error::Unsettled`](crate::Error::Unsettled)) naming the flusher's
+    /// last failure; the writes stay in the WAL. Default: 30 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.wait_timeout = timeout;
+        self
+    }
+
     /// What to do when a put or delete meets a changed row. Default: keep the database's row.
     pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
         self.cfg.conflict_policy = policy;
@@ -239,7 +272,12 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
-    /// Retry and circuit-breaker settings of the flusher. Default: [`RetryPolicy::default`].
+    /// Retry and circuit-breaker settings of the flusher, also used for
+    /// creating tables and checking the progress row. A round gives up after
+    /// the policy's attempts; the next round starts after a pause that
+    /// doubles with each failed round (from the policy's first delay to its
+    /// cap), so even permanent failures never spin. Default:
+    /// [`RetryPolicy::default`].
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.cfg.retry = policy;
         self
@@ -264,7 +302,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// Opens the cache inside the current tokio runtime: recovers the WAL,
     /// connects to the database (if set) and starts the flusher.
     pub async fn open(self) -> Result<WriteBehind<K, V>> {
-        WriteBehind::open(self.cfg, None).await
+        WriteBehind::open(self.cfg).await
     }
 
     /// Opens the cache from a plain thread, with a small runtime of its own

@@ -23,18 +23,27 @@
 #![doc = include_str!("../examples/readme.rs")]
 #![doc = "```"]
 
+mod backpressure;
+mod blocking;
 mod cache;
 mod checkpoint;
 mod config;
 mod error;
-mod flusher;
 mod instance;
 mod key;
+mod lock;
 mod log;
 pub mod metrics;
+mod open;
+mod pipeline;
+mod read;
 mod recovery;
+mod shared;
+mod shutdown;
 mod stats;
+mod supervise;
 mod value;
+mod write;
 
 pub use cache::WriteBehind;
 pub use config::{Backpressure, Builder, ConflictHook};
@@ -44,8 +53,36 @@ pub use recovery::RecoveryReport;
 pub use stats::Stats;
 pub use value::{CacheValue, Record};
 
-pub use writebehind_core::{Lsn, Value};
+pub use writebehind_core::{Change, Lsn, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
-    Column, Conflict, ConflictPolicy, Ident, Resolution, RetryPolicy, SqlType, SqlValue,
+    Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution, RetryPolicy,
+    SqlType, SqlValue,
 };
+
+/// The rows in the local dead-letter file of the WAL directory `dir`: rows
+/// the database refused and its dead-letter table could not hold either
+/// (none when there is no such file).
+pub fn local_dead_letters(dir: impl AsRef<std::path::Path>) -> Result<Vec<LocalDeadLetter>> {
+    let path = dir.as_ref().join(open::DEAD_LETTER_FILE);
+    Ok(writebehind_writer::read_local_dead_letters(&path)?)
+}
+
+/// A URL without its password, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

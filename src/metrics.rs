@@ -42,6 +42,8 @@
 //! | `writebehind_checkpoint_seconds` | histogram | Time to write one checkpoint |
 //! | `writebehind_notifications_total` | counter | `NOTIFY` payloads sent announcing flushed keys (PostgreSQL) |
 //! | `writebehind_invalidations_total` | counter | Keys another instance flushed whose copies (and loads in progress) were dropped here |
+//! | `writebehind_panics_total` | counter | Panics caught in user hooks, conflict resolvers and background tasks (each logged; the work went on) |
+//! | `writebehind_checkpoint_failures_total` | counter | Background checkpoints that failed (logged; retried on the next turn) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,7 +51,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use parking_lot::Mutex;
 
-use crate::cache::Inner;
+use crate::shared::Shared;
 use crate::stats::Stats;
 
 /// Every metric: name, kind, meaning (the table above, for tools and tests).
@@ -178,6 +180,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "Keys another instance flushed whose copies were dropped here",
     ),
+    (
+        "writebehind_panics_total",
+        "counter",
+        "Panics caught in user hooks, conflict resolvers and background tasks",
+    ),
+    (
+        "writebehind_checkpoint_failures_total",
+        "counter",
+        "Background checkpoints that failed (retried on the next turn)",
+    ),
 ];
 
 /// Index of a write's op in the per-op counters.
@@ -214,11 +226,11 @@ pub(crate) struct Metrics {
     oldest_unflushed: Gauge,
     wal_bytes: Gauge,
     wal_segments: Gauge,
-    pub(crate) fsync: Histogram,
+    fsync: Histogram,
     flushes: Counter,
     flush_failures: Counter,
-    pub(crate) flush_rows: Histogram,
-    pub(crate) flush_seconds: Histogram,
+    flush_rows: Histogram,
+    flush_seconds: Histogram,
     rows_flushed: Counter,
     retries: Counter,
     conflicts: Counter,
@@ -226,9 +238,11 @@ pub(crate) struct Metrics {
     backpressure_waits: Counter,
     backpressure_rejections: Counter,
     checkpoints: Counter,
-    pub(crate) checkpoint_seconds: Histogram,
+    checkpoint_seconds: Histogram,
     notifications: Counter,
     invalidations: Counter,
+    panics: Counter,
+    checkpoint_failures: Counter,
     /// What was last published, to turn totals into increments.
     published: Mutex<Stats>,
     /// When the last slow-fsync warning was logged (ms since `epoch`), to log
@@ -289,10 +303,23 @@ impl Metrics {
             checkpoint_seconds: h("writebehind_checkpoint_seconds"),
             notifications: c("writebehind_notifications_total"),
             invalidations: c("writebehind_invalidations_total"),
+            panics: c("writebehind_panics_total"),
+            checkpoint_failures: c("writebehind_checkpoint_failures_total"),
             published: Mutex::new(Stats::default()),
             last_slow_warning: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// Records one flushed batch: its keys and how long it took.
+    pub(crate) fn flushed(&self, rows: usize, took: Duration) {
+        self.flush_rows.record(rows as f64);
+        self.flush_seconds.record(took.as_secs_f64());
+    }
+
+    /// Records one checkpoint's time.
+    pub(crate) fn checkpointed(&self, took: Duration) {
+        self.checkpoint_seconds.record(took.as_secs_f64());
     }
 
     /// Records the figures of recovery (once, at open).
@@ -333,9 +360,9 @@ impl Metrics {
 
 /// Publishes counts (as increments since the last call) and gauges.
 /// Called by the checkpoint thread every 200 ms and after every flush.
-pub(crate) fn publish(inner: &Inner) {
-    let m = &inner.metrics;
-    let s = crate::stats::collect(inner);
+pub(crate) fn publish(sh: &Shared) {
+    let m = sh.metrics();
+    let s = crate::stats::collect(sh);
     let mut last = m.published.lock();
     let inc = |c: &Counter, now: u64, before: u64| {
         if now > before {
@@ -367,6 +394,12 @@ pub(crate) fn publish(inner: &Inner) {
     inc(&m.checkpoints, s.checkpoints, last.checkpoints);
     inc(&m.notifications, s.notifications, last.notifications);
     inc(&m.invalidations, s.invalidations, last.invalidations);
+    inc(&m.panics, s.panics, last.panics);
+    inc(
+        &m.checkpoint_failures,
+        s.checkpoint_failures,
+        last.checkpoint_failures,
+    );
     m.hit_ratio.set(s.hit_ratio());
     m.dirty_entries.set(s.dirty_entries as f64);
     m.dirty_bytes.set(s.dirty_bytes as f64);

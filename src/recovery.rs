@@ -36,33 +36,6 @@ pub(crate) struct Opened {
     pub(crate) report: RecoveryReport,
     /// Highest flush position known to be in the database.
     pub(crate) flushed: Lsn,
-    /// Held for the life of the cache: one process per WAL directory.
-    pub(crate) lock: Option<std::fs::File>,
-}
-
-/// Takes the directory's lock file, so a second process (or a second cache
-/// in this one) cannot open the same WAL and interleave its records.
-fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
-    let path = dir.join("LOCK");
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
-            "the WAL directory {} is in use by another cache (its LOCK file is held)",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
 }
 
 pub(crate) fn open(cfg: &Config) -> Result<Opened> {
@@ -76,11 +49,6 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
     if let Some(io) = &cfg.io {
         builder = builder.io(Arc::clone(io));
     }
-    // Only real directories are locked; a test file system is private anyway.
-    let lock = match &cfg.io {
-        None => Some(lock_dir(&cfg.dir)?),
-        Some(_) => None,
-    };
     let (wal, wal_report) = builder.open()?;
 
     let checkpoint = wal.load_checkpoint()?;
@@ -163,7 +131,6 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         state,
         report,
         flushed,
-        lock,
     })
 }
 

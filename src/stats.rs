@@ -3,26 +3,34 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::cache::Inner;
-use crate::metrics::Op;
+use crate::shared::Shared;
 
+/// What the write and read paths count (the flush pipeline, backpressure
+/// and compaction count their own).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    Writes,
+    Adds,
+    Puts,
+    Deletes,
+    Reads,
+    Loads,
+    Invalidations,
+}
+
+/// Event counts, one atomic each: the hot path pays one relaxed add.
 #[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) writes: AtomicU64,
-    /// Writes by op, indexed by `metrics::Op`.
-    pub(crate) writes_by_op: [AtomicU64; 3],
-    pub(crate) reads: AtomicU64,
-    pub(crate) loads: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) rows_flushed: AtomicU64,
-    pub(crate) flush_failures: AtomicU64,
-    pub(crate) conflicts: AtomicU64,
-    pub(crate) dead_letters: AtomicU64,
-    pub(crate) backpressure_waits: AtomicU64,
-    pub(crate) backpressure_rejections: AtomicU64,
-    pub(crate) checkpoints: AtomicU64,
-    pub(crate) notifications: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
+pub(crate) struct Counters([AtomicU64; 7]);
+
+impl Counters {
+    #[inline]
+    pub(crate) fn add(&self, what: Count, n: u64) {
+        self.0[what as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, what: Count) -> u64 {
+        self.0[what as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// A snapshot of the cache's figures: the same as its metrics (see the
@@ -92,6 +100,13 @@ pub struct Stats {
     /// dropped, loads in progress refused (announced keys it already held at
     /// the announced version are not counted).
     pub invalidations: u64,
+    /// Panics caught in user hooks (`on_conflict`, a conflict resolver) and
+    /// background tasks; each was logged and the work went on.
+    pub panics: u64,
+    /// Background checkpoints that failed (logged; retried on the next turn).
+    pub checkpoint_failures: u64,
+    /// The last failure of the flusher (cleared by the next committed flush).
+    pub last_flush_error: Option<String>,
 }
 
 impl Stats {
@@ -106,40 +121,44 @@ impl Stats {
     }
 }
 
-pub(crate) fn collect(inner: &Inner) -> Stats {
-    let core = inner.state.stats();
-    let c = &inner.counters;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+pub(crate) fn collect(sh: &Shared) -> Stats {
+    let core = sh.state().stats();
+    let c = sh.counters();
+    let wal = sh.wal();
+    let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
     Stats {
-        writes: get(&c.writes),
-        adds: get(&c.writes_by_op[Op::Add as usize]),
-        puts: get(&c.writes_by_op[Op::Put as usize]),
-        deletes: get(&c.writes_by_op[Op::Delete as usize]),
-        reads: get(&c.reads),
+        writes: c.get(Count::Writes),
+        adds: c.get(Count::Adds),
+        puts: c.get(Count::Puts),
+        deletes: c.get(Count::Deletes),
+        reads: c.get(Count::Reads),
         hits: core.hits,
         misses: core.misses,
-        loads: get(&c.loads),
+        loads: c.get(Count::Loads),
         dirty_entries: core.dirty_entries,
         dirty_bytes: core.dirty_bytes,
         clean_entries: core.clean_entries,
-        oldest_unflushed: inner.unflushed.age(inner.epoch),
-        last_lsn: inner.wal.last_lsn(),
-        durable_lsn: inner.wal.durable_lsn(),
-        flushed_lsn: inner.status.borrow().flushed,
-        wal_bytes: inner.wal.disk_usage(),
-        wal_segments: inner.wal.segment_count(),
-        flushes: get(&c.flushes),
-        rows_flushed: get(&c.rows_flushed),
-        flush_failures: get(&c.flush_failures),
-        retries: inner.retries(),
-        conflicts: get(&c.conflicts),
-        dead_letters: get(&c.dead_letters),
-        backpressure_waits: get(&c.backpressure_waits),
-        backpressure_rejections: get(&c.backpressure_rejections),
-        checkpoints: get(&c.checkpoints),
-        recovery_records: inner.recovery.records_replayed,
-        recovery_time: inner.recovery.elapsed,
-        notifications: get(&c.notifications),
-        invalidations: get(&c.invalidations),
+        oldest_unflushed: sh.unflushed().age(sh.epoch()),
+        last_lsn: wal.last_lsn(),
+        durable_lsn: wal.durable_lsn(),
+        flushed_lsn: flush.flushed_lsn,
+        wal_bytes: wal.disk_usage(),
+        wal_segments: wal.segment_count(),
+        flushes: flush.flushes,
+        rows_flushed: flush.rows,
+        flush_failures: flush.failures,
+        retries: flush.retries,
+        conflicts: flush.conflicts,
+        dead_letters: flush.dead_letters,
+        backpressure_waits: sh.room().waits(),
+        backpressure_rejections: sh.room().rejections(),
+        checkpoints: sh.compactor().checkpoints(),
+        recovery_records: sh.recovery().records_replayed,
+        recovery_time: sh.recovery().elapsed,
+        notifications: flush.notifications,
+        invalidations: c.get(Count::Invalidations),
+        panics: sh.supervisor().panics() + flush.hook_panics,
+        checkpoint_failures: sh.supervisor().errors(),
+        last_flush_error: flush.last_error,
     }
 }

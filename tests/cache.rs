@@ -275,7 +275,7 @@ fn a_second_cache_on_the_same_directory_is_refused_until_the_first_closes() {
     first.add_blocking("a", 1).unwrap();
     let err = counters(dir.path()).open_blocking().err().unwrap();
     assert!(
-        matches!(err, Error::Config(ref m) if m.contains("in use")),
+        matches!(err, Error::Locked { .. }) && err.to_string().contains("in use"),
         "{err:?}"
     );
     first.close_blocking().unwrap();

@@ -142,7 +142,9 @@ async fn postgres_outage_acks_to_the_limit_backs_off_and_catches_up() {
         down.backpressure_rejections - healthy.backpressure_rejections,
         during.refused
     );
-    assert!(down.dirty_entries <= DIRTY_LIMIT, "{down:?}");
+    // The limit is checked before each write, so it can be passed by one
+    // write per other concurrent writer (core `State::over_limits`): two here.
+    assert!(down.dirty_entries <= DIRTY_LIMIT + 1, "{down:?}");
     // Only keys already dirty could still take writes once the limit was full.
     assert!(
         during.acked.len() <= DIRTY_LIMIT + 1,

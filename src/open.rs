@@ -1,0 +1,196 @@
+//! Opening: lock the directory, connect (lazily), recover the WAL, check
+//! the database's progress row, start the background work.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+use writebehind_writer::{ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
+
+use crate::cache::WriteBehind;
+use crate::checkpoint::Compactor;
+use crate::config::Config;
+use crate::key::CacheKey;
+use crate::lock::DirLock;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, OPEN_PROBE};
+use crate::shared::{Parts, Shared};
+use crate::shutdown::Lifetime;
+use crate::value::CacheValue;
+use crate::{recovery, Error, Result};
+
+/// The local dead-letter file: rows the database refused and could not
+/// even store in its dead-letter table.
+pub(crate) const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
+    pub(crate) async fn open(cfg: Config) -> Result<Self> {
+        let span =
+            tracing::info_span!("open", dir = %cfg.dir.display(), instance = tracing::field::Empty);
+        open_in(cfg, span.clone()).instrument(span).await
+    }
+
+    pub(crate) fn open_blocking(cfg: Config) -> Result<Self> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Config(
+                "open_blocking() was called inside a tokio runtime; use open().await".into(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("writebehind-flusher")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: cfg.dir.clone(),
+                source,
+            })?;
+        // The runtime is handed over only after a successful open: an error
+        // inside `block_on` would drop it there, which panics.
+        let cache = rt.block_on(Self::open(cfg))?;
+        cache.life.set_runtime(rt);
+        Ok(cache)
+    }
+}
+
+async fn open_in<K: CacheKey, V: CacheValue>(
+    cfg: Config,
+    span: tracing::Span,
+) -> Result<WriteBehind<K, V>> {
+    cfg.validate()?;
+    // Only real directories are locked; a test file system is private anyway.
+    let lock = match &cfg.io {
+        None => Some(DirLock::acquire(&cfg.dir).await?),
+        Some(_) => None,
+    };
+    let writer = match &cfg.database {
+        Some(url) => Some(connect::<V>(&cfg, url).await?),
+        None => None,
+    };
+    let notify = match (cfg.notify, &writer) {
+        (Some(false), _) | (None, None) => false,
+        (None, Some(w)) => w.supports_notify(),
+        (Some(true), Some(w)) if w.supports_notify() => true,
+        (Some(true), _) => {
+            return Err(Error::Config(format!(
+                "notify(true) needs a PostgreSQL database, but {} has no NOTIFY: the clean TTL alone bounds staleness there",
+                cfg.database.as_deref().map_or_else(|| "a cache without a database".to_owned(), crate::redact)
+            )))
+        }
+    };
+    // The metrics' instance label: the id the database knows, else the directory.
+    let instance = match &writer {
+        Some(w) => w.config().instance().to_owned(),
+        None => cfg.dir.display().to_string(),
+    };
+    span.record("instance", instance.as_str());
+    let metrics = Metrics::register(&instance);
+    // Started first, so its connection is made while recovery runs; it
+    // reaches the state once that exists.
+    let target: Arc<OnceLock<Weak<Shared>>> = Arc::default();
+    let listen_by = Instant::now() + Duration::from_secs(2);
+    let listener = match &writer {
+        Some(writer) if notify => {
+            let target = target.clone();
+            writer.listen(Arc::new(move |keys: &[(String, Option<i64>)]| {
+                if let Some(sh) = target.get().and_then(Weak::upgrade) {
+                    crate::read::invalidate(&sh, keys);
+                }
+            }))
+        }
+        _ => None,
+    };
+    let opened = recovery::open(&cfg)?;
+    metrics.recovered(
+        &instance,
+        opened.report.records_replayed,
+        opened.report.elapsed,
+    );
+    let pipeline = match writer {
+        Some(writer) => {
+            let p = Pipeline::new(
+                &cfg,
+                writer,
+                notify,
+                opened.flushed,
+                opened.wal.last_lsn(),
+                false,
+            );
+            p.check_at_open().await?;
+            Some(p)
+        }
+        None => None,
+    };
+    let (compactor, wake_checkpoint) = Compactor::new(opened.wal.disk_usage());
+    let shared = Arc::new(Shared::new(Parts {
+        cfg,
+        state: opened.state,
+        wal: opened.wal,
+        pipeline,
+        compactor,
+        metrics,
+        recovery: opened.report,
+        lock,
+    }));
+    // Set once, here: the listener's callback reads it.
+    let _first = target.set(Arc::downgrade(&shared));
+    if let Some(l) = &listener {
+        // Subscribed before open returns, so no flush after it is missed;
+        // a database that is down only delays this (by 2 s at most).
+        let wait = listen_by.saturating_duration_since(Instant::now());
+        if !l.first_attempt(wait).await {
+            tracing::warn!("not yet listening for other instances' flushes (database unreachable); retrying in the background");
+        }
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let flusher = shared.pipeline().is_some().then(|| {
+        tokio::runtime::Handle::current().spawn(crate::pipeline::run(shared.clone(), shutdown_rx))
+    });
+    let checkpointer = crate::checkpoint::spawn(&shared, wake_checkpoint)?;
+    let life = Arc::new(Lifetime::new(
+        shared.clone(),
+        shutdown,
+        flusher,
+        checkpointer,
+        listener,
+    ));
+    Ok(WriteBehind {
+        shared,
+        life,
+        _types: PhantomData,
+    })
+}
+
+/// Builds the writer (a lazy pool) and creates the tables when asked and
+/// the database answers; when it does not, the pipeline creates them
+/// before its first flush, through the same retries.
+async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
+    let spec = match V::table_kind() {
+        TableKind::Counter => TableSpec::counter(&cfg.table)?,
+        TableKind::Record(codec) => TableSpec::record(&cfg.table, codec)?,
+    };
+    let instance = crate::instance::id(&cfg.dir)?;
+    let mut wcfg = WriterConfig::new(instance)
+        .table(spec)
+        .conflict_policy(cfg.conflict_policy.clone())
+        .report_values(cfg.read_back);
+    if cfg.io.is_none() {
+        wcfg = wcfg.dead_letter_file(cfg.dir.join(DEAD_LETTER_FILE));
+    }
+    let writer = Writer::connect(url, wcfg).await?;
+    if cfg.create_tables {
+        match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.class() == ErrorClass::Transient => {
+                tracing::warn!(url = %crate::redact(url), error = %e, "database unreachable at open; the tables are created before the first flush");
+            }
+            Err(_) => {
+                tracing::warn!(url = %crate::redact(url), "database did not answer at open; the tables are created before the first flush");
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(writer)
+}

@@ -1,0 +1,599 @@
+//! The flush pipeline: take a cut, write it with the progress row in one
+//! transaction, complete it, announce it, report. [`Pipeline`] owns every
+//! rule of that protocol and its state (cut epoch, status, failures, the
+//! progress check); the rest of the crate calls its methods.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+use writebehind_core::{Cut, ItemOutcome, Lsn};
+use writebehind_wal::Durability;
+use writebehind_writer::{ErrorClass, Retrier, Writer};
+
+use crate::config::{Config, ConflictHook};
+use crate::log::{self, LogEntry};
+use crate::shared::Shared;
+use crate::supervise::{call_hook, panic_message};
+use crate::{Error, Result};
+
+/// How long `open` waits for the database before going on without it.
+pub(crate) const OPEN_PROBE: Duration = Duration::from_secs(2);
+
+/// Where the flusher stands, watched by waiters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FlushStatus {
+    /// Every write with an LSN at or below this is in the database.
+    flushed: Lsn,
+    /// Failed flush rounds since open.
+    failures: u64,
+    /// The flusher's last failure (a round's or an attempt's); cleared by a
+    /// committed flush.
+    last_error: Option<Arc<Error>>,
+    /// Whether `last_error` ended a round and retrying will not cure it.
+    last_permanent: bool,
+    /// The flusher task is gone (cancelled or panicked outside a round).
+    stopped: Option<Arc<Error>>,
+}
+
+/// The pipeline's counts, for `stats()`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) flushed_lsn: Lsn,
+    pub(crate) flushes: u64,
+    pub(crate) rows: u64,
+    pub(crate) failures: u64,
+    pub(crate) retries: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) dead_letters: u64,
+    pub(crate) notifications: u64,
+    pub(crate) hook_panics: u64,
+    pub(crate) last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Tally {
+    flushes: AtomicU64,
+    rows: AtomicU64,
+    conflicts: AtomicU64,
+    dead_letters: AtomicU64,
+    notifications: AtomicU64,
+    hook_panics: AtomicU64,
+}
+
+pub(crate) struct Pipeline {
+    writer: Writer,
+    retrier: Retrier,
+    status: watch::Sender<FlushStatus>,
+    wake: Notify,
+    /// Bumped when a cut is taken and when one settles: reads that combine
+    /// a loaded row with pending deltas start over when it moves.
+    cut_epoch: AtomicU64,
+    create_tables: bool,
+    tables_ready: AtomicBool,
+    /// The WAL's last position at open, until the database's progress row
+    /// has been checked against it. Nothing is flushed before that.
+    unchecked: Mutex<Option<Lsn>>,
+    /// Set when the check failed: every round fails with it.
+    refused: OnceLock<Arc<Error>>,
+    /// Serialises rounds (the background loop, `close`).
+    one_round: tokio::sync::Mutex<()>,
+    on_conflict: Option<ConflictHook>,
+    notify: bool,
+    wait_timeout: Duration,
+    dir: std::path::PathBuf,
+    tally: Tally,
+}
+
+impl Pipeline {
+    /// A pipeline over `writer`, starting at `flushed`. `wal_last` is the
+    /// WAL's last position at open; `checked` says whether the progress row
+    /// was already compared with it.
+    pub(crate) fn new(
+        cfg: &Config,
+        writer: Writer,
+        notify: bool,
+        flushed: Lsn,
+        wal_last: Lsn,
+        checked: bool,
+    ) -> Pipeline {
+        let (status, _) = watch::channel(FlushStatus {
+            flushed,
+            ..FlushStatus::default()
+        });
+        Pipeline {
+            writer,
+            retrier: Retrier::new(cfg.retry.clone()),
+            status,
+            wake: Notify::new(),
+            cut_epoch: AtomicU64::new(0),
+            create_tables: cfg.create_tables,
+            tables_ready: AtomicBool::new(false),
+            unchecked: Mutex::new((!checked).then_some(wal_last)),
+            refused: OnceLock::new(),
+            one_round: tokio::sync::Mutex::new(()),
+            on_conflict: cfg.on_conflict.clone(),
+            notify,
+            wait_timeout: cfg.wait_timeout,
+            dir: cfg.dir.clone(),
+            tally: Tally::default(),
+        }
+    }
+
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Runs the next round now instead of at the interval.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The cut epoch (see the field).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.cut_epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<FlushStatus> {
+        self.status.subscribe()
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let s = self.status.borrow();
+        let t = &self.tally;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            flushed_lsn: s.flushed,
+            flushes: get(&t.flushes),
+            rows: get(&t.rows),
+            failures: s.failures,
+            retries: self.retrier.retries(),
+            conflicts: get(&t.conflicts),
+            dead_letters: get(&t.dead_letters),
+            notifications: get(&t.notifications),
+            hook_panics: get(&t.hook_panics),
+            last_error: s.last_error.as_ref().map(|e| e.to_string()),
+        }
+    }
+
+    /// The flusher's last failure, if the last round did not commit.
+    pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
+        self.status.borrow().last_error.clone()
+    }
+
+    /// Compares the database's progress row with the WAL at open, within
+    /// [`OPEN_PROBE`]. A database that does not answer leaves the check to
+    /// the first round; a progress row ahead of the WAL refuses the open.
+    pub(crate) async fn check_at_open(&self) -> Result<()> {
+        let Some(wal_last) = *self.unchecked.lock() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(OPEN_PROBE, self.writer.progress()).await {
+            Ok(Ok(progress)) => self.compare_progress(progress, wal_last),
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not read this instance's flush progress at open; checked before the first flush");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(dir = %self.dir.display(), "the database did not answer at open; flush progress is checked before the first flush");
+                Ok(())
+            }
+        }
+    }
+
+    fn compare_progress(&self, progress: Option<Lsn>, wal_last: Lsn) -> Result<()> {
+        if let Some(database) = progress.filter(|&p| p > wal_last) {
+            return Err(Error::ProgressAhead {
+                dir: self.dir.clone(),
+                database,
+                wal: wal_last,
+            });
+        }
+        *self.unchecked.lock() = None;
+        Ok(())
+    }
+
+    // ---- waiting ----
+
+    /// Waits until the write at `lsn` is in the database, within the wait
+    /// bound. A permanent failure of a round that ran during the wait is
+    /// returned at once; a transient one only when the bound passes.
+    pub(crate) async fn wait_flushed(&self, sh: &Shared, lsn: Lsn) -> Result<()> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.wait_timeout;
+        let mut rx = self.status.subscribe();
+        let failures_before = rx.borrow().failures;
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                // Nothing dirty (in flight included) means everything is flushed.
+                if s.flushed >= lsn || sh.state().dirty_entries() == 0 {
+                    return Ok(());
+                }
+                if let Some(e) = s.stopped.as_ref().or(self.refused.get()) {
+                    return Err(Error::Flush(e.clone()));
+                }
+                if s.failures > failures_before && s.last_permanent {
+                    if let Some(e) = &s.last_error {
+                        return Err(Error::Flush(e.clone()));
+                    }
+                }
+            }
+            self.wake();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    let s = rx.borrow();
+                    return Err(Error::FlushTimeout {
+                        target: lsn,
+                        flushed: s.flushed,
+                        waited: started.elapsed(),
+                        cause: s.last_error.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits for the status to move (a round settled or failed), until
+    /// `deadline`. For reads that wait for the cut in flight; `key` names
+    /// the counter in the error.
+    pub(crate) async fn wait_settled(
+        &self,
+        rx: &mut watch::Receiver<FlushStatus>,
+        deadline: tokio::time::Instant,
+        started: Instant,
+        key: &str,
+    ) -> Result<()> {
+        self.wake();
+        let unsettled = |rx: &watch::Receiver<FlushStatus>| Error::Unsettled {
+            key: key.to_owned(),
+            waited: started.elapsed(),
+            cause: rx.borrow().last_error.clone(),
+        };
+        if let Some(e) = rx.borrow().stopped.clone().or(self.refused.get().cloned()) {
+            return Err(Error::Flush(e));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(unsettled(rx)),
+        }
+    }
+
+    /// The bound on `flush`, `flushed` and reads that wait for a cut.
+    pub(crate) fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
+    }
+
+    // ---- rounds ----
+
+    /// Flushes until nothing is dirty (used by `close`).
+    pub(crate) async fn flush_all(&self, sh: &Shared) -> Result<()> {
+        loop {
+            self.round(sh).await.map_err(Error::Flush)?;
+            if !sh.state().has_in_flight() && sh.state().dirty_entries() == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One round: finish the cut in flight (after a failure or a crash),
+    /// else take a new one; write it with retries; complete it. A failure
+    /// is logged, counted and handed to waiters before it is returned.
+    pub(crate) async fn round(&self, sh: &Shared) -> std::result::Result<(), Arc<Error>> {
+        let error = match self.round_inner(sh).await {
+            Ok(()) => return Ok(()),
+            Err(Error::Flush(e)) => e,
+            Err(e) => Arc::new(e),
+        };
+        self.failed(&error, true);
+        Err(error)
+    }
+
+    async fn round_inner(&self, sh: &Shared) -> Result<()> {
+        if let Some(e) = self.refused.get() {
+            return Err(Error::Flush(e.clone()));
+        }
+        let _one = self.one_round.lock().await;
+        self.prepare().await?;
+        let cut = match sh.state().in_flight() {
+            Some(cut) => cut,
+            None => match self.take_cut(sh)? {
+                Some((cut, begin)) => {
+                    // The cut's start must be on disk before the database
+                    // can hold it, or a crash could replay it as unflushed.
+                    let started = Instant::now();
+                    begin.await?;
+                    sh.metrics()
+                        .fsync_waited(started.elapsed(), "flush start", &self.dir);
+                    cut
+                }
+                None => return Ok(()),
+            },
+        };
+        // A cut taken in an earlier round (whose wait for its start record
+        // failed or was cancelled) must have that record on disk too.
+        if sh.wal().durable_lsn() < cut.position {
+            sh.sync_wal("flush start")?;
+        }
+        let started = Instant::now();
+        let from = self.status.borrow().flushed + 1;
+        let span = tracing::info_span!(
+            "flush",
+            dir = %self.dir.display(),
+            batch = cut.items.len(),
+            lsn_from = from,
+            lsn_to = cut.position,
+        );
+        let attempt = AtomicU32::new(0);
+        let report = self
+            .retrier
+            .run(|| {
+                let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
+                self.writer
+                    .flush(&cut)
+                    .inspect(|r| self.note_attempt(r))
+                    .instrument(tracing::debug_span!("attempt", n))
+            })
+            .instrument(span.clone())
+            .await?;
+        sh.state().complete_cut(&report.outcomes)?;
+        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
+        sh.unflushed().cut_done();
+        let elapsed = started.elapsed();
+        sh.metrics().flushed(cut.items.len(), elapsed);
+        // Not waited on: a lost end marker only makes the next open ask the
+        // database's progress row, which says the cut is already there.
+        let end = log::encode(&LogEntry::FlushEnd {
+            position: cut.position,
+        })
+        .and_then(|p| Ok(sh.wal().append_with(log::KIND, &p, Durability::None)?));
+        if let Err(e) = end {
+            tracing::warn!(error = %e, position = cut.position, "could not log the end of a committed flush; the next open asks the database instead");
+        }
+        let t = &self.tally;
+        t.flushes.fetch_add(1, Ordering::Relaxed);
+        t.rows.fetch_add(report.rows, Ordering::Relaxed);
+        t.conflicts
+            .fetch_add(report.conflicts.len() as u64, Ordering::Relaxed);
+        t.dead_letters
+            .fetch_add(report.dead_letters.len() as u64, Ordering::Relaxed);
+        t.hook_panics
+            .fetch_add(report.resolver_panics, Ordering::Relaxed);
+        self.call_conflict_hook(&report.conflicts);
+        self.status.send_modify(|s| {
+            s.flushed = s.flushed.max(cut.position);
+            s.last_error = None;
+            s.last_permanent = false;
+        });
+        sh.room().made();
+        sh.compactor().flushed();
+        span.in_scope(|| {
+            tracing::debug!(
+                rows = report.rows,
+                conflicts = report.conflicts.len(),
+                dead_letters = report.dead_letters.len(),
+                already_applied = report.already_applied,
+                attempts = attempt.load(Ordering::Relaxed),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "flushed"
+            );
+        });
+        if self.notify {
+            self.announce(&cut, &report.outcomes).instrument(span).await;
+        }
+        crate::metrics::publish(sh);
+        Ok(())
+    }
+
+    /// Before the first flush: the tables (when asked for) and the progress
+    /// check, both through the same retries as flushes.
+    async fn prepare(&self) -> Result<()> {
+        if self.create_tables && !self.tables_ready.load(Ordering::Acquire) {
+            self.retrier
+                .run(|| {
+                    self.writer
+                        .create_tables()
+                        .inspect(|r| self.note_attempt(r))
+                })
+                .await?;
+            self.tables_ready.store(true, Ordering::Release);
+        }
+        let unchecked = *self.unchecked.lock();
+        if let Some(wal_last) = unchecked {
+            let progress = self
+                .retrier
+                .run(|| self.writer.progress().inspect(|r| self.note_attempt(r)))
+                .await?;
+            if let Err(e) = self.compare_progress(progress, wal_last) {
+                tracing::error!(error = %e, "flushing refused");
+                let e = Arc::new(e);
+                let refused = self.refused.get_or_init(|| e).clone();
+                return Err(Error::Flush(refused));
+            }
+            tracing::info!(dir = %self.dir.display(), "flush progress checked against the database");
+        }
+        Ok(())
+    }
+
+    /// Takes a cut under every shard lock, logging its start at its position.
+    fn take_cut(&self, sh: &Shared) -> Result<Option<(Cut, writebehind_wal::Append)>> {
+        if sh.state().dirty_entries() == 0 {
+            return Ok(None);
+        }
+        let payload = log::encode(&LogEntry::FlushBegin)?;
+        let mut all = sh.state().lock_all();
+        let begin = sh
+            .wal()
+            .append_with(log::KIND, &payload, Durability::Fsync)?;
+        let cut = all.take_cut(begin.lsn())?;
+        // Under every shard lock: no read is between its lookup and this.
+        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
+        sh.unflushed().cut_taken();
+        Ok(Some((cut, begin)))
+    }
+
+    /// A failed attempt inside a round: waiters see its cause.
+    fn note_attempt<T>(&self, r: &writebehind_writer::Result<T>) {
+        if let Err(e) = r {
+            let failure = Arc::new(Error::DatabaseFailure {
+                message: e.to_string(),
+                class: e.class(),
+            });
+            self.status.send_modify(|s| s.last_error = Some(failure));
+        }
+    }
+
+    /// A round failed: log, count, tell the waiters.
+    fn failed(&self, error: &Arc<Error>, log: bool) {
+        let permanent = error.class() != Some(ErrorClass::Transient);
+        if log {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                class = ?error.class(),
+                %error,
+                "flush round failed; the writes stay in the WAL and the flusher retries after a pause"
+            );
+        }
+        self.status.send_modify(|s| {
+            s.failures += 1;
+            s.last_error = Some(error.clone());
+            s.last_permanent = permanent;
+        });
+    }
+
+    /// The flusher task is gone: every waiter gets `error` from now on.
+    pub(crate) fn stop(&self, error: Error) {
+        let error = Arc::new(error);
+        self.status.send_modify(|s| s.stopped = Some(error));
+    }
+
+    fn call_conflict_hook(&self, conflicts: &[writebehind_writer::Conflict]) {
+        let Some(hook) = &self.on_conflict else {
+            return;
+        };
+        for conflict in conflicts {
+            if let Err(message) = call_hook(|| hook(conflict)) {
+                tracing::error!(key = %conflict.key, %message, "the on_conflict hook panicked; the conflict stays recorded in the conflicts table");
+                self.tally.hook_panics.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells the other instances which keys changed, so they drop their
+    /// clean copies. Best-effort: a failure leaves their copies to the TTL.
+    async fn announce(&self, cut: &Cut, outcomes: &[ItemOutcome]) {
+        // Only rows this flush changed; conflicts and dead letters changed nothing.
+        let keys: Vec<_> = cut
+            .items
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(item, outcome)| match outcome {
+                ItemOutcome::Written { version, .. } => Some((item.key.clone(), *version)),
+                ItemOutcome::Deleted => Some((item.key.clone(), None)),
+                _ => None,
+            })
+            .collect();
+        match self.writer.notify_flushed(&keys).await {
+            Ok(n) => {
+                self.tally
+                    .notifications
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(
+                keys = keys.len(),
+                error = %e,
+                "could not announce flushed keys to other instances; their clean copies stay until the clean TTL"
+            ),
+        }
+    }
+
+    /// The pause before the next round after `failures` failed in a row:
+    /// exponential from the retry policy's first delay to its cap, with
+    /// jitter, so even permanent failures never spin.
+    fn pause_after(&self, failures: u32) -> Duration {
+        let p = self.retrier.policy();
+        let first = p.min_delay.max(Duration::from_millis(10));
+        let cap = p.max_delay.max(first);
+        let base = first
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+            .min(cap);
+        // Half fixed, half random: spread instances, keep a floor.
+        let half = base / 2;
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    }
+}
+
+/// Marks the pipeline stopped when the flusher task ends other than by
+/// shutdown (cancelled, or a panic outside the per-round guard).
+struct StopGuard<'a> {
+    pipeline: &'a Pipeline,
+    normal: bool,
+}
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        if !self.normal {
+            self.pipeline.stop(Error::Stopped {
+                task: "flusher",
+                reason: "the task was cancelled or panicked; writes stay in the WAL".into(),
+            });
+        }
+    }
+}
+
+/// The background loop: a round on every interval, threshold or barrier,
+/// until shutdown. Each round runs under `catch_unwind`: a panic is logged,
+/// counted and handed to waiters like any failure, and the loop goes on.
+/// After a failure the next round waits for a growing pause.
+pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(p) = sh.pipeline() else { return };
+    let mut guard = StopGuard {
+        pipeline: p,
+        normal: false,
+    };
+    let mut failures: u32 = 0;
+    loop {
+        if failures == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(sh.cfg().flush_interval) => {}
+                _ = p.wake.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(p.pause_after(failures)) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        match AssertUnwindSafe(p.round(&sh)).catch_unwind().await {
+            Ok(Ok(())) => failures = 0,
+            // Logged, counted and handed to waiters by `round`.
+            Ok(Err(_)) => failures = failures.saturating_add(1),
+            Err(panic) => {
+                failures = failures.saturating_add(1);
+                let message = panic_message(&*panic);
+                tracing::error!(dir = %p.dir.display(), %message, "a flush round panicked; the cut stays in flight and is retried");
+                sh.supervisor().panicked();
+                p.failed(
+                    &Arc::new(Error::Stopped {
+                        task: "flush round",
+                        reason: format!("panicked: {message}"),
+                    }),
+                    false,
+                );
+            }
+        }
+    }
+    guard.normal = true;
+}

@@ -1,0 +1,174 @@
+//! What every handle of one cache shares: the parts, each behind its own
+//! methods. This file only composes them; each part's rules live in its
+//! own file.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use writebehind_core::{Lsn, State};
+use writebehind_wal::Wal;
+
+use crate::backpressure::Room;
+use crate::checkpoint::Compactor;
+use crate::config::Config;
+use crate::lock::DirLock;
+use crate::metrics::{Metrics, Unflushed};
+use crate::pipeline::Pipeline;
+use crate::read::Loads;
+use crate::recovery::RecoveryReport;
+use crate::stats::Counters;
+use crate::supervise::Supervisor;
+use crate::{Error, Result};
+
+pub(crate) struct Shared {
+    cfg: Config,
+    state: State,
+    wal: Wal,
+    /// The flush pipeline, when a database is set.
+    pipeline: Option<Pipeline>,
+    room: Room,
+    compactor: Compactor,
+    counters: Counters,
+    loads: Loads,
+    metrics: Metrics,
+    /// Times of the oldest unflushed writes.
+    unflushed: Unflushed,
+    /// When the cache opened: the zero of `unflushed`'s timestamps.
+    epoch: Instant,
+    supervisor: Supervisor,
+    recovery: RecoveryReport,
+    closed: AtomicBool,
+    /// Released when the last part holding this goes.
+    lock: Option<DirLock>,
+}
+
+/// The parts [`Shared::new`] composes.
+pub(crate) struct Parts {
+    pub(crate) cfg: Config,
+    pub(crate) state: State,
+    pub(crate) wal: Wal,
+    pub(crate) pipeline: Option<Pipeline>,
+    pub(crate) compactor: Compactor,
+    pub(crate) metrics: Metrics,
+    pub(crate) recovery: RecoveryReport,
+    pub(crate) lock: Option<DirLock>,
+}
+
+impl Shared {
+    pub(crate) fn new(p: Parts) -> Shared {
+        let unflushed = Unflushed::default();
+        if p.pipeline.is_some() && (p.recovery.dirty_entries > 0 || p.recovery.in_flight.is_some())
+        {
+            unflushed.recovered();
+        }
+        Shared {
+            cfg: p.cfg,
+            state: p.state,
+            wal: p.wal,
+            pipeline: p.pipeline,
+            room: Room::default(),
+            compactor: p.compactor,
+            counters: Counters::default(),
+            loads: Loads::default(),
+            metrics: p.metrics,
+            unflushed,
+            epoch: Instant::now(),
+            supervisor: Supervisor::default(),
+            recovery: p.recovery,
+            closed: AtomicBool::new(false),
+            lock: p.lock,
+        }
+    }
+
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub(crate) fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
+        self.pipeline.as_ref()
+    }
+
+    pub(crate) fn room(&self) -> &Room {
+        &self.room
+    }
+
+    pub(crate) fn compactor(&self) -> &Compactor {
+        &self.compactor
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn loads(&self) -> &Loads {
+        &self.loads
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn unflushed(&self) -> &Unflushed {
+        &self.unflushed
+    }
+
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    pub(crate) fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    pub(crate) fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the cache closed; `false` if it already was.
+    pub(crate) fn mark_closed(&self) -> bool {
+        self.letting_go();
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// The last handle is going: an open of the same directory in this
+    /// process may wait for the background work to let go of it.
+    pub(crate) fn letting_go(&self) {
+        if let Some(lock) = &self.lock {
+            lock.releasing();
+        }
+    }
+
+    /// Refuses work on a closed cache, and on a poisoned log: after a failed
+    /// write the state in memory may hold a write the disk does not, so only
+    /// the next open may say what persisted.
+    pub(crate) fn usable(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if self.wal.is_poisoned() {
+            return Err(Error::Wal(writebehind_wal::Error::Poisoned));
+        }
+        Ok(())
+    }
+
+    /// `wal.sync()`, timed.
+    pub(crate) fn sync_wal(&self, what: &'static str) -> Result<Lsn> {
+        let started = Instant::now();
+        let lsn = self.wal.sync()?;
+        self.metrics
+            .fsync_waited(started.elapsed(), what, &self.cfg.dir);
+        Ok(lsn)
+    }
+}
