@@ -5,8 +5,8 @@
 //! umask: the mode is passed to `mkdir`/`open` (a umask can only remove bits, so nobody else
 //! ever gets access, not even for an instant) and then set explicitly if a umask also removed
 //! owner bits. Every file the WAL directory holds is made here — segments, checkpoints and
-//! their temp files, torn-tail copies, and the cache's `instance.id`, `LOCK` and local
-//! dead-letter file — so the rule lives in one place.
+//! their temp files, torn-tail copies, and the cache's `instance.id` and `LOCK` — so the rule
+//! lives in one place: any new file in the directory should be made with these helpers too.
 //!
 //! An existing directory keeps its mode: [`check_private_dir`] says whether group or others
 //! can get in, and the WAL logs a warning naming it when it opens one (it does not refuse).
@@ -57,8 +57,8 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Opens `path` for appending, creating it with mode [`FILE_MODE`] (`0600`) if missing; never
 /// truncates. An existing file's mode is set to `0600` too.
 ///
-/// For files that live as long as the directory and grow by appends: the cache's `LOCK` file
-/// and its local dead-letter file.
+/// For files that live as long as the directory and grow by appends: the cache's `LOCK` file,
+/// and the place to open a local dead-letter file or any other log kept in the WAL directory.
 pub fn open_private_append(path: &Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.append(true).create(true);
