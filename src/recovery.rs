@@ -48,13 +48,8 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    writebehind_wal::fs::create_dir_all_private(dir).map_err(io)?;
+    let file = writebehind_wal::fs::open_private_append(&path).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
