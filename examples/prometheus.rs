@@ -63,7 +63,8 @@ pub fn install(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 /// on `item:*` keys, a read every fourth write), flushes, closes, and
 /// returns the final figures.
 pub async fn workload(opts: &Options) -> Result<Stats, Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(&opts.wal)
+    // Private, as the cache would make it: else opening it warns that others can read it.
+    writebehind_wal::fs::create_dir_all_private(&opts.wal)
         .map_err(|e| format!("cannot create {}: {e}", opts.wal.display()))?;
     let db = match &opts.db {
         Some(url) => url.clone(),

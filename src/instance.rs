@@ -29,10 +29,10 @@ pub(crate) fn id(dir: &Path) -> Result<String> {
             Ok(id.to_owned())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            writebehind_wal::fs::create_dir_all_private(dir).map_err(io)?;
             let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
             let tmp = dir.join(format!("{FILE}.tmp"));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            let mut f = writebehind_wal::fs::create_private(&tmp).map_err(io)?;
             f.write_all(id.as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;

@@ -57,14 +57,9 @@ impl DirLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        writebehind_wal::fs::create_dir_all_private(dir).map_err(io)?;
         let key = dir.canonicalize().map_err(io)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
+        let file = writebehind_wal::fs::open_private_append(&path).map_err(io)?;
         let started = Instant::now();
         loop {
             match file.try_lock() {

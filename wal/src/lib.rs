@@ -33,6 +33,7 @@ pub mod codec;
 mod committer;
 mod error;
 mod frame;
+pub mod fs;
 pub mod inspect;
 pub mod io;
 pub mod reader;
@@ -135,7 +136,7 @@ pub struct WalBuilder {
 }
 
 impl WalBuilder {
-    /// A builder for the log in `dir` (created by `open` if missing).
+    /// A builder for the log in `dir` (created by `open` if missing, mode `0700`; see [`fs`]).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         WalBuilder {
             dir: dir.into(),
@@ -189,7 +190,8 @@ impl WalBuilder {
     }
 
     /// Opens (creating if needed) the log: recovers, fsyncs the active segment, starts the
-    /// committer thread.
+    /// committer thread. Logs a warning naming the directory if users other than its owner
+    /// can get into it.
     pub fn open(self) -> Result<(Wal, Recovery)> {
         if self.segment_size < MIN_SEGMENT_SIZE {
             return Err(Error::Config {
@@ -208,6 +210,16 @@ impl WalBuilder {
         let dir = self.dir.clone();
         io.create_dir_all(&dir)
             .map_err(|e| Error::io("create dir", &dir, e))?;
+        // Warn, not refuse: the owner may share the directory on purpose (a group of
+        // operators), and a cache that will not start is an outage of its own.
+        if let Some(x) = io
+            .dir_exposure(&dir)
+            .map_err(|e| Error::io("stat", &dir, e))?
+        {
+            tracing::warn!(dir = %dir.display(), mode = %format_args!("{:04o}", x.mode()),
+                "WAL directory is accessible to other users ({x}); its files hold the \
+                 application's data: `chmod 700` it");
+        }
         let rec = recovery::recover(io.as_ref(), &dir, self.salvage)?;
         let mut files = rec.files;
         let report = rec.report;

@@ -3,12 +3,16 @@
 //! [`StdIo`] is the real file system. `FaultyIo` (feature `fault-injection`) is an in-memory
 //! file system that can lose or garble unsynced bytes at a simulated crash, fail an fsync,
 //! write short and run out of space.
+//!
+//! [`StdIo`] makes every directory `0700` and every file `0600` (see [`crate::fs`]).
 
 use std::fmt::Debug;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
+
+use crate::fs::Exposure;
 
 #[cfg(any(test, feature = "fault-injection"))]
 mod faulty;
@@ -30,13 +34,21 @@ pub trait IoFile: Send + Sync + Debug {
 
 /// The file-system operations the WAL needs. Paths are absolute or relative to the process.
 pub trait Io: Send + Sync + Debug {
-    /// Creates `dir` and its parents if missing.
+    /// Creates `dir` and its parents if missing, accessible to the owner only.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Whether users other than the owner can get into the existing directory `dir`
+    /// ([`crate::fs::check_private_dir`]). The default says no: a file system without
+    /// permission bits has nothing to report.
+    fn dir_exposure(&self, dir: &Path) -> io::Result<Option<Exposure>> {
+        let _ = dir;
+        Ok(None)
+    }
     /// File names (not paths) of the regular files directly inside `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Creates `path` (truncating it if it exists) and opens it for writing.
+    /// Creates `path` (truncating it if it exists), readable by the owner only, and opens it
+    /// for writing.
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
@@ -82,7 +94,10 @@ impl IoFile for StdFile {
 
 impl Io for StdIo {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        crate::fs::create_dir_all_private(dir)
+    }
+    fn dir_exposure(&self, dir: &Path) -> io::Result<Option<Exposure>> {
+        crate::fs::check_private_dir(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
@@ -100,15 +115,10 @@ impl Io for StdIo {
         fs::read(path)
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        Ok(Arc::new(StdFile(f)))
+        Ok(Arc::new(StdFile(crate::fs::create_private(path)?)))
     }
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        let f = OpenOptions::new().append(true).open(path)?;
+        let f = fs::OpenOptions::new().append(true).open(path)?;
         Ok(Arc::new(StdFile(f)))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
