@@ -10,6 +10,7 @@ use crate::config::WriterConfig;
 use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::schema::{SqlType, SqlValue};
+use crate::sql::text;
 
 /// A typed bind parameter. Arrays are for PostgreSQL `UNNEST`/`ANY` only.
 #[derive(Clone, Debug)]
@@ -320,17 +321,17 @@ impl ConnRef<'_> {
         match self {
             #[cfg(feature = "sqlite")]
             ConnRef::Sqlite(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 Ok(q.execute(c).await?.rows_affected())
             }
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, yes);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
                 Ok(q.execute(c).await?.rows_affected())
             }
             #[cfg(feature = "mysql")]
             ConnRef::My(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 Ok(q.execute(c).await?.rows_affected())
             }
             ConnRef::None(_) => Ok(0),
@@ -347,19 +348,19 @@ impl ConnRef<'_> {
         match self {
             #[cfg(feature = "sqlite")]
             ConnRef::Sqlite(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 let rows = q.fetch_all(c).await?;
                 Ok(decode_rows!(rows, types))
             }
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, yes);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
                 let rows = q.fetch_all(c).await?;
                 Ok(decode_rows!(rows, types))
             }
             #[cfg(feature = "mysql")]
             ConnRef::My(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 let rows = q.fetch_all(c).await?;
                 // Key columns use utf8mb4_bin, which MySQL flags BINARY; the
                 // bytes are still UTF-8 text (decoding validates it).
@@ -374,11 +375,11 @@ impl ConnRef<'_> {
         use sqlx::Executor;
         match self {
             #[cfg(feature = "sqlite")]
-            ConnRef::Sqlite(c) => c.execute(sql).await.map(drop),
+            ConnRef::Sqlite(c) => c.execute(text(sql)).await.map(drop),
             #[cfg(feature = "postgres")]
-            ConnRef::Pg(c) => c.execute(sql).await.map(drop),
+            ConnRef::Pg(c) => c.execute(text(sql)).await.map(drop),
             #[cfg(feature = "mysql")]
-            ConnRef::My(c) => c.execute(sql).await.map(drop),
+            ConnRef::My(c) => c.execute(text(sql)).await.map(drop),
             ConnRef::None(_) => Ok(()),
         }
     }
