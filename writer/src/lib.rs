@@ -44,6 +44,7 @@ pub mod notify;
 mod retry;
 mod schema;
 mod sql;
+mod url;
 mod writer;
 
 pub use config::{
@@ -54,6 +55,7 @@ pub use ident::{Backend, Ident};
 pub use notify::{Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
+pub use url::redact_url;
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
 pub use writer::{DeadLetter, FlushReport, Writer};
 
