@@ -183,7 +183,7 @@ async fn reset_table(url: &str, table: &str) -> Result<(), sqlx::Error> {
         url.to_owned()
     };
     let pool = sqlx::AnyPool::connect(&url).await?;
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
         .execute(&pool)
         .await?;
     pool.close().await;
@@ -199,9 +199,11 @@ async fn read_totals(url: &str, table: &str) -> Result<(i64, i64), sqlx::Error> 
     } else {
         "COALESCE(SUM(value), 0)"
     };
-    let row = sqlx::query(&format!("SELECT {sum} AS s, COUNT(*) AS n FROM {table}"))
-        .fetch_one(&pool)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {sum} AS s, COUNT(*) AS n FROM {table}"
+    )))
+    .fetch_one(&pool)
+    .await?;
     let sum: i64 = row.try_get("s")?;
     let rows: i64 = row.try_get("n")?;
     pool.close().await;

@@ -88,7 +88,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         db.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", scratch.join("db.sqlite").display()));
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await?;
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
     let wal = scratch.join("wal");
@@ -154,9 +154,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "\"key\""
     };
-    let rows = sqlx::query(&format!("SELECT {key_col} AS k, value AS v FROM {TABLE}"))
-        .fetch_all(&pool)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {key_col} AS k, value AS v FROM {TABLE}"
+    )))
+    .fetch_all(&pool)
+    .await?;
     let mut in_db = BTreeMap::new();
     for r in rows {
         in_db.insert(r.try_get::<String, _>("k")?, r.try_get::<i64, _>("v")?);
@@ -183,7 +185,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{extra} more than acknowledged: something was applied twice").into());
     }
     let total: i64 = in_db.values().sum();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
     pool.close().await;

@@ -212,15 +212,17 @@ async fn main() {
 
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&args.db).await.unwrap();
-    let rows = sqlx::query(&format!("SELECT key, value FROM {table}"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT key, value FROM {table}"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let db: BTreeMap<String, i64> = rows
         .iter()
         .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
         .collect();
-    sqlx::query(&format!("DROP TABLE {table}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&pool)
         .await
         .unwrap();

@@ -87,7 +87,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         db.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", scratch.join("shop.db").display()));
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await?;
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
 
@@ -143,9 +143,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "\"key\""
     };
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {TABLE} SET stock = stock - 7, version = version + 1 WHERE {key} = 'sku-1'"
-    ))
+    )))
     .execute(&pool)
     .await?;
 
@@ -186,7 +186,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
     pool.close().await;
@@ -202,9 +202,9 @@ async fn print_rows(pool: &sqlx::AnyPool, url: &str) -> Result<(), sqlx::Error> 
     } else {
         "name"
     };
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {name} AS name, price, stock, version FROM {TABLE} ORDER BY name"
-    ))
+    )))
     .fetch_all(pool)
     .await?;
     for r in rows {

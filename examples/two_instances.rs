@@ -45,7 +45,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await?;
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
 
@@ -103,9 +103,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         cache.close().await?;
     }
 
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT \"key\" AS k, value AS v FROM {TABLE} ORDER BY \"key\""
-    ))
+    )))
     .fetch_all(&pool)
     .await?;
     let mut got = BTreeMap::new();
@@ -121,7 +121,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if got != expected {
         return Err("MISMATCH: the database does not hold the sum of both instances".into());
     }
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(&pool)
         .await?;
     pool.close().await;

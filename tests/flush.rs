@@ -52,18 +52,21 @@ impl Db {
 
     async fn exec(&self, sql: &str) {
         let pool = self.pool().await;
-        sqlx::query(sql).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
 
     /// (value, version) of every row, by key.
     async fn rows(&self) -> std::collections::BTreeMap<String, (i64, i64)> {
         let pool = self.pool().await;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {}, value, version FROM {}",
             key_col(&self.url),
             self.table
-        ))
+        )))
         .fetch_all(&pool)
         .await
         .unwrap();

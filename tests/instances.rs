@@ -67,10 +67,12 @@ mod postgres {
 
     async fn rows(table: &str) -> BTreeMap<String, (i64, i64)> {
         let pool = pool().await;
-        let rows = sqlx::query(&format!("SELECT key, value, version FROM {table}"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT key, value, version FROM {table}"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
         pool.close().await;
         rows.into_iter()
             .map(|r| (r.get(0), (r.get(1), r.get(2))))
@@ -79,7 +81,7 @@ mod postgres {
 
     async fn drop_table(table: &str) {
         let pool = pool().await;
-        sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
             .execute(&pool)
             .await
             .unwrap();

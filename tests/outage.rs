@@ -28,7 +28,10 @@ fn postgres_url() -> String {
 async fn sql(url: &str, q: &str) -> Vec<sqlx::any::AnyRow> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let rows = sqlx::query(q).fetch_all(&pool).await.unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     rows
 }

@@ -84,7 +84,7 @@ impl Raw {
                         "INSERT INTO \"{table}\" (\"key\", \"value\", \"version\") VALUES {values} ON CONFLICT (\"key\") \
                          DO UPDATE SET \"value\" = \"{table}\".\"value\" + excluded.\"value\", \"version\" = \"{table}\".\"version\" + 1"
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
                     for (k, d) in ks.iter().zip(ds) {
                         q = q.bind(k).bind(d);
                     }
@@ -100,7 +100,7 @@ impl Raw {
                      ON CONFLICT (\"key\") DO UPDATE SET \"value\" = \"{table}\".\"value\" + EXCLUDED.\"value\", \"version\" = \"{table}\".\"version\" + 1"
                 );
                 for (ks, ds) in keys.chunks(5_000).zip(deltas.chunks(5_000)) {
-                    sqlx::query(&sql)
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                         .bind(ks)
                         .bind(ds)
                         .execute(&mut *tx)
@@ -118,7 +118,7 @@ impl Raw {
                         "INSERT INTO `{table}` (`key`, `value`, `version`) VALUES {values} \
                          ON DUPLICATE KEY UPDATE `value` = `value` + VALUES(`value`), `version` = `version` + 1"
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
                     for (k, d) in ks.iter().zip(ds) {
                         q = q.bind(k).bind(d);
                     }

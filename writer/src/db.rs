@@ -10,6 +10,7 @@ use crate::config::WriterConfig;
 use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::schema::{SqlType, SqlValue};
+use crate::sql::text;
 
 /// A typed bind parameter. Arrays are for PostgreSQL `UNNEST`/`ANY` only.
 #[derive(Clone, Debug)]
@@ -206,7 +207,8 @@ impl Pool {
                         }
                         None => url,
                     };
-                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(url).map_err(ctx())?;
+                    let url = crate::url::mysql_tls_spelling(url);
+                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(ctx())?;
                     let po = sqlx::mysql::MySqlPoolOptions::new()
                         .max_connections(cfg.pool_size)
                         .acquire_timeout(cfg.acquire_timeout);
@@ -225,9 +227,9 @@ impl Pool {
             #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin().await?)),
             #[cfg(feature = "postgres")]
-            Pool::Pg(p) => Ok(Tx::Pg(p.begin().await?)),
+            Pool::Pg(p) => Ok(Tx::Pg(p.begin().await.map_err(|e| self.tls(e))?)),
             #[cfg(feature = "mysql")]
-            Pool::My(p) => Ok(Tx::My(p.begin().await?)),
+            Pool::My(p) => Ok(Tx::My(p.begin().await.map_err(|e| self.tls(e))?)),
         }
     }
 
@@ -238,10 +240,60 @@ impl Pool {
             #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => Ok(Conn::Sqlite(p.acquire().await?)),
             #[cfg(feature = "postgres")]
-            Pool::Pg(p) => Ok(Conn::Pg(p.acquire().await?)),
+            Pool::Pg(p) => Ok(Conn::Pg(p.acquire().await.map_err(|e| self.tls(e))?)),
             #[cfg(feature = "mysql")]
-            Pool::My(p) => Ok(Conn::My(p.acquire().await?)),
+            Pool::My(p) => Ok(Conn::My(p.acquire().await.map_err(|e| self.tls(e))?)),
         }
+    }
+
+    /// A TLS failure as one sentence naming what to check: the host (a
+    /// certificate is issued to a name) and the mode asked for.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    pub(crate) fn tls(&self, e: sqlx::Error) -> sqlx::Error {
+        // A refused certificate arrives as I/O carrying the rustls error.
+        let source = match e {
+            sqlx::Error::Tls(source) => source,
+            sqlx::Error::Io(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+            {
+                Box::new(io)
+            }
+            other => return other,
+        };
+        let (host, port, mode) = match self {
+            #[cfg(feature = "postgres")]
+            Pool::Pg(p) => {
+                use sqlx::postgres::PgSslMode as M;
+                let o = p.connect_options();
+                let mode = match o.get_ssl_mode() {
+                    M::Disable => "sslmode=disable",
+                    M::Allow => "sslmode=allow",
+                    M::Prefer => "sslmode=prefer",
+                    M::Require => "sslmode=require",
+                    M::VerifyCa => "sslmode=verify-ca",
+                    M::VerifyFull => "sslmode=verify-full",
+                };
+                (o.get_host().to_owned(), o.get_port(), mode)
+            }
+            #[cfg(feature = "mysql")]
+            Pool::My(p) => {
+                use sqlx::mysql::MySqlSslMode as M;
+                let o = p.connect_options();
+                let mode = match o.get_ssl_mode() {
+                    M::Disabled => "ssl-mode=disable",
+                    M::Preferred => "ssl-mode=prefer",
+                    M::Required => "ssl-mode=require",
+                    M::VerifyCa => "ssl-mode=verify-ca",
+                    M::VerifyIdentity => "ssl-mode=verify-full",
+                };
+                (o.get_host().to_owned(), o.get_port(), mode)
+            }
+            #[allow(unreachable_patterns)]
+            _ => return sqlx::Error::Tls(source),
+        };
+        sqlx::Error::Tls(format!("TLS to {host}:{port} with {mode} failed: {source}").into())
     }
 
     pub(crate) async fn close(&self) {
@@ -320,17 +372,17 @@ impl ConnRef<'_> {
         match self {
             #[cfg(feature = "sqlite")]
             ConnRef::Sqlite(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 Ok(q.execute(c).await?.rows_affected())
             }
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, yes);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
                 Ok(q.execute(c).await?.rows_affected())
             }
             #[cfg(feature = "mysql")]
             ConnRef::My(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 Ok(q.execute(c).await?.rows_affected())
             }
             ConnRef::None(_) => Ok(0),
@@ -347,19 +399,19 @@ impl ConnRef<'_> {
         match self {
             #[cfg(feature = "sqlite")]
             ConnRef::Sqlite(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 let rows = q.fetch_all(c).await?;
                 Ok(decode_rows!(rows, types))
             }
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, yes);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
                 let rows = q.fetch_all(c).await?;
                 Ok(decode_rows!(rows, types))
             }
             #[cfg(feature = "mysql")]
             ConnRef::My(c) => {
-                let q = bind_scalars!(sqlx::query(sql), args, no);
+                let q = bind_scalars!(sqlx::query(text(sql)), args, no);
                 let rows = q.fetch_all(c).await?;
                 // Key columns use utf8mb4_bin, which MySQL flags BINARY; the
                 // bytes are still UTF-8 text (decoding validates it).
@@ -374,11 +426,11 @@ impl ConnRef<'_> {
         use sqlx::Executor;
         match self {
             #[cfg(feature = "sqlite")]
-            ConnRef::Sqlite(c) => c.execute(sql).await.map(drop),
+            ConnRef::Sqlite(c) => c.execute(text(sql)).await.map(drop),
             #[cfg(feature = "postgres")]
-            ConnRef::Pg(c) => c.execute(sql).await.map(drop),
+            ConnRef::Pg(c) => c.execute(text(sql)).await.map(drop),
             #[cfg(feature = "mysql")]
-            ConnRef::My(c) => c.execute(sql).await.map(drop),
+            ConnRef::My(c) => c.execute(text(sql)).await.map(drop),
             ConnRef::None(_) => Ok(()),
         }
     }

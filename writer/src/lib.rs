@@ -48,6 +48,7 @@ mod retry;
 mod rows;
 mod schema;
 mod sql;
+mod url;
 mod writer;
 
 pub use config::{
@@ -59,6 +60,7 @@ pub use local::{read_local_dead_letters, LocalDeadLetter};
 pub use notify::{Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
+pub use url::redact_url;
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
 pub use writer::{DeadLetter, FlushReport, Writer};
 

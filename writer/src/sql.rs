@@ -1,5 +1,6 @@
 //! SQL text per backend. Identifiers come only from [`Ident`] (quoted);
-//! every value is a bind parameter.
+//! every value is a bind parameter. [`text`] is the one place that hands
+//! dynamic SQL to sqlx.
 
 use writebehind_core::Key;
 
@@ -7,6 +8,16 @@ use crate::config::WriterConfig;
 use crate::db::Arg;
 use crate::ident::{Backend, Ident};
 use crate::schema::{Column, SqlType, SqlValue};
+
+/// SQL text for sqlx, which refuses dynamic strings unless vouched for.
+/// This is the only place that vouches: the text comes from [`Dialect`]
+/// (quoted [`Ident`]s, placeholders, every value a bind parameter) or from
+/// `Writer::execute_sql`/`query_sql`, whose documented contract is SQL
+/// written by the caller, never user input.
+pub(crate) fn text(sql: &str) -> sqlx::SqlStr {
+    use sqlx::SqlSafeStr;
+    sqlx::AssertSqlSafe(sql).into_sql_str()
+}
 
 /// Highest bind-parameter count per statement (SQLite's default
 /// `SQLITE_MAX_VARIABLE_NUMBER`, MySQL's protocol limit).

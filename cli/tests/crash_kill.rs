@@ -98,10 +98,12 @@ fn kill(child: &mut Child) -> bool {
 async fn db_values(url: &str, table: &str) -> BTreeMap<String, i64> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let rows = sqlx::query(&format!("SELECT key, value FROM {table}"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT key, value FROM {table}"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     rows.iter()
         .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
@@ -111,7 +113,7 @@ async fn db_values(url: &str, table: &str) -> BTreeMap<String, i64> {
 async fn drop_table(url: &str, table: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
         .execute(&pool)
         .await
         .unwrap();

@@ -83,7 +83,8 @@ impl Picker {
     pub fn new(keys: u64, dist: Dist) -> Result<Picker, String> {
         match dist {
             Dist::Uniform => Ok(Picker::Uniform(keys)),
-            Dist::Zipf(s) => rand_distr::Zipf::new(keys, s)
+            // Key counts stay far below 2^53, where f64 stops being exact.
+            Dist::Zipf(s) => rand_distr::Zipf::new(keys as f64, s)
                 .map(Picker::Zipf)
                 .map_err(|e| format!("zipf:{s} over {keys} keys: {e}")),
         }
@@ -92,7 +93,7 @@ impl Picker {
     /// The next key index.
     pub fn pick(&self, rng: &mut StdRng) -> u64 {
         match self {
-            Picker::Uniform(n) => rng.gen_range(0..*n),
+            Picker::Uniform(n) => rng.random_range(0..*n),
             Picker::Zipf(z) => (z.sample(rng) as u64).saturating_sub(1),
         }
     }

@@ -91,7 +91,10 @@ async fn rows(url: &str) -> Vec<(String, i64, i64)> {
 async fn exec(url: &str, sql: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    sqlx::query(sql).execute(&pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
