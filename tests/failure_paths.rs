@@ -54,6 +54,17 @@ async fn counters(url: &str, table: &str) -> std::collections::BTreeMap<String, 
         .collect()
 }
 
+/// A counter cache on `url`'s `table`, creating the tables.
+async fn open_with_table(dir: &std::path::Path, url: &str, table: &str) -> WriteBehind<String, i64> {
+    WriteBehind::<String, i64>::builder(dir)
+        .database(url)
+        .table(table)
+        .create_tables(true)
+        .open()
+        .await
+        .unwrap()
+}
+
 fn table_name(prefix: &str) -> String {
     format!("{prefix}_{}", fastrand::u32(..))
 }
@@ -304,13 +315,7 @@ async fn a_nul_key_is_refused_at_write_time_on_postgres() {
     let url = postgres_url();
     let table = table_name("nul_key");
     let dir = tempfile::tempdir().unwrap();
-    let cache = WriteBehind::<String, i64>::builder(dir.path())
-        .database(&url)
-        .table(&table)
-        .create_tables(true)
-        .open()
-        .await
-        .unwrap();
+    let cache = open_with_table(dir.path(), &url, &table).await;
     let before = cache.stats().last_lsn;
     let err = cache.add("a\0b", 1).await.unwrap_err();
     assert!(matches!(err, Error::KeyRefused { .. }), "{err:?}");
@@ -402,13 +407,7 @@ async fn a_key_longer_than_the_mariadb_key_column_is_refused_at_write_time() {
     let url = mysql_url();
     let table = table_name("long_key");
     let dir = tempfile::tempdir().unwrap();
-    let cache = WriteBehind::<String, i64>::builder(dir.path())
-        .database(&url)
-        .table(&table)
-        .create_tables(true)
-        .open()
-        .await
-        .unwrap();
+    let cache = open_with_table(dir.path(), &url, &table).await;
     let long = "x".repeat(601);
     let err = cache.add(long.as_str(), 1).await.unwrap_err();
     assert!(matches!(err, Error::KeyRefused { .. }), "{err:?}");
