@@ -266,21 +266,7 @@ fn take_cut(inner: &Inner) -> Result<Option<(Cut, writebehind_wal::Append)>> {
 
 /// A URL without its password, for logs and errors.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    writebehind_writer::redact_url(url)
 }
 
 #[cfg(test)]

@@ -47,5 +47,5 @@ pub use value::{CacheValue, Record};
 pub use writebehind_core::{Lsn, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
-    Column, Conflict, ConflictPolicy, Ident, Resolution, RetryPolicy, SqlType, SqlValue,
+    redact_url, Column, Conflict, ConflictPolicy, Ident, Resolution, RetryPolicy, SqlType, SqlValue,
 };
