@@ -56,8 +56,8 @@ pub use value::{CacheValue, Record};
 pub use writebehind_core::{Change, Lsn, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
-    Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution, RetryPolicy,
-    SqlType, SqlValue,
+    redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution,
+    RetryPolicy, SqlType, SqlValue,
 };
 
 /// The rows in the local dead-letter file of the WAL directory `dir`: rows
@@ -66,23 +66,4 @@ pub use writebehind_writer::{
 pub fn local_dead_letters(dir: impl AsRef<std::path::Path>) -> Result<Vec<LocalDeadLetter>> {
     let path = dir.as_ref().join(open::DEAD_LETTER_FILE);
     Ok(writebehind_writer::read_local_dead_letters(&path)?)
-}
-
-/// A URL without its password, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
-use writebehind_writer::{ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
+use writebehind_writer::{redact_url, ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
 
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
@@ -76,7 +76,7 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         (Some(true), _) => {
             return Err(Error::Config(format!(
                 "notify(true) needs a PostgreSQL database, but {} has no NOTIFY: the clean TTL alone bounds staleness there",
-                cfg.database.as_deref().map_or_else(|| "a cache without a database".to_owned(), crate::redact)
+                cfg.database.as_deref().map_or_else(|| "a cache without a database".to_owned(), redact_url)
             )))
         }
     };
@@ -184,10 +184,10 @@ async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
         match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.class() == ErrorClass::Transient => {
-                tracing::warn!(url = %crate::redact(url), error = %e, "database unreachable at open; the tables are created before the first flush");
+                tracing::warn!(url = %redact_url(url), error = %e, "database unreachable at open; the tables are created before the first flush");
             }
             Err(_) => {
-                tracing::warn!(url = %crate::redact(url), "database did not answer at open; the tables are created before the first flush");
+                tracing::warn!(url = %redact_url(url), "database did not answer at open; the tables are created before the first flush");
             }
             Ok(Err(e)) => return Err(e.into()),
         }

@@ -30,15 +30,16 @@ use sqlx::Row;
 use writebehind::{Durability, WriteBehind};
 
 use crate::chart;
-use crate::workload::{self, durability_name, parse_dist, redact, Dist, Picker};
+use writebehind::redact_url as redact;
+
+use crate::workload::{self, durability_name, parse_dist, DbArgs, Dist, Picker};
 
 /// Arguments of `writebehind bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Database URL (sqlite://…, postgres://…, mysql://…). Default: an SQLite file in a
-    /// temporary directory.
-    #[arg(long)]
-    db: Option<String>,
+    /// The database (default: an SQLite file in a temporary directory).
+    #[command(flatten)]
+    db: DbArgs,
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
@@ -394,7 +395,8 @@ async fn total(
 
 async fn bench(args: Args) -> Result<ExitCode, String> {
     let scratch = Scratch::new()?;
-    let url = match &args.db {
+    let given = args.db.url()?;
+    let url = match &given {
         Some(u) => u.clone(),
         None => format!("sqlite://{}?mode=rwc", scratch.0.join("bench.db").display()),
     };
@@ -442,7 +444,7 @@ async fn bench(args: Args) -> Result<ExitCode, String> {
     }
     let ok = results.iter().all(|r| r.totals_match);
     let report = Report {
-        database: if args.db.is_some() {
+        database: if given.is_some() {
             redact(&url)
         } else {
             "sqlite (temporary file)".into()
@@ -948,7 +950,7 @@ mod tests {
         assert_eq!(parse_durability("fsync").unwrap().to_string(), "fsync");
         assert!(parse_durability("buffered:0ms").is_err());
         assert!(parse_durability("sometimes").is_err());
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://***@h/db");
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use writebehind::WriteBehind;
 
-use crate::workload::redact;
+use writebehind::redact_url as redact;
+
+use crate::workload::DbArgs;
 
 /// Arguments of `writebehind flush`.
 #[derive(clap::Args)]
@@ -16,9 +18,8 @@ pub struct Args {
     /// The WAL directory to recover and flush.
     #[arg(long)]
     wal: PathBuf,
-    /// The database: `sqlite://path`, `postgres://…` or `mysql://…`.
-    #[arg(long)]
-    db: String,
+    #[command(flatten)]
+    db: DbArgs,
     /// The counter table (created when absent).
     #[arg(long, default_value = "counters")]
     table: String,
@@ -35,6 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
             args.wal.display()
         ));
     }
+    let url = args.db.required()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,28 +44,28 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let timeout = Duration::from_secs(args.timeout);
     rt.block_on(async move {
-        match tokio::time::timeout(timeout, flush(&args, timeout)).await {
+        match tokio::time::timeout(timeout, flush(&args, &url, timeout)).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "flushing {} to {} did not finish within {}s; the rest stays in the WAL",
                 args.wal.display(),
-                redact(&args.db),
+                redact(&url),
                 args.timeout
             )),
         }
     })
 }
 
-async fn flush(args: &Args, timeout: Duration) -> Result<ExitCode, String> {
+async fn flush(args: &Args, url: &str, timeout: Duration) -> Result<ExitCode, String> {
     let started = Instant::now();
-    let db = redact(&args.db);
+    let db = redact(url);
     // The cache opens while its database is down (writes still go to the WAL), so an
     // unreachable database is caught here, before the WAL is touched.
-    probe(&args.db)
+    probe(url)
         .await
         .map_err(|e| format!("cannot reach the database {db}: {e}"))?;
     let cache = WriteBehind::<String, i64>::builder(&args.wal)
-        .database(&args.db)
+        .database(url)
         .table(&args.table)
         .create_tables(true)
         .close_timeout(timeout)

@@ -16,7 +16,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use writebehind::{Durability, WriteBehind};
 
-use crate::workload::{durability_name, parse_dist, parse_durability, redact, Dist, Picker};
+use writebehind::redact_url as redact;
+
+use crate::workload::{durability_name, parse_dist, parse_durability, DbArgs, Dist, Picker};
 
 /// Arguments of `writebehind stress`.
 #[derive(clap::Args)]
@@ -24,9 +26,8 @@ pub struct Args {
     /// The WAL directory (created when absent; recovered when not empty).
     #[arg(long)]
     wal: PathBuf,
-    /// The database: `sqlite://path`, `postgres://…` or `mysql://…`.
-    #[arg(long)]
-    db: String,
+    #[command(flatten)]
+    db: DbArgs,
     /// The counter table (created when absent).
     #[arg(long, default_value = "counters")]
     table: String,
@@ -70,6 +71,7 @@ struct Outcome {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, String> {
+    let url = args.db.required()?;
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     // Fail on a bad distribution before anything is opened.
     Picker::new(args.keys, args.dist)?;
@@ -78,13 +80,13 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    rt.block_on(stress(args, seed))
+    rt.block_on(stress(args, &url, seed))
 }
 
-async fn stress(args: Args, seed: u64) -> Result<ExitCode, String> {
-    let db = redact(&args.db);
+async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
+    let db = redact(url);
     let mut builder = WriteBehind::<String, i64>::builder(&args.wal)
-        .database(&args.db)
+        .database(url)
         .table(&args.table)
         .create_tables(true)
         .durability(args.durability)

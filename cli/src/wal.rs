@@ -1,4 +1,4 @@
-//! `writebehind wal inspect|verify|dump`: read-only views of a WAL directory.
+//! `writebehind wal inspect|verify|dump|dead-letters`: read-only views of a WAL directory.
 //!
 //! Nothing here opens a `Wal` (that would cut a torn tail): every command goes through
 //! `writebehind_wal::inspect::scan_dir`, which only reads.
@@ -42,6 +42,13 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
+    /// Print the local dead letters as JSON lines: rows the database refused
+    /// and its dead-letter table could not hold either (exact key, change,
+    /// both errors). Exit 0 when there are none, 1 when there are some.
+    DeadLetters {
+        /// The cache's WAL directory.
+        dir: PathBuf,
+    },
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode, String> {
@@ -49,6 +56,7 @@ pub fn run(cmd: Command) -> Result<ExitCode, String> {
         Command::Inspect { dir } => inspect(&dir),
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, from } => dump(&dir, from),
+        Command::DeadLetters { dir } => dead_letters(&dir),
     }
 }
 
@@ -248,6 +256,39 @@ fn record_json(r: &Record) -> Json {
         o.extend(f);
     }
     o
+}
+
+fn dead_letters(dir: &Path) -> Result<ExitCode, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "WAL directory {} does not exist or is not a directory",
+            dir.display()
+        ));
+    }
+    let rows = writebehind::local_dead_letters(dir).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for row in &rows {
+        let line =
+            serde_json::to_string(row).map_err(|e| format!("cannot encode a dead letter: {e}"))?;
+        out.push_str(&line);
+        out.push('\n');
+    }
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => {}
+    }
+    eprintln!(
+        "{} local dead letter(s) in {}",
+        rows.len(),
+        dir.join("dead-letters.jsonl").display()
+    );
+    Ok(if rows.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn dump(dir: &Path, from: u64) -> Result<ExitCode, String> {

@@ -1,6 +1,7 @@
 //! What `bench` and `stress` share: the durability and key-distribution
-//! options, the key picker, and URLs shown without their password.
+//! options, the key picker, and where the database URL comes from.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -99,14 +100,54 @@ impl Picker {
     }
 }
 
-/// The URL for messages: credentials that carry a password are hidden
-/// whole; a user name alone is kept.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s && url[s + 3..at].contains(':') => {
-            format!("{}***{}", &url[..s + 3], &url[at..])
+/// Where the database URL comes from. A URL on the command line is visible
+/// to every user of the machine (`ps`) and kept in shell history, so the
+/// environment and a file are offered too.
+#[derive(clap::Args, Debug)]
+pub struct DbArgs {
+    /// The database URL: `sqlite://path`, `postgres://…` or `mysql://…`. For a URL with a
+    /// password prefer the environment variable WB_DATABASE_URL or --db-file: arguments
+    /// are visible to other users (ps) and kept in shell history.
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Read the database URL from this file (its first line).
+    #[arg(long, value_name = "PATH")]
+    db_file: Option<PathBuf>,
+}
+
+/// The environment variable read when neither `--db` nor `--db-file` is given.
+pub const DB_ENV: &str = "WB_DATABASE_URL";
+
+impl DbArgs {
+    /// The URL from `--db`, `--db-file` or `WB_DATABASE_URL`, in that
+    /// order; `None` when none is set. Both options at once is an error.
+    pub fn url(&self) -> Result<Option<String>, String> {
+        match (&self.db, &self.db_file) {
+            (Some(_), Some(_)) => Err("give the database once: --db or --db-file, not both".into()),
+            (Some(url), None) => Ok(Some(url.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read the database URL from {}: {e}", path.display())
+                })?;
+                match text.lines().next().map(str::trim) {
+                    Some(url) if !url.is_empty() => Ok(Some(url.to_owned())),
+                    _ => Err(format!(
+                        "{} holds no database URL on its first line",
+                        path.display()
+                    )),
+                }
+            }
+            (None, None) => match std::env::var(DB_ENV) {
+                Ok(url) if !url.trim().is_empty() => Ok(Some(url.trim().to_owned())),
+                _ => Ok(None),
+            },
         }
-        _ => url.to_owned(),
+    }
+
+    /// The URL, which this command cannot do without.
+    pub fn required(&self) -> Result<String, String> {
+        self.url()?
+            .ok_or_else(|| format!("no database: give --db URL or --db-file PATH, or set {DB_ENV}"))
     }
 }
 
@@ -124,8 +165,5 @@ mod tests {
         assert!(matches!(parse_dist("uniform"), Ok(Dist::Uniform)));
         assert!(matches!(parse_dist("zipf:1.5"), Ok(Dist::Zipf(s)) if s == 1.5));
         assert!(parse_dist("zipf:-1").is_err());
-        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite://./x.db"), "sqlite://./x.db");
     }
 }

@@ -261,3 +261,46 @@ fn directory_without_wal_files_is_refused() {
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn dead_letters_lists_the_local_file_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = make_wal(tmp.path());
+    // No local dead letters: nothing printed, exit 0.
+    let out = cli(&["wal", "dead-letters", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(text(&out.stderr).starts_with("0 local dead letter(s)"));
+
+    let row = writebehind::LocalDeadLetter {
+        instance: "i1".into(),
+        table: "counters".into(),
+        position: 42,
+        key: "bad\0key".into(),
+        change: writebehind::Change::Add(9),
+        error: "invalid byte sequence".into(),
+        refused_by_table: "invalid byte sequence".into(),
+        created_at_ms: 1,
+    };
+    let line = serde_json::to_string(&row).unwrap();
+    std::fs::write(dir.join("dead-letters.jsonl"), format!("{line}\n")).unwrap();
+    let out = cli(&["wal", "dead-letters", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let printed: writebehind::LocalDeadLetter =
+        serde_json::from_str(text(&out.stdout).trim_end()).unwrap();
+    assert_eq!(printed, row);
+
+    // A damaged line is an error naming the file and line, not a panic.
+    std::fs::write(dir.join("dead-letters.jsonl"), "{not json\n").unwrap();
+    let out = cli(&["wal", "dead-letters", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("line 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = tmp.path().join("nope");
+    let out = cli(&["wal", "dead-letters", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists());
+}

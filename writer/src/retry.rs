@@ -16,7 +16,7 @@ use crate::error::{ErrorClass, Result};
 /// `max_attempts` 8 (then the last error is returned: the caller decides
 /// when to run again; `None` retries forever), `jitter` true (full jitter: each
 /// delay is uniform in `0..=base`), `breaker_threshold` 5 consecutive
-/// transient failures, `breaker_cooldown` 30 s.
+/// transient failures, `breaker_cooldown` 5 s.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// First backoff delay.
@@ -44,7 +44,7 @@ impl Default for RetryPolicy {
             max_attempts: Some(8),
             jitter: true,
             breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(30),
+            breaker_cooldown: Duration::from_secs(5),
         }
     }
 }
