@@ -85,6 +85,9 @@ impl Drop for Lifetime {
     }
 }
 
+/// How long `close` waits for the database pool's connections to come back.
+const POOL_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn close(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     let span = tracing::info_span!("close", dir = %sh.cfg().dir.display());
     close_in(sh, life).instrument(span).await
@@ -130,7 +133,14 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     }
     drop(life.listener.lock().take());
     if let Some(p) = sh.pipeline() {
-        p.writer().close().await;
+        // Waits for checked-out connections; a load stuck on a dead server
+        // must not hold close forever.
+        if tokio::time::timeout(POOL_CLOSE, p.writer().close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?POOL_CLOSE, "database connections still busy at close; dropped");
+        }
     }
     let checkpointer = life.checkpointer.lock().take();
     if let Some(t) = checkpointer {
