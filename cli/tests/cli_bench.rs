@@ -106,7 +106,7 @@ fn bad_options_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with("error: cannot connect to postgres://***@127.0.0.1:1/db: "),
+        err.starts_with("error: cannot connect to postgres://u:***@127.0.0.1:1/db: "),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
