@@ -687,3 +687,21 @@ pub(crate) const DEAD_LETTER_COLUMNS: &[&str] = &[
     "error",
     "created_at_ms",
 ];
+
+#[cfg(test)]
+mod tests {
+    /// `text` stays the only place in this crate that vouches for SQL.
+    #[test]
+    fn only_this_file_asserts_sql_is_safe() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("AssertSqlSafe") {
+                found.push(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+            }
+        }
+        assert_eq!(found, vec![Some("sql.rs".to_owned())]);
+    }
+}
