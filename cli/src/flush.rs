@@ -69,6 +69,7 @@ async fn flush(args: &Args, url: &str, timeout: Duration) -> Result<ExitCode, St
         .table(&args.table)
         .create_tables(true)
         .close_timeout(timeout)
+        .wait_timeout(timeout)
         .open()
         .await
         .map_err(|e| format!("opening {} for {db} failed: {e}", args.wal.display()))?;
