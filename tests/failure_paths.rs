@@ -55,7 +55,11 @@ async fn counters(url: &str, table: &str) -> std::collections::BTreeMap<String, 
 }
 
 /// A counter cache on `url`'s `table`, creating the tables.
-async fn open_with_table(dir: &std::path::Path, url: &str, table: &str) -> WriteBehind<String, i64> {
+async fn open_with_table(
+    dir: &std::path::Path,
+    url: &str,
+    table: &str,
+) -> WriteBehind<String, i64> {
     WriteBehind::<String, i64>::builder(dir)
         .database(url)
         .table(table)
