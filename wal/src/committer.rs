@@ -268,7 +268,8 @@ impl CommitCell {
     }
 
     /// Commits what is queued on the caller's thread, unless someone else is committing;
-    /// then that one sees this caller's record (queued before this call) when it lets go.
+    /// then the committer thread is kicked, to take the lock (and this caller's record, queued
+    /// before this call) the moment the holder lets go.
     pub(crate) fn try_lead(&self) {
         // Pairs with the fence in `let_go`: a follower whose `try_lock` fails queued its
         // record before the holder looks at the queue (store-load on both sides).
@@ -287,6 +288,9 @@ impl CommitCell {
                 // The thread closes the log: stop the syncer, tell every waiter.
                 self.kick();
             }
+        } else {
+            // Under load: the next group starts as soon as this one is done.
+            self.kick();
         }
     }
 
