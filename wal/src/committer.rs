@@ -4,17 +4,20 @@
 //! group with one write call (looping only over short writes). When a record in the group asks
 //! for `Fsync` (or `sync()` was called) it fdatasyncs right away; records that arrive during
 //! that fdatasync queue up and form the next group, so every waiting record shares one
-//! fdatasync. The lock holder is the committer thread, or a thread blocked in `Append::wait`
-//! that found nobody committing (leader/follower: no thread hop for a lone appender).
+//! fdatasync. The lock holder is an appender waiting on its ticket (`Append::wait` or
+//! `.await`) that found nobody committing (leader/follower: no thread hop for a lone or lightly
+//! loaded writer), or the committer thread, which is kicked only when records would otherwise
+//! sit: followers queued behind a holder, a full queue, a dropped ticket, `sync`, shutdown.
 //! Timer-driven fdatasyncs (`Buffered`) run on a separate syncer thread so they never stall
 //! appends that only wait for the write.
 
 use std::path::PathBuf;
+use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::frame::{encode_segment_header, SEGMENT_HEADER_LEN};
@@ -223,13 +226,27 @@ pub(crate) struct Committer {
     pub(crate) finished: bool,
 }
 
-/// The committer's state behind a lock: whoever holds it commits. That is the committer
-/// thread, or a thread blocked in `Append::wait` that found nobody committing (it then
-/// writes and fdatasyncs the group itself: no thread hop for a lone appender).
+/// The committer's state behind a lock: whoever holds it commits. That is an appender
+/// waiting on its ticket (blocking `wait` or `.await`) that found nobody committing — it
+/// writes (and fdatasyncs) the queued group itself, so a lone or lightly loaded writer never
+/// waits on a thread hop — or the committer thread, which takes over what followers queued
+/// while someone else held the lock, and records whose tickets nobody waits on.
 pub(crate) struct CommitCell {
     state: Mutex<Option<Committer>>,
     progress: Arc<Progress>,
+    /// To see, after letting go of the lock, whether followers left records behind.
+    rx: Receiver<Msg>,
+    /// Set (under its lock) to get the committer thread going.
+    kick: Mutex<bool>,
+    kick_cv: Condvar,
+    /// Test hook: while set, the committer thread does not commit.
+    #[cfg(feature = "fault-injection")]
+    held: std::sync::atomic::AtomicBool,
 }
+
+/// How long the committer thread sleeps without a kick: a backstop, every path that
+/// strands records kicks it.
+const IDLE: Duration = Duration::from_millis(10);
 
 impl std::fmt::Debug for CommitCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,40 +258,106 @@ impl CommitCell {
     pub(crate) fn new(c: Committer) -> Arc<CommitCell> {
         Arc::new(CommitCell {
             progress: c.progress.clone(),
+            rx: c.rx.clone(),
             state: Mutex::new(Some(c)),
+            kick: Mutex::new(false),
+            kick_cv: Condvar::new(),
+            #[cfg(feature = "fault-injection")]
+            held: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Commits what is queued on the caller's thread, unless someone else is committing.
+    /// Commits what is queued on the caller's thread, unless someone else is committing;
+    /// then the committer thread is kicked, to take the lock (and this caller's record, queued
+    /// before this call) the moment the holder lets go.
     pub(crate) fn try_lead(&self) {
+        // Pairs with the fence in `let_go`: a follower whose `try_lock` fails queued its
+        // record before the holder looks at the queue (store-load on both sides).
+        fence(SeqCst);
         if let Some(mut g) = self.state.try_lock() {
+            let mut ended = false;
             if let Some(c) = g.as_mut().filter(|c| !c.finished) {
                 if !matches!(c.run_group(), Ok(true)) {
                     c.finished = true;
+                    ended = true;
                 }
             }
             drop(g);
-            // Outside the lock: a woken thread can lead the next group at once.
-            self.progress.wake_ready();
+            self.let_go();
+            if ended {
+                // The thread closes the log: stop the syncer, tell every waiter.
+                self.kick();
+            }
+        } else {
+            // Under load: the next group starts as soon as this one is done.
+            self.kick();
         }
     }
 
-    /// The committer thread: commits whenever something is queued or the fsync timer fires.
-    pub(crate) fn run(self: Arc<Self>, rx: Receiver<Msg>) {
-        let mut sel = Select::new();
-        sel.recv(&rx);
+    /// After a group, outside the lock: wake whoever it satisfied (one may lead the next
+    /// group at once), and hand records followers queued meanwhile to the committer thread.
+    fn let_go(&self) {
+        self.progress.wake_ready();
+        fence(SeqCst);
+        if !self.rx.is_empty() {
+            self.kick();
+        }
+    }
+
+    /// Gets the committer thread to commit what is queued.
+    pub(crate) fn kick(&self) {
+        let mut k = self.kick.lock();
+        if !*k {
+            *k = true;
+            self.kick_cv.notify_one();
+        }
+    }
+
+    /// Test hook: keeps the committer thread from committing until `release_thread`.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn hold_thread(&self, on: bool) {
+        self.held.store(on, SeqCst);
+        if !on {
+            self.kick();
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn thread_held(&self) -> bool {
+        self.held.load(SeqCst)
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn thread_held(&self) -> bool {
+        false
+    }
+
+    /// The committer thread: commits when kicked (followers left records, a queue is full,
+    /// a ticket was dropped unresolved, `sync` or shutdown), and as a backstop every `IDLE`.
+    pub(crate) fn run(self: Arc<Self>) {
         loop {
-            // Waits without taking the message: a leader may take it first.
-            sel.ready();
+            let kicked = {
+                let mut k = self.kick.lock();
+                if !*k {
+                    let _ = self.kick_cv.wait_for(&mut k, IDLE);
+                }
+                std::mem::take(&mut *k)
+            };
+            if self.thread_held() {
+                continue;
+            }
             let mut g = self.state.lock();
             let Some(c) = g.as_mut() else { return };
             if c.finished {
                 break;
             }
+            if !kicked && self.rx.is_empty() {
+                continue;
+            }
             match c.run_group() {
                 Ok(true) => {
                     drop(g);
-                    self.progress.wake_ready();
+                    self.let_go();
                 }
                 Ok(false) => {
                     c.finished = true;

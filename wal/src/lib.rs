@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
 pub mod checkpoint;
@@ -271,7 +271,6 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let rx2 = rx.clone();
         let (syncer, syncer_thread) =
             committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
                 .map_err(|e| Error::io("spawn syncer", &dir, e))?;
@@ -298,7 +297,7 @@ impl WalBuilder {
         let cell = commit.clone();
         let handle = std::thread::Builder::new()
             .name("wal-committer".into())
-            .spawn(move || cell.run(rx2))
+            .spawn(move || cell.run())
             .map_err(|e| Error::io("spawn committer", &dir, e))?;
         let wal = Wal {
             dir,
@@ -388,7 +387,7 @@ impl Wal {
             frame: frame.buf,
             mode: durability,
         };
-        if tx.send(msg).is_err() {
+        if self.enqueue(tx, msg).is_err() {
             return Err(self.stopped_error());
         }
         st.next_lsn = lsn + 1;
@@ -400,6 +399,26 @@ impl Wal {
             progress: self.progress.clone(),
             commit: self.commit.clone(),
         })
+    }
+
+    /// Queues `msg`; while the queue is full, has the committer thread drain it (appenders
+    /// that do not wait on their tickets never lead).
+    fn enqueue(&self, tx: &Sender<Msg>, msg: Msg) -> std::result::Result<(), ()> {
+        match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => {
+                self.commit.kick();
+                tx.send(msg).map_err(drop)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        }
+    }
+
+    /// Test hook: keeps the committer thread from committing (appenders that wait on their
+    /// tickets still commit their own groups) until called with `false`.
+    #[cfg(feature = "fault-injection")]
+    pub fn hold_committer_thread(&self, on: bool) {
+        self.commit.hold_thread(on);
     }
 
     fn stopped_error(&self) -> Error {
@@ -451,7 +470,7 @@ impl Wal {
             let Some(tx) = st.tx.as_ref() else {
                 return Err(Error::Closed);
             };
-            if tx.send(Msg::Sync).is_err() {
+            if self.enqueue(tx, Msg::Sync).is_err() {
                 return Err(self.stopped_error());
             }
         }
@@ -612,7 +631,10 @@ impl Wal {
     fn shutdown(&self) -> Result<()> {
         let tx = self.append.lock().tx.take();
         if let Some(tx) = tx {
-            let _ = tx.send(Msg::Shutdown);
+            #[cfg(feature = "fault-injection")]
+            self.commit.hold_thread(false);
+            let _ = self.enqueue(&tx, Msg::Shutdown);
+            self.commit.kick();
         }
         let handle = self.committer.lock().take();
         if let Some(h) = handle {

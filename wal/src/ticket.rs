@@ -307,25 +307,52 @@ impl Append {
     }
 }
 
+impl Drop for Append {
+    fn drop(&mut self) {
+        // Nobody will lead for this record (a cancelled future, a dropped ticket): leave it
+        // to the committer thread rather than in the queue.
+        if !self.progress.resolved(self.lsn, false) {
+            self.commit.kick();
+        }
+    }
+}
+
 impl IntoFuture for Append {
     type Output = Result<Lsn>;
     type IntoFuture = AppendFuture;
 
     fn into_future(self) -> AppendFuture {
-        AppendFuture(self)
+        AppendFuture {
+            ticket: self,
+            led: false,
+        }
     }
 }
 
-/// The future of an [`Append`] ticket (`ticket.await`); never blocks the executor thread.
+/// The future of an [`Append`] ticket (`ticket.await`).
+///
+/// Like [`Append::wait`], its first poll writes the queued group itself when nobody is
+/// committing: a write to the OS (microseconds), and the fdatasync when the group holds a
+/// `Fsync` record, on the polling thread. At most one thread commits at a time, so under load
+/// a single executor thread is ever in the log's I/O; other waiters are woken by waker.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
-pub struct AppendFuture(Append);
+pub struct AppendFuture {
+    ticket: Append,
+    led: bool,
+}
 
 impl Future for AppendFuture {
     type Output = Result<Lsn>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let t = &self.0;
-        t.progress.poll_ticket(t.lsn, t.need_durable, cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (lsn, need_durable) = (self.ticket.lsn, self.ticket.need_durable);
+        if !self.led {
+            self.led = true;
+            if !self.ticket.progress.resolved(lsn, need_durable) {
+                self.ticket.commit.try_lead();
+            }
+        }
+        self.ticket.progress.poll_ticket(lsn, need_durable, cx)
     }
 }

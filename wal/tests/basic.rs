@@ -418,6 +418,83 @@ fn tickets_are_futures() {
     assert_eq!(wal.durable_lsn(), 50);
 }
 
+/// A lone writer commits its own group: with the committer thread held, every ticket still
+/// resolves, async and blocking, in every mode.
+#[test]
+fn lone_writer_is_acknowledged_without_the_committer_thread() {
+    let fs = FaultyIo::new();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    wal.hold_committer_thread(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let modes = [
+        Durability::None,
+        Durability::Buffered {
+            interval: Duration::from_secs(60),
+        },
+        Durability::Fsync,
+    ];
+    let mut lsn = 0;
+    for mode in modes {
+        for _ in 0..100 {
+            lsn += 1;
+            let ticket = wal.append_with(0, &payload(lsn), mode).unwrap();
+            let acked =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), ticket).await });
+            assert_eq!(
+                acked
+                    .expect("async ack waited on the committer thread")
+                    .unwrap(),
+                lsn
+            );
+            lsn += 1;
+            assert_eq!(
+                wal.append_with(0, &payload(lsn), mode)
+                    .unwrap()
+                    .wait()
+                    .unwrap(),
+                lsn
+            );
+        }
+    }
+    assert_eq!(wal.durable_lsn(), lsn, "the Fsync appends were fdatasynced");
+    assert_eq!(replay_all(&wal, 1).len() as u64, lsn);
+    wal.hold_committer_thread(false);
+    wal.close().unwrap();
+}
+
+/// Nobody leads for a dropped ticket: the committer thread writes its record.
+#[test]
+fn records_of_dropped_tickets_are_written() {
+    let fs = FaultyIo::new();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs))
+        .durability(Durability::None)
+        .open()
+        .unwrap();
+    drop(wal.append(0, b"dropped").unwrap());
+    let start = std::time::Instant::now();
+    while replay_all(&wal, 1).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "never written");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A queue filled by appends nobody waits on drains too.
+    let (wal, _) = WalBuilder::new("/w2")
+        .io(Arc::new(FaultyIo::new()))
+        .queue_capacity(4)
+        .durability(Durability::None)
+        .open()
+        .unwrap();
+    let tickets: Vec<_> = (0..64).map(|_| wal.append(0, b"x").unwrap()).collect();
+    assert_eq!(tickets.len(), 64);
+    wal.close().unwrap();
+}
+
 #[test]
 fn closed_log_rejects_appends_and_bad_config_is_typed() {
     let fs = FaultyIo::new();
