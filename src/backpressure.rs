@@ -100,7 +100,7 @@ impl Room {
         let Some(limit) = over_limit(sh, key) else {
             return Ok(None);
         };
-        match sh.cfg().backpressure {
+        match sh.cfg().backpressure() {
             Backpressure::Fail => Err(self.reject(limit, started)),
             Backpressure::Wait(wait) => {
                 self.waits.fetch_add(1, Ordering::Relaxed);
@@ -121,13 +121,13 @@ impl Room {
 /// The limit a write to `key` would break, if any. A key that is already
 /// dirty takes no new entry, so only bytes and WAL limits apply to it.
 fn over_limit(sh: &Shared, key: &Key) -> Option<Limit> {
-    let limits = &sh.cfg().limits;
+    let limits = sh.cfg().limits();
     let state = sh.state();
     if state.dirty_entries() >= limits.max_dirty_entries && !state.is_dirty(key) {
         Some(Limit::DirtyEntries)
     } else if state.dirty_bytes() >= limits.max_dirty_bytes {
         Some(Limit::DirtyBytes)
-    } else if sh.compactor().wal_bytes() >= sh.cfg().max_wal_bytes {
+    } else if sh.compactor().wal_bytes() >= sh.cfg().max_wal_bytes() {
         Some(Limit::WalBytes)
     } else {
         None

@@ -71,7 +71,7 @@ impl Compactor {
         let usage = sh.wal().disk_usage();
         self.bytes.store(usage, Ordering::Relaxed);
         let since = usage.saturating_sub(self.bytes_at_checkpoint.load(Ordering::Relaxed));
-        if since >= sh.cfg().checkpoint_bytes {
+        if since >= sh.cfg().checkpoint_bytes() {
             self.wake();
         }
     }
@@ -80,7 +80,7 @@ impl Compactor {
     /// below it. Writers are paused only while the state is copied.
     pub(crate) fn checkpoint(&self, sh: &Shared) -> Result<()> {
         let _one = self.one_at_a_time.lock();
-        let span = tracing::info_span!("checkpoint", dir = %sh.cfg().dir.display());
+        let span = tracing::info_span!("checkpoint", dir = %sh.cfg().dir().display());
         let _enter = span.enter();
         let started = Instant::now();
         let wal = sh.wal();
@@ -126,9 +126,9 @@ impl Compactor {
         // cheap and lets every whole segment behind it go.
         let flushed = self.flushed_since.swap(false, Ordering::AcqRel);
         let cfg = sh.cfg();
-        let due = since >= cfg.checkpoint_bytes
-            || usage >= cfg.max_wal_bytes
-            || (flushed && since >= cfg.segment_size);
+        let due = since >= cfg.checkpoint_bytes()
+            || usage >= cfg.max_wal_bytes()
+            || (flushed && since >= cfg.segment_size());
         (due, usage)
     }
 }
@@ -161,7 +161,7 @@ fn run(weak: Weak<Shared>, wake: Receiver<()>) {
         let turn = std::panic::catch_unwind(AssertUnwindSafe(|| turn(&sh)));
         if let Err(panic) = turn {
             let message = crate::supervise::panic_message(&*panic);
-            tracing::error!(dir = %sh.cfg().dir.display(), %message, "checkpoint thread panicked; it goes on");
+            tracing::error!(dir = %sh.cfg().dir().display(), %message, "checkpoint thread panicked; it goes on");
             sh.supervisor().panicked();
         }
     }
@@ -174,7 +174,7 @@ fn turn(sh: &Shared) {
     if due {
         if let Err(e) = c.checkpoint(sh) {
             tracing::error!(
-                dir = %sh.cfg().dir.display(),
+                dir = %sh.cfg().dir().display(),
                 wal_bytes = usage,
                 error = %e,
                 "checkpoint failed; the WAL keeps growing until one succeeds"

@@ -30,33 +30,104 @@ pub type ConflictHook = Arc<dyn Fn(&Conflict) + Send + Sync>;
 /// Every setting of a cache. Built by [`Builder`].
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) dir: PathBuf,
-    pub(crate) durability: Durability,
-    pub(crate) segment_size: u64,
-    pub(crate) limits: Limits,
-    pub(crate) max_wal_bytes: u64,
-    pub(crate) checkpoint_bytes: u64,
-    pub(crate) backpressure: Backpressure,
-    pub(crate) salvage: bool,
-    pub(crate) database: Option<String>,
-    pub(crate) table: String,
-    pub(crate) create_tables: bool,
-    pub(crate) read_through: bool,
-    pub(crate) read_back: bool,
-    pub(crate) flush_interval: Duration,
-    pub(crate) flush_dirty_entries: usize,
-    pub(crate) flush_dirty_bytes: usize,
-    pub(crate) close_timeout: Duration,
-    pub(crate) wait_timeout: Duration,
-    pub(crate) conflict_policy: ConflictPolicy,
-    pub(crate) on_conflict: Option<ConflictHook>,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) io: Option<Arc<dyn writebehind_wal::io::Io>>,
+    dir: PathBuf,
+    durability: Durability,
+    segment_size: u64,
+    limits: Limits,
+    max_wal_bytes: u64,
+    checkpoint_bytes: u64,
+    backpressure: Backpressure,
+    salvage: bool,
+    database: Option<String>,
+    table: String,
+    create_tables: bool,
+    read_through: bool,
+    read_back: bool,
+    flush_interval: Duration,
+    flush_dirty_entries: usize,
+    flush_dirty_bytes: usize,
+    close_timeout: Duration,
+    wait_timeout: Duration,
+    conflict_policy: ConflictPolicy,
+    on_conflict: Option<ConflictHook>,
+    retry: RetryPolicy,
+    io: Option<Arc<dyn writebehind_wal::io::Io>>,
     /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
-    pub(crate) notify: Option<bool>,
+    notify: Option<bool>,
 }
 
 impl Config {
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    pub(crate) fn max_wal_bytes(&self) -> u64 {
+        self.max_wal_bytes
+    }
+    pub(crate) fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
+    }
+    pub(crate) fn backpressure(&self) -> Backpressure {
+        self.backpressure
+    }
+    pub(crate) fn salvage(&self) -> bool {
+        self.salvage
+    }
+    pub(crate) fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+    pub(crate) fn table(&self) -> &str {
+        &self.table
+    }
+    pub(crate) fn create_tables(&self) -> bool {
+        self.create_tables
+    }
+    pub(crate) fn read_through(&self) -> bool {
+        self.read_through
+    }
+    pub(crate) fn read_back(&self) -> bool {
+        self.read_back
+    }
+    pub(crate) fn flush_interval(&self) -> Duration {
+        self.flush_interval
+    }
+    pub(crate) fn flush_dirty_entries(&self) -> usize {
+        self.flush_dirty_entries
+    }
+    pub(crate) fn flush_dirty_bytes(&self) -> usize {
+        self.flush_dirty_bytes
+    }
+    pub(crate) fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+    pub(crate) fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
+    }
+    pub(crate) fn conflict_policy(&self) -> &ConflictPolicy {
+        &self.conflict_policy
+    }
+    pub(crate) fn on_conflict(&self) -> Option<&ConflictHook> {
+        self.on_conflict.as_ref()
+    }
+    pub(crate) fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+    pub(crate) fn io(&self) -> Option<&Arc<dyn writebehind_wal::io::Io>> {
+        self.io.as_ref()
+    }
+    /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
+    pub(crate) fn notify(&self) -> Option<bool> {
+        self.notify
+    }
+
     /// Refuses settings that cannot work, before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
         let zero = |what: &str| Err(Error::Config(format!("{what} must be greater than zero")));

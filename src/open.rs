@@ -27,8 +27,7 @@ pub(crate) const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
 
 impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     pub(crate) async fn open(cfg: Config) -> Result<Self> {
-        let span =
-            tracing::info_span!("open", dir = %cfg.dir.display(), instance = tracing::field::Empty);
+        let span = tracing::info_span!("open", dir = %cfg.dir().display(), instance = tracing::field::Empty);
         open_in(cfg, span.clone()).instrument(span).await
     }
 
@@ -44,7 +43,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             .enable_all()
             .build()
             .map_err(|source| Error::Io {
-                path: cfg.dir.clone(),
+                path: cfg.dir().to_path_buf(),
                 source,
             })?;
         // The runtime is handed over only after a successful open: an error
@@ -61,29 +60,29 @@ async fn open_in<K: CacheKey, V: CacheValue>(
 ) -> Result<WriteBehind<K, V>> {
     cfg.validate()?;
     // Only real directories are locked; a test file system is private anyway.
-    let lock = match &cfg.io {
-        None => Some(DirLock::acquire(&cfg.dir).await?),
+    let lock = match &cfg.io() {
+        None => Some(DirLock::acquire(cfg.dir()).await?),
         Some(_) => None,
     };
-    let writer = match &cfg.database {
+    let writer = match &cfg.database() {
         Some(url) => Some(connect::<V>(&cfg, url).await?),
         None => None,
     };
-    let notify = match (cfg.notify, &writer) {
+    let notify = match (cfg.notify(), &writer) {
         (Some(false), _) | (None, None) => false,
         (None, Some(w)) => w.supports_notify(),
         (Some(true), Some(w)) if w.supports_notify() => true,
         (Some(true), _) => {
             return Err(Error::Config(format!(
                 "notify(true) needs a PostgreSQL database, but {} has no NOTIFY: the clean TTL alone bounds staleness there",
-                cfg.database.as_deref().map_or_else(|| "a cache without a database".to_owned(), redact_url)
+                cfg.database().map_or_else(|| "a cache without a database".to_owned(), redact_url)
             )))
         }
     };
     // The metrics' instance label: the id the database knows, else the directory.
     let instance = match &writer {
         Some(w) => w.config().instance().to_owned(),
-        None => cfg.dir.display().to_string(),
+        None => cfg.dir().display().to_string(),
     };
     span.record("instance", instance.as_str());
     let metrics = Metrics::register(&instance);
@@ -168,19 +167,19 @@ async fn open_in<K: CacheKey, V: CacheValue>(
 /// before its first flush, through the same retries.
 async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
     let spec = match V::table_kind() {
-        TableKind::Counter => TableSpec::counter(&cfg.table)?,
-        TableKind::Record(codec) => TableSpec::record(&cfg.table, codec)?,
+        TableKind::Counter => TableSpec::counter(cfg.table())?,
+        TableKind::Record(codec) => TableSpec::record(cfg.table(), codec)?,
     };
-    let instance = crate::instance::id(&cfg.dir)?;
+    let instance = crate::instance::id(cfg.dir())?;
     let mut wcfg = WriterConfig::new(instance)
         .table(spec)
-        .conflict_policy(cfg.conflict_policy.clone())
-        .report_values(cfg.read_back);
-    if cfg.io.is_none() {
-        wcfg = wcfg.dead_letter_file(cfg.dir.join(DEAD_LETTER_FILE));
+        .conflict_policy(cfg.conflict_policy().clone())
+        .report_values(cfg.read_back());
+    if cfg.io().is_none() {
+        wcfg = wcfg.dead_letter_file(cfg.dir().join(DEAD_LETTER_FILE));
     }
     let writer = Writer::connect(url, wcfg).await?;
-    if cfg.create_tables {
+    if cfg.create_tables() {
         match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.class() == ErrorClass::Transient => {

@@ -108,19 +108,19 @@ impl Pipeline {
         });
         Pipeline {
             writer,
-            retrier: Retrier::new(cfg.retry.clone()),
+            retrier: Retrier::new(cfg.retry().clone()),
             status,
             wake: Notify::new(),
             cut_epoch: AtomicU64::new(0),
-            create_tables: cfg.create_tables,
+            create_tables: cfg.create_tables(),
             tables_ready: AtomicBool::new(false),
             unchecked: Mutex::new((!checked).then_some(wal_last)),
             refused: OnceLock::new(),
             one_round: tokio::sync::Mutex::new(()),
-            on_conflict: cfg.on_conflict.clone(),
+            on_conflict: cfg.on_conflict().cloned(),
             notify,
-            wait_timeout: cfg.wait_timeout,
-            dir: cfg.dir.clone(),
+            wait_timeout: cfg.wait_timeout(),
+            dir: cfg.dir().to_path_buf(),
             tally: Tally::default(),
         }
     }
@@ -563,7 +563,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if failures == 0 {
             tokio::select! {
-                _ = tokio::time::sleep(sh.cfg().flush_interval) => {}
+                _ = tokio::time::sleep(sh.cfg().flush_interval()) => {}
                 _ = p.wake.notified() => {}
                 _ = shutdown.changed() => break,
             }

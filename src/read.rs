@@ -24,7 +24,7 @@ pub(crate) struct Loads(Mutex<HashMap<Key, Arc<OnceCell<LoadResult>>>>);
 
 /// Whether misses and unknown counter bases are read from the database.
 pub(crate) fn reads_through(sh: &Shared) -> bool {
-    sh.pipeline().is_some() && sh.cfg().read_through
+    sh.pipeline().is_some() && sh.cfg().read_through()
 }
 
 /// The latest acknowledged value of `key`.
@@ -120,7 +120,7 @@ pub(crate) fn add_to_base(key: &Key, base: Option<(Value, i64)>, delta: i64) -> 
 pub(crate) async fn load(sh: &Shared, key: &Key) -> Result<Option<(Value, i64)>> {
     let Some(writer) = sh
         .pipeline()
-        .filter(|_| sh.cfg().read_through)
+        .filter(|_| sh.cfg().read_through())
         .map(|p| p.writer())
     else {
         return Ok(None);

@@ -39,14 +39,14 @@ pub(crate) struct Opened {
 }
 
 pub(crate) fn open(cfg: &Config) -> Result<Opened> {
-    let span = tracing::info_span!("recover", dir = %cfg.dir.display());
+    let span = tracing::info_span!("recover", dir = %cfg.dir().display());
     let _enter = span.enter();
     let started = Instant::now();
-    let mut builder = WalBuilder::new(cfg.dir.clone())
-        .durability(cfg.durability)
-        .segment_size(cfg.segment_size)
-        .salvage(cfg.salvage);
-    if let Some(io) = &cfg.io {
+    let mut builder = WalBuilder::new(cfg.dir().to_path_buf())
+        .durability(cfg.durability())
+        .segment_size(cfg.segment_size())
+        .salvage(cfg.salvage());
+    if let Some(io) = &cfg.io() {
         builder = builder.io(Arc::clone(io));
     }
     let (wal, wal_report) = builder.open()?;
@@ -56,26 +56,27 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         Some(cp) => {
             let data: CheckpointData =
                 writebehind_wal::codec::decode(&cp.data).map_err(|e| Error::Recovery {
-                    dir: cfg.dir.clone(),
+                    dir: cfg.dir().to_path_buf(),
                     lsn: cp.lsn,
                     reason: format!("checkpoint payload does not decode: {e}"),
                 })?;
             if data.format != log::FORMAT {
                 return Err(Error::Recovery {
-                    dir: cfg.dir.clone(),
+                    dir: cfg.dir().to_path_buf(),
                     lsn: cp.lsn,
                     reason: format!("checkpoint format {} is not supported", data.format),
                 });
             }
-            let state =
-                State::restore(cfg.limits.clone(), data.snapshot).map_err(|e| Error::Recovery {
-                    dir: cfg.dir.clone(),
+            let state = State::restore(cfg.limits().clone(), data.snapshot).map_err(|e| {
+                Error::Recovery {
+                    dir: cfg.dir().to_path_buf(),
                     lsn: cp.lsn,
                     reason: format!("checkpoint state is invalid: {e}"),
-                })?;
+                }
+            })?;
             (state, Some(cp.lsn))
         }
-        None => (State::new(cfg.limits.clone()), None),
+        None => (State::new(cfg.limits().clone()), None),
     };
 
     let mut records = 0u64;
@@ -85,19 +86,19 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         let record = record?;
         if record.kind != log::KIND {
             return Err(Error::Recovery {
-                dir: cfg.dir.clone(),
+                dir: cfg.dir().to_path_buf(),
                 lsn: record.lsn,
                 reason: format!("unknown record kind {}", record.kind),
             });
         }
         let entry = log::decode(&record.payload).map_err(|reason| Error::Recovery {
-            dir: cfg.dir.clone(),
+            dir: cfg.dir().to_path_buf(),
             lsn: record.lsn,
             reason,
         })?;
         if let Some(pos) =
             replay_one(&state, entry, record.lsn).map_err(|reason| Error::Recovery {
-                dir: cfg.dir.clone(),
+                dir: cfg.dir().to_path_buf(),
                 lsn: record.lsn,
                 reason,
             })?
@@ -117,7 +118,7 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         elapsed: started.elapsed(),
     };
     tracing::info!(
-        dir = %cfg.dir.display(),
+        dir = %cfg.dir().display(),
         checkpoint = ?report.checkpoint_lsn,
         records = report.records_replayed,
         dirty = report.dirty_entries,

@@ -168,7 +168,7 @@ impl Shared {
         let started = Instant::now();
         let lsn = self.wal.sync()?;
         self.metrics
-            .fsync_waited(started.elapsed(), what, &self.cfg.dir);
+            .fsync_waited(started.elapsed(), what, self.cfg.dir());
         Ok(lsn)
     }
 }

@@ -67,7 +67,7 @@ impl Drop for Lifetime {
         if !self.shared.is_closed() {
             let stats = self.shared.state().stats();
             tracing::warn!(
-                dir = %self.shared.cfg().dir.display(),
+                dir = %self.shared.cfg().dir().display(),
                 dirty = stats.dirty_entries,
                 "cache dropped without close(): unflushed writes stay in the WAL until the next open"
             );
@@ -89,7 +89,7 @@ impl Drop for Lifetime {
 const POOL_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn close(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
-    let span = tracing::info_span!("close", dir = %sh.cfg().dir.display());
+    let span = tracing::info_span!("close", dir = %sh.cfg().dir().display());
     close_in(sh, life).instrument(span).await
 }
 
@@ -114,7 +114,7 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
         }
     }
     if let Some(p) = sh.pipeline() {
-        let deadline = sh.cfg().close_timeout;
+        let deadline = sh.cfg().close_timeout();
         match tokio::time::timeout(deadline, p.flush_all(sh)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => errors.push(e),

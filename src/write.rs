@@ -182,7 +182,11 @@ where
 /// measured); `None` otherwise, so other writes pay nothing.
 #[inline]
 fn timed(sh: &Shared, durability: Option<Durability>) -> Option<Instant> {
-    matches!(durability.unwrap_or(sh.cfg().durability), Durability::Fsync).then(Instant::now)
+    matches!(
+        durability.unwrap_or(sh.cfg().durability()),
+        Durability::Fsync
+    )
+    .then(Instant::now)
 }
 
 /// Step 5: count the write and wake the flusher or the checkpointer when a
@@ -190,7 +194,7 @@ fn timed(sh: &Shared, durability: Option<Durability>) -> Option<Instant> {
 fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
     if let Some(started) = timed {
         sh.metrics()
-            .fsync_waited(started.elapsed(), "write", &sh.cfg().dir);
+            .fsync_waited(started.elapsed(), "write", sh.cfg().dir());
     }
     let c = sh.counters();
     c.add(Count::Writes, 1);
@@ -205,8 +209,8 @@ fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
     if let Some(p) = sh.pipeline() {
         sh.unflushed().wrote(sh.epoch());
         let cfg = sh.cfg();
-        if sh.state().dirty_entries() >= cfg.flush_dirty_entries
-            || sh.state().dirty_bytes() >= cfg.flush_dirty_bytes
+        if sh.state().dirty_entries() >= cfg.flush_dirty_entries()
+            || sh.state().dirty_bytes() >= cfg.flush_dirty_bytes()
         {
             p.wake();
         }
