@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
-use writebehind_writer::{redact_url, ErrorClass, TableKind, TableSpec, Writer, WriterConfig};
+use writebehind_writer::{redact_url, TableKind, TableSpec, Writer, WriterConfig};
 
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::key::CacheKey;
 use crate::lock::DirLock;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, OPEN_PROBE};
+use crate::pipeline::Pipeline;
 use crate::shared::{Parts, Shared};
 use crate::shutdown::Lifetime;
 use crate::value::CacheValue;
@@ -109,15 +109,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     );
     let pipeline = match writer {
         Some(writer) => {
-            let p = Pipeline::new(
-                &cfg,
-                writer,
-                notify,
-                opened.flushed,
-                opened.wal.last_lsn(),
-                false,
-            );
-            p.check_at_open().await?;
+            let p = Pipeline::new(&cfg, writer, notify, opened.flushed, opened.wal.last_lsn());
+            p.at_open().await?;
             Some(p)
         }
         None => None,
@@ -162,9 +155,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     })
 }
 
-/// Builds the writer (a lazy pool) and creates the tables when asked and
-/// the database answers; when it does not, the pipeline creates them
-/// before its first flush, through the same retries.
+/// Builds the writer: a lazy pool, so a cache opens while its database is
+/// down (the pipeline's `at_open` then asks what it can).
 async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
     let spec = match V::table_kind() {
         TableKind::Counter => TableSpec::counter(cfg.table())?,
@@ -178,18 +170,5 @@ async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
     if cfg.io().is_none() {
         wcfg = wcfg.dead_letter_file(cfg.dir().join(DEAD_LETTER_FILE));
     }
-    let writer = Writer::connect(url, wcfg).await?;
-    if cfg.create_tables() {
-        match tokio::time::timeout(OPEN_PROBE, writer.create_tables()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.class() == ErrorClass::Transient => {
-                tracing::warn!(url = %redact_url(url), error = %e, "database unreachable at open; the tables are created before the first flush");
-            }
-            Err(_) => {
-                tracing::warn!(url = %redact_url(url), "database did not answer at open; the tables are created before the first flush");
-            }
-            Ok(Err(e)) => return Err(e.into()),
-        }
-    }
-    Ok(writer)
+    Ok(Writer::connect(url, wcfg).await?)
 }

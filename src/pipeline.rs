@@ -23,7 +23,7 @@ use crate::supervise::{call_hook, panic_message};
 use crate::{Error, Result};
 
 /// How long `open` waits for the database before going on without it.
-pub(crate) const OPEN_PROBE: Duration = Duration::from_secs(2);
+const OPEN_PROBE: Duration = Duration::from_secs(2);
 
 /// Where the flusher stands, watched by waiters.
 #[derive(Clone, Debug, Default)]
@@ -92,15 +92,13 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     /// A pipeline over `writer`, starting at `flushed`. `wal_last` is the
-    /// WAL's last position at open; `checked` says whether the progress row
-    /// was already compared with it.
+    /// WAL's last position at open, which the progress row is checked against.
     pub(crate) fn new(
         cfg: &Config,
         writer: Writer,
         notify: bool,
         flushed: Lsn,
         wal_last: Lsn,
-        checked: bool,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
             flushed,
@@ -114,7 +112,7 @@ impl Pipeline {
             cut_epoch: AtomicU64::new(0),
             create_tables: cfg.create_tables(),
             tables_ready: AtomicBool::new(false),
-            unchecked: Mutex::new((!checked).then_some(wal_last)),
+            unchecked: Mutex::new(Some(wal_last)),
             refused: OnceLock::new(),
             one_round: tokio::sync::Mutex::new(()),
             on_conflict: cfg.on_conflict().cloned(),
@@ -166,10 +164,23 @@ impl Pipeline {
         self.status.borrow().last_error.clone()
     }
 
-    /// Compares the database's progress row with the WAL at open, within
-    /// [`OPEN_PROBE`]. A database that does not answer leaves the check to
-    /// the first round; a progress row ahead of the WAL refuses the open.
-    pub(crate) async fn check_at_open(&self) -> Result<()> {
+    /// What open asks of the database, each within [`OPEN_PROBE`]: the
+    /// tables (when asked for) and the progress check. A database that does
+    /// not answer leaves both to the first round; a permanent failure or a
+    /// progress row ahead of the WAL refuses the open.
+    pub(crate) async fn at_open(&self) -> Result<()> {
+        if self.create_tables {
+            match tokio::time::timeout(OPEN_PROBE, self.writer.create_tables()).await {
+                Ok(Ok(())) => self.tables_ready.store(true, Ordering::Release),
+                Ok(Err(e)) if e.class() == ErrorClass::Transient => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "database unreachable at open; the tables are created before the first flush");
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    tracing::warn!(dir = %self.dir.display(), "database did not answer at open; the tables are created before the first flush");
+                }
+            }
+        }
         let Some(wal_last) = *self.unchecked.lock() else {
             return Ok(());
         };
@@ -215,8 +226,8 @@ impl Pipeline {
                 if s.flushed >= lsn || sh.state().dirty_entries() == 0 {
                     return Ok(());
                 }
-                if let Some(e) = s.stopped.as_ref().or(self.refused.get()) {
-                    return Err(Error::Flush(e.clone()));
+                if let Some(e) = self.halted(&s) {
+                    return Err(Error::Flush(e));
                 }
                 if s.failures > failures_before && s.last_permanent {
                     if let Some(e) = &s.last_error {
@@ -257,7 +268,7 @@ impl Pipeline {
             waited: started.elapsed(),
             cause: rx.borrow().last_error.clone(),
         };
-        if let Some(e) = rx.borrow().stopped.clone().or(self.refused.get().cloned()) {
+        if let Some(e) = self.halted(&rx.borrow()) {
             return Err(Error::Flush(e));
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -265,6 +276,12 @@ impl Pipeline {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(unsettled(rx)),
         }
+    }
+
+    /// Why no round will ever succeed: the flusher task is gone, or the
+    /// progress check refused this WAL.
+    fn halted(&self, s: &FlushStatus) -> Option<Arc<Error>> {
+        s.stopped.as_ref().or(self.refused.get()).cloned()
     }
 
     /// The bound on `flush`, `flushed` and reads that wait for a cut.

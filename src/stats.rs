@@ -23,9 +23,10 @@ pub(crate) enum Count {
 pub(crate) struct Counters([AtomicU64; 7]);
 
 impl Counters {
+    /// Adds `n`; returns the count before.
     #[inline]
-    pub(crate) fn add(&self, what: Count, n: u64) {
-        self.0[what as usize].fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn add(&self, what: Count, n: u64) -> u64 {
+        self.0[what as usize].fetch_add(n, Ordering::Relaxed)
     }
 
     pub(crate) fn get(&self, what: Count) -> u64 {

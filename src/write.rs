@@ -197,7 +197,7 @@ fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
             .fsync_waited(started.elapsed(), "write", sh.cfg().dir());
     }
     let c = sh.counters();
-    c.add(Count::Writes, 1);
+    let before = c.add(Count::Writes, 1);
     c.add(
         match op {
             Op::Add => Count::Adds,
@@ -215,7 +215,7 @@ fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
             p.wake();
         }
     }
-    if c.get(Count::Writes).is_multiple_of(256) {
+    if before.is_multiple_of(256) {
         sh.compactor().refresh(sh);
     }
 }
