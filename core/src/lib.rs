@@ -51,7 +51,7 @@ pub mod types;
 
 pub use coalesce::Base;
 pub use error::{Error, Result};
-pub use limits::{LimitKind, Limits};
+pub use limits::{LimitKind, Limits, Refresh};
 pub use snapshot::{Snapshot, SnapshotCut, SnapshotEntry, SnapshotLayer};
-pub use state::{AllGuard, CoreStats, LoadTicket, Lookup, ShardGuard, State, DEFAULT_SHARDS};
+pub use state::{AllGuard, CoreStats, LoadTicket, Lookup, Read, ShardGuard, State, DEFAULT_SHARDS};
 pub use types::*;

@@ -21,7 +21,46 @@ pub struct Limits {
     pub clean_capacity: usize,
     /// How long a clean row may be served before it counts as a miss. Default: none.
     pub clean_ttl: Option<Duration>,
+    /// Most bytes (key plus value, 8 per counter) held by clean rows, on
+    /// top of `clean_capacity`. Default: none (entries alone).
+    pub clean_capacity_bytes: Option<usize>,
+    /// Refresh clean rows before and just after their TTL while readers
+    /// keep being served (needs `clean_ttl`). Default: none.
+    pub refresh: Option<Refresh>,
 }
+
+/// Refresh-ahead of clean rows that have a TTL.
+///
+/// Before expiry a read asks for a refresh early with the XFetch
+/// probability (Vattani et al., VLDB 2015), which grows as expiry nears and
+/// with what the row's load took, times `beta`. After expiry the row is
+/// still served for up to `max_stale` while one load refreshes it; past
+/// that, a read waits for the load as without refresh-ahead.
+#[derive(Clone, Copy, Debug)]
+pub struct Refresh {
+    /// XFetch's β: above 1 refreshes earlier, 0 only after expiry. Default: 1.
+    pub beta: f64,
+    /// How long past its TTL a row may still be served while it is being
+    /// refreshed. Default: 1 s.
+    pub max_stale: Duration,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Self {
+            beta: 1.0,
+            max_stale: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PartialEq for Refresh {
+    fn eq(&self, other: &Self) -> bool {
+        self.beta.to_bits() == other.beta.to_bits() && self.max_stale == other.max_stale
+    }
+}
+
+impl Eq for Refresh {}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -32,6 +71,8 @@ impl Default for Limits {
             max_value_bytes: 1 << 20,
             clean_capacity: 100_000,
             clean_ttl: None,
+            clean_capacity_bytes: None,
+            refresh: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -50,6 +51,25 @@ pub struct CoreStats {
     pub misses: u64,
     /// Items of the cut in flight (0 when none).
     pub in_flight: usize,
+    /// Key plus value bytes (8 per counter) held by clean rows.
+    pub clean_bytes: usize,
+    /// Clean rows evicted to stay within the entry or byte budget.
+    pub capacity_evictions: u64,
+    /// Clean rows dropped because their TTL passed.
+    pub ttl_evictions: u64,
+    /// Clean rows dropped by an invalidation (explicit or announced).
+    pub invalidation_evictions: u64,
+}
+
+/// What a read finds in memory, and whether the clean copy it found is due
+/// for a refresh-ahead load; see [`State::read`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// What the read sees now.
+    pub lookup: Lookup,
+    /// The answer is a clean copy near or just past its TTL: serve it and
+    /// start one background load (only with [`Limits::refresh`]).
+    pub refresh: bool,
 }
 
 /// Proof that a read-through load began at a point in time; see
@@ -59,6 +79,8 @@ pub struct LoadTicket {
     key: Key,
     shard: usize,
     generation: u64,
+    /// When the load began: its cost, for refresh-ahead.
+    started: Instant,
 }
 
 impl LoadTicket {
@@ -152,7 +174,7 @@ impl State {
             shards,
             mask: n - 1,
             hasher: DefaultHashBuilder::default(),
-            clean: CleanCache::new(limits.clean_capacity, limits.clean_ttl),
+            clean: CleanCache::new(&limits),
             limits,
             dirty_entries: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
@@ -212,16 +234,25 @@ impl State {
     /// The latest acknowledged state of `key`: dirty entry first, then the
     /// clean cache.
     pub fn get(&self, key: &str) -> Lookup {
+        self.read(key).lookup
+    }
+
+    /// [`get`](Self::get), and whether the clean copy it answers from is
+    /// due for a refresh-ahead load (never for a dirty entry).
+    pub fn read(&self, key: &str) -> Read {
         let hash = self.hash(key);
         let shard = &self.shards[self.shard_of(hash)];
         let found = {
             let inner = shard.inner.read();
             match inner.find(hash, key) {
-                Some(node) => to_lookup(node.visible()),
-                None => self.clean_lookup(key),
+                Some(node) => Read {
+                    lookup: to_lookup(node.visible()),
+                    refresh: false,
+                },
+                None => self.clean_read(key),
             }
         };
-        let counter = match found {
+        let counter = match found.lookup {
             Lookup::Value(_) | Lookup::Absent => &shard.hits,
             Lookup::Delta(_) | Lookup::Miss => &shard.misses,
         };
@@ -229,12 +260,24 @@ impl State {
         found
     }
 
-    fn clean_lookup(&self, key: &str) -> Lookup {
+    fn clean_read(&self, key: &str) -> Read {
         match self.clean.get(key) {
-            Some(Some((v, _))) => Lookup::Value(v),
-            Some(None) => Lookup::Absent,
-            None => Lookup::Miss,
+            Some(hit) => Read {
+                lookup: match hit.row {
+                    Some((v, _)) => Lookup::Value(v),
+                    None => Lookup::Absent,
+                },
+                refresh: hit.refresh,
+            },
+            None => Read {
+                lookup: Lookup::Miss,
+                refresh: false,
+            },
         }
+    }
+
+    fn clean_lookup(&self, key: &str) -> Lookup {
+        self.clean_read(key).lookup
     }
 
     /// Dirty keys right now (one atomic load).
@@ -278,6 +321,7 @@ impl State {
                 m + s.misses.load(Ordering::Relaxed),
             )
         });
+        let clean = self.clean.figures();
         CoreStats {
             dirty_entries: self.dirty_entries(),
             dirty_bytes: self.dirty_bytes(),
@@ -285,6 +329,10 @@ impl State {
             hits,
             misses,
             in_flight: self.in_flight_items.load(Ordering::Relaxed),
+            clean_bytes: clean.bytes,
+            capacity_evictions: clean.capacity_evictions,
+            ttl_evictions: clean.ttl_evictions,
+            invalidation_evictions: clean.invalidation_evictions,
         }
     }
 
@@ -359,13 +407,15 @@ impl State {
             let Node { key, known, .. } = *node;
             match known {
                 Known::RowInt { version, value } => {
-                    self.clean.insert(key, Some((Value::Int(value), version)))
+                    self.clean
+                        .insert(key, Some((Value::Int(value), version)), None)
                 }
                 Known::RowBytes(row) => {
                     let (version, bytes) = *row;
-                    self.clean.insert(key, Some((Value::Bytes(bytes), version)))
+                    self.clean
+                        .insert(key, Some((Value::Bytes(bytes), version)), None)
                 }
-                Known::Absent => self.clean.insert(key, None),
+                Known::Absent => self.clean.insert(key, None, None),
                 _ => self.clean.remove(&key),
             }
         }
@@ -499,6 +549,7 @@ impl State {
             key: key.clone(),
             shard,
             generation: self.shards[shard].inner.read().generation,
+            started: Instant::now(),
         }
     }
 
@@ -517,7 +568,8 @@ impl State {
         if inner.generation != ticket.generation || inner.find(hash, &ticket.key).is_some() {
             return false;
         }
-        self.clean.insert(ticket.key, row);
+        let cost = ticket.started.elapsed();
+        self.clean.insert(ticket.key, row, Some(cost));
         true
     }
 
@@ -528,12 +580,35 @@ impl State {
         let hash = self.hash(key);
         let mut inner = self.shards[self.shard_of(hash)].inner.write();
         inner.generation += 1;
-        self.clean.remove(key);
+        self.clean.invalidate(key);
         if let Some(node) = inner.table.find_mut(hash, |n| *n.key == **key) {
             let old = node.bytes();
             node.known = node.known.invalidated();
             self.add_bytes(old, node.bytes());
         }
+    }
+
+    /// Drops the clean copy of `key` and refuses loads of it in progress,
+    /// leaving a dirty entry exactly as it is (it is ours and will be
+    /// flushed). Returns whether a clean copy was dropped.
+    pub fn drop_clean(&self, key: &Key) -> bool {
+        let hash = self.hash(key);
+        let mut inner = self.shards[self.shard_of(hash)].inner.write();
+        inner.generation += 1;
+        self.clean.invalidate(key)
+    }
+
+    /// [`drop_clean`](Self::drop_clean) for every key starting with
+    /// `prefix`. Loads in progress of any key are refused (their readers
+    /// still get their rows; the rows are just not kept). Returns how many
+    /// clean copies were dropped.
+    pub fn drop_clean_prefix(&self, prefix: &str) -> usize {
+        // Generations first: a load that began before this call cannot
+        // bring an old row back after the sweep.
+        for shard in self.shards.iter() {
+            shard.inner.write().generation += 1;
+        }
+        self.clean.invalidate_prefix(prefix)
     }
 
     /// Heap bytes of the dirty index itself: hash tables, entry nodes and
@@ -598,9 +673,9 @@ impl ShardGuard<'_> {
             Change::Add(delta) => {
                 let checked = match self.inner.find(hash, key) {
                     Some(node) => node.check_add(change),
-                    None => match state.clean.get(key) {
-                        Some(Some((v, _))) => fold(Visible::Known(v), change).map(drop),
-                        _ => Ok(()),
+                    None => match state.clean.get(key).and_then(|hit| hit.row) {
+                        Some((v, _)) => fold(Visible::Known(v), change).map(drop),
+                        None => Ok(()),
                     },
                 };
                 checked.map_err(|e| match e {
@@ -623,7 +698,7 @@ impl ShardGuard<'_> {
         match self.inner.find(self.state.hash(key), key) {
             Some(node) if node.in_flight().is_some() => Expected::Any,
             Some(node) => node.known.expected(),
-            None => match self.state.clean.get(key) {
+            None => match self.state.clean.get(key).map(|hit| hit.row) {
                 Some(Some((_, version))) => Expected::Version(version),
                 Some(None) => Expected::Absent,
                 None => Expected::Any,

@@ -830,3 +830,41 @@ fn is_in_flight_is_true_only_between_cut_and_completion() {
     assert!(!state.is_in_flight("k"));
     assert!(state.is_dirty(&k("k")));
 }
+
+#[test]
+fn drop_clean_refuses_loads_in_progress_and_leaves_dirty_entries_alone() {
+    let state = State::new(Limits::default());
+    let row = Some((Value::Int(1), 1));
+    // A dirty entry whose base is known: dropping clean copies keeps it whole.
+    write(&state, "d", put_i(7), 1).unwrap();
+    cut(&state, 2);
+    state.complete_cut(&[written(3, Value::Int(7))]).unwrap();
+    write(&state, "d", Change::Add(1), 3).unwrap();
+    let bytes = state.dirty_bytes();
+    assert!(!state.drop_clean(&k("d")));
+    assert_eq!(state.get(&k("d")), Lookup::Value(Value::Int(8)));
+    assert_eq!(state.lock(&k("d")).expected(&k("d")), Expected::Version(3));
+    assert_eq!(state.dirty_bytes(), bytes);
+    // A clean copy goes, and a load that began before cannot bring it back.
+    let t = state.load_ticket(&k("c"));
+    assert!(state.insert_loaded(t, row.clone()));
+    let t = state.load_ticket(&k("c"));
+    assert!(state.drop_clean(&k("c")));
+    assert!(!state.insert_loaded(t, row.clone()));
+    assert_eq!(state.get(&k("c")), Lookup::Miss);
+    // By prefix: only that prefix, loads of any key refused, dirty kept.
+    for key in ["team:1:a", "team:1:b", "team:2:a"] {
+        let t = state.load_ticket(&k(key));
+        assert!(state.insert_loaded(t, row.clone()));
+    }
+    write(&state, "team:1:dirty", put_i(5), 4).unwrap();
+    let t = state.load_ticket(&k("team:1:c"));
+    assert_eq!(state.drop_clean_prefix("team:1:"), 2);
+    assert!(!state.insert_loaded(t, row.clone()));
+    assert_eq!(state.get(&k("team:1:a")), Lookup::Miss);
+    assert_eq!(state.get(&k("team:2:a")), Lookup::Value(Value::Int(1)));
+    assert_eq!(state.get(&k("team:1:dirty")), Lookup::Value(Value::Int(5)));
+    let s = state.stats();
+    assert_eq!((s.invalidation_evictions, s.clean_entries), (3, 1));
+    assert_eq!(s.clean_bytes, "team:2:a".len() + 8);
+}
