@@ -57,7 +57,7 @@ pub use config::{
 pub use error::{Error, ErrorClass, Result};
 pub use ident::{Backend, Ident};
 pub use local::{read_local_dead_letters, LocalDeadLetter};
-pub use notify::{Listener, ListenerStatus};
+pub use notify::{Announcement, Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
 pub use url::redact_url;

@@ -2,6 +2,10 @@
 //! instance announces the keys it wrote with `NOTIFY`; every other instance
 //! `LISTEN`s and drops its clean copy of those keys.
 //!
+//! The same channel carries explicit invalidations (`invalidate`,
+//! `invalidate_prefix`): `{"i":…,"x":["key",…],"p":["prefix",…]}`, on which
+//! receivers drop clean copies only.
+//!
 //! Payloads are JSON `{"i":"<instance id>","k":["key",…],"v":[version|null,…]}`,
 //! each under PostgreSQL's 8000-byte limit. The sender's id lets it ignore
 //! its own announcements; the version written lets a receiver keep a copy
@@ -31,9 +35,110 @@ const MAX_CHANNEL: usize = 63;
 struct Payload<'a> {
     #[serde(borrow)]
     i: std::borrow::Cow<'a, str>,
+    #[serde(default)]
     k: Vec<String>,
     #[serde(default)]
     v: Vec<Option<i64>>,
+}
+
+/// An explicit invalidation: keys (`x`) and prefixes (`p`).
+#[derive(Serialize, Deserialize)]
+struct Invalidation<'a> {
+    #[serde(borrow)]
+    i: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    x: Vec<String>,
+    #[serde(default)]
+    p: Vec<String>,
+}
+
+/// What another instance announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// It flushed these keys, with the versions written.
+    Flushed(Vec<Flushed>),
+    /// It was told these keys, and every key under these prefixes, changed
+    /// behind the caches' backs: drop clean copies.
+    Invalidated {
+        /// Whole keys.
+        keys: Vec<String>,
+        /// Key prefixes.
+        prefixes: Vec<String>,
+    },
+}
+
+/// Splits an invalidation of `keys` and `prefixes` into payloads of at most
+/// [`MAX_PAYLOAD`] bytes. A key or prefix too long for any payload is left
+/// out and counted in the second value.
+pub fn invalidation_payloads(
+    instance: &str,
+    keys: &[&str],
+    prefixes: &[&str],
+) -> (Vec<String>, usize) {
+    // `{"i":` + <id> + `,"x":[` + `],"p":[` + `]}`
+    let head = serde_json::to_string(instance).map_or(usize::MAX, |s| s.len().saturating_add(19));
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    let mut batch = Invalidation {
+        i: instance.into(),
+        x: Vec::new(),
+        p: Vec::new(),
+    };
+    let mut size = head;
+    let mut push = |batch: &mut Invalidation<'_>| {
+        if !batch.x.is_empty() || !batch.p.is_empty() {
+            if let Ok(s) = serde_json::to_string(&batch) {
+                out.push(s);
+            }
+            batch.x.clear();
+            batch.p.clear();
+        }
+    };
+    let items = keys
+        .iter()
+        .map(|k| (false, *k))
+        .chain(prefixes.iter().map(|p| (true, *p)));
+    for (is_prefix, text) in items {
+        let one = serde_json::to_string(text).map_or(usize::MAX, |s| s.len());
+        if head.saturating_add(one) > MAX_PAYLOAD {
+            skipped += 1;
+            continue;
+        }
+        // One comma per item.
+        if size + one + 1 > MAX_PAYLOAD {
+            push(&mut batch);
+            size = head;
+        }
+        size += one + 1;
+        if is_prefix {
+            batch.p.push(text.to_owned());
+        } else {
+            batch.x.push(text.to_owned());
+        }
+    }
+    push(&mut batch);
+    (out, skipped)
+}
+
+/// The sender's instance id and what one payload announces, or `None` when
+/// it is not a writebehind payload.
+pub fn decode_announcement(payload: &str) -> Option<(String, Announcement)> {
+    if let Some((from, keys)) = decode(payload) {
+        if !keys.is_empty() {
+            return Some((from, Announcement::Flushed(keys)));
+        }
+    }
+    let inv: Invalidation<'_> = serde_json::from_str(payload).ok()?;
+    if inv.x.is_empty() && inv.p.is_empty() {
+        return None;
+    }
+    Some((
+        inv.i.into_owned(),
+        Announcement::Invalidated {
+            keys: inv.x,
+            prefixes: inv.p,
+        },
+    ))
 }
 
 /// The channel on which flushes of `table` are announced: `wb_<table>`, or
@@ -168,6 +273,9 @@ impl Drop for Listener {
 /// Called with the keys another instance flushed.
 pub type OnKeys = Arc<dyn Fn(&[Flushed]) + Send + Sync>;
 
+/// Called with what another instance announced.
+pub type OnAnnouncement = Arc<dyn Fn(Announcement) + Send + Sync>;
+
 impl Writer {
     /// Whether this backend can announce flushes (PostgreSQL only).
     pub fn supports_notify(&self) -> bool {
@@ -195,6 +303,24 @@ impl Writer {
             tracing::warn!(
                 skipped,
                 "writebehind: keys too long to announce; other instances see them change only after their clean TTL"
+            );
+        }
+        self.send_notifications(payloads).await
+    }
+
+    /// Announces an explicit invalidation of `keys` and of every key under
+    /// `prefixes`, in one statement. Returns the number of notifications
+    /// sent; 0 (and nothing done) on backends without `NOTIFY`.
+    pub async fn notify_invalidated(&self, keys: &[Key], prefixes: &[&str]) -> Result<usize> {
+        if !self.supports_notify() || (keys.is_empty() && prefixes.is_empty()) {
+            return Ok(0);
+        }
+        let keys: Vec<&str> = keys.iter().map(|k| &**k).collect();
+        let (payloads, skipped) = invalidation_payloads(&self.config().instance, &keys, prefixes);
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "writebehind: keys or prefixes too long to announce; other instances drop them only after their clean TTL"
             );
         }
         self.send_notifications(payloads).await
@@ -230,15 +356,25 @@ impl Writer {
     /// with backoff after errors, and calls `on_keys` with the keys every
     /// other instance flushes. `None` on backends without `NOTIFY`.
     pub fn listen(&self, on_keys: OnKeys) -> Option<Listener> {
+        self.listen_all(Arc::new(move |a| {
+            if let Announcement::Flushed(keys) = a {
+                on_keys(&keys);
+            }
+        }))
+    }
+
+    /// [`listen`](Self::listen) to everything other instances announce:
+    /// flushes and explicit invalidations.
+    pub fn listen_all(&self, on: OnAnnouncement) -> Option<Listener> {
         if !self.supports_notify() {
             return None;
         }
-        self.spawn_listener(on_keys)
+        self.spawn_listener(on)
     }
 
     #[cfg(feature = "postgres")]
     #[allow(irrefutable_let_patterns)] // with postgres the only backend
-    fn spawn_listener(&self, on_keys: OnKeys) -> Option<Listener> {
+    fn spawn_listener(&self, on_keys: OnAnnouncement) -> Option<Listener> {
         let crate::db::Pool::Pg(pool) = self.pool() else {
             return None;
         };
@@ -262,7 +398,7 @@ impl Writer {
     }
 
     #[cfg(not(feature = "postgres"))]
-    fn spawn_listener(&self, on_keys: OnKeys) -> Option<Listener> {
+    fn spawn_listener(&self, on_keys: OnAnnouncement) -> Option<Listener> {
         let _ = on_keys;
         None
     }
@@ -273,7 +409,7 @@ async fn listen_loop(
     pool: sqlx::PgPool,
     channel: String,
     instance: String,
-    on_keys: OnKeys,
+    on_keys: OnAnnouncement,
     status: watch::Sender<ListenerStatus>,
 ) {
     use std::time::Duration;
@@ -291,9 +427,9 @@ async fn listen_loop(
             loop {
                 match listener.try_recv().await? {
                     Some(n) => {
-                        if let Some((from, keys)) = decode(n.payload()) {
+                        if let Some((from, announced)) = decode_announcement(n.payload()) {
                             if from != instance {
-                                on_keys(&keys);
+                                on_keys(announced);
                             }
                         }
                     }
@@ -370,6 +506,41 @@ mod tests {
         // Chunks are full: no more payloads than the bytes need.
         let bytes: usize = ps.iter().map(String::len).sum();
         assert_eq!(ps.len(), bytes.div_ceil(MAX_PAYLOAD - 40).max(1));
+    }
+
+    #[test]
+    fn invalidations_are_chunked_round_trip_and_are_not_read_as_flushes() {
+        let keys: Vec<String> = (0..1_500).map(|i| format!("user:{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let big = "p".repeat(MAX_PAYLOAD);
+        let (ps, skipped) = invalidation_payloads("inst-1", &refs, &["team:4:", &big]);
+        assert_eq!(skipped, 1);
+        assert!(ps.len() > 1);
+        let (mut got_keys, mut got_prefixes) = (Vec::new(), Vec::new());
+        for p in &ps {
+            assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
+            assert_eq!(decode(p).map(|d| d.1.len()), Some(0), "{p}");
+            match decode_announcement(p).unwrap() {
+                (from, Announcement::Invalidated { keys, prefixes }) => {
+                    assert_eq!(from, "inst-1");
+                    got_keys.extend(keys);
+                    got_prefixes.extend(prefixes);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got_keys, keys);
+        assert_eq!(got_prefixes, vec!["team:4:".to_owned()]);
+        // A flush payload is still a flush.
+        let (ps, _) = payloads("i", [("a", Some(1))]);
+        assert_eq!(
+            decode_announcement(&ps[0]),
+            Some((
+                "i".to_owned(),
+                Announcement::Flushed(vec![("a".to_owned(), Some(1))])
+            ))
+        );
+        assert_eq!(decode_announcement(r#"{"i":"x"}"#), None);
     }
 
     #[test]
