@@ -60,7 +60,8 @@ pub fn install(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Opens the cache, writes `ops` times (adds to counters, puts and deletes
-/// on `item:*` keys, a read every fourth write), flushes, closes, and
+/// on `item:*` keys, a read every fourth write), flushes, invalidates
+/// `page:0` and every `page:1*` key and reads 20 pages back, closes, and
 /// returns the final figures.
 pub async fn workload(opts: &Options) -> Result<Stats, Box<dyn std::error::Error>> {
     // Private, as the cache would make it: else opening it warns that others can read it.
@@ -114,6 +115,13 @@ pub async fn workload(opts: &Options) -> Result<Stats, Box<dyn std::error::Error
         }
     }
     cache.flush().await?;
+    // The read side: drop clean copies (one key, then a prefix) and read
+    // some back from the database.
+    cache.invalidate("page:0").await?;
+    cache.invalidate_prefix("page:1").await?;
+    for i in 0..20 {
+        cache.get(format!("page:{i}").as_str()).await?;
+    }
     let last = cache.stats();
     cache.close().await?;
     Ok(last)

@@ -2,7 +2,7 @@
 //! the calling thread; what must wait on the database runs on the runtime
 //! of a cache opened with [`Builder::open_blocking`](crate::Builder::open_blocking).
 
-use writebehind_core::{Change, Lsn};
+use writebehind_core::{Change, Key, Lsn};
 use writebehind_wal::Durability;
 
 use crate::cache::WriteBehind;
@@ -26,7 +26,14 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// needs the cache's own runtime (a cache opened with `open_blocking`).
     pub fn get_blocking<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<Option<V>> {
         let text = key.key_text();
-        if let Some(value) = read::get_from_memory(&self.shared, &text)? {
+        // Only refresh-ahead spawns from here; skip the lock otherwise.
+        let runtime = self
+            .shared
+            .cfg()
+            .refresh_ahead()
+            .then(|| self.life.runtime_handle("").ok())
+            .flatten();
+        if let Some(value) = read::get_from_memory(&self.shared, &text, runtime)? {
             return value.as_ref().map(V::from_value).transpose();
         }
         let handle = self.life.runtime_handle(
@@ -35,6 +42,34 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         let this = self.clone();
         let text = text.into_owned();
         handle.block_on(async move { this.get(text.as_str()).await })
+    }
+
+    /// Blocking [`invalidate`](Self::invalidate). Broadcasting needs the
+    /// cache's own runtime (a cache opened with `open_blocking`).
+    pub fn invalidate_blocking<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<bool> {
+        if !read::broadcasts(&self.shared) {
+            let key = Key::from(key.key_text().as_ref());
+            return Ok(read::invalidate_local(&self.shared, &[key], &[])? > 0);
+        }
+        let handle = self.life.runtime_handle(
+            "a broadcast invalidation needs a cache opened with open_blocking(); use invalidate().await",
+        )?;
+        let this = self.clone();
+        let text = key.key_text().into_owned();
+        handle.block_on(async move { this.invalidate(text.as_str()).await })
+    }
+
+    /// Blocking [`invalidate_prefix`](Self::invalidate_prefix).
+    pub fn invalidate_prefix_blocking(&self, prefix: &str) -> Result<usize> {
+        if !read::broadcasts(&self.shared) {
+            return read::invalidate_local(&self.shared, &[], &[prefix]);
+        }
+        let handle = self.life.runtime_handle(
+            "a broadcast invalidation needs a cache opened with open_blocking(); use invalidate_prefix().await",
+        )?;
+        let this = self.clone();
+        let prefix = prefix.to_owned();
+        handle.block_on(async move { this.invalidate_prefix(&prefix).await })
     }
 
     /// Blocking [`flush`](Self::flush).

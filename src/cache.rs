@@ -131,6 +131,29 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         read::warm(&self.shared, keys).await
     }
 
+    /// Drops the clean copy of `key` and cancels loads of it in progress,
+    /// so the next [`get`](Self::get) reads the database: for rows changed
+    /// behind the cache's back (write-around, a migration, an admin fix).
+    /// A dirty entry (a write not yet flushed) is never touched: it is this
+    /// cache's own write, and it will be flushed with its version check.
+    /// With [`Builder::broadcast_invalidations`](crate::Builder::broadcast_invalidations)
+    /// the other instances drop their copies too; an error then means the
+    /// local copy is gone but the announcement failed. Returns whether a
+    /// clean copy was dropped here.
+    pub async fn invalidate<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<bool> {
+        let key = Key::from(key.key_text().as_ref());
+        let n = read::invalidate_local_and_broadcast(&self.shared, &[key], &[]).await?;
+        Ok(n > 0)
+    }
+
+    /// [`invalidate`](Self::invalidate) for every key whose text starts with
+    /// `prefix` (`""`: every clean copy). Loads of other keys in progress
+    /// are not cached either (their callers still get their rows). Returns
+    /// how many clean copies were dropped here.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<usize> {
+        read::invalidate_local_and_broadcast(&self.shared, &[], &[prefix]).await
+    }
+
     // ---- flushing ----
 
     /// Writes a checkpoint of the dirty state now and truncates the WAL

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use writebehind_core::Limits;
+use writebehind_core::{Limits, Refresh as RefreshAhead};
 use writebehind_wal::Durability;
 use writebehind_writer::{Conflict, ConflictPolicy, RetryPolicy};
 
@@ -54,6 +54,7 @@ pub(crate) struct Config {
     io: Option<Arc<dyn writebehind_wal::io::Io>>,
     /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
     notify: Option<bool>,
+    broadcast_invalidations: bool,
 }
 
 impl Config {
@@ -127,6 +128,12 @@ impl Config {
     pub(crate) fn notify(&self) -> Option<bool> {
         self.notify
     }
+    pub(crate) fn broadcast_invalidations(&self) -> bool {
+        self.broadcast_invalidations
+    }
+    pub(crate) fn refresh_ahead(&self) -> bool {
+        self.limits.refresh.is_some()
+    }
 
     /// Refuses settings that cannot work, before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
@@ -142,6 +149,22 @@ impl Config {
         }
         if self.segment_size == 0 {
             return zero("segment_size");
+        }
+        if self.limits.clean_capacity_bytes == Some(0) {
+            return zero("clean_capacity_bytes");
+        }
+        if let Some(r) = &self.limits.refresh {
+            if self.limits.clean_ttl.is_none() {
+                return Err(Error::Config(
+                    "refresh_ahead needs a clean_ttl: without one nothing expires".into(),
+                ));
+            }
+            if !r.beta.is_finite() || r.beta < 0.0 {
+                return Err(Error::Config(format!(
+                    "refresh_ahead beta must be a finite number, zero or more (got {})",
+                    r.beta
+                )));
+            }
         }
         Ok(())
     }
@@ -181,6 +204,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 retry: RetryPolicy::default(),
                 io: None,
                 notify: None,
+                broadcast_invalidations: false,
             },
             _types: PhantomData,
         }
@@ -231,6 +255,29 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// How long a clean entry may be served before it is reloaded. Default: none.
     pub fn clean_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.cfg.limits.clean_ttl = ttl;
+        self
+    }
+
+    /// Most bytes held by clean entries (key plus value bytes, 8 per
+    /// counter), on top of [`clean_capacity`](Self::clean_capacity): both
+    /// budgets hold. Default: none (entries alone). Zero is refused at open.
+    pub fn clean_capacity_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.cfg.limits.clean_capacity_bytes = bytes;
+        self
+    }
+
+    /// Refresh hot clean entries before their [`clean_ttl`](Self::clean_ttl)
+    /// passes, so their readers never wait for a reload: a read near expiry
+    /// starts one background load with the XFetch probability (it grows as
+    /// expiry nears and with what the last load took, times
+    /// [`RefreshAhead::beta`]); a read just past expiry is served the old
+    /// copy for up to [`RefreshAhead::max_stale`] while one load refreshes
+    /// it. Loads stay single-flight and never overwrite a dirty entry; a
+    /// failed refresh is logged and counted, and the next read past expiry
+    /// tries again. Needs a `clean_ttl` (refused at open without one).
+    /// Default: none.
+    pub fn refresh_ahead(mut self, refresh: Option<RefreshAhead>) -> Self {
+        self.cfg.limits.refresh = refresh;
         self
     }
 
@@ -361,6 +408,16 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// Default: on for PostgreSQL, off elsewhere.
     pub fn notify(mut self, on: bool) -> Self {
         self.cfg.notify = Some(on);
+        self
+    }
+
+    /// Send [`invalidate`](WriteBehind::invalidate) and
+    /// [`invalidate_prefix`](WriteBehind::invalidate_prefix) to the other
+    /// instances too, over the [`notify`](Self::notify) channel (PostgreSQL):
+    /// they drop their clean copies, never their dirty entries. Needs
+    /// `notify` (refused at open without it). Default: off.
+    pub fn broadcast_invalidations(mut self, on: bool) -> Self {
+        self.cfg.broadcast_invalidations = on;
         self
     }
 

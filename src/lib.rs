@@ -50,10 +50,10 @@ pub use config::{Backpressure, Builder, ConflictHook};
 pub use error::{Error, Limit, Result};
 pub use key::{CacheKey, KeyText};
 pub use recovery::RecoveryReport;
-pub use stats::Stats;
+pub use stats::{LoadLatency, Stats};
 pub use value::{CacheValue, Record};
 
-pub use writebehind_core::{Change, Lsn, Value};
+pub use writebehind_core::{Change, Lsn, Refresh as RefreshAhead, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
     redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution,

@@ -18,7 +18,12 @@
 //! | `writebehind_hits_total` | counter | Reads answered from memory |
 //! | `writebehind_misses_total` | counter | Reads that needed the database (or found nothing without one) |
 //! | `writebehind_hit_ratio` | gauge | hits / (hits + misses) since open |
-//! | `writebehind_loads_total` | counter | Read-through queries sent to the database |
+//! | `writebehind_loads_total` | counter | Read-through queries sent to the database (refresh-ahead loads included) |
+//! | `writebehind_load_seconds` | histogram | Time of each read-through or refresh-ahead load |
+//! | `writebehind_refreshes_total` | counter | Refresh-ahead loads started (hot keys reloaded before or just after their TTL) |
+//! | `writebehind_refresh_failures_total` | counter | Refresh-ahead loads that failed, timed out or panicked (logged; retried by a later read) |
+//! | `writebehind_evictions_total{cause}` | counter | Clean entries that left the cache; `cause` is `capacity` (entry or byte budget), `ttl` or `invalidation` |
+//! | `writebehind_clean_bytes` | gauge | Bytes held by clean entries (key plus value, 8 per counter) |
 //! | `writebehind_dirty_entries` | gauge | Unflushed entries |
 //! | `writebehind_dirty_bytes` | gauge | Bytes held by unflushed entries |
 //! | `writebehind_clean_entries` | gauge | Clean entries cached for reads |
@@ -41,7 +46,8 @@
 //! | `writebehind_checkpoints_total` | counter | Checkpoints written |
 //! | `writebehind_checkpoint_seconds` | histogram | Time to write one checkpoint |
 //! | `writebehind_notifications_total` | counter | `NOTIFY` payloads sent announcing flushed keys (PostgreSQL) |
-//! | `writebehind_invalidations_total` | counter | Keys another instance flushed whose copies (and loads in progress) were dropped here |
+//! | `writebehind_invalidations_total` | counter | Keys another instance flushed or invalidated whose copies (and loads in progress) were dropped here |
+//! | `writebehind_invalidation_broadcasts_total` | counter | `NOTIFY` payloads sent announcing this instance's invalidations |
 //! | `writebehind_panics_total` | counter | Panics caught in user hooks, conflict resolvers and background tasks (each logged; the work went on) |
 //! | `writebehind_checkpoint_failures_total` | counter | Background checkpoints that failed (logged; retried on the next turn) |
 
@@ -80,6 +86,31 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "writebehind_loads_total",
         "counter",
         "Read-through queries sent to the database",
+    ),
+    (
+        "writebehind_load_seconds",
+        "histogram",
+        "Time of each read-through or refresh-ahead load",
+    ),
+    (
+        "writebehind_refreshes_total",
+        "counter",
+        "Refresh-ahead loads started",
+    ),
+    (
+        "writebehind_refresh_failures_total",
+        "counter",
+        "Refresh-ahead loads that failed, timed out or panicked",
+    ),
+    (
+        "writebehind_evictions_total",
+        "counter",
+        "Clean entries that left the cache, by cause (capacity, ttl, invalidation)",
+    ),
+    (
+        "writebehind_clean_bytes",
+        "gauge",
+        "Bytes held by clean entries",
     ),
     ("writebehind_dirty_entries", "gauge", "Unflushed entries"),
     (
@@ -178,7 +209,12 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writebehind_invalidations_total",
         "counter",
-        "Keys another instance flushed whose copies were dropped here",
+        "Keys another instance flushed or invalidated whose copies were dropped here",
+    ),
+    (
+        "writebehind_invalidation_broadcasts_total",
+        "counter",
+        "NOTIFY payloads sent announcing this instance's invalidations",
     ),
     (
         "writebehind_panics_total",
@@ -220,6 +256,13 @@ pub(crate) struct Metrics {
     misses: Counter,
     hit_ratio: Gauge,
     loads: Counter,
+    load_seconds: Histogram,
+    refreshes: Counter,
+    refresh_failures: Counter,
+    /// By cause: capacity, ttl, invalidation.
+    evictions: [Counter; 3],
+    clean_bytes: Gauge,
+    invalidation_broadcasts: Counter,
     dirty_entries: Gauge,
     dirty_bytes: Gauge,
     clean_entries: Gauge,
@@ -282,6 +325,14 @@ impl Metrics {
             misses: c("writebehind_misses_total"),
             hit_ratio: g("writebehind_hit_ratio"),
             loads: c("writebehind_loads_total"),
+            load_seconds: h("writebehind_load_seconds"),
+            refreshes: c("writebehind_refreshes_total"),
+            refresh_failures: c("writebehind_refresh_failures_total"),
+            evictions: ["capacity", "ttl", "invalidation"].map(|cause| {
+                metrics::counter!("writebehind_evictions_total", "instance" => id.clone(), "cause" => cause)
+            }),
+            clean_bytes: g("writebehind_clean_bytes"),
+            invalidation_broadcasts: c("writebehind_invalidation_broadcasts_total"),
             dirty_entries: g("writebehind_dirty_entries"),
             dirty_bytes: g("writebehind_dirty_bytes"),
             clean_entries: g("writebehind_clean_entries"),
@@ -315,6 +366,11 @@ impl Metrics {
     pub(crate) fn flushed(&self, rows: usize, took: Duration) {
         self.flush_rows.record(rows as f64);
         self.flush_seconds.record(took.as_secs_f64());
+    }
+
+    /// Records one load's time.
+    pub(crate) fn loaded(&self, took: Duration) {
+        self.load_seconds.record(took.as_secs_f64());
     }
 
     /// Records one checkpoint's time.
@@ -375,6 +431,28 @@ pub(crate) fn publish(sh: &Shared) {
     inc(&m.hits, s.hits, last.hits);
     inc(&m.misses, s.misses, last.misses);
     inc(&m.loads, s.loads, last.loads);
+    inc(&m.refreshes, s.refreshes, last.refreshes);
+    inc(
+        &m.refresh_failures,
+        s.refresh_failures,
+        last.refresh_failures,
+    );
+    inc(
+        &m.evictions[0],
+        s.capacity_evictions,
+        last.capacity_evictions,
+    );
+    inc(&m.evictions[1], s.ttl_evictions, last.ttl_evictions);
+    inc(
+        &m.evictions[2],
+        s.invalidation_evictions,
+        last.invalidation_evictions,
+    );
+    inc(
+        &m.invalidation_broadcasts,
+        s.invalidation_broadcasts,
+        last.invalidation_broadcasts,
+    );
     inc(&m.flushes, s.flushes, last.flushes);
     inc(&m.flush_failures, s.flush_failures, last.flush_failures);
     inc(&m.rows_flushed, s.rows_flushed, last.rows_flushed);
@@ -404,6 +482,7 @@ pub(crate) fn publish(sh: &Shared) {
     m.dirty_entries.set(s.dirty_entries as f64);
     m.dirty_bytes.set(s.dirty_bytes as f64);
     m.clean_entries.set(s.clean_entries as f64);
+    m.clean_bytes.set(s.clean_bytes as f64);
     m.oldest_unflushed.set(s.oldest_unflushed.as_secs_f64());
     m.wal_bytes.set(s.wal_bytes as f64);
     m.wal_segments.set(s.wal_segments as f64);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
-use writebehind_writer::{redact_url, TableKind, TableSpec, Writer, WriterConfig};
+use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer, WriterConfig};
 
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
@@ -79,6 +79,11 @@ async fn open_in<K: CacheKey, V: CacheValue>(
             )))
         }
     };
+    if cfg.broadcast_invalidations() && !notify {
+        return Err(Error::Config(
+            "broadcast_invalidations(true) needs notify on (a PostgreSQL database): invalidations travel on its channel".into(),
+        ));
+    }
     // The metrics' instance label: the id the database knows, else the directory.
     let instance = match &writer {
         Some(w) => w.config().instance().to_owned(),
@@ -93,9 +98,14 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     let listener = match &writer {
         Some(writer) if notify => {
             let target = target.clone();
-            writer.listen(Arc::new(move |keys: &[(String, Option<i64>)]| {
+            writer.listen_all(Arc::new(move |announced: Announcement| {
                 if let Some(sh) = target.get().and_then(Weak::upgrade) {
-                    crate::read::invalidate(&sh, keys);
+                    match announced {
+                        Announcement::Flushed(keys) => crate::read::invalidate(&sh, &keys),
+                        Announcement::Invalidated { keys, prefixes } => {
+                            crate::read::invalidated_elsewhere(&sh, &keys, &prefixes)
+                        }
+                    }
                 }
             }))
         }

@@ -1,26 +1,76 @@
 //! The read path: memory first, then the database (read-through) with
 //! concurrent misses on one key collapsed into one query; counters whose
 //! base is in the database are read as that row plus the pending delta,
-//! never while a flush of them is unsettled.
+//! never while a flush of them is unsettled. Also refresh-ahead (one
+//! supervised background load per due key) and invalidation (clean copies
+//! only: a dirty entry is ours and will be flushed).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
+use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
 use writebehind_core::{Expected, Key, Lookup, Value};
+use writebehind_writer::Writer;
 
 use crate::shared::Shared;
 use crate::stats::Count;
+use crate::supervise::panic_message;
 use crate::{Error, Result};
 
 /// Result of one read-through load, shared by every caller waiting on it.
 type LoadResult = std::result::Result<Option<(Value, i64)>, Arc<Error>>;
 
+/// One load, shared by every caller of its key.
+type Cell = Arc<OnceCell<LoadResult>>;
+
 /// Loads in progress, one per key.
 #[derive(Default)]
-pub(crate) struct Loads(Mutex<HashMap<Key, Arc<OnceCell<LoadResult>>>>);
+pub(crate) struct Loads(Mutex<HashMap<Key, Cell>>);
+
+impl Loads {
+    /// The load of `key` in progress, or a new one.
+    fn join(&self, key: &Key) -> Cell {
+        self.0
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone()
+    }
+
+    /// A new load of `key`, unless one is in progress.
+    fn start(&self, key: &Key) -> Option<Cell> {
+        match self.0.lock().entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                Some(v.insert(Arc::new(OnceCell::new())).clone())
+            }
+        }
+    }
+
+    /// The load behind `cell` is over: later reads start their own.
+    fn finish(&self, key: &Key, cell: &Cell) {
+        let mut loads = self.0.lock();
+        if loads.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            loads.remove(key);
+        }
+    }
+
+    /// Later reads of `key` start a load of their own rather than join one
+    /// that began before an invalidation (whose callers still get its row).
+    fn forget(&self, key: &Key) {
+        self.0.lock().remove(key);
+    }
+
+    /// [`forget`](Self::forget) for every key starting with `prefix`.
+    fn forget_prefix(&self, prefix: &str) {
+        self.0.lock().retain(|key, _| !key.starts_with(prefix));
+    }
+}
 
 /// Whether misses and unknown counter bases are read from the database.
 pub(crate) fn reads_through(sh: &Shared) -> bool {
@@ -28,9 +78,13 @@ pub(crate) fn reads_through(sh: &Shared) -> bool {
 }
 
 /// The latest acknowledged value of `key`.
-pub(crate) async fn get(sh: &Shared, text: &str) -> Result<Option<Value>> {
+pub(crate) async fn get(sh: &Arc<Shared>, text: &str) -> Result<Option<Value>> {
     sh.usable()?;
-    let value = match sh.state().get(text) {
+    let read = sh.state().read(text);
+    if read.refresh {
+        refresh(sh, Key::from(text), Handle::try_current().ok());
+    }
+    let value = match read.lookup {
         Lookup::Value(v) => Some(v),
         Lookup::Absent => None,
         Lookup::Delta(_) => with_base(sh, &Key::from(text)).await?,
@@ -42,10 +96,19 @@ pub(crate) async fn get(sh: &Shared, text: &str) -> Result<Option<Value>> {
 
 /// What memory alone says of `key`: `Ok(Some(..))` when that is the answer,
 /// `Ok(None)` when the database must be asked.
-pub(crate) fn get_from_memory(sh: &Shared, text: &str) -> Result<Option<Option<Value>>> {
+/// A refresh-ahead load it asks for runs on `runtime` (none: not started).
+pub(crate) fn get_from_memory(
+    sh: &Arc<Shared>,
+    text: &str,
+    runtime: Option<Handle>,
+) -> Result<Option<Option<Value>>> {
     sh.usable()?;
     let through = reads_through(sh);
-    let answer = match sh.state().get(text) {
+    let read = sh.state().read(text);
+    if read.refresh {
+        refresh(sh, Key::from(text), runtime);
+    }
+    let answer = match read.lookup {
         Lookup::Value(v) => Some(Some(v)),
         Lookup::Absent => Some(None),
         // Without read-through the cache is the whole truth: no base, no row.
@@ -118,48 +181,96 @@ pub(crate) fn add_to_base(key: &Key, base: Option<(Value, i64)>, delta: i64) -> 
 /// query. The row goes to the clean cache unless the key was written while
 /// it loaded.
 pub(crate) async fn load(sh: &Shared, key: &Key) -> Result<Option<(Value, i64)>> {
-    let Some(writer) = sh
-        .pipeline()
-        .filter(|_| sh.cfg().read_through())
-        .map(|p| p.writer())
-    else {
+    let Some(writer) = loader(sh, key) else {
         return Ok(None);
     };
-    // A key the database cannot hold has no row there.
-    if writer.check_key(key).is_err() {
-        return Ok(None);
-    }
-    let loads = &sh.loads().0;
-    let cell = loads
-        .lock()
-        .entry(key.clone())
-        .or_insert_with(|| Arc::new(OnceCell::new()))
-        .clone();
-    let result = cell
-        .get_or_init(|| async {
-            let ticket = sh.state().load_ticket(key);
-            sh.counters().add(Count::Loads, 1);
-            match writer.load(std::slice::from_ref(key)).await {
-                Ok(mut rows) => {
-                    let row = rows.pop().and_then(|(_, row)| row);
-                    sh.state().insert_loaded(ticket, row.clone());
-                    Ok(row)
-                }
-                Err(e) => Err(Arc::new(Error::from(e))),
-            }
-        })
-        .await
-        .clone();
-    {
-        let mut loads = loads.lock();
-        if loads.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            loads.remove(key);
-        }
-    }
+    let cell = sh.loads().join(key);
+    let result = fill(sh, writer, key, &cell).await;
+    sh.loads().finish(key, &cell);
     result.map_err(|source| Error::Load {
         key: key.to_string(),
         source,
     })
+}
+
+/// The writer to load `key` with, if it is read from the database at all.
+fn loader<'a>(sh: &'a Shared, key: &Key) -> Option<&'a Writer> {
+    let writer = sh
+        .pipeline()
+        .filter(|_| sh.cfg().read_through())
+        .map(|p| p.writer())?;
+    // A key the database cannot hold has no row there.
+    writer.check_key(key).is_ok().then_some(writer)
+}
+
+/// Runs the load behind `cell` once (or waits for it): one query, timed,
+/// its row cached unless the key was written or invalidated meanwhile.
+async fn fill(sh: &Shared, writer: &Writer, key: &Key, cell: &Cell) -> LoadResult {
+    cell.get_or_init(|| async {
+        let ticket = sh.state().load_ticket(key);
+        sh.counters().add(Count::Loads, 1);
+        let started = Instant::now();
+        let loaded = writer.load(std::slice::from_ref(key)).await;
+        let took = started.elapsed();
+        sh.load_times().record(took);
+        sh.metrics().loaded(took);
+        match loaded {
+            Ok(mut rows) => {
+                let row = rows.pop().and_then(|(_, row)| row);
+                sh.state().insert_loaded(ticket, row.clone());
+                Ok(row)
+            }
+            Err(e) => Err(Arc::new(Error::from(e))),
+        }
+    })
+    .await
+    .clone()
+}
+
+/// Starts one background load of a clean copy due for refresh, unless a
+/// load of it is in progress. Readers keep the old copy meanwhile. The
+/// task is bounded by the wait timeout; a failure, a timeout or a panic is
+/// logged and counted, and the key's load slot is freed, so the next read
+/// that finds the copy due tries again.
+fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
+    let Some(runtime) = runtime else {
+        return;
+    };
+    let Some(cell) = sh.loads().start(&key) else {
+        return;
+    };
+    sh.counters().add(Count::Refreshes, 1);
+    let sh = sh.clone();
+    // Supervised inside: the body's outcome, panic included, is handled
+    // below, so the handle has nothing more to report.
+    let _task = runtime.spawn(async move {
+        let bound = sh.cfg().wait_timeout();
+        let run = AssertUnwindSafe(async {
+            match loader(&sh, &key) {
+                Some(writer) => fill(&sh, writer, &key, &cell).await.map(drop),
+                None => Ok(()),
+            }
+        })
+        .catch_unwind();
+        let failure = match tokio::time::timeout(bound, run).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(panic)) => {
+                sh.supervisor().panicked();
+                Some(format!("panicked: {}", panic_message(&*panic)))
+            }
+            Err(_) => Some(format!("no answer within the wait timeout ({bound:?})")),
+        };
+        sh.loads().finish(&key, &cell);
+        if let Some(error) = failure {
+            sh.counters().add(Count::RefreshFailures, 1);
+            tracing::warn!(
+                key = %key,
+                %error,
+                "refresh-ahead load failed; the old copy is served until max_stale and the next read tries again"
+            );
+        }
+    });
 }
 
 /// Loads these keys into the clean cache, in batches; dirty keys keep
@@ -182,6 +293,77 @@ pub(crate) async fn warm(sh: &Shared, keys: Vec<Key>) -> Result<usize> {
         }
     }
     Ok(loaded)
+}
+
+/// Drops the clean copy of `key` and cancels loads of it in progress; a
+/// dirty entry stays as it is. Returns whether a clean copy was dropped.
+pub(crate) fn drop_key(sh: &Shared, key: &Key) -> bool {
+    // Loads first: a read between the two steps then finds either the old
+    // copy (the call has not returned) or starts a load of its own.
+    sh.loads().forget(key);
+    sh.state().drop_clean(key)
+}
+
+/// [`drop_key`] for every key starting with `prefix`. Returns how many
+/// clean copies were dropped.
+pub(crate) fn drop_prefix(sh: &Shared, prefix: &str) -> usize {
+    sh.loads().forget_prefix(prefix);
+    sh.state().drop_clean_prefix(prefix)
+}
+
+/// Whether an invalidation is also announced to the other instances.
+pub(crate) fn broadcasts(sh: &Shared) -> bool {
+    sh.cfg().broadcast_invalidations() && sh.pipeline().is_some()
+}
+
+/// Drops local copies of `keys` and of every key under `prefixes`, then
+/// (when set) announces it to the other instances. Returns how many clean
+/// copies were dropped here. The local drop stands even when the
+/// announcement fails (the error says so).
+pub(crate) async fn invalidate_local_and_broadcast(
+    sh: &Shared,
+    keys: &[Key],
+    prefixes: &[&str],
+) -> Result<usize> {
+    let dropped = invalidate_local(sh, keys, prefixes)?;
+    if let Some(p) = sh.pipeline().filter(|_| broadcasts(sh)) {
+        let sent = p.writer().notify_invalidated(keys, prefixes).await?;
+        sh.counters()
+            .add(Count::InvalidationBroadcasts, sent as u64);
+    }
+    Ok(dropped)
+}
+
+/// The local half of an invalidation.
+pub(crate) fn invalidate_local(sh: &Shared, keys: &[Key], prefixes: &[&str]) -> Result<usize> {
+    sh.usable()?;
+    let mut dropped = 0;
+    for key in keys {
+        dropped += usize::from(drop_key(sh, key));
+    }
+    for prefix in prefixes {
+        dropped += drop_prefix(sh, prefix);
+    }
+    Ok(dropped)
+}
+
+/// Another instance invalidated these keys and prefixes: drop our clean
+/// copies (never a dirty entry: ours will be flushed and checked).
+pub(crate) fn invalidated_elsewhere(sh: &Shared, keys: &[String], prefixes: &[String]) {
+    let mut dropped = 0;
+    for key in keys {
+        dropped += u64::from(drop_key(sh, &Key::from(key.as_str())));
+    }
+    for prefix in prefixes {
+        dropped += drop_prefix(sh, prefix) as u64;
+    }
+    sh.counters().add(Count::Invalidations, dropped);
+    tracing::trace!(
+        keys = keys.len(),
+        prefixes = prefixes.len(),
+        dropped,
+        "dropped clean copies another instance invalidated"
+    );
 }
 
 /// Another instance flushed these keys: drop our copies, unless ours

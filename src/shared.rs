@@ -16,7 +16,7 @@ use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
 use crate::read::Loads;
 use crate::recovery::RecoveryReport;
-use crate::stats::Counters;
+use crate::stats::{Counters, LoadTimes};
 use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
@@ -30,6 +30,7 @@ pub(crate) struct Shared {
     compactor: Compactor,
     counters: Counters,
     loads: Loads,
+    load_times: LoadTimes,
     metrics: Metrics,
     /// Times of the oldest unflushed writes.
     unflushed: Unflushed,
@@ -70,6 +71,7 @@ impl Shared {
             compactor: p.compactor,
             counters: Counters::default(),
             loads: Loads::default(),
+            load_times: LoadTimes::default(),
             metrics: p.metrics,
             unflushed,
             epoch: Instant::now(),
@@ -110,6 +112,10 @@ impl Shared {
 
     pub(crate) fn loads(&self) -> &Loads {
         &self.loads
+    }
+
+    pub(crate) fn load_times(&self) -> &LoadTimes {
+        &self.load_times
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -16,11 +16,14 @@ pub(crate) enum Count {
     Reads,
     Loads,
     Invalidations,
+    Refreshes,
+    RefreshFailures,
+    InvalidationBroadcasts,
 }
 
 /// Event counts, one atomic each: the hot path pays one relaxed add.
 #[derive(Default)]
-pub(crate) struct Counters([AtomicU64; 7]);
+pub(crate) struct Counters([AtomicU64; 10]);
 
 impl Counters {
     /// Adds `n`; returns the count before.
@@ -31,6 +34,87 @@ impl Counters {
 
     pub(crate) fn get(&self, what: Count) -> u64 {
         self.0[what as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the load-latency buckets (the last bucket is unbounded).
+const LOAD_BOUNDS_MICROS: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// Times of read-through and refresh loads, in fixed buckets.
+#[derive(Default)]
+pub(crate) struct LoadTimes {
+    buckets: [AtomicU64; LOAD_BOUNDS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl LoadTimes {
+    pub(crate) fn record(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = LOAD_BOUNDS_MICROS.partition_point(|&b| b < micros);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LoadLatency {
+        LoadLatency {
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum: Duration::from_micros(self.sum_micros.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// How long loads from the database took (read-through and refresh-ahead
+/// loads; not [`warm`](crate::WriteBehind::warm)), in fixed buckets from
+/// 250 µs to 5 s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadLatency {
+    counts: Vec<u64>,
+    sum: Duration,
+}
+
+impl LoadLatency {
+    /// `(upper bound, loads in the bucket)`, fastest first; the last
+    /// bucket's bound is `None` (slower than 5 s).
+    pub fn buckets(&self) -> impl Iterator<Item = (Option<Duration>, u64)> + '_ {
+        let bounds = LOAD_BOUNDS_MICROS
+            .iter()
+            .map(|&b| Some(Duration::from_micros(b)))
+            .chain(std::iter::once(None));
+        bounds.zip(self.counts.iter().copied())
+    }
+
+    /// Loads timed.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Their total time.
+    pub fn sum(&self) -> Duration {
+        self.sum
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0 to 1), `None`
+    /// when nothing was timed or it is in the unbounded bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bound, n) in self.buckets() {
+            seen += n;
+            if seen >= rank {
+                return bound;
+            }
+        }
+        None
     }
 }
 
@@ -53,14 +137,31 @@ pub struct Stats {
     pub hits: u64,
     /// Lookups that needed the database (a miss, or a counter whose base is unknown).
     pub misses: u64,
-    /// Read-through queries sent to the database.
+    /// Read-through queries sent to the database (refresh-ahead loads included).
     pub loads: u64,
+    /// How long those loads took.
+    pub load_latency: LoadLatency,
+    /// Refresh-ahead loads started (each also counts as a load).
+    pub refreshes: u64,
+    /// Refresh-ahead loads that failed, timed out or panicked (logged; the
+    /// old copy is served until `max_stale`, and a later read tries again).
+    pub refresh_failures: u64,
     /// Dirty (unflushed) entries now.
     pub dirty_entries: usize,
     /// Bytes held by dirty entries now.
     pub dirty_bytes: usize,
     /// Clean entries cached now.
     pub clean_entries: usize,
+    /// Bytes held by clean entries now (key plus value bytes, 8 per counter).
+    pub clean_bytes: usize,
+    /// Clean entries evicted to stay within `clean_capacity` (or
+    /// `clean_capacity_bytes`).
+    pub capacity_evictions: u64,
+    /// Clean entries dropped because their `clean_ttl` passed.
+    pub ttl_evictions: u64,
+    /// Clean entries dropped by an invalidation: `invalidate`,
+    /// `invalidate_prefix`, or another instance's announcement.
+    pub invalidation_evictions: u64,
     /// Age of the oldest write not yet in the database (zero without a database).
     pub oldest_unflushed: Duration,
     /// Last LSN assigned.
@@ -101,6 +202,9 @@ pub struct Stats {
     /// dropped, loads in progress refused (announced keys it already held at
     /// the announced version are not counted).
     pub invalidations: u64,
+    /// `NOTIFY` payloads sent announcing this instance's `invalidate` and
+    /// `invalidate_prefix` calls (with `broadcast_invalidations`).
+    pub invalidation_broadcasts: u64,
     /// Panics caught in user hooks (`on_conflict`, a conflict resolver) and
     /// background tasks; each was logged and the work went on.
     pub panics: u64,
@@ -136,9 +240,16 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         hits: core.hits,
         misses: core.misses,
         loads: c.get(Count::Loads),
+        load_latency: sh.load_times().snapshot(),
+        refreshes: c.get(Count::Refreshes),
+        refresh_failures: c.get(Count::RefreshFailures),
         dirty_entries: core.dirty_entries,
         dirty_bytes: core.dirty_bytes,
         clean_entries: core.clean_entries,
+        clean_bytes: core.clean_bytes,
+        capacity_evictions: core.capacity_evictions,
+        ttl_evictions: core.ttl_evictions,
+        invalidation_evictions: core.invalidation_evictions,
         oldest_unflushed: sh.unflushed().age(sh.epoch()),
         last_lsn: wal.last_lsn(),
         durable_lsn: wal.durable_lsn(),
@@ -158,8 +269,43 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         recovery_time: sh.recovery().elapsed,
         notifications: flush.notifications,
         invalidations: c.get(Count::Invalidations),
+        invalidation_broadcasts: c.get(Count::InvalidationBroadcasts),
         panics: sh.supervisor().panics() + flush.hook_panics,
         checkpoint_failures: sh.supervisor().errors(),
         last_flush_error: flush.last_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_times_land_in_their_buckets() {
+        let t = LoadTimes::default();
+        assert_eq!(t.snapshot().quantile_bound(0.99), None);
+        for _ in 0..98 {
+            t.record(Duration::from_micros(400));
+        }
+        t.record(Duration::from_millis(30));
+        t.record(Duration::from_secs(9));
+        let s = t.snapshot();
+        assert_eq!(s.count(), 100);
+        assert_eq!(
+            s.sum(),
+            Duration::from_micros(98 * 400 + 30_000 + 9_000_000)
+        );
+        assert_eq!(s.quantile_bound(0.5), Some(Duration::from_micros(500)));
+        assert_eq!(s.quantile_bound(0.99), Some(Duration::from_millis(50)));
+        assert_eq!(s.quantile_bound(1.0), None);
+        let b: Vec<_> = s.buckets().filter(|b| b.1 > 0).collect();
+        assert_eq!(
+            b,
+            vec![
+                (Some(Duration::from_micros(500)), 98),
+                (Some(Duration::from_millis(50)), 1),
+                (None, 1)
+            ]
+        );
     }
 }

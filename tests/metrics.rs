@@ -132,6 +132,47 @@ async fn the_prometheus_endpoint_serves_every_metric_with_the_stats_values() {
     assert!(batch_rows >= rows, "{batch_rows} < {rows}");
     let flush_secs = value(&m, "writebehind_flush_seconds_sum", &[inst.as_str()]);
     assert!(flush_secs > 0.0 && flush_secs < 60.0, "{flush_secs}");
+
+    // The read side: every figure equals stats().
+    let evictions = |cause: &str| {
+        value(
+            &m,
+            "writebehind_evictions_total",
+            &[inst.as_str(), &format!("cause=\"{cause}\"")],
+        )
+    };
+    // page:0, then page:1, page:10..=19 and page:100..=199 but those ending
+    // in 7 or 9 (never written: those turns write item:*, and reads only
+    // ask for multiples of 4): 1 + (1 + 8 + 80) clean copies.
+    assert_eq!(stats.invalidation_evictions, 90);
+    assert_eq!(
+        evictions("invalidation"),
+        stats.invalidation_evictions as f64
+    );
+    assert_eq!(evictions("capacity"), stats.capacity_evictions as f64);
+    assert_eq!(evictions("ttl"), stats.ttl_evictions as f64);
+    assert_eq!(v("writebehind_clean_bytes"), stats.clean_bytes as f64);
+    assert!(stats.clean_bytes >= stats.clean_entries * 8 && stats.clean_bytes > 0);
+    assert_eq!(v("writebehind_clean_entries"), stats.clean_entries as f64);
+    assert_eq!(v("writebehind_loads_total"), stats.loads as f64);
+    let loads = value(&m, "writebehind_load_seconds_count", &[inst.as_str()]);
+    assert_eq!(loads, stats.loads as f64);
+    assert_eq!(stats.load_latency.count(), stats.loads);
+    let load_secs = value(&m, "writebehind_load_seconds_sum", &[inst.as_str()]);
+    let stats_secs = stats.load_latency.sum().as_secs_f64();
+    assert!(
+        (load_secs - stats_secs).abs() < 1e-3 * loads,
+        "{load_secs} {stats_secs}"
+    );
+    assert_eq!(v("writebehind_refreshes_total"), stats.refreshes as f64);
+    assert_eq!(
+        v("writebehind_refresh_failures_total"),
+        stats.refresh_failures as f64
+    );
+    assert_eq!(
+        v("writebehind_invalidation_broadcasts_total"),
+        stats.invalidation_broadcasts as f64
+    );
 }
 
 /// WARN events' messages and fields, captured process-wide.
