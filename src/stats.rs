@@ -198,9 +198,11 @@ pub struct Stats {
     pub recovery_time: Duration,
     /// `NOTIFY` payloads sent announcing flushed keys (PostgreSQL).
     pub notifications: u64,
-    /// Keys another instance announced that this one acted on: its copy
-    /// dropped, loads in progress refused (announced keys it already held at
-    /// the announced version are not counted).
+    /// Keys another instance announced (flushed, or invalidated with
+    /// `broadcast_invalidations`) that this one acted on: its copy dropped,
+    /// loads in progress refused (flushed keys it already held at the
+    /// announced version are not counted; invalidated keys count when a
+    /// clean copy was dropped).
     pub invalidations: u64,
     /// `NOTIFY` payloads sent announcing this instance's `invalidate` and
     /// `invalidate_prefix` calls (with `broadcast_invalidations`).
