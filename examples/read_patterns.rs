@@ -167,13 +167,15 @@ async fn run(opts: &Options) -> Result<Stats, Failure> {
             opts.readers
         ),
     )?;
+    // One refresh for the expiry; XFetch (β 1) may add an early one when
+    // loads are slow. Either way, one load per refresh and no other load.
+    let (loads, refreshes) = (
+        after.loads - before.loads,
+        after.refreshes - before.refreshes,
+    );
     check(
-        after.loads - before.loads == 1 && after.refreshes - before.refreshes == 1,
-        format!(
-            "one refresh, one load ({} loads, {} refreshes)",
-            after.loads - before.loads,
-            after.refreshes - before.refreshes
-        ),
+        refreshes >= 1 && loads == refreshes && after.refresh_failures == 0,
+        format!("one load per refresh ({loads} loads, {refreshes} refreshes)"),
     )?;
     let last = cache.stats();
     cache.close().await?;

@@ -276,7 +276,10 @@ async fn until(
 
 /// 1 000 concurrent readers of a hot key past its TTL: every one is served
 /// from memory (no miss, so none waited for the database) while exactly
-/// one load refreshes the key; the next expiry, one more.
+/// one load refreshes the key; the next expiry, one more. β is 0 here, so
+/// only expiry asks for a refresh: with β > 0 XFetch may also refresh a
+/// fresh copy early, with a probability that depends on how slow loads are
+/// on this machine (its rule is tested in `core/src/clean.rs`).
 async fn a_hot_key_is_refreshed_by_one_load_while_its_readers_are_served(db: Db) {
     const READERS: usize = 1_000;
     let ttl = Duration::from_millis(300);
@@ -285,7 +288,7 @@ async fn a_hot_key_is_refreshed_by_one_load_while_its_readers_are_served(db: Db)
         .builder(wal.path())
         .clean_ttl(Some(ttl))
         .refresh_ahead(Some(RefreshAhead {
-            beta: 1.0,
+            beta: 0.0,
             max_stale: Duration::from_secs(30),
         }))
         .open()
@@ -316,17 +319,24 @@ async fn a_hot_key_is_refreshed_by_one_load_while_its_readers_are_served(db: Db)
             );
             slowest = slowest.max(took);
         }
-        until(&cache, "the refresh", |s| {
-            s.refreshes == before.refreshes + 1 && s.loads == before.loads + 1
-        })
-        .await;
-        assert_eq!(cache.get("hot").await.unwrap(), Some(1 + round as i64));
+        // The refresh lands: polled with reads, which are served the old
+        // copy meanwhile and start no second load.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            if cache.get("hot").await.unwrap() == Some(1 + round as i64) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", cache.stats());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let after = cache.stats();
         // Nobody went to the database: every read was answered from memory.
         assert_eq!(after.misses, before.misses, "round {round}");
         assert_eq!(
             after.hits - before.hits,
-            READERS as u64 + 1,
+            READERS as u64 + polls,
             "round {round}"
         );
         assert_eq!(after.loads - before.loads, 1, "round {round}");
