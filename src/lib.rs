@@ -18,6 +18,13 @@
 //! are `tracing` spans. Several instances may share one database (each its
 //! own WAL directory); on PostgreSQL they drop each other's flushed keys
 //! through `LISTEN/NOTIFY` ([`Builder::notify`]).
+//!
+//! Reads go through the cache: [`WriteBehind::get`] loads misses (one query
+//! per key however many callers wait), [`WriteBehind::invalidate`] and
+//! [`WriteBehind::invalidate_prefix`] drop clean copies of rows changed
+//! behind the cache's back (never an unflushed write), and
+//! [`Builder::refresh_ahead`] keeps hot keys' readers off the database
+//! across their [`clean_ttl`](Builder::clean_ttl).
 #![doc = ""]
 #![doc = "```no_run"]
 #![doc = include_str!("../examples/readme.rs")]
