@@ -6,11 +6,9 @@
 //! only: a dirty entry is ours and will be flushed).
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
@@ -19,7 +17,7 @@ use writebehind_writer::Writer;
 
 use crate::shared::Shared;
 use crate::stats::Count;
-use crate::supervise::panic_message;
+use crate::supervise::{bounded, Failure};
 use crate::{Error, Result};
 
 /// Result of one read-through load, shared by every caller waiting on it.
@@ -244,25 +242,18 @@ fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
     // Supervised inside: the body's outcome, panic included, is handled
     // below, so the handle has nothing more to report.
     let _task = runtime.spawn(async move {
-        let bound = sh.cfg().wait_timeout();
-        let run = AssertUnwindSafe(async {
+        let job = async {
             match loader(&sh, &key) {
                 Some(writer) => fill(&sh, writer, &key, &cell).await.map(drop),
                 None => Ok(()),
             }
-        })
-        .catch_unwind();
-        let failure = match tokio::time::timeout(bound, run).await {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(e))) => Some(e.to_string()),
-            Ok(Err(panic)) => {
-                sh.supervisor().panicked();
-                Some(format!("panicked: {}", panic_message(&*panic)))
-            }
-            Err(_) => Some(format!("no answer within the wait timeout ({bound:?})")),
         };
+        let ended = bounded(sh.cfg().wait_timeout(), job).await;
         sh.loads().finish(&key, &cell);
-        if let Some(error) = failure {
+        if let Err(error) = ended {
+            if matches!(error, Failure::Panicked(_)) {
+                sh.supervisor().panicked();
+            }
             sh.counters().add(Count::RefreshFailures, 1);
             tracing::warn!(
                 key = %key,
