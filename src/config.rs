@@ -273,8 +273,9 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// [`RefreshAhead::beta`]); a read just past expiry is served the old
     /// copy for up to [`RefreshAhead::max_stale`] while one load refreshes
     /// it. Loads stay single-flight and never overwrite a dirty entry; a
-    /// failed refresh is logged and counted, and the next read past expiry
-    /// tries again. Needs a `clean_ttl` (refused at open without one).
+    /// failed refresh is logged and counted and pauses refreshes (50 ms,
+    /// doubling to 5 s) before a later read tries again. Needs a
+    /// `clean_ttl` (refused at open without one).
     /// Default: none.
     pub fn refresh_ahead(mut self, refresh: Option<RefreshAhead>) -> Self {
         self.cfg.limits.refresh = refresh;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -26,14 +26,30 @@ type LoadResult = std::result::Result<Option<(Value, i64)>, Arc<Error>>;
 /// One load, shared by every caller of its key.
 type Cell = Arc<OnceCell<LoadResult>>;
 
-/// Loads in progress, one per key.
+/// First pause of refreshes after a failed one; it doubles per failure.
+const REFRESH_PAUSE: Duration = Duration::from_millis(50);
+/// Longest pause of refreshes.
+const REFRESH_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Loads in progress, one per key, and the pause of refreshes after
+/// failures (a database that is down is not asked once per read).
 #[derive(Default)]
-pub(crate) struct Loads(Mutex<HashMap<Key, Cell>>);
+pub(crate) struct Loads {
+    map: Mutex<HashMap<Key, Cell>>,
+    pause: Mutex<Pause>,
+}
+
+/// Refreshes start again at `until`; `failures` in a row so far.
+#[derive(Default)]
+struct Pause {
+    until: Option<Instant>,
+    failures: u32,
+}
 
 impl Loads {
     /// The load of `key` in progress, or a new one.
     fn join(&self, key: &Key) -> Cell {
-        self.0
+        self.map
             .lock()
             .entry(key.clone())
             .or_insert_with(|| Arc::new(OnceCell::new()))
@@ -42,7 +58,7 @@ impl Loads {
 
     /// A new load of `key`, unless one is in progress.
     fn start(&self, key: &Key) -> Option<Cell> {
-        match self.0.lock().entry(key.clone()) {
+        match self.map.lock().entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(_) => None,
             std::collections::hash_map::Entry::Vacant(v) => {
                 Some(v.insert(Arc::new(OnceCell::new())).clone())
@@ -52,7 +68,7 @@ impl Loads {
 
     /// The load behind `cell` is over: later reads start their own.
     fn finish(&self, key: &Key, cell: &Cell) {
-        let mut loads = self.0.lock();
+        let mut loads = self.map.lock();
         if loads.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             loads.remove(key);
         }
@@ -61,12 +77,32 @@ impl Loads {
     /// Later reads of `key` start a load of their own rather than join one
     /// that began before an invalidation (whose callers still get its row).
     fn forget(&self, key: &Key) {
-        self.0.lock().remove(key);
+        self.map.lock().remove(key);
     }
 
     /// [`forget`](Self::forget) for every key starting with `prefix`.
     fn forget_prefix(&self, prefix: &str) {
-        self.0.lock().retain(|key, _| !key.starts_with(prefix));
+        self.map.lock().retain(|key, _| !key.starts_with(prefix));
+    }
+
+    /// Whether refreshes are paused after failures.
+    fn refreshes_paused(&self) -> bool {
+        self.pause.lock().until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A refresh ended: a failure pauses refreshes (50 ms, doubling to
+    /// 5 s), a success ends the pause.
+    fn refresh_ended(&self, ok: bool) {
+        let mut p = self.pause.lock();
+        if ok {
+            *p = Pause::default();
+            return;
+        }
+        let wait = REFRESH_PAUSE
+            .saturating_mul(1 << p.failures.min(16))
+            .min(REFRESH_PAUSE_MAX);
+        p.failures = p.failures.saturating_add(1);
+        p.until = Instant::now().checked_add(wait);
     }
 }
 
@@ -226,17 +262,27 @@ async fn fill(sh: &Shared, writer: &Writer, key: &Key, cell: &Cell) -> LoadResul
 }
 
 /// Starts one background load of a clean copy due for refresh, unless a
-/// load of it is in progress. Readers keep the old copy meanwhile. The
-/// task is bounded by the wait timeout; a failure, a timeout or a panic is
-/// logged and counted, and the key's load slot is freed, so the next read
-/// that finds the copy due tries again.
+/// load of it is in progress or refreshes are paused after a failure.
+/// Readers keep the old copy meanwhile. The task is bounded by the wait
+/// timeout; a failure, a timeout or a panic is logged and counted, pauses
+/// refreshes, and frees the key's load slot, so a read that finds the copy
+/// due after the pause tries again.
 fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
     let Some(runtime) = runtime else {
         return;
     };
+    if sh.loads().refreshes_paused() {
+        return;
+    }
     let Some(cell) = sh.loads().start(&key) else {
         return;
     };
+    // The copy this read saw may have been refreshed since: then the slot
+    // it just won belongs to no one.
+    if !sh.state().refresh_due(&key) {
+        sh.loads().finish(&key, &cell);
+        return;
+    }
     sh.counters().add(Count::Refreshes, 1);
     let sh = sh.clone();
     // Supervised inside: the body's outcome, panic included, is handled
@@ -249,6 +295,7 @@ fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
             }
         };
         let ended = bounded(sh.cfg().wait_timeout(), job).await;
+        sh.loads().refresh_ended(ended.is_ok());
         sh.loads().finish(&key, &cell);
         if let Err(error) = ended {
             if matches!(error, Failure::Panicked(_)) {
@@ -258,7 +305,7 @@ fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
             tracing::warn!(
                 key = %key,
                 %error,
-                "refresh-ahead load failed; the old copy is served until max_stale and the next read tries again"
+                "refresh-ahead load failed; the old copy is served until max_stale, and refreshes pause (50 ms, doubling to 5 s) before the next try"
             );
         }
     });
@@ -380,4 +427,43 @@ pub(crate) fn invalidate(sh: &Shared, keys: &[(String, Option<i64>)]) {
         dropped,
         "dropped copies of keys another instance flushed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_refreshes_pause_refreshes_doubling_and_a_success_ends_the_pause() {
+        let loads = Loads::default();
+        assert!(!loads.refreshes_paused());
+        let pause = |loads: &Loads| {
+            let until = loads.pause.lock().until.unwrap_or_else(Instant::now);
+            until.saturating_duration_since(Instant::now())
+        };
+        loads.refresh_ended(false);
+        assert!(loads.refreshes_paused());
+        let first = pause(&loads);
+        assert!(
+            first <= REFRESH_PAUSE && first > REFRESH_PAUSE / 2,
+            "{first:?}"
+        );
+        loads.refresh_ended(false);
+        let second = pause(&loads);
+        assert!(
+            second > REFRESH_PAUSE && second <= REFRESH_PAUSE * 2,
+            "{second:?}"
+        );
+        for _ in 0..40 {
+            loads.refresh_ended(false);
+        }
+        let capped = pause(&loads);
+        assert!(
+            capped <= REFRESH_PAUSE_MAX && capped > REFRESH_PAUSE_MAX / 2,
+            "{capped:?}"
+        );
+        loads.refresh_ended(true);
+        assert!(!loads.refreshes_paused());
+        assert_eq!(loads.pause.lock().failures, 0);
+    }
 }

@@ -339,7 +339,11 @@ async fn a_hot_key_is_refreshed_by_one_load_while_its_readers_are_served(db: Db)
             READERS as u64 + polls,
             "round {round}"
         );
-        assert_eq!(after.loads - before.loads, 1, "round {round}");
+        assert_eq!(
+            after.loads - before.loads,
+            1,
+            "round {round}: {before:?} {after:?}"
+        );
         assert_eq!(after.refreshes - before.refreshes, 1, "round {round}");
         assert_eq!(after.refresh_failures, 0);
         eprintln!("round {round}: {READERS} readers, slowest {slowest:?}, one load");
@@ -388,8 +392,9 @@ async fn without_refresh_ahead_a_reader_past_the_ttl_waits_for_the_load() {
     cache.close().await.unwrap();
 }
 
-/// A refresh that fails is counted and frees the key: the stale copy is
-/// still served, and the next read past the TTL refreshes it.
+/// A refresh that fails is counted, pauses refreshes (the database is not
+/// asked once per read) and frees the key: the stale copy is still served,
+/// and a read after the pause refreshes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_is_counted_and_does_not_wedge_the_key() {
     let db = Db::sqlite();
@@ -414,9 +419,17 @@ async fn a_failed_refresh_is_counted_and_does_not_wedge_the_key() {
     assert_eq!(cache.get("hot").await.unwrap(), Some(1));
     until(&cache, "the failed refresh", |s| s.refresh_failures == 1).await;
     assert_eq!(cache.stats().refreshes, 1);
-    // Still served from memory while the database cannot answer.
-    assert_eq!(cache.get("hot").await.unwrap(), Some(1));
-    until(&cache, "the retried refresh", |s| s.refreshes >= 2).await;
+    // Still served from memory while the database cannot answer; 200 reads
+    // over ~200 ms make a few refreshes (50 + 100 ms pauses), not one each.
+    for _ in 0..200 {
+        assert_eq!(cache.get("hot").await.unwrap(), Some(1));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let s = cache.stats();
+    assert!(
+        (2..=6).contains(&s.refreshes) && s.refresh_failures == s.refreshes,
+        "{s:?}"
+    );
     let misses = cache.stats().misses;
     db.exec(&format!("ALTER TABLE {hidden} RENAME TO {}", db.table))
         .await;

@@ -260,6 +260,15 @@ impl State {
         found
     }
 
+    /// Whether `key`'s clean copy is due for a refresh-ahead load now (not
+    /// counted as a read): a loader that won the key's load slot checks it
+    /// again, since another refresh may have landed since its read.
+    pub fn refresh_due(&self, key: &str) -> bool {
+        let hash = self.hash(key);
+        let inner = self.shards[self.shard_of(hash)].inner.read();
+        inner.find(hash, key).is_none() && self.clean.get(key).is_some_and(|hit| hit.refresh)
+    }
+
     fn clean_read(&self, key: &str) -> Read {
         match self.clean.get(key) {
             Some(hit) => Read {

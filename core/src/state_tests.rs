@@ -868,3 +868,35 @@ fn drop_clean_refuses_loads_in_progress_and_leaves_dirty_entries_alone() {
     assert_eq!((s.invalidation_evictions, s.clean_entries), (3, 1));
     assert_eq!(s.clean_bytes, "team:2:a".len() + 8);
 }
+
+#[test]
+fn refresh_due_follows_the_copy_and_never_a_dirty_entry() {
+    let ttl = Duration::from_millis(20);
+    let state = State::new(Limits {
+        clean_ttl: Some(ttl),
+        refresh: Some(crate::Refresh {
+            beta: 0.0,
+            max_stale: Duration::from_secs(60),
+        }),
+        ..Limits::default()
+    });
+    let t = state.load_ticket(&k("k"));
+    assert!(state.insert_loaded(t, Some((Value::Int(1), 1))));
+    assert!(!state.refresh_due("k"));
+    std::thread::sleep(ttl * 2);
+    assert!(state.refresh_due("k"));
+    let read = state.read("k");
+    assert_eq!(
+        (read.lookup, read.refresh),
+        (Lookup::Value(Value::Int(1)), true)
+    );
+    // Refreshed: fresh again.
+    let t = state.load_ticket(&k("k"));
+    assert!(state.insert_loaded(t, Some((Value::Int(2), 2))));
+    assert!(!state.refresh_due("k"));
+    std::thread::sleep(ttl * 2);
+    write(&state, "k", Change::Add(1), 1).unwrap();
+    assert!(!state.refresh_due("k"));
+    assert!(!state.read("k").refresh);
+    assert_eq!(state.stats().hits, 1);
+}
