@@ -130,6 +130,7 @@ pub(crate) async fn get(sh: &Arc<Shared>, text: &str) -> Result<Option<Value>> {
 
 /// What memory alone says of `key`: `Ok(Some(..))` when that is the answer,
 /// `Ok(None)` when the database must be asked.
+///
 /// A refresh-ahead load it asks for runs on `runtime` (none: not started).
 pub(crate) fn get_from_memory(
     sh: &Arc<Shared>,
