@@ -44,7 +44,7 @@ enum Written {
 }
 
 /// RETURNING rows `(key, version[, total])` aligned with `chunk` by key.
-fn by_position(chunk: &[WRow], rows: Vec<Vec<SqlValue>>) -> ReadBack {
+fn by_position(chunk: &[WRow], rows: impl IntoIterator<Item = Vec<SqlValue>>) -> ReadBack {
     let pos: HashMap<&str, usize> = chunk
         .iter()
         .enumerate()
@@ -163,6 +163,20 @@ impl<'a> Flush<'a> {
         self.tx()?
             .conn()
             .fetch(&sql, args, types)
+            .await
+            .map_err(Error::sql(self.context(ctx)))
+    }
+
+    async fn fetch_arrays(
+        &mut self,
+        st: Stmt,
+        ctx: &str,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<i64>>>)> {
+        self.statements += 1;
+        let Stmt { sql, args } = st;
+        self.tx()?
+            .conn()
+            .fetch_arrays(&sql, args)
             .await
             .map_err(Error::sql(self.context(ctx)))
     }
@@ -531,6 +545,22 @@ impl<'a> Flush<'a> {
                 };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
                 let st = d.write(mode, &data, returning);
+                if returning && d.backend == Backend::Postgres {
+                    let (keys, ints) = self.fetch_arrays(st, "write").await?;
+                    self.rows += match mode {
+                        Mode::InsertIfAbsent => keys.len() as u64,
+                        _ => chunk.len() as u64,
+                    };
+                    let rows = keys.into_iter().enumerate().map(|(i, k)| {
+                        let mut row = vec![SqlValue::Text(k)];
+                        row.extend(ints.iter().map(|col| match col.get(i) {
+                            Some(Some(n)) => SqlValue::Int(*n),
+                            _ => SqlValue::Null,
+                        }));
+                        row
+                    });
+                    return Ok(Written::Returned(by_position(chunk, rows)));
+                }
                 if returning {
                     let rows = self.fetch(st, &d.returning_types(mode), "write").await?;
                     self.rows += match mode {

@@ -251,7 +251,8 @@ impl Dialect {
     }
 
     /// A multi-row write of `rows` (their keys distinct and sorted);
-    /// `returning` adds `RETURNING key, version[, value]` (not on MySQL).
+    /// `returning` adds `RETURNING key, version[, value]` (not on MySQL),
+    /// which PostgreSQL answers as ONE row of arrays (see `ConnRef::fetch_arrays`).
     pub(crate) fn write(&self, mode: Mode, rows: &[&RowData], returning: bool) -> Stmt {
         let (t, k, v) = (&self.t, &self.k, &self.v);
         let cols = self.qcols.join(", ");
@@ -341,6 +342,17 @@ impl Dialect {
                 }
             }
         };
+        // PostgreSQL sends a row per RETURNING row; aggregated, the whole
+        // answer is one row of arrays (decoded in one go), in one row order.
+        let sql = if self.backend == Backend::Postgres && !returning.is_empty() {
+            let total = match (mode, self.qcols.first()) {
+                (Mode::Add, Some(c)) => format!(", array_agg({c})"),
+                _ => String::new(),
+            };
+            format!("WITH wb_written AS ({sql}) SELECT array_agg({k}), array_agg({v}){total} FROM wb_written")
+        } else {
+            sql
+        };
         Stmt { sql, args }
     }
 
@@ -353,7 +365,9 @@ impl Dialect {
     /// SQLite answers one text `pos,version[,total];..` (sqlx hands SQLite
     /// rows between threads one at a time, and JSON output costs SQLite more
     /// than `group_concat`); MySQL answers rows `(pos, version[, total])`
-    /// from `JSON_TABLE` (MySQL 8.0.4+, MariaDB 10.6+).
+    /// from `JSON_TABLE` (MySQL 8.0.4+, MariaDB 10.6+). The keys drive the
+    /// join (`STRAIGHT_JOIN`, SQLite's `CROSS JOIN`): a fresh table's
+    /// statistics may otherwise make the planner scan the table instead.
     pub(crate) fn read_back(&self, mode: Mode, keys: &[&Key]) -> Stmt {
         let (t, k, v) = (&self.t, &self.k, &self.v);
         let total = if mode == Mode::Add {
@@ -368,7 +382,7 @@ impl Dialect {
             format!(
                 "SELECT CAST(wb_keys.n AS SIGNED) - 1, {t}.{v}{total} FROM JSON_TABLE(?, '$[*]' \
                  COLUMNS (n FOR ORDINALITY, k {} PATH '$')) AS wb_keys \
-                 JOIN {t} ON {t}.{k} = wb_keys.k",
+                 STRAIGHT_JOIN {t} ON {t}.{k} = wb_keys.k",
                 self.key_type()
             )
         } else {
@@ -377,7 +391,7 @@ impl Dialect {
                 .unwrap_or_default();
             format!(
                 "SELECT group_concat(wb_keys.key || ',' || ifnull({t}.{v}, ''){total}, ';') \
-                 FROM json_each(?) AS wb_keys JOIN {t} ON {t}.{k} = wb_keys.value"
+                 FROM json_each(?) AS wb_keys CROSS JOIN {t} ON {t}.{k} = wb_keys.value"
             )
         };
         Stmt {
