@@ -89,8 +89,7 @@ fn append_locked(
     change: Change,
     durability: Option<Durability>,
 ) -> Result<Append> {
-    shard.check(&key, &change)?;
-    let expected = shard.expected(&key);
+    let expected = shard.check_expected(&key, &change)?;
     let ticket = PAYLOAD.with_borrow_mut(|buf| {
         buf.clear();
         log::encode_op_into(buf, &key, &change, expected)?;
