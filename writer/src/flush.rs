@@ -587,11 +587,12 @@ impl<'a> Flush<'a> {
         let mut back: ReadBack = vec![None; rows.len()];
         let mut lo = 0;
         while lo < rows.len() {
-            // Bounded by keys and bytes (MySQL's max_allowed_packet is 16 MiB on MariaDB).
+            // Bounded by keys and bytes (MySQL's max_allowed_packet is 16 MiB
+            // on MariaDB); JSON may spell one byte as six (`\u0001`).
             let mut hi = lo;
             let mut bytes = 0;
             while hi < rows.len() && hi - lo < READ_BACK_KEYS && bytes < READ_BACK_BYTES {
-                bytes += rows[hi].data.key.len() + 4;
+                bytes += rows[hi].data.key.len() * 6 + 3;
                 hi += 1;
             }
             let keys: Vec<&Key> = rows[lo..hi].iter().map(|r| &r.data.key).collect();

@@ -68,6 +68,7 @@ suite!(
     report_values_off_skips_read_back,
     random_cuts_match_a_model,
     read_back_equals_the_database,
+    read_back_of_long_keys_splits_by_bytes,
 );
 
 /// A record codec over "name;score;active;hexblob-or-dash".
@@ -978,6 +979,28 @@ mod cases {
                 None
             ]
         );
+        w.close().await;
+    }
+
+    /// 3 000 keys of 500 bytes: the read-back binds at most 4 MiB of JSON
+    /// (counted as six bytes per key byte) per statement, so SQLite and
+    /// MySQL read back in 3 statements (1 397 + 1 397 + 206 keys).
+    pub async fn read_back_of_long_keys_splits_by_bytes(fx: &Fixture) {
+        let w = fx.writer(fx.config("lk")).await;
+        let name = |i: i64| format!("{i:04}{}", "x".repeat(496));
+        let items: Vec<_> = (0..3000)
+            .map(|i| item(&name(i), Change::Add(i), Expected::Any))
+            .collect();
+        let r = w.flush(&cut(1, items)).await.unwrap();
+        assert_eq!(r.rows, 3000);
+        let writes = match fx.backend {
+            writebehind_writer::Backend::Postgres => 1,
+            writebehind_writer::Backend::Sqlite => 1 + 3,
+            writebehind_writer::Backend::MySql => 2 + 3,
+        };
+        assert_eq!(r.statements, 3 + writes);
+        let expect: Vec<_> = (0..3000).map(|i| written(1, Value::Int(i))).collect();
+        assert_eq!(r.outcomes, expect);
         w.close().await;
     }
 
