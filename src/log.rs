@@ -41,12 +41,28 @@ enum LogEntryRef<'a> {
     },
 }
 
+#[cfg(test)]
 pub(crate) fn encode_op(key: &str, change: &Change, expected: Expected) -> Result<Vec<u8>> {
-    codec::encode(&LogEntryRef::Op {
-        key,
-        change,
-        expected,
-    })
+    let mut buf = Vec::new();
+    encode_op_into(&mut buf, key, change, expected)?;
+    Ok(buf)
+}
+
+/// A write's record, appended to `buf` (the write path reuses one buffer per thread).
+pub(crate) fn encode_op_into(
+    buf: &mut Vec<u8>,
+    key: &str,
+    change: &Change,
+    expected: Expected,
+) -> Result<()> {
+    codec::encode_into(
+        buf,
+        &LogEntryRef::Op {
+            key,
+            change,
+            expected,
+        },
+    )
     .map_err(|e| Error::Codec(e.to_string()))
 }
 

@@ -13,6 +13,7 @@
 //! An error from steps 1–4 before the append changed nothing. An error
 //! from the WAL is indeterminate and poisons the log (see [`Error`]).
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use writebehind_core::{Change, Key, Lookup, Lsn, ShardGuard, Value};
@@ -88,16 +89,32 @@ fn append_locked(
     change: Change,
     durability: Option<Durability>,
 ) -> Result<Append> {
-    shard.check(&key, &change)?;
-    let expected = shard.expected(&key);
-    let payload = log::encode_op(&key, &change, expected)?;
-    let ticket = match durability {
-        Some(d) => sh.wal().append_with(log::KIND, &payload, d)?,
-        None => sh.wal().append(log::KIND, &payload)?,
-    };
+    let expected = shard.check_expected(&key, &change)?;
+    let ticket = PAYLOAD.with_borrow_mut(|buf| {
+        buf.clear();
+        log::encode_op_into(buf, &key, &change, expected)?;
+        let ticket = match durability {
+            Some(d) => sh.wal().append_with(log::KIND, buf, d),
+            None => sh.wal().append(log::KIND, buf),
+        };
+        // A rare huge value does not keep its buffer for the thread's life.
+        if buf.capacity() > PAYLOAD_KEEP {
+            *buf = Vec::new();
+        }
+        Ok::<_, Error>(ticket?)
+    })?;
     shard.apply(key, change, expected, ticket.lsn());
     Ok(ticket)
 }
+
+thread_local! {
+    /// This thread's record bytes: the WAL copies them into the frame, so
+    /// one buffer serves every write instead of one allocation each.
+    static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest record buffer a thread keeps between writes.
+const PAYLOAD_KEEP: usize = 64 << 10;
 
 /// Atomically replaces the value of `key` with `f(old)`: `Some` puts,
 /// `None` deletes. Loads first (outside the lock) so `f` sees the

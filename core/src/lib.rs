@@ -24,8 +24,7 @@
 //! for lsn in 1..=3 {
 //!     let change = Change::Add(1);
 //!     let mut shard = state.lock(&key);
-//!     shard.check(&key, &change)?;
-//!     let expected = shard.expected(&key); // goes into the WAL record
+//!     let expected = shard.check_expected(&key, &change)?; // goes into the WAL record
 //!     shard.apply(key.clone(), change, expected, lsn);
 //! }
 //! // Base unknown: the caller adds the database value.

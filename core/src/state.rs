@@ -654,8 +654,32 @@ impl ShardGuard<'_> {
     /// size limits, `Add` on a bytes value, counter overflow (of the value
     /// and of every pending sum). Returns the error the write must fail with.
     pub fn check(&self, key: &Key, change: &Change) -> Result<()> {
+        let hash = self.state.hash(key);
+        let node = match change {
+            Change::Add(_) => self.inner.find(hash, key),
+            _ => None,
+        };
+        self.check_found(hash, node, key, change)
+    }
+
+    /// [`check`](Self::check), then [`expected`](Self::expected), with one
+    /// hash and one lookup of `key`: the write path's step under the lock.
+    pub fn check_expected(&self, key: &Key, change: &Change) -> Result<Expected> {
+        let hash = self.state.hash(key);
+        let node = self.inner.find(hash, key);
+        self.check_found(hash, node, key, change)?;
+        Ok(self.expected_found(node, key))
+    }
+
+    /// `check` with `key`'s hash and its dirty node, when it has one.
+    fn check_found(
+        &self,
+        hash: u64,
+        node: Option<&Node>,
+        key: &Key,
+        change: &Change,
+    ) -> Result<()> {
         let state = self.state;
-        let hash = state.hash(key);
         let key_shard = state.shard_of(hash);
         if key_shard != self.index {
             return Err(Error::WrongShard {
@@ -680,7 +704,7 @@ impl ShardGuard<'_> {
                 })
             }
             Change::Add(delta) => {
-                let checked = match self.inner.find(hash, key) {
+                let checked = match node {
                     Some(node) => node.check_add(change),
                     None => match state.clean.get(key).and_then(|hit| hit.row) {
                         Some((v, _)) => fold(Visible::Known(v), change).map(drop),
@@ -704,7 +728,12 @@ impl ShardGuard<'_> {
     /// flight: the version it produces is learnt at `complete_cut`, and the
     /// next cut carries it.
     pub fn expected(&self, key: &Key) -> Expected {
-        match self.inner.find(self.state.hash(key), key) {
+        self.expected_found(self.inner.find(self.state.hash(key), key), key)
+    }
+
+    /// `expected` with `key`'s dirty node, when it has one.
+    fn expected_found(&self, node: Option<&Node>, key: &Key) -> Expected {
+        match node {
             Some(node) if node.in_flight().is_some() => Expected::Any,
             Some(node) => node.known.expected(),
             None => match self.state.clean.get(key).map(|hit| hit.row) {

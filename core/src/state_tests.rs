@@ -17,12 +17,15 @@ fn put_i(x: i64) -> Change {
     Change::Put(Value::Int(x))
 }
 
-/// check + expected + apply, as the root's write path does.
+/// check + expected + apply, as the root's write path does (in one lookup,
+/// `check_expected`, which must answer exactly as `check` then `expected`).
 fn write(state: &State, key: &str, change: Change, lsn: Lsn) -> Result<()> {
     let key = k(key);
     let mut g = state.lock(&key);
-    g.check(&key, &change)?;
-    let expected = g.expected(&key);
+    let both = g.check_expected(&key, &change);
+    let apart = g.check(&key, &change).map(|()| g.expected(&key));
+    assert_eq!(both, apart, "{key} {change:?}");
+    let expected = both?;
     g.apply(key, change, expected, lsn);
     Ok(())
 }
@@ -649,6 +652,10 @@ fn check_refuses_a_key_of_another_shard() {
     let g = state.lock(&a);
     assert!(matches!(
         g.check(&other, &Change::Add(1)),
+        Err(Error::WrongShard { .. })
+    ));
+    assert!(matches!(
+        g.check_expected(&other, &Change::Add(1)),
         Err(Error::WrongShard { .. })
     ));
 }

@@ -27,6 +27,17 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
         .map_err(|source| Error::Codec { source })
 }
 
+/// Encodes `v` at the end of `buf`: the bytes [`encode`] returns, with no
+/// allocation when `buf` has room (the write path reuses one buffer). On an
+/// error `buf` is left as it was.
+pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, v: &T) -> Result<()> {
+    let start = buf.len();
+    options().serialize_into(&mut *buf, v).map_err(|source| {
+        buf.truncate(start);
+        Error::Codec { source }
+    })
+}
+
 /// Decodes `b`; fails with [`Error::Codec`] on malformed, oversized or trailing bytes.
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     options()
@@ -82,6 +93,21 @@ mod tests {
         ];
         assert_eq!(b, golden);
         assert_eq!(decode::<Rec>(&golden).unwrap(), r);
+    }
+
+    #[test]
+    fn encode_into_appends_the_same_bytes() {
+        let r = (7u32, Some("k".to_owned()), vec![1i64, -2]);
+        let mut buf = vec![0xEE];
+        encode_into(&mut buf, &r).unwrap();
+        assert_eq!(buf[0], 0xEE);
+        assert_eq!(buf[1..], encode(&r).unwrap()[..]);
+        let big = vec![0u8; MAX_ENCODED as usize];
+        assert!(matches!(
+            encode_into(&mut buf, &big),
+            Err(Error::Codec { .. })
+        ));
+        assert_eq!(buf.len(), 1 + encode(&r).unwrap().len());
     }
 
     #[test]

@@ -421,6 +421,33 @@ impl ConnRef<'_> {
         }
     }
 
+    /// PostgreSQL: runs a query answering one row of a `text[]` then
+    /// `int8[]` columns (an aggregated RETURNING); NULL arrays (no rows) are empty.
+    pub(crate) async fn fetch_arrays(
+        self,
+        sql: &str,
+        args: Vec<Arg>,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<i64>>>), sqlx::Error> {
+        match self {
+            #[cfg(feature = "postgres")]
+            ConnRef::Pg(c) => {
+                let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
+                let row = q.fetch_one(c).await?;
+                let keys: Option<Vec<String>> = row.try_get(0)?;
+                let mut ints = Vec::new();
+                for i in 1..row.len() {
+                    let col: Option<Vec<Option<i64>>> = row.try_get(i)?;
+                    ints.push(col.unwrap_or_default());
+                }
+                Ok((keys.unwrap_or_default(), ints))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(sqlx::Error::Protocol(
+                "writebehind: aggregated RETURNING is PostgreSQL's".into(),
+            )),
+        }
+    }
+
     /// Runs one SQL text with no parameters, unprepared (DDL, savepoints).
     pub(crate) async fn execute_raw(self, sql: &str) -> Result<(), sqlx::Error> {
         use sqlx::Executor;

@@ -24,6 +24,47 @@ enum Group {
 
 const SAVEPOINT: &str = "wb_chunk";
 
+/// Keys per read-back statement, and the JSON bytes after which a batch stops.
+const READ_BACK_KEYS: usize = 20_000;
+const READ_BACK_BYTES: usize = 4 << 20;
+
+/// What the database holds after a write, aligned with the written rows:
+/// the version and, for `Add`, the total. `None`: not returned (an
+/// `InsertIfAbsent` that found the key, or a row read back by no one).
+type ReadBack = Vec<Option<(i64, Option<i64>)>>;
+
+/// How a chunk's new versions come back.
+enum Written {
+    /// From the statement itself (RETURNING).
+    Returned(ReadBack),
+    /// To be read back after the group, in the same transaction.
+    ReadLater,
+    /// Not at all (deletes; `report_values(false)`).
+    Done,
+}
+
+/// RETURNING rows `(key, version[, total])` aligned with `chunk` by key.
+fn by_position(chunk: &[WRow], rows: impl IntoIterator<Item = Vec<SqlValue>>) -> ReadBack {
+    let pos: HashMap<&str, usize> = chunk
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&*r.data.key, i))
+        .collect();
+    let mut back = vec![None; chunk.len()];
+    for row in rows {
+        if let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1)) {
+            let total = match row.get(2) {
+                Some(SqlValue::Int(t)) => Some(*t),
+                _ => None,
+            };
+            if let Some(&i) = pos.get(k.as_str()) {
+                back[i] = Some((*ver, total));
+            }
+        }
+    }
+    back
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -122,6 +163,20 @@ impl<'a> Flush<'a> {
         self.tx()?
             .conn()
             .fetch(&sql, args, types)
+            .await
+            .map_err(Error::sql(self.context(ctx)))
+    }
+
+    async fn fetch_arrays(
+        &mut self,
+        st: Stmt,
+        ctx: &str,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<i64>>>)> {
+        self.statements += 1;
+        let Stmt { sql, args } = st;
+        self.tx()?
+            .conn()
+            .fetch_arrays(&sql, args)
             .await
             .map_err(Error::sql(self.context(ctx)))
     }
@@ -400,9 +455,15 @@ impl<'a> Flush<'a> {
             .collect();
         stack.reverse();
         let mut lost = Vec::new();
+        // Written without RETURNING and to be read back after the group.
+        let mut unread: Vec<(usize, usize)> = Vec::new();
         while let Some((lo, hi)) = stack.pop() {
             match self.run_chunk(group, &rows[lo..hi]).await {
-                Ok(returned) => self.record(group, &rows[lo..hi], returned, &mut lost),
+                Ok(Written::Returned(back)) => {
+                    self.record(group, &rows[lo..hi], Some(back), &mut lost)
+                }
+                Ok(Written::ReadLater) => unread.push((lo, hi)),
+                Ok(Written::Done) => self.record(group, &rows[lo..hi], None, &mut lost),
                 Err(e)
                     if e.is_row_error() && d.backend == Backend::Postgres && !self.savepoints =>
                 {
@@ -427,15 +488,19 @@ impl<'a> Flush<'a> {
                 Err(e) => return Err(e),
             }
         }
+        if let (Group::Write(mode), false) = (group, unread.is_empty()) {
+            let written: Vec<WRow> = unread
+                .iter()
+                .flat_map(|&(lo, hi)| rows[lo..hi].iter().cloned())
+                .collect();
+            let back = self.read_back(mode, &written).await?;
+            self.record(group, &written, Some(back), &mut lost);
+        }
         Ok(lost)
     }
 
-    /// One statement (plus MySQL's re-select), undone alone on failure.
-    async fn run_chunk(
-        &mut self,
-        group: Group,
-        chunk: &[WRow],
-    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
+    /// One statement, undone alone on failure.
+    async fn run_chunk(&mut self, group: Group, chunk: &[WRow]) -> Result<Written> {
         let d = self.w.dialect();
         // PostgreSQL aborts the whole transaction on an error; SQLite and
         // InnoDB undo just the failed statement, so only PostgreSQL needs a savepoint.
@@ -458,98 +523,146 @@ impl<'a> Flush<'a> {
         result
     }
 
-    async fn chunk_statement(
-        &mut self,
-        group: Group,
-        chunk: &[WRow],
-    ) -> Result<Option<Vec<Vec<SqlValue>>>> {
+    async fn chunk_statement(&mut self, group: Group, chunk: &[WRow]) -> Result<Written> {
         let d = self.w.dialect();
-        let keys: Vec<&Key> = chunk.iter().map(|r| &r.data.key).collect();
         match group {
             Group::Delete => {
+                let keys: Vec<&Key> = chunk.iter().map(|r| &r.data.key).collect();
                 let n = self.exec(d.delete(&keys), "delete").await?;
                 self.rows += n;
-                Ok(None)
+                Ok(Written::Done)
             }
             Group::Write(mode) => {
                 let report = self.w.cfg().report_values;
+                // RETURNING where it is cheap: PostgreSQL always; SQLite only
+                // to learn which rows an InsertIfAbsent inserted, since its
+                // RETURNING costs as much as the write (the rest is read back
+                // after the group); MySQL has none with ON DUPLICATE KEY.
                 let returning = match d.backend {
                     Backend::MySql => false,
-                    // InsertIfAbsent needs to know which rows it inserted.
                     Backend::Sqlite => mode == Mode::InsertIfAbsent,
                     Backend::Postgres => mode == Mode::InsertIfAbsent || report,
                 };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
                 let st = d.write(mode, &data, returning);
-                let returned = if returning {
-                    Some(self.fetch(st, &d.returning_types(mode), "write").await?)
+                if returning && d.backend == Backend::Postgres {
+                    let (keys, ints) = self.fetch_arrays(st, "write").await?;
+                    self.rows += match mode {
+                        Mode::InsertIfAbsent => keys.len() as u64,
+                        _ => chunk.len() as u64,
+                    };
+                    let rows = keys.into_iter().enumerate().map(|(i, k)| {
+                        let mut row = vec![SqlValue::Text(k)];
+                        row.extend(ints.iter().map(|col| match col.get(i) {
+                            Some(Some(n)) => SqlValue::Int(*n),
+                            _ => SqlValue::Null,
+                        }));
+                        row
+                    });
+                    return Ok(Written::Returned(by_position(chunk, rows)));
+                }
+                if returning {
+                    let rows = self.fetch(st, &d.returning_types(mode), "write").await?;
+                    self.rows += match mode {
+                        Mode::InsertIfAbsent => rows.len() as u64,
+                        _ => chunk.len() as u64,
+                    };
+                    return Ok(Written::Returned(by_position(chunk, rows)));
+                }
+                self.exec(st, "write").await?;
+                self.rows += chunk.len() as u64;
+                Ok(if report || mode == Mode::InsertIfAbsent {
+                    Written::ReadLater
                 } else {
-                    self.exec(st, "write").await?;
-                    if report || mode == Mode::InsertIfAbsent {
-                        Some(self.reselect(mode, &keys).await?)
-                    } else {
-                        None
-                    }
-                };
-                self.rows += match (&returned, mode) {
-                    (Some(rows), Mode::InsertIfAbsent) => rows.len() as u64,
-                    _ => chunk.len() as u64,
-                };
-                Ok(returned)
+                    Written::Done
+                })
             }
         }
     }
 
-    /// The rows just written (key, version[, counter total]), read in the transaction.
-    async fn reselect(&mut self, mode: Mode, keys: &[&Key]) -> Result<Vec<Vec<SqlValue>>> {
+    /// Versions (and counter totals) of `rows`, just written in this
+    /// transaction, by position: SQLite and MySQL's stand-in for RETURNING.
+    async fn read_back(&mut self, mode: Mode, rows: &[WRow]) -> Result<ReadBack> {
         let d = self.w.dialect();
-        let types = d.returning_types(mode);
-        if d.backend != Backend::Sqlite {
-            return self
-                .fetch(d.reselect(mode, keys), &types, "re-select written rows")
-                .await;
+        let mut back: ReadBack = vec![None; rows.len()];
+        let mut lo = 0;
+        while lo < rows.len() {
+            // Bounded by keys and bytes (MySQL's max_allowed_packet is 16 MiB
+            // on MariaDB); JSON may spell one byte as six (`\u0001`).
+            let mut hi = lo;
+            let mut bytes = 0;
+            while hi < rows.len() && hi - lo < READ_BACK_KEYS && bytes < READ_BACK_BYTES {
+                bytes += rows[hi].data.key.len() * 6 + 3;
+                hi += 1;
+            }
+            let keys: Vec<&Key> = rows[lo..hi].iter().map(|r| &r.data.key).collect();
+            let st = d.read_back(mode, &keys);
+            let bad = |message: String| Error::BadRow {
+                table: d.table_name().to_owned(),
+                key: String::new(),
+                message,
+            };
+            let ctx = "read back written rows";
+            let mut put = |pos: i64, version: i64, total: Option<i64>| {
+                let slot = usize::try_from(pos)
+                    .ok()
+                    .and_then(|p| back.get_mut(lo + p).filter(|_| p < hi - lo))
+                    .ok_or_else(|| bad(format!("read back: position {pos} out of range")))?;
+                *slot = Some((version, total));
+                Ok::<(), Error>(())
+            };
+            if d.backend == Backend::Sqlite {
+                let text = self.fetch(st, &[SqlType::Text], ctx).await?;
+                let text = match text.first().and_then(|r| r.first()) {
+                    Some(SqlValue::Text(t)) => t.as_str(),
+                    _ => "",
+                };
+                for entry in text.split(';').filter(|e| !e.is_empty()) {
+                    let mut f = entry.split(',');
+                    let mut int = |what: &str| -> Result<Option<i64>> {
+                        match f.next() {
+                            Some("") => Ok(None),
+                            Some(n) => n.parse().map(Some).map_err(|_| {
+                                bad(format!("read back: {what} {n:?} is not a BIGINT"))
+                            }),
+                            None => Err(bad(format!("read back: no {what} in {entry:?}"))),
+                        }
+                    };
+                    let (pos, version) = (int("position")?, int("version")?);
+                    let total = if mode == Mode::Add {
+                        int("total")?
+                    } else {
+                        None
+                    };
+                    if let (Some(pos), Some(version)) = (pos, version) {
+                        put(pos, version, total)?;
+                    }
+                }
+            } else {
+                let types = [SqlType::BigInt, SqlType::BigInt, SqlType::BigInt];
+                let n = if mode == Mode::Add { 3 } else { 2 };
+                for row in self.fetch(st, &types[..n], ctx).await? {
+                    if let (Some(SqlValue::Int(pos)), Some(SqlValue::Int(version))) =
+                        (row.first(), row.get(1))
+                    {
+                        let total = match row.get(2) {
+                            Some(SqlValue::Int(t)) => Some(*t),
+                            _ => None,
+                        };
+                        put(*pos, *version, total)?;
+                    }
+                }
+            }
+            lo = hi;
         }
-        let rows = self
-            .fetch(
-                d.reselect_json(mode, keys),
-                &[SqlType::Text],
-                "re-select written rows",
-            )
-            .await?;
-        let json = match rows.first().and_then(|r| r.first()) {
-            Some(SqlValue::Text(j)) => j.as_str(),
-            _ => "[]",
-        };
-        let bad = |message: String| Error::BadRow {
-            table: d.table_name().to_owned(),
-            key: String::new(),
-            message,
-        };
-        let parsed: Vec<Vec<serde_json::Value>> =
-            serde_json::from_str(json).map_err(|e| bad(format!("re-select JSON: {e}")))?;
-        parsed
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .zip(&types)
-                    .map(|(v, ty)| match (v, ty) {
-                        (serde_json::Value::String(s), SqlType::Text) => Ok(SqlValue::Text(s)),
-                        (serde_json::Value::Number(n), SqlType::BigInt) => n
-                            .as_i64()
-                            .map(SqlValue::Int)
-                            .ok_or_else(|| bad(format!("not a BIGINT: {n}"))),
-                        (v, ty) => Err(bad(format!("re-select: {v} is not {ty:?}"))),
-                    })
-                    .collect()
-            })
-            .collect()
+        Ok(back)
     }
 
     fn record(
         &mut self,
         group: Group,
         chunk: &[WRow],
-        returned: Option<Vec<Vec<SqlValue>>>,
+        back: Option<ReadBack>,
         lost: &mut Vec<WRow>,
     ) {
         let Group::Write(mode) = group else {
@@ -558,26 +671,18 @@ impl<'a> Flush<'a> {
             }
             return;
         };
-        let mut by_key: HashMap<&str, (i64, Option<i64>)> = HashMap::new();
-        for row in returned.iter().flatten() {
-            if let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1)) {
-                let total = match row.get(2) {
-                    Some(SqlValue::Int(t)) => Some(*t),
-                    _ => None,
-                };
-                by_key.insert(k.as_str(), (*ver, total));
-            }
-        }
+        let read = back.is_some();
+        let mut back = back.unwrap_or_default().into_iter();
         for r in chunk {
-            let outcome = match by_key.get(&*r.data.key) {
+            let outcome = match back.next().flatten() {
                 Some((ver, total)) => ItemOutcome::Written {
-                    version: Some(*ver),
+                    version: Some(ver),
                     value: match mode {
                         Mode::Add => total.map(Value::Int),
                         Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),
                     },
                 },
-                None if mode == Mode::InsertIfAbsent => {
+                None if mode == Mode::InsertIfAbsent && read => {
                     lost.push(r.clone());
                     continue;
                 }

@@ -251,7 +251,8 @@ impl Dialect {
     }
 
     /// A multi-row write of `rows` (their keys distinct and sorted);
-    /// `returning` adds `RETURNING key, version[, value]` (not on MySQL).
+    /// `returning` adds `RETURNING key, version[, value]` (not on MySQL),
+    /// which PostgreSQL answers as ONE row of arrays (see `ConnRef::fetch_arrays`).
     pub(crate) fn write(&self, mode: Mode, rows: &[&RowData], returning: bool) -> Stmt {
         let (t, k, v) = (&self.t, &self.k, &self.v);
         let cols = self.qcols.join(", ");
@@ -341,44 +342,58 @@ impl Dialect {
                 }
             }
         };
-        Stmt { sql, args }
-    }
-
-    /// MySQL's stand-in for RETURNING: the rows just written, read in the same transaction.
-    pub(crate) fn reselect(&self, mode: Mode, keys: &[&Key]) -> Stmt {
-        let mut ph = Ph::new(self.backend);
-        let mut args = Vec::new();
-        let filter = self.key_filter(keys, &mut ph, &mut args);
-        let extra = if mode == Mode::Add {
-            format!(", {}", self.qcols.join(", "))
+        // PostgreSQL sends a row per RETURNING row; aggregated, the whole
+        // answer is one row of arrays (decoded in one go), in one row order.
+        let sql = if self.backend == Backend::Postgres && !returning.is_empty() {
+            let total = match (mode, self.qcols.first()) {
+                (Mode::Add, Some(c)) => format!(", array_agg({c})"),
+                _ => String::new(),
+            };
+            format!("WITH wb_written AS ({sql}) SELECT array_agg({k}), array_agg({v}){total} FROM wb_written")
         } else {
-            String::new()
+            sql
         };
-        let sql = format!(
-            "SELECT {}, {}{extra} FROM {} WHERE {filter}",
-            self.k, self.v, self.t
-        );
         Stmt { sql, args }
     }
 
-    /// SQLite's faster stand-in for RETURNING: the written rows as ONE JSON
-    /// text `[[key, version(, value)], ..]`, the keys bound as one JSON array
-    /// (sqlx hands SQLite rows over one by one between threads; one row with
-    /// 10 000 entries costs far less).
-    pub(crate) fn reselect_json(&self, mode: Mode, keys: &[&Key]) -> Stmt {
+    /// The stand-in for RETURNING on SQLite and MySQL: after a group's
+    /// writes, in the same transaction, one statement per batch of keys
+    /// reads back the version (and for `Add` the total) of each key, by its
+    /// position in `keys` (0-based), so no key text travels back. The keys
+    /// are bound as ONE JSON array: no bind limit, one parameter to encode.
+    ///
+    /// SQLite answers one text `pos,version[,total];..` (sqlx hands SQLite
+    /// rows between threads one at a time, and JSON output costs SQLite more
+    /// than `group_concat`); MySQL answers rows `(pos, version[, total])`
+    /// from `JSON_TABLE` (MySQL 8.0.4+, MariaDB 10.6+). The keys drive the
+    /// join (`STRAIGHT_JOIN`, SQLite's `CROSS JOIN`): a fresh table's
+    /// statistics may otherwise make the planner scan the table instead.
+    pub(crate) fn read_back(&self, mode: Mode, keys: &[&Key]) -> Stmt {
         let (t, k, v) = (&self.t, &self.k, &self.v);
-        let extra = if mode == Mode::Add {
-            let cols: Vec<String> = self.qcols.iter().map(|c| format!("{t}.{c}")).collect();
-            format!(", {}", cols.join(", "))
+        let total = if mode == Mode::Add {
+            self.qcols.first()
         } else {
-            String::new()
+            None
         };
         let list: Vec<&str> = keys.iter().map(|k| &***k).collect();
         let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned());
-        let sql = format!(
-            "SELECT json_group_array(json_array({t}.{k}, {t}.{v}{extra})) \
-             FROM json_each(?) AS wb_keys JOIN {t} ON {t}.{k} = wb_keys.value"
-        );
+        let sql = if self.backend == Backend::MySql {
+            let total = total.map(|c| format!(", {t}.{c}")).unwrap_or_default();
+            format!(
+                "SELECT CAST(wb_keys.n AS SIGNED) - 1, {t}.{v}{total} FROM JSON_TABLE(?, '$[*]' \
+                 COLUMNS (n FOR ORDINALITY, k {} PATH '$')) AS wb_keys \
+                 STRAIGHT_JOIN {t} ON {t}.{k} = wb_keys.k",
+                self.key_type()
+            )
+        } else {
+            let total = total
+                .map(|c| format!(" || ',' || ifnull({t}.{c}, '')"))
+                .unwrap_or_default();
+            format!(
+                "SELECT group_concat(wb_keys.key || ',' || ifnull({t}.{v}, ''){total}, ';') \
+                 FROM json_each(?) AS wb_keys CROSS JOIN {t} ON {t}.{k} = wb_keys.value"
+            )
+        };
         Stmt {
             sql,
             args: vec![Arg::Text(Some(json))],
