@@ -9,11 +9,12 @@ use rand::Rng;
 use rand_distr::Distribution;
 use writebehind::Durability;
 
-/// Parses `fsync`, `buffered:<N>ms` (N ≥ 1) or `none`.
+/// Parses `fsync`, `buffered:<N>ms` (N ≥ 1), `none` or `replicated`.
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "fsync" => Ok(Durability::Fsync),
         "none" => Ok(Durability::None),
+        "replicated" => Ok(Durability::Replicated),
         _ => {
             let ms = s
                 .strip_prefix("buffered:")
@@ -21,7 +22,9 @@ pub fn parse_durability(s: &str) -> Result<Durability, String> {
                 .and_then(|n| n.parse::<u64>().ok())
                 .filter(|n| *n > 0)
                 .ok_or_else(|| {
-                    format!("{s:?} is not `fsync`, `buffered:<N>ms` (N ≥ 1) or `none`")
+                    format!(
+                        "{s:?} is not `fsync`, `buffered:<N>ms` (N ≥ 1), `none` or `replicated`"
+                    )
                 })?;
             Ok(Durability::Buffered {
                 interval: Duration::from_millis(ms),
@@ -36,6 +39,7 @@ pub fn durability_name(d: Durability) -> String {
         Durability::Fsync => "fsync".into(),
         Durability::Buffered { interval } => format!("buffered:{}ms", interval.as_millis()),
         Durability::None => "none".into(),
+        Durability::Replicated => "replicated".into(),
     }
 }
 
