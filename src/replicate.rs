@@ -1,0 +1,992 @@
+//! Replication of the WAL to NATS JetStream (feature `nats`).
+//!
+//! [`Replicator`] is the WAL's [`ReplicaSink`]: the committer offers it each
+//! group right after the local write, and it queues the group (bounded; a
+//! full queue drops it and the task re-reads the range from the local WAL).
+//! One supervised task publishes the groups in LSN order to
+//! `<prefix>.<instance>.wal`, each message whole frames, at most the
+//! server's payload limit, with the message id `<instance>:<first LSN>` so
+//! a retried publish is a duplicate JetStream drops, and advances the WAL's
+//! [`ReplicaAcks`] as JetStream acknowledges. While NATS is unreachable the
+//! task retries with backoff, and `Durability::Replicated` writes time out
+//! naming the failure; other modes go on locally.
+//!
+//! The stream stays bounded: after a flush commits at position P the task
+//! records the floor P on `<prefix>.<instance>.trim` and purges the
+//! messages below the one holding P; when a local checkpoint is written
+//! (a long database outage) it stores the checkpoint in the object store
+//! bucket `<stream>-checkpoints` (it can exceed a message), records the
+//! floor after it, and purges below that.
+//!
+//! [`rebuild`] reads it all back into an empty WAL directory: the
+//! checkpoint if it is at or past the floor, then the records from there,
+//! checksums and LSN continuity checked (a gap is an error, never skipped).
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream::Stream};
+use bytes::Bytes;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch, Notify};
+use writebehind_wal::replica::{parse_frames, seed};
+use writebehind_wal::{Group, Lsn, ReplicaAcks, ReplicaSink, StdIo};
+
+use crate::config::{Config, Replication};
+use crate::shared::Shared;
+use crate::{Error, Result};
+
+/// Groups queued between the committer and the task.
+const QUEUE: usize = 1024;
+/// Messages published and not yet acknowledged.
+const WINDOW: usize = 256;
+/// Bound on connecting and on each JetStream request.
+const REQUEST: Duration = Duration::from_secs(5);
+/// Room left in a message for its headers.
+const HEADER_ROOM: usize = 512;
+/// Retry pauses while NATS is unreachable: doubling between these.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The names one instance uses in NATS.
+#[derive(Clone, Debug)]
+pub(crate) struct Names {
+    url: String,
+    stream: String,
+    replicas: usize,
+    instance: String,
+    prefix: String,
+}
+
+impl Names {
+    pub(crate) fn new(r: &Replication, instance: &str) -> Names {
+        Names {
+            url: r.url().to_owned(),
+            stream: r.stream().to_owned(),
+            replicas: r.replicas(),
+            instance: instance.to_owned(),
+            prefix: r.subject_prefix().to_owned(),
+        }
+    }
+    fn wal_subject(&self) -> String {
+        format!("{}.{}.wal", self.prefix, self.instance)
+    }
+    fn trim_subject(&self) -> String {
+        format!("{}.{}.trim", self.prefix, self.instance)
+    }
+    fn bucket(&self) -> String {
+        format!("{}-checkpoints", self.stream)
+    }
+    fn error(&self, reason: impl std::fmt::Display) -> Error {
+        Error::Replication {
+            url: self.url.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A connection and its JetStream context.
+struct Session {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: Stream,
+}
+
+async fn connect(n: &Names) -> Result<Session> {
+    let connecting = async_nats::ConnectOptions::new()
+        .connection_timeout(REQUEST)
+        .request_timeout(Some(REQUEST))
+        .connect(n.url.as_str());
+    let client = tokio::time::timeout(REQUEST * 2, connecting)
+        .await
+        .map_err(|_| n.error(format!("no connection within {:?}", REQUEST * 2)))?
+        .map_err(|e| n.error(format!("cannot connect: {e}")))?;
+    let js = jetstream::context::ContextBuilder::new()
+        .timeout(REQUEST)
+        .ack_timeout(REQUEST)
+        .build(client.clone());
+    let config = jetstream::stream::Config {
+        name: n.stream.clone(),
+        subjects: vec![format!("{}.>", n.prefix)],
+        num_replicas: n.replicas,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    let stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| n.error(format!("stream {}: {e}", n.stream)))?;
+    Ok(Session { client, js, stream })
+}
+
+/// The last message on `subject`, if any.
+async fn last_message(
+    n: &Names,
+    stream: &Stream,
+    subject: &str,
+) -> Result<Option<jetstream::message::StreamMessage>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(n.error(format!("reading the last message of {subject}: {e}"))),
+    }
+}
+
+/// The floor recorded on the trim subject: records below it may be gone.
+async fn floor(n: &Names, stream: &Stream) -> Result<Lsn> {
+    let Some(m) = last_message(n, stream, &n.trim_subject()).await? else {
+        return Ok(0);
+    };
+    let text = std::str::from_utf8(&m.payload).unwrap_or("");
+    text.parse::<Lsn>().map_err(|_| {
+        n.error(format!(
+            "message {} on {} is not an LSN",
+            m.sequence,
+            n.trim_subject()
+        ))
+    })
+}
+
+/// What the stream holds for this instance, as a point to continue from:
+/// every LSN up to the returned one is in it (or covered by its floor).
+async fn tail(n: &Names, stream: &Stream) -> Result<Lsn> {
+    let floor = floor(n, stream).await?;
+    let last = match last_message(n, stream, &n.wal_subject()).await? {
+        Some(m) => {
+            let spans = parse_frames(&m.payload).map_err(|e| {
+                n.error(format!(
+                    "message {} on {}: {e}",
+                    m.sequence,
+                    n.wal_subject()
+                ))
+            })?;
+            spans.last().map_or(0, |s| s.lsn)
+        }
+        None => 0,
+    };
+    Ok(last.max(floor.saturating_sub(1)))
+}
+
+/// What [`rebuild`] restored.
+#[derive(Debug, Default)]
+pub(crate) struct Rebuilt {
+    pub(crate) checkpoint: Option<Lsn>,
+    pub(crate) records: u64,
+}
+
+/// Rebuilds the empty WAL directory of `cfg` from the stream of
+/// `instance`: the checkpoint (when it reaches the floor), then every record
+/// from there. Fails when NATS cannot be reached: an empty directory with
+/// an explicit id must not start from nothing when the stream holds data.
+pub(crate) async fn rebuild(cfg: &Config, r: &Replication, instance: &str) -> Result<Rebuilt> {
+    let n = Names::new(r, instance);
+    let s = connect(&n).await?;
+    let floor = floor(&n, &s.stream).await?;
+    let checkpoint = match s.js.get_object_store(n.bucket()).await {
+        Ok(store) => match store.get(&n.instance).await {
+            Ok(mut obj) => {
+                let mut bytes = Vec::new();
+                obj.read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| n.error(format!("reading checkpoint object: {e}")))?;
+                Some(bytes)
+            }
+            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => None,
+            Err(e) => return Err(n.error(format!("checkpoint object: {e}"))),
+        },
+        // No bucket: no checkpoint was ever stored.
+        Err(e) => match s.js.get_stream(format!("OBJ_{}", n.bucket())).await {
+            Err(g)
+                if matches!(g.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                None
+            }
+            _ => return Err(n.error(format!("object store {}: {e}", n.bucket()))),
+        },
+    };
+    let ckpt = match checkpoint {
+        Some(bytes) => {
+            let c = writebehind_wal::checkpoint::decode(&bytes).map_err(|reason| {
+                Error::Wal(writebehind_wal::Error::ReplicaData {
+                    reason: format!("checkpoint object of {instance}: {reason}"),
+                })
+            })?;
+            // A checkpoint below the floor is older than a flush that
+            // covered it: the records from the floor on say it all.
+            (c.lsn + 1 >= floor).then_some((c.lsn, bytes))
+        }
+        None => None,
+    };
+    let start = match &ckpt {
+        Some((c, _)) => c + 1,
+        None => floor.max(1),
+    };
+    let subject = n.wal_subject();
+    let mut frames = Vec::new();
+    let mut next: Option<Lsn> = ckpt.as_ref().map(|(c, _)| c + 1);
+    let mut seq = 1;
+    let mut messages = 0;
+    let mut records = 0;
+    loop {
+        let got = s
+            .stream
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(subject.clone())
+            .send()
+            .await;
+        let m = match got {
+            Ok(m) => m,
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(n.error(format!("reading {subject} at {seq}: {e}"))),
+        };
+        seq = m.sequence + 1;
+        messages += 1;
+        let spans = parse_frames(&m.payload).map_err(|e| {
+            tracing::error!(instance, sequence = m.sequence, error = %e, "replica message failed its checks");
+            Error::Wal(e)
+        })?;
+        for sp in spans {
+            if sp.lsn < start {
+                continue;
+            }
+            match next {
+                // A retried publish that was not deduplicated repeats LSNs: skip them.
+                Some(x) if sp.lsn < x => continue,
+                Some(x) if sp.lsn > x => {
+                    return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
+                        expected: x,
+                        found: sp.lsn,
+                    }))
+                }
+                None if sp.lsn > start => {
+                    return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
+                        expected: start,
+                        found: sp.lsn,
+                    }))
+                }
+                _ => {}
+            }
+            frames.extend_from_slice(&m.payload[sp.range]);
+            next = Some(sp.lsn + 1);
+            records += 1;
+        }
+    }
+    seed(
+        &StdIo,
+        cfg.dir(),
+        ckpt.as_ref().map(|(_, b)| b.as_slice()),
+        &frames,
+    )?;
+    let rebuilt = Rebuilt {
+        checkpoint: ckpt.map(|(c, _)| c),
+        records,
+    };
+    tracing::info!(instance, stream = %n.stream, floor, checkpoint = ?rebuilt.checkpoint,
+        records, messages, "WAL rebuilt from the replica");
+    Ok(rebuilt)
+}
+
+/// Whether `dir` holds no log yet (no segment, no checkpoint).
+pub(crate) fn is_empty_log(dir: &std::path::Path) -> Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(source) => {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for e in entries {
+        let e = e.map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".wal") || name.ends_with(".ckpt") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Figures of the replication, for [`Stats`](crate::Stats).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReplicaCounts {
+    pub(crate) acked: Lsn,
+    pub(crate) lag_seconds: Duration,
+    pub(crate) failures: u64,
+    pub(crate) messages: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) purges: u64,
+    pub(crate) checkpoints: u64,
+    pub(crate) last_error: Option<String>,
+}
+
+/// The WAL's replica sink, and the state its task shares with the cache.
+#[derive(Debug)]
+pub(crate) struct Replicator {
+    names: Names,
+    acks: ReplicaAcks,
+    tx: mpsc::Sender<Group>,
+    rx: Mutex<Option<mpsc::Receiver<Group>>>,
+    /// A full queue dropped a group: re-read from the local WAL.
+    dropped: AtomicBool,
+    /// Last LSN offered.
+    offered: AtomicU64,
+    /// Since when the replica is behind what was offered.
+    behind_since: Mutex<Option<Instant>>,
+    /// Purge below this flush position (0: nothing asked).
+    trim_to: AtomicU64,
+    /// A local checkpoint was written at this LSN: publish it.
+    checkpoint_at: AtomicU64,
+    wake: Notify,
+    failures: AtomicU64,
+    messages: AtomicU64,
+    duplicates: AtomicU64,
+    purges: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+impl ReplicaSink for Replicator {
+    fn offer(&self, group: Group) {
+        let last = group.last;
+        {
+            let mut b = self.behind_since.lock();
+            if b.is_none() {
+                *b = Some(Instant::now());
+            }
+        }
+        self.offered.store(last, Ordering::Release);
+        if self.tx.try_send(group).is_err() {
+            // Full (or the task is gone): the task re-reads it from the WAL.
+            self.dropped.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Replicator {
+    pub(crate) fn new(r: &Replication, instance: &str) -> Result<Arc<Replicator>> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok(Arc::new(Replicator {
+            names: Names::new(r, instance),
+            acks: ReplicaAcks::new(0)?,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            dropped: AtomicBool::new(false),
+            offered: AtomicU64::new(0),
+            behind_since: Mutex::new(None),
+            trim_to: AtomicU64::new(0),
+            checkpoint_at: AtomicU64::new(0),
+            wake: Notify::new(),
+            failures: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            purges: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+        }))
+    }
+
+    pub(crate) fn acks(&self) -> &ReplicaAcks {
+        &self.acks
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.names.url
+    }
+
+    /// A flush committed at `position`: the stream may go below it.
+    pub(crate) fn flushed(&self, position: Lsn) {
+        self.trim_to.fetch_max(position, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// A local checkpoint was written at `lsn`: publish it, trim below it.
+    pub(crate) fn checkpointed(&self, lsn: Lsn) {
+        self.checkpoint_at.fetch_max(lsn, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn counts(&self, last_lsn: Lsn) -> ReplicaCounts {
+        let acked = self.acks.acked();
+        let lag_seconds = if acked >= last_lsn {
+            Duration::ZERO
+        } else {
+            self.behind_since
+                .lock()
+                .map_or(Duration::ZERO, |t| t.elapsed())
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReplicaCounts {
+            acked,
+            lag_seconds,
+            failures: get(&self.failures),
+            messages: get(&self.messages),
+            duplicates: get(&self.duplicates),
+            purges: get(&self.purges),
+            checkpoints: get(&self.checkpoints),
+            last_error: self.acks.last_error(),
+        }
+    }
+
+    fn acked(&self, lsn: Lsn) {
+        self.acks.ack(lsn);
+        let mut b = self.behind_since.lock();
+        *b = (self.offered.load(Ordering::Acquire) > lsn).then(Instant::now);
+    }
+
+    /// Waits until the replica holds `lsn`, within `bound`.
+    pub(crate) async fn wait_for(&self, lsn: Lsn, bound: Duration) -> Result<()> {
+        self.acks
+            .wait_async(lsn, Instant::now() + bound)
+            .await
+            .map(drop)
+            .map_err(Error::Wal)
+    }
+}
+
+/// Starts the publishing task, supervised: a panic or an error is logged,
+/// counted and handed to every waiter (their waits fail at once).
+pub(crate) fn spawn(
+    sh: &Arc<Shared>,
+    rep: &Arc<Replicator>,
+    shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let rx = rep.rx.lock().take()?;
+    let weak = Arc::downgrade(sh);
+    let rep = rep.clone();
+    Some(tokio::spawn(async move {
+        let ran = std::panic::AssertUnwindSafe(run(&rep, &weak, rx, shutdown))
+            .catch_unwind()
+            .await;
+        let reason = match ran {
+            Ok(()) => return,
+            Err(panic) => {
+                let message = crate::supervise::panic_message(&*panic);
+                if let Some(sh) = weak.upgrade() {
+                    sh.supervisor().panicked();
+                }
+                format!("the replication task panicked: {message}")
+            }
+        };
+        tracing::error!(url = %rep.names.url, %reason, "replication stopped");
+        rep.acks.close(reason);
+    }))
+}
+
+/// A message published and not yet acknowledged.
+struct InFlight {
+    first: Lsn,
+    last: Lsn,
+    payload: Bytes,
+    ack: Option<
+        Pin<
+            Box<
+                dyn Future<
+                        Output = std::result::Result<
+                            jetstream::publish::PublishAck,
+                            jetstream::context::PublishError,
+                        >,
+                    > + Send,
+            >,
+        >,
+    >,
+}
+
+/// What the task keeps across reconnections.
+struct Cursor {
+    /// Next LSN to publish.
+    next: Lsn,
+    /// Published, not yet acknowledged: republished as is after a failure
+    /// (same bytes, same message id: JetStream drops what it has).
+    in_flight: VecDeque<InFlight>,
+    /// LSN → stream sequence of the messages this process published.
+    index: VecDeque<(Lsn, Lsn, u64)>,
+    /// Floor already recorded.
+    floor: Lsn,
+    /// Checkpoint already published.
+    checkpoint: Lsn,
+    /// This process had a message acknowledged: every older message of
+    /// this instance is below the ones in `index`.
+    published: bool,
+}
+
+async fn run(
+    rep: &Arc<Replicator>,
+    weak: &Weak<Shared>,
+    mut rx: mpsc::Receiver<Group>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut cur = Cursor {
+        next: 0,
+        in_flight: VecDeque::new(),
+        index: VecDeque::new(),
+        floor: 0,
+        checkpoint: 0,
+        published: false,
+    };
+    let mut pause = BACKOFF_MIN;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let before = rep.acks.acked();
+        let err = match session(rep, weak, &mut rx, &mut shutdown, &mut cur).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if rep.acks.acked() > before {
+            pause = BACKOFF_MIN;
+        }
+        rep.failures.fetch_add(1, Ordering::Relaxed);
+        rep.acks.fail(err.to_string());
+        tracing::warn!(url = %rep.names.url, error = %err, retry_in = ?pause, "replication interrupted; retrying");
+        let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 4));
+        tokio::select! {
+            _ = tokio::time::sleep(pause + jitter) => {}
+            _ = shutdown.changed() => {}
+        }
+        pause = (pause * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's worth of publishing; `Ok` only at shutdown.
+async fn session(
+    rep: &Arc<Replicator>,
+    weak: &Weak<Shared>,
+    rx: &mut mpsc::Receiver<Group>,
+    shutdown: &mut watch::Receiver<bool>,
+    cur: &mut Cursor,
+) -> Result<()> {
+    let n = &rep.names;
+    let s = connect(n).await?;
+    let max = (s.client.server_info().max_payload)
+        .saturating_sub(HEADER_ROOM)
+        .max(1024);
+    let tail = tail(n, &s.stream).await?;
+    rep.acked(tail);
+    // What the stream has need not be sent again; the rest of what was in
+    // flight goes again as it was.
+    cur.in_flight.retain(|m| m.last > tail);
+    cur.next = tail + 1;
+    let retry: Vec<_> = cur.in_flight.drain(..).collect();
+    for m in retry {
+        if m.first > cur.next {
+            break;
+        }
+        publish(&s, rep, cur, m.first, m.last, m.payload).await?;
+    }
+    if let Some(sh) = weak.upgrade() {
+        let local = sh.wal().last_lsn();
+        if tail > local {
+            tracing::warn!(instance = %n.instance, stream_lsn = tail, local_lsn = local,
+                "the stream holds more of this instance than its local WAL");
+        }
+        catch_up(&s, rep, &sh, cur, max).await?;
+    }
+    loop {
+        maintain(&s, rep, weak, cur, max).await?;
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                drain(&s, rep, weak, cur, max).await?;
+                return Ok(());
+            }
+            acked = next_ack(&mut cur.in_flight), if !cur.in_flight.is_empty() => {
+                settle(rep, cur, acked)?;
+            }
+            g = rx.recv(), if cur.in_flight.len() < WINDOW => match g {
+                Some(g) => take_group(&s, rep, weak, cur, g, max).await?,
+                None => return Ok(()),
+            },
+            _ = rep.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+type Acked = std::result::Result<jetstream::publish::PublishAck, String>;
+
+async fn next_ack(q: &mut VecDeque<InFlight>) -> Acked {
+    let Some(front) = q.front_mut() else {
+        return Err("nothing in flight".into());
+    };
+    let Some(ack) = front.ack.as_mut() else {
+        return Err("message was not sent".into());
+    };
+    ack.await.map_err(|e| e.to_string())
+}
+
+fn settle(rep: &Replicator, cur: &mut Cursor, acked: Acked) -> Result<()> {
+    let Some(m) = cur.in_flight.front_mut() else {
+        return Ok(());
+    };
+    match acked {
+        Ok(ack) => {
+            if ack.duplicate {
+                rep.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            cur.index.push_back((m.first, m.last, ack.sequence));
+            cur.published = true;
+            let last = m.last;
+            cur.in_flight.pop_front();
+            rep.acked(last);
+            Ok(())
+        }
+        Err(e) => {
+            // Kept, and sent again as it is after reconnecting.
+            m.ack = None;
+            Err(rep.names.error(format!(
+                "no acknowledgement for LSN {}..={}: {e}",
+                m.first, m.last
+            )))
+        }
+    }
+}
+
+/// Publishes one message (frames `first..=last`) and queues its ack.
+async fn publish(
+    s: &Session,
+    rep: &Replicator,
+    cur: &mut Cursor,
+    first: Lsn,
+    last: Lsn,
+    payload: Bytes,
+) -> Result<()> {
+    let n = &rep.names;
+    let id = format!("{}:{first}", n.instance);
+    cur.in_flight.push_back(InFlight {
+        first,
+        last,
+        payload: payload.clone(),
+        ack: None,
+    });
+    let sent =
+        s.js.send_publish(
+            n.wal_subject(),
+            jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .message_id(id),
+        )
+        .await
+        .map_err(|e| n.error(format!("publishing LSN {first}..={last}: {e}")))?;
+    if let Some(m) = cur.in_flight.back_mut() {
+        m.ack = Some(sent.into_future());
+    }
+    rep.messages.fetch_add(1, Ordering::Relaxed);
+    cur.next = last + 1;
+    Ok(())
+}
+
+/// Publishes `frames` (whole frames from `cur.next` on) in messages of at
+/// most `max` bytes, waiting for acks to keep at most [`WINDOW`] in flight.
+async fn publish_frames(
+    s: &Session,
+    rep: &Replicator,
+    cur: &mut Cursor,
+    frames: &[u8],
+    max: usize,
+) -> Result<()> {
+    let spans = parse_frames(frames).map_err(Error::Wal)?;
+    let mut i = 0;
+    while i < spans.len() {
+        let start = spans[i].range.start;
+        let mut j = i;
+        while j + 1 < spans.len() && spans[j + 1].range.end - start <= max {
+            j += 1;
+        }
+        let end = spans[j].range.end;
+        if end - start > max {
+            return Err(rep.names.error(format!(
+                "LSN {} is a {} byte record, more than the server's message limit",
+                spans[i].lsn,
+                end - start
+            )));
+        }
+        while cur.in_flight.len() >= WINDOW {
+            let acked = next_ack(&mut cur.in_flight).await;
+            settle(rep, cur, acked)?;
+        }
+        let payload = Bytes::copy_from_slice(&frames[start..end]);
+        publish(s, rep, cur, spans[i].lsn, spans[j].lsn, payload).await?;
+        i = j + 1;
+    }
+    Ok(())
+}
+
+/// One group from the committer: the part at or after `cur.next`, after
+/// catching up on anything the queue dropped before it.
+async fn take_group(
+    s: &Session,
+    rep: &Replicator,
+    weak: &Weak<Shared>,
+    cur: &mut Cursor,
+    g: Group,
+    max: usize,
+) -> Result<()> {
+    if g.last < cur.next {
+        return Ok(());
+    }
+    if g.first > cur.next {
+        let Some(sh) = weak.upgrade() else {
+            return Ok(());
+        };
+        catch_up_to(s, rep, &sh, cur, max, Some(g.first)).await?;
+    }
+    if g.first == cur.next {
+        return publish_frames(s, rep, cur, &g.frames, max).await;
+    }
+    let spans = parse_frames(&g.frames).map_err(Error::Wal)?;
+    match spans.iter().find(|sp| sp.lsn == cur.next) {
+        Some(sp) => publish_frames(s, rep, cur, &g.frames[sp.range.start..], max).await,
+        None => Ok(()),
+    }
+}
+
+/// Publishes what the local WAL holds past `cur.next`.
+async fn catch_up(
+    s: &Session,
+    rep: &Replicator,
+    sh: &Shared,
+    cur: &mut Cursor,
+    max: usize,
+) -> Result<()> {
+    rep.dropped.store(false, Ordering::Release);
+    catch_up_to(s, rep, sh, cur, max, None).await
+}
+
+/// Publishes the local WAL's records from `cur.next` up to `until`
+/// (exclusive; `None`: all). Where a local checkpoint already cut them,
+/// the checkpoint goes to the object store first and publishing goes on
+/// after it.
+async fn catch_up_to(
+    s: &Session,
+    rep: &Replicator,
+    sh: &Shared,
+    cur: &mut Cursor,
+    max: usize,
+    until: Option<Lsn>,
+) -> Result<()> {
+    let wal = sh.wal();
+    let end = until.unwrap_or(Lsn::MAX);
+    if cur.next >= end || cur.next > wal.last_lsn() {
+        return Ok(());
+    }
+    let mut batch: Vec<writebehind_wal::Record> = Vec::new();
+    let mut bytes = 0;
+    let mut first_seen = false;
+    for r in wal.replay(cur.next).map_err(Error::Wal)? {
+        let r = r.map_err(Error::Wal)?;
+        if r.lsn >= end {
+            break;
+        }
+        if !first_seen {
+            first_seen = true;
+            if r.lsn > cur.next {
+                // Compacted away locally: the checkpoint stands for it.
+                publish_checkpoint(s, rep, sh, cur, r.lsn).await?;
+            }
+        }
+        if r.lsn < cur.next {
+            continue;
+        }
+        bytes += r.payload.len() + writebehind_wal::FRAME_HEADER_LEN;
+        batch.push(r);
+        if bytes >= 4 << 20 {
+            let frames = writebehind_wal::replica::encode_frames(&batch);
+            publish_frames(s, rep, cur, &frames, max).await?;
+            batch.clear();
+            bytes = 0;
+        }
+    }
+    if !first_seen && wal.last_lsn() >= cur.next {
+        // Records assigned but not yet written: they arrive as groups.
+        return Ok(());
+    }
+    if !batch.is_empty() {
+        let frames = writebehind_wal::replica::encode_frames(&batch);
+        publish_frames(s, rep, cur, &frames, max).await?;
+    }
+    Ok(())
+}
+
+/// Stores the local checkpoint (which must reach `need - 1`) in the object
+/// store, records the floor after it, and moves the cursor past it.
+async fn publish_checkpoint(
+    s: &Session,
+    rep: &Replicator,
+    sh: &Shared,
+    cur: &mut Cursor,
+    need: Lsn,
+) -> Result<()> {
+    let n = &rep.names;
+    let cp = sh.wal().load_checkpoint().map_err(Error::Wal)?;
+    let cp = match cp {
+        Some(cp) if cp.lsn + 1 >= need => cp,
+        other => {
+            return Err(n.error(format!(
+                "the local WAL no longer holds LSN {} and no checkpoint covers it (newest: {:?}); the stream cannot be completed",
+                cur.next,
+                other.map(|c| c.lsn)
+            )))
+        }
+    };
+    put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
+    cur.next = cur.next.max(cp.lsn + 1);
+    rep.acked(cp.lsn);
+    Ok(())
+}
+
+async fn put_checkpoint(
+    s: &Session,
+    rep: &Replicator,
+    cur: &mut Cursor,
+    lsn: Lsn,
+    data: &[u8],
+) -> Result<()> {
+    let n = &rep.names;
+    let store = match s.js.get_object_store(n.bucket()).await {
+        Ok(store) => store,
+        Err(_) => {
+            s.js.create_object_store(jetstream::object_store::Config {
+                bucket: n.bucket(),
+                num_replicas: n.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| n.error(format!("object store {}: {e}", n.bucket())))?
+        }
+    };
+    let bytes = writebehind_wal::checkpoint::encode(lsn, data);
+    store
+        .put(n.instance.as_str(), &mut bytes.as_slice())
+        .await
+        .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?;
+    cur.checkpoint = cur.checkpoint.max(lsn);
+    rep.checkpoints.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        lsn,
+        bytes = bytes.len(),
+        "checkpoint stored in the object store"
+    );
+    trim(s, rep, cur, lsn + 1).await
+}
+
+/// Records `floor` and purges the messages wholly below it that this
+/// process knows the sequence of.
+async fn trim(s: &Session, rep: &Replicator, cur: &mut Cursor, floor: Lsn) -> Result<()> {
+    let n = &rep.names;
+    if floor <= cur.floor {
+        return Ok(());
+    }
+    let ack =
+        s.js.publish(n.trim_subject(), Bytes::from(floor.to_string()))
+            .await
+            .map_err(|e| n.error(format!("recording floor {floor}: {e}")))?
+            .await
+            .map_err(|e| n.error(format!("recording floor {floor}: {e}")))?;
+    // Keep the newest floor only.
+    s.stream
+        .purge()
+        .filter(n.trim_subject())
+        .sequence(ack.sequence)
+        .await
+        .map_err(|e| n.error(format!("purging old floors: {e}")))?;
+    cur.floor = floor;
+    // The first message still needed: the one holding `floor`, or the first after it.
+    while cur.index.front().is_some_and(|m| m.1 < floor) {
+        cur.index.pop_front();
+    }
+    let keep_from = match cur.index.front() {
+        Some(m) => m.2,
+        // Nothing acknowledged at or past the floor yet: everything
+        // acknowledged goes, once this process knows it is all below.
+        None => match cur.in_flight.front() {
+            Some(_) => return Ok(()),
+            None if !cur.published => return Ok(()),
+            None => {
+                s.stream
+                    .get_info()
+                    .await
+                    .map_err(|e| n.error(format!("stream info: {e}")))?
+                    .state
+                    .last_sequence
+                    + 1
+            }
+        },
+    };
+    s.stream
+        .purge()
+        .filter(n.wal_subject())
+        .sequence(keep_from)
+        .await
+        .map_err(|e| n.error(format!("purging below LSN {floor}: {e}")))?;
+    rep.purges.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(floor, keep_from, "stream trimmed");
+    Ok(())
+}
+
+/// Between messages: catch up on dropped groups, publish a new local
+/// checkpoint, trim below a new flush position.
+async fn maintain(
+    s: &Session,
+    rep: &Replicator,
+    weak: &Weak<Shared>,
+    cur: &mut Cursor,
+    max: usize,
+) -> Result<()> {
+    let Some(sh) = weak.upgrade() else {
+        return Ok(());
+    };
+    if rep.dropped.load(Ordering::Acquire) && cur.in_flight.len() < WINDOW {
+        catch_up(s, rep, &sh, cur, max).await?;
+    }
+    let ckpt = rep.checkpoint_at.load(Ordering::Acquire);
+    if ckpt > cur.checkpoint {
+        match sh.wal().load_checkpoint().map_err(Error::Wal)? {
+            Some(cp) if cp.lsn > cur.checkpoint && cp.lsn < cur.next => {
+                put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
+            }
+            // Not yet replicated up to it: the records are published first.
+            Some(cp) if cp.lsn >= cur.next => {}
+            _ => cur.checkpoint = ckpt,
+        }
+    }
+    let flushed = rep.trim_to.load(Ordering::Acquire);
+    if flushed > cur.floor && flushed <= rep.acks.acked() {
+        // The checkpoint in the object store predates this flush: a
+        // rebuild starts from the floor instead.
+        trim(s, rep, cur, flushed).await?;
+    }
+    Ok(())
+}
+
+/// At shutdown: publish what is left and wait for the acks, within the bound.
+async fn drain(
+    s: &Session,
+    rep: &Replicator,
+    weak: &Weak<Shared>,
+    cur: &mut Cursor,
+    max: usize,
+) -> Result<()> {
+    if let Some(sh) = weak.upgrade() {
+        catch_up(s, rep, &sh, cur, max).await?;
+    }
+    while !cur.in_flight.is_empty() {
+        let acked = next_ack(&mut cur.in_flight).await;
+        settle(rep, cur, acked)?;
+    }
+    Ok(())
+}
