@@ -597,6 +597,12 @@ async fn session(
         catch_up(&s, rep, &sh, cur, max).await?;
     }
     loop {
+        if s.client.connection_state() != async_nats::connection::State::Connected {
+            // The client would buffer and reconnect on its own; the task
+            // reconnects itself instead, so waiters hear of it and the
+            // unacknowledged messages go again.
+            return Err(n.error("connection lost"));
+        }
         maintain(&s, rep, weak, cur, max).await?;
         tokio::select! {
             biased;
@@ -612,7 +618,7 @@ async fn session(
                 None => return Ok(()),
             },
             _ = rep.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }
@@ -988,5 +994,6 @@ async fn drain(
         let acked = next_ack(&mut cur.in_flight).await;
         settle(rep, cur, acked)?;
     }
-    Ok(())
+    // The close checkpoint and the last flush bound what stays in the stream.
+    maintain(s, rep, weak, cur, max).await
 }
