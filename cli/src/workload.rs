@@ -171,3 +171,34 @@ mod tests {
         assert!(parse_dist("zipf:-1").is_err());
     }
 }
+
+/// Where `stress` and `adopt` replicate to (NATS JetStream).
+#[cfg(feature = "nats")]
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplicaArgs {
+    /// The JetStream stream (created when absent).
+    #[arg(long, default_value = "WRITEBEHIND")]
+    pub stream: String,
+    /// Replicas of the stream when this creates it (3 in production).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// First token of the subjects: the log goes to `<prefix>.<instance>.wal`.
+    #[arg(long, default_value = "wb")]
+    pub subject_prefix: String,
+}
+
+#[cfg(feature = "nats")]
+impl ReplicaArgs {
+    /// `builder` replicating to `url` with these settings.
+    pub fn apply<K: writebehind::CacheKey, V: writebehind::CacheValue>(
+        &self,
+        builder: writebehind::Builder<K, V>,
+        url: &str,
+    ) -> writebehind::Builder<K, V> {
+        builder
+            .replicate(url)
+            .replicate_stream(&self.stream)
+            .replicate_replicas(self.replicas)
+            .replicate_subject_prefix(&self.subject_prefix)
+    }
+}
