@@ -199,6 +199,7 @@ async fn replication(
     let Some(r) = cfg.replication() else {
         return Ok((None, None));
     };
+    crate::replicate::servers(r.url())?;
     let empty = crate::replicate::is_empty_log(cfg.dir())?;
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let rebuilt = if empty && cfg.instance_id().is_some() {

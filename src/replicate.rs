@@ -53,6 +53,8 @@ const HEADER_ROOM: usize = 512;
 /// Retry pauses while NATS is unreachable: doubling between these.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a rebuild keeps trying to reach the stream.
+const REBUILD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The names one instance uses in NATS.
 #[derive(Clone, Debug)]
@@ -98,11 +100,22 @@ struct Session {
     stream: Stream,
 }
 
+/// The servers of a `nats://host:port[,nats://host:port…]` list.
+pub(crate) fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(|u| {
+            u.trim().parse::<async_nats::ServerAddr>().map_err(|e| {
+                Error::Config(format!("replicate: {u:?} is not a NATS server URL: {e}"))
+            })
+        })
+        .collect()
+}
+
 async fn connect(n: &Names) -> Result<Session> {
     let connecting = async_nats::ConnectOptions::new()
         .connection_timeout(REQUEST)
         .request_timeout(Some(REQUEST))
-        .connect(n.url.as_str());
+        .connect(servers(&n.url)?);
     let client = tokio::time::timeout(REQUEST * 2, connecting)
         .await
         .map_err(|_| n.error(format!("no connection within {:?}", REQUEST * 2)))?
@@ -187,8 +200,46 @@ pub(crate) struct Rebuilt {
 /// an explicit id must not start from nothing when the stream holds data.
 pub(crate) async fn rebuild(cfg: &Config, r: &Replication, instance: &str) -> Result<Rebuilt> {
     let n = Names::new(r, instance);
-    let s = connect(&n).await?;
-    let floor = floor(&n, &s.stream).await?;
+    // A cluster electing a new leader (a node just lost) answers again
+    // within seconds: reading is retried that long. A damaged or gapped
+    // stream is not: it is an error at once.
+    let patience = Instant::now() + REBUILD_PATIENCE;
+    let mut pause = BACKOFF_MIN;
+    let read = loop {
+        match read_replica(&n).await {
+            Ok(read) => break read,
+            Err(e @ Error::Replication { .. }) if Instant::now() + pause < patience => {
+                tracing::warn!(url = %n.url, error = %e, retry_in = ?pause, "stream not readable yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (ckpt, frames, records, messages, floor) = read;
+    seed(
+        &StdIo,
+        cfg.dir(),
+        ckpt.as_ref().map(|(_, b)| b.as_slice()),
+        &frames,
+    )?;
+    let rebuilt = Rebuilt {
+        checkpoint: ckpt.map(|(c, _)| c),
+        records,
+    };
+    tracing::info!(instance, stream = %n.stream, floor, checkpoint = ?rebuilt.checkpoint,
+        records, messages, "WAL rebuilt from the replica");
+    Ok(rebuilt)
+}
+
+/// What [`read_replica`] found: the checkpoint (LSN and file bytes), the
+/// frames after it, their count, the messages read, the floor.
+type Read = (Option<(Lsn, Vec<u8>)>, Vec<u8>, u64, u64, Lsn);
+
+async fn read_replica(n: &Names) -> Result<Read> {
+    let instance = n.instance.as_str();
+    let s = connect(n).await?;
+    let floor = floor(n, &s.stream).await?;
     let checkpoint = match s.js.get_object_store(n.bucket()).await {
         Ok(store) => match store.get(&n.instance).await {
             Ok(mut obj) => {
@@ -280,19 +331,7 @@ pub(crate) async fn rebuild(cfg: &Config, r: &Replication, instance: &str) -> Re
             records += 1;
         }
     }
-    seed(
-        &StdIo,
-        cfg.dir(),
-        ckpt.as_ref().map(|(_, b)| b.as_slice()),
-        &frames,
-    )?;
-    let rebuilt = Rebuilt {
-        checkpoint: ckpt.map(|(c, _)| c),
-        records,
-    };
-    tracing::info!(instance, stream = %n.stream, floor, checkpoint = ?rebuilt.checkpoint,
-        records, messages, "WAL rebuilt from the replica");
-    Ok(rebuilt)
+    Ok((ckpt, frames, records, messages, floor))
 }
 
 /// Whether `dir` holds no log yet (no segment, no checkpoint).
