@@ -525,23 +525,24 @@ pub(crate) fn spawn(
     }))
 }
 
+/// JetStream's acknowledgement of one publish, to await.
+type AckFuture = Pin<
+    Box<
+        dyn Future<
+                Output = std::result::Result<
+                    jetstream::publish::PublishAck,
+                    jetstream::context::PublishError,
+                >,
+            > + Send,
+    >,
+>;
+
 /// A message published and not yet acknowledged.
 struct InFlight {
     first: Lsn,
     last: Lsn,
     payload: Bytes,
-    ack: Option<
-        Pin<
-            Box<
-                dyn Future<
-                        Output = std::result::Result<
-                            jetstream::publish::PublishAck,
-                            jetstream::context::PublishError,
-                        >,
-                    > + Send,
-            >,
-        >,
-    >,
+    ack: Option<AckFuture>,
 }
 
 /// What the task keeps across reconnections.
