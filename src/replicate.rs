@@ -790,6 +790,12 @@ async fn take_group(
             return Ok(());
         };
         catch_up_to(s, rep, &sh, cur, max, Some(g.first)).await?;
+        if g.first > cur.next {
+            return Err(rep.names.error(format!(
+                "LSN {}..{} is neither in the local WAL nor in a checkpoint; the stream cannot be completed",
+                cur.next, g.first
+            )));
+        }
     }
     if g.first == cur.next {
         return publish_frames(s, rep, cur, &g.frames, max).await;
@@ -835,15 +841,15 @@ async fn catch_up_to(
     let mut first_seen = false;
     for r in wal.replay(cur.next).map_err(Error::Wal)? {
         let r = r.map_err(Error::Wal)?;
-        if r.lsn >= end {
-            break;
-        }
         if !first_seen {
             first_seen = true;
             if r.lsn > cur.next {
                 // Compacted away locally: the checkpoint stands for it.
                 publish_checkpoint(s, rep, sh, cur, r.lsn).await?;
             }
+        }
+        if r.lsn >= end {
+            break;
         }
         if r.lsn < cur.next {
             continue;
@@ -857,8 +863,16 @@ async fn catch_up_to(
             bytes = 0;
         }
     }
-    if !first_seen && wal.last_lsn() >= cur.next {
-        // Records assigned but not yet written: they arrive as groups.
+    if !first_seen {
+        // Nothing on disk at or past `next`: a checkpoint may stand for it;
+        // records assigned and not yet written arrive as groups.
+        if let Some(cp) = wal.load_checkpoint().map_err(Error::Wal)? {
+            if cp.lsn >= cur.next {
+                put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
+                cur.next = cp.lsn + 1;
+                rep.acked(cp.lsn);
+            }
+        }
         return Ok(());
     }
     if !batch.is_empty() {
@@ -956,7 +970,10 @@ async fn trim(s: &Session, rep: &Replicator, cur: &mut Cursor, floor: Lsn) -> Re
         cur.index.pop_front();
     }
     let keep_from = match cur.index.front() {
-        Some(m) => m.2,
+        // The message holding the floor: everything before it goes.
+        Some(m) if m.0 <= floor => m.2,
+        // The floor is in what an earlier process published: left alone.
+        Some(_) => return Ok(()),
         // Nothing acknowledged at or past the floor yet: everything
         // acknowledged goes, once this process knows it is all below.
         None => match cur.in_flight.front() {
