@@ -445,3 +445,49 @@ async fn the_stream_stays_bounded_during_a_database_outage() {
     }
     copy.close().await.unwrap();
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_nats_and_the_database_were_both_down_the_checkpoint_fills_the_stream() {
+    let mut server = NatsServer::start().await;
+    let url = server.url();
+    let (stream, id) = (unique("BOTH"), unique("inst"));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &url, &stream, &id)
+        .database("postgres://postgres@127.0.0.1:9/test")
+        .segment_size(64 << 10)
+        .checkpoint_bytes(256 << 10)
+        .open()
+        .await
+        .unwrap();
+    cache.add("k0", 1).await.unwrap();
+    let c = cache.clone();
+    until("first ack", Duration::from_secs(10), move || {
+        c.stats().replicated_lsn == 1
+    })
+    .await;
+    server.stop();
+    // Local checkpoints cut the WAL below what NATS has seen.
+    for i in 1..20_000i64 {
+        cache.add(&format!("k{}", i % 10), 1).await.unwrap();
+    }
+    cache.checkpoint().unwrap();
+    assert!(cache.stats().checkpoints >= 2);
+    server.restart().await;
+    let c = cache.clone();
+    until("catch up", Duration::from_secs(30), move || {
+        let s = c.stats();
+        s.replicated_lsn == s.last_lsn
+    })
+    .await;
+    assert!(cache.stats().replication_checkpoints >= 1);
+    drop(cache);
+
+    let b = tempfile::tempdir().unwrap();
+    let copy = builder(b.path(), &url, &stream, &id).open().await.unwrap();
+    assert!(copy.recovery().rebuilt_checkpoint.is_some());
+    for k in 0..10 {
+        assert_eq!(copy.get(&format!("k{k}")).await.unwrap(), Some(2000));
+    }
+    copy.close().await.unwrap();
+}
