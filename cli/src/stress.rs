@@ -213,6 +213,8 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
         "rows_flushed": after.rows_flushed,
         "retries": after.retries,
         "checkpoints": after.checkpoints,
+        "replicated_lsn": after.replicated_lsn,
+        "replication_failures": after.replication_failures,
         "closed_clean": closed.is_ok(),
     });
     println!("{summary}");
