@@ -294,3 +294,24 @@ async fn lost_machine_adopted_sqlite() {
 async fn lost_machine_adopted_postgres() {
     rounds("postgres").await;
 }
+
+#[test]
+fn adopt_refuses_a_bad_instance_id_before_asking_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let out = Command::new(BIN)
+        .args(["adopt", "--instance", "../etc", "--replicate"])
+        .arg("nats://127.0.0.1:9")
+        .arg("--db")
+        .arg(format!("sqlite://{}?mode=rwc", db.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("instance id \"../etc\" must be 1 to 64 letters, digits or '-'"),
+        "{err}"
+    );
+    // Refused before NATS was asked (nothing listens there: that would be a NATS error).
+    assert!(!err.contains("NATS"), "{err}");
+}
