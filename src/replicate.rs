@@ -44,8 +44,9 @@ use crate::{Error, Result};
 
 /// Groups queued between the committer and the task.
 const QUEUE: usize = 1024;
-/// Messages published and not yet acknowledged.
-const WINDOW: usize = 256;
+/// Messages published and not yet acknowledged. Small enough that under
+/// load groups queue up meanwhile and share the next message.
+const WINDOW: usize = 16;
 /// Bound on connecting and on each JetStream request.
 const REQUEST: Duration = Duration::from_secs(5);
 /// Room left in a message for its headers.
@@ -654,7 +655,24 @@ async fn session(
                 settle(rep, cur, acked)?;
             }
             g = rx.recv(), if cur.in_flight.len() < WINDOW => match g {
-                Some(g) => take_group(&s, rep, weak, cur, g, max).await?,
+                Some(mut g) => {
+                    // Groups queued behind it go in the same message: under
+                    // load a message carries many groups, not one each.
+                    while g.frames.len() < max {
+                        match rx.try_recv() {
+                            Ok(more) if more.first == g.last + 1 => {
+                                g.frames.extend_from_slice(&more.frames);
+                                g.last = more.last;
+                            }
+                            Ok(more) => {
+                                take_group(&s, rep, weak, cur, g, max).await?;
+                                g = more;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    take_group(&s, rep, weak, cur, g, max).await?
+                }
                 None => return Ok(()),
             },
             _ = rep.wake.notified() => {}
