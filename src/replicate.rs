@@ -508,22 +508,34 @@ pub(crate) fn spawn(
     let weak = Arc::downgrade(sh);
     let rep = rep.clone();
     Some(tokio::spawn(async move {
-        let ran = std::panic::AssertUnwindSafe(run(&rep, &weak, rx, shutdown))
-            .catch_unwind()
-            .await;
-        let reason = match ran {
-            Ok(()) => return,
-            Err(panic) => {
-                let message = crate::supervise::panic_message(&*panic);
-                if let Some(sh) = weak.upgrade() {
-                    sh.supervisor().panicked();
-                }
-                format!("the replication task panicked: {message}")
+        let work = run(&rep, &weak, rx, shutdown);
+        supervised(work, &rep.acks, &rep.names.url, || {
+            if let Some(sh) = weak.upgrade() {
+                sh.supervisor().panicked();
             }
-        };
-        tracing::error!(url = %rep.names.url, %reason, "replication stopped");
-        rep.acks.close(reason);
+        })
+        .await;
     }))
+}
+
+/// Runs the task's work; a panic is logged, counted (`panicked`) and
+/// closes the watermark, so every `Replicated` wait fails at once naming it.
+async fn supervised(
+    work: impl Future<Output = ()>,
+    acks: &ReplicaAcks,
+    url: &str,
+    panicked: impl FnOnce(),
+) {
+    let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await else {
+        return;
+    };
+    panicked();
+    let reason = format!(
+        "the replication task panicked: {}",
+        crate::supervise::panic_message(&*panic)
+    );
+    tracing::error!(url, %reason, "replication stopped");
+    acks.close(reason);
 }
 
 /// JetStream's acknowledgement of one publish, to await.
@@ -1071,4 +1083,41 @@ async fn drain(
     }
     // The close checkpoint and the last flush bound what stays in the stream.
     maintain(s, rep, weak, cur, max).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_every_replicated_wait_at_once() {
+        let acks = ReplicaAcks::new(0).unwrap();
+        let waiting = acks.wait_async(1, Instant::now() + Duration::from_secs(30));
+        let mut counted = 0;
+        supervised(
+            async { panic!("boom") },
+            &acks,
+            "nats://127.0.0.1:4222",
+            || counted += 1,
+        )
+        .await;
+        assert_eq!(counted, 1);
+        let started = Instant::now();
+        let e = waiting.await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            matches!(&e, writebehind_wal::Error::ReplicaStopped { lsn: 1, reason } if reason == "the replication task panicked: boom"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn server_lists_are_checked() {
+        assert_eq!(servers("nats://a:4222, nats://b:4223").unwrap().len(), 2);
+        assert!(matches!(
+            servers("nats://a:notaport"),
+            Err(Error::Config(_))
+        ));
+    }
 }
