@@ -99,6 +99,10 @@ struct Session {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: Stream,
+    /// Set when the connection dropped, even if the client is connected
+    /// again by now: what was in flight on it may be lost.
+    lost: Arc<AtomicBool>,
+    lost_wake: Arc<Notify>,
 }
 
 /// The servers of a `nats://host:port[,nats://host:port…]` list.
@@ -113,9 +117,21 @@ pub(crate) fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
 }
 
 async fn connect(n: &Names) -> Result<Session> {
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_wake = Arc::new(Notify::new());
+    let (l, w) = (lost.clone(), lost_wake.clone());
     let connecting = async_nats::ConnectOptions::new()
         .connection_timeout(REQUEST)
         .request_timeout(Some(REQUEST))
+        .event_callback(move |event| {
+            let (l, w) = (l.clone(), w.clone());
+            async move {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    l.store(true, Ordering::Release);
+                    w.notify_one();
+                }
+            }
+        })
         .connect(servers(&n.url)?);
     let client = tokio::time::timeout(REQUEST * 2, connecting)
         .await
@@ -136,7 +152,13 @@ async fn connect(n: &Names) -> Result<Session> {
         .get_or_create_stream(config)
         .await
         .map_err(|e| n.error(format!("stream {}: {e}", n.stream)))?;
-    Ok(Session { client, js, stream })
+    Ok(Session {
+        client,
+        js,
+        stream,
+        lost,
+        lost_wake,
+    })
 }
 
 /// The last message on `subject`, if any.
@@ -282,8 +304,9 @@ async fn read_replica(n: &Names) -> Result<Read> {
         None => floor.max(1),
     };
     let subject = n.wal_subject();
-    let mut frames = Vec::new();
-    let mut next: Option<Lsn> = ckpt.as_ref().map(|(c, _)| c + 1);
+    // By LSN, not by arrival: a message re-sent after a lost one lands
+    // after later ones. A copy of an LSN already held is the same record.
+    let mut by_lsn: std::collections::BTreeMap<Lsn, Vec<u8>> = Default::default();
     let mut seq = 1;
     let mut messages = 0;
     let mut records = 0;
@@ -306,31 +329,25 @@ async fn read_replica(n: &Names) -> Result<Read> {
             tracing::error!(instance, sequence = m.sequence, error = %e, "replica message failed its checks");
             Error::Wal(e)
         })?;
-        for sp in spans {
-            if sp.lsn < start {
-                continue;
-            }
-            match next {
-                // A retried publish that was not deduplicated repeats LSNs: skip them.
-                Some(x) if sp.lsn < x => continue,
-                Some(x) if sp.lsn > x => {
-                    return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
-                        expected: x,
-                        found: sp.lsn,
-                    }))
-                }
-                None if sp.lsn > start => {
-                    return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
-                        expected: start,
-                        found: sp.lsn,
-                    }))
-                }
-                _ => {}
-            }
-            frames.extend_from_slice(&m.payload[sp.range]);
-            next = Some(sp.lsn + 1);
-            records += 1;
+        for sp in spans.into_iter().filter(|sp| sp.lsn >= start) {
+            by_lsn
+                .entry(sp.lsn)
+                .or_insert_with(|| m.payload[sp.range].to_vec());
         }
+    }
+    // Continuity from the start: a missing LSN is an error, never skipped.
+    let mut frames = Vec::new();
+    let mut expected = start;
+    for (lsn, frame) in by_lsn {
+        if lsn != expected {
+            return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
+                expected,
+                found: lsn,
+            }));
+        }
+        frames.extend_from_slice(&frame);
+        expected += 1;
+        records += 1;
     }
     Ok((ckpt, frames, records, messages, floor))
 }
@@ -629,18 +646,22 @@ async fn session(
         .saturating_sub(HEADER_ROOM)
         .max(1024);
     let tail = tail(n, &s.stream).await?;
-    rep.acked(tail);
-    // What the stream has need not be sent again; the rest of what was in
-    // flight goes again as it was.
-    cur.in_flight.retain(|m| m.last > tail);
-    cur.next = tail + 1;
+    // Every unacknowledged message goes again as it was (same bytes, same
+    // id: JetStream drops the copies it has). Not only those past the
+    // stream's end: one lost with a dead connection can sit below one the
+    // client re-sent on its own after reconnecting. A rebuild reads by LSN.
     let retry: Vec<_> = cur.in_flight.drain(..).collect();
-    for m in retry {
-        if m.first > cur.next {
-            break;
+    match retry.first() {
+        None => {
+            rep.acked(tail);
+            cur.next = tail + 1;
         }
+        Some(m) => cur.next = m.first,
+    }
+    for m in retry {
         publish(&s, rep, cur, m.first, m.last, m.payload).await?;
     }
+    cur.next = cur.next.max(tail + 1);
     if let Some(sh) = weak.upgrade() {
         let local = sh.wal().last_lsn();
         if tail > local {
@@ -650,7 +671,9 @@ async fn session(
         catch_up(&s, rep, &sh, cur, max).await?;
     }
     loop {
-        if s.client.connection_state() != async_nats::connection::State::Connected {
+        if s.lost.load(Ordering::Acquire)
+            || s.client.connection_state() != async_nats::connection::State::Connected
+        {
             // The client would buffer and reconnect on its own; the task
             // reconnects itself instead, so waiters hear of it and the
             // unacknowledged messages go again.
@@ -688,6 +711,7 @@ async fn session(
                 None => return Ok(()),
             },
             _ = rep.wake.notified() => {}
+            _ = s.lost_wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
