@@ -14,9 +14,10 @@
 //! The stream stays bounded: after a flush commits at position P the task
 //! records the floor P on `<prefix>.<instance>.trim` and purges the
 //! messages below the one holding P; when a local checkpoint is written
-//! (a long database outage) it stores the checkpoint in the object store
-//! bucket `<stream>-checkpoints` (it can exceed a message), records the
-//! floor after it, and purges below that.
+//! (a long database outage) it stores the checkpoint on
+//! `<prefix>.<instance>.ckpt` (or, when larger than a message, in the
+//! object store bucket `<stream>-checkpoints`, with a marker message there),
+//! records the floor after it, and purges below that.
 //!
 //! [`rebuild`] reads it all back into an empty WAL directory: the
 //! checkpoint if it is at or past the floor, then the records from there,
@@ -42,6 +43,8 @@ use crate::config::{Config, Replication};
 use crate::shared::Shared;
 use crate::{Error, Result};
 
+/// The checkpoint message that says the checkpoint is in the object store.
+const IN_OBJECT_STORE: &[u8] = b"writebehind: checkpoint in the object store";
 /// Groups queued between the committer and the task.
 const QUEUE: usize = 1024;
 /// Messages published and not yet acknowledged. Small enough that under
@@ -82,6 +85,9 @@ impl Names {
     }
     fn trim_subject(&self) -> String {
         format!("{}.{}.trim", self.prefix, self.instance)
+    }
+    fn ckpt_subject(&self) -> String {
+        format!("{}.{}.ckpt", self.prefix, self.instance)
     }
     fn bucket(&self) -> String {
         format!("{}-checkpoints", self.stream)
@@ -263,28 +269,10 @@ async fn read_replica(n: &Names) -> Result<Read> {
     let instance = n.instance.as_str();
     let s = connect(n).await?;
     let floor = floor(n, &s.stream).await?;
-    let checkpoint = match s.js.get_object_store(n.bucket()).await {
-        Ok(store) => match store.get(&n.instance).await {
-            Ok(mut obj) => {
-                let mut bytes = Vec::new();
-                obj.read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| n.error(format!("reading checkpoint object: {e}")))?;
-                Some(bytes)
-            }
-            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => None,
-            Err(e) => return Err(n.error(format!("checkpoint object: {e}"))),
-        },
-        // No bucket: no checkpoint was ever stored.
-        Err(e) => match s.js.get_stream(format!("OBJ_{}", n.bucket())).await {
-            Err(g)
-                if matches!(g.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                None
-            }
-            _ => return Err(n.error(format!("object store {}: {e}", n.bucket()))),
-        },
+    let checkpoint = match last_message(n, &s.stream, &n.ckpt_subject()).await? {
+        None => None,
+        Some(m) if m.payload.as_ref() == IN_OBJECT_STORE => Some(read_object(n, &s).await?),
+        Some(m) => Some(m.payload.to_vec()),
     };
     let ckpt = match checkpoint {
         Some(bytes) => {
@@ -350,6 +338,26 @@ async fn read_replica(n: &Names) -> Result<Read> {
         records += 1;
     }
     Ok((ckpt, frames, records, messages, floor))
+}
+
+/// The checkpoint too large for a message, from the object store.
+async fn read_object(n: &Names, s: &Session) -> Result<Vec<u8>> {
+    let store =
+        s.js.get_object_store(n.bucket())
+            .await
+            .map_err(|e| n.error(format!("object store {}: {e}", n.bucket())))?;
+    let mut obj = store.get(&n.instance).await.map_err(|e| {
+        n.error(format!(
+            "checkpoint object {} in {}: {e}",
+            n.instance,
+            n.bucket()
+        ))
+    })?;
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes)
+        .await
+        .map_err(|e| n.error(format!("reading checkpoint object: {e}")))?;
+    Ok(bytes)
 }
 
 /// Whether `dir` holds no log yet (no segment, no checkpoint).
@@ -963,13 +971,8 @@ async fn publish_checkpoint(
     Ok(())
 }
 
-async fn put_checkpoint(
-    s: &Session,
-    rep: &Replicator,
-    cur: &mut Cursor,
-    lsn: Lsn,
-    data: &[u8],
-) -> Result<()> {
+/// A checkpoint larger than a message, into the object store.
+async fn put_object(s: &Session, rep: &Replicator, lsn: Lsn, bytes: &[u8]) -> Result<()> {
     let n = &rep.names;
     let store = match s.js.get_object_store(n.bucket()).await {
         Ok(store) => store,
@@ -983,18 +986,51 @@ async fn put_checkpoint(
             .map_err(|e| n.error(format!("object store {}: {e}", n.bucket())))?
         }
     };
-    let bytes = writebehind_wal::checkpoint::encode(lsn, data);
     store
-        .put(n.instance.as_str(), &mut bytes.as_slice())
+        .put(n.instance.as_str(), &mut &bytes[..])
         .await
         .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?;
+    Ok(())
+}
+
+/// Stores the checkpoint for `lsn` on `<prefix>.<instance>.ckpt` (only the
+/// newest kept) — in the object store, with a marker message, when it is
+/// larger than a message — then trims below it.
+async fn put_checkpoint(
+    s: &Session,
+    rep: &Replicator,
+    cur: &mut Cursor,
+    lsn: Lsn,
+    data: &[u8],
+) -> Result<()> {
+    let n = &rep.names;
+    let bytes = writebehind_wal::checkpoint::encode(lsn, data);
+    let max = s
+        .client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADER_ROOM);
+    let payload = if bytes.len() <= max {
+        Bytes::from(bytes.clone())
+    } else {
+        put_object(s, rep, lsn, &bytes).await?;
+        Bytes::from_static(IN_OBJECT_STORE)
+    };
+    let ack =
+        s.js.publish(n.ckpt_subject(), payload)
+            .await
+            .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?
+            .await
+            .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?;
+    s.stream
+        .purge()
+        .filter(n.ckpt_subject())
+        .sequence(ack.sequence)
+        .await
+        .map_err(|e| n.error(format!("purging old checkpoints: {e}")))?;
     cur.checkpoint = cur.checkpoint.max(lsn);
     rep.checkpoints.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(
-        lsn,
-        bytes = bytes.len(),
-        "checkpoint stored in the object store"
-    );
+    tracing::debug!(lsn, bytes = bytes.len(), "checkpoint stored");
     trim(s, rep, cur, lsn + 1).await
 }
 

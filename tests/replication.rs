@@ -420,7 +420,7 @@ async fn the_stream_stays_bounded_during_a_database_outage() {
     }
     let c = cache.clone();
     until(
-        "a checkpoint in the object store",
+        "a checkpoint in the stream",
         Duration::from_secs(20),
         move || {
             let s = c.stats();
@@ -488,6 +488,61 @@ async fn after_nats_and_the_database_were_both_down_the_checkpoint_fills_the_str
     assert!(copy.recovery().rebuilt_checkpoint.is_some());
     for k in 0..10 {
         assert_eq!(copy.get(&format!("k{k}")).await.unwrap(), Some(2000));
+    }
+    copy.close().await.unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_larger_than_a_message_goes_to_the_object_store() {
+    let url = nats_url().await;
+    let (stream, id) = (unique("BIG"), unique("inst"));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &url, &stream, &id)
+        .database("postgres://postgres@127.0.0.1:9/test")
+        .durability(Durability::None)
+        .open()
+        .await
+        .unwrap();
+    // 12 000 keys of 80 bytes: the checkpoint is more than a message (1 MiB).
+    let key = |i: i64| format!("{:0>80}", i % 12_000);
+    for i in 0..20_000i64 {
+        cache.add(&key(i), 1).await.unwrap();
+    }
+    let c = cache.clone();
+    until("replicated", Duration::from_secs(30), move || {
+        let s = c.stats();
+        s.replicated_lsn == s.last_lsn
+    })
+    .await;
+    cache.checkpoint().unwrap();
+    let c = cache.clone();
+    until(
+        "the checkpoint stored",
+        Duration::from_secs(30),
+        move || {
+            let s = c.stats();
+            s.replication_checkpoints >= 1 && s.replication_purges >= 1
+        },
+    )
+    .await;
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = jetstream::new(client);
+    let store = js
+        .get_object_store(format!("{stream}-checkpoints"))
+        .await
+        .unwrap();
+    assert!(store.info(&id).await.unwrap().size > 1 << 20);
+    drop(cache);
+
+    let b = tempfile::tempdir().unwrap();
+    let copy = builder(b.path(), &url, &stream, &id).open().await.unwrap();
+    assert!(copy.recovery().rebuilt_checkpoint.is_some());
+    assert_eq!(copy.recovery().rebuilt_records, Some(0));
+    assert_eq!(copy.stats().dirty_entries, 12_000);
+    for i in [0, 1, 7_999, 8_000, 11_999] {
+        let want = if i < 8_000 { 2 } else { 1 };
+        assert_eq!(copy.get(&key(i)).await.unwrap(), Some(want), "key {i}");
     }
     copy.close().await.unwrap();
 }
