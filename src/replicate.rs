@@ -325,8 +325,7 @@ async fn read_replica(n: &Names) -> Result<Read> {
     }
     // Continuity from the start: a missing LSN is an error, never skipped.
     let mut frames = Vec::new();
-    let mut expected = start;
-    for (lsn, frame) in by_lsn {
+    for (expected, (lsn, frame)) in (start..).zip(by_lsn) {
         if lsn != expected {
             return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
                 expected,
@@ -334,7 +333,6 @@ async fn read_replica(n: &Names) -> Result<Read> {
             }));
         }
         frames.extend_from_slice(&frame);
-        expected += 1;
         records += 1;
     }
     Ok((ckpt, frames, records, messages, floor))
