@@ -202,6 +202,7 @@ async fn stop_replication(sh: &Arc<Shared>, life: &Lifetime) -> Option<Error> {
         .cfg()
         .close_timeout()
         .min(std::time::Duration::from_secs(10));
+    // Fails only when the task already ended: then there is nothing to stop.
     let _stopping = stop.send(true);
     let ended = tokio::time::timeout(bound, &mut task).await;
     if ended.is_err() {
