@@ -100,6 +100,10 @@ impl Compactor {
         })
         .map_err(|e| Error::Codec(e.to_string()))?;
         wal.write_checkpoint(lsn, &data)?;
+        #[cfg(feature = "nats")]
+        if let Some(r) = sh.replica() {
+            r.checkpointed(lsn);
+        }
         let freed = wal.truncate_before(lsn + 1)?;
         let usage = wal.disk_usage();
         self.bytes_at_checkpoint.store(usage, Ordering::Relaxed);

@@ -55,6 +55,40 @@ pub(crate) struct Config {
     /// `None`: on where the backend has `NOTIFY` (PostgreSQL).
     notify: Option<bool>,
     broadcast_invalidations: bool,
+    /// `None`: the id in the directory's `instance.id`, made at first open.
+    instance_id: Option<String>,
+    #[cfg(feature = "nats")]
+    replication: Option<Replication>,
+}
+
+/// Where and how the WAL is replicated (NATS JetStream).
+#[cfg(feature = "nats")]
+#[derive(Clone, Debug)]
+pub(crate) struct Replication {
+    url: String,
+    stream: String,
+    replicas: usize,
+    subject_prefix: String,
+}
+
+#[cfg(feature = "nats")]
+impl Replication {
+    /// The NATS server(s), comma-separated.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+    /// The JetStream stream holding every instance's log.
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+    /// Its replica count.
+    pub(crate) fn replicas(&self) -> usize {
+        self.replicas
+    }
+    /// The subjects' first token: `<prefix>.<instance>.wal` carries the log.
+    pub(crate) fn subject_prefix(&self) -> &str {
+        &self.subject_prefix
+    }
 }
 
 impl Config {
@@ -135,8 +169,52 @@ impl Config {
         self.limits.refresh.is_some()
     }
 
+    /// The explicit instance id, if one was set.
+    pub(crate) fn instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
+    }
+    #[cfg(feature = "nats")]
+    pub(crate) fn replication(&self) -> Option<&Replication> {
+        self.replication.as_ref()
+    }
+
     /// Refuses settings that cannot work, before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.instance_id {
+            crate::instance::check(id)?;
+        }
+        #[cfg(feature = "nats")]
+        if let Some(r) = &self.replication {
+            if r.replicas == 0 || r.replicas > 5 {
+                return Err(Error::Config(format!(
+                    "replicate_replicas must be 1 to 5, not {}",
+                    r.replicas
+                )));
+            }
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !token(&r.stream) {
+                return Err(Error::Config(format!(
+                    "stream name {:?} must be letters, digits, '-' or '_'",
+                    r.stream
+                )));
+            }
+            if !token(&r.subject_prefix) {
+                return Err(Error::Config(format!(
+                    "subject prefix {:?} must be letters, digits, '-' or '_'",
+                    r.subject_prefix
+                )));
+            }
+        }
+        if self.durability == Durability::Replicated && !self.replicates() {
+            return Err(Error::Config(
+                "Durability::Replicated needs replication (Builder::replicate, feature `nats`)"
+                    .into(),
+            ));
+        }
         let zero = |what: &str| Err(Error::Config(format!("{what} must be greater than zero")));
         if self.wait_timeout.is_zero() {
             return zero("wait_timeout");
@@ -167,6 +245,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether the WAL is replicated.
+    pub(crate) fn replicates(&self) -> bool {
+        #[cfg(feature = "nats")]
+        return self.replication.is_some();
+        #[cfg(not(feature = "nats"))]
+        false
     }
 }
 
@@ -205,6 +291,9 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 io: None,
                 notify: None,
                 broadcast_invalidations: false,
+                instance_id: None,
+                #[cfg(feature = "nats")]
+                replication: None,
             },
             _types: PhantomData,
         }
@@ -419,6 +508,68 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// `notify` (refused at open without it). Default: off.
     pub fn broadcast_invalidations(mut self, on: bool) -> Self {
         self.cfg.broadcast_invalidations = on;
+        self
+    }
+
+    /// This cache's instance id: the name of its progress row in the
+    /// database and of its replication subject. Letters, digits and `-`, at
+    /// most 64. The directory's `instance.id` is written with it on first
+    /// open, and an existing one must match. With [`replicate`](Self::replicate),
+    /// an explicit id on an empty WAL directory rebuilds the log from the
+    /// stream first (a lost instance carries on elsewhere). Default: the id
+    /// in `instance.id`, made at random on first open.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.cfg.instance_id = Some(id.into());
+        self
+    }
+
+    /// Replicate every WAL group to NATS JetStream at `url` (for example
+    /// `nats://127.0.0.1:4222`; several servers comma-separated), on the
+    /// subject `wb.<instance>.wal` of the stream `WRITEBEHIND`, deduplicated
+    /// by message id. [`Durability::Replicated`] writes then wait for
+    /// JetStream's acknowledgement (within the backpressure wait); other
+    /// modes replicate behind, and catch up when NATS returns. The stream is
+    /// trimmed below the flushed position. Default: no replication.
+    #[cfg(feature = "nats")]
+    pub fn replicate(mut self, url: impl Into<String>) -> Self {
+        let r = self.cfg.replication.get_or_insert_with(|| Replication {
+            url: String::new(),
+            stream: "WRITEBEHIND".into(),
+            replicas: 1,
+            subject_prefix: "wb".into(),
+        });
+        r.url = url.into();
+        self
+    }
+
+    /// The JetStream stream name (created when absent). Default: `WRITEBEHIND`.
+    /// Only with [`replicate`](Self::replicate).
+    #[cfg(feature = "nats")]
+    pub fn replicate_stream(mut self, name: impl Into<String>) -> Self {
+        if let Some(r) = &mut self.cfg.replication {
+            r.stream = name.into();
+        }
+        self
+    }
+
+    /// Replicas of a stream this cache creates (3 in production). Default: 1.
+    /// Only with [`replicate`](Self::replicate).
+    #[cfg(feature = "nats")]
+    pub fn replicate_replicas(mut self, n: usize) -> Self {
+        if let Some(r) = &mut self.cfg.replication {
+            r.replicas = n;
+        }
+        self
+    }
+
+    /// The first token of the subjects: the log goes to
+    /// `<prefix>.<instance>.wal`, and the stream takes `<prefix>.>`.
+    /// Default: `wb`. Only with [`replicate`](Self::replicate).
+    #[cfg(feature = "nats")]
+    pub fn replicate_subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        if let Some(r) = &mut self.cfg.replication {
+            r.subject_prefix = prefix.into();
+        }
         self
     }
 

@@ -166,6 +166,16 @@ pub enum Error {
         /// The flusher's last failure, if any.
         cause: Option<Arc<Error>>,
     },
+    /// NATS JetStream replication failed: it could not be reached, or
+    /// refused or lost what it was given. With `Durability::Replicated`
+    /// writes this comes as a WAL `ReplicaTimeout` naming the same cause.
+    #[error("NATS replication via {url}: {reason}")]
+    Replication {
+        /// The NATS server(s).
+        url: String,
+        /// What failed.
+        reason: String,
+    },
     /// Background work stopped (a panic or an aborted task): what it was
     /// and why. Writes stay in the WAL for the next open.
     #[error("the {task} stopped: {reason}")]

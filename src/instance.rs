@@ -7,8 +7,22 @@ use crate::{Error, Result};
 
 const FILE: &str = "instance.id";
 
-/// Reads the directory's instance id, creating it durably on first use.
-pub(crate) fn id(dir: &Path) -> Result<String> {
+/// Refuses an id that is not 1 to 64 letters, digits or `-` (it names a
+/// progress row and a NATS subject token).
+pub(crate) fn check(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::Config(format!(
+            "instance id {:?} must be 1 to 64 letters, digits or '-'",
+            id.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the directory's instance id, creating it durably on first use
+/// (with `explicit` when given, which an existing id must match).
+pub(crate) fn id(dir: &Path, explicit: Option<&str>) -> Result<String> {
     let path = dir.join(FILE);
     let io = |source| Error::Io {
         path: path.clone(),
@@ -26,11 +40,20 @@ pub(crate) fn id(dir: &Path) -> Result<String> {
                     path.display()
                 )));
             }
+            if let Some(want) = explicit.filter(|w| *w != id) {
+                return Err(Error::Config(format!(
+                    "{} holds instance id {id}, not {want}: this directory belongs to another instance",
+                    path.display()
+                )));
+            }
             Ok(id.to_owned())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             writebehind_wal::fs::create_dir_all_private(dir).map_err(io)?;
-            let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+            let id = match explicit {
+                Some(id) => id.to_owned(),
+                None => format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            };
             let tmp = dir.join(format!("{FILE}.tmp"));
             let mut f = writebehind_wal::fs::create_private(&tmp).map_err(io)?;
             f.write_all(id.as_bytes()).map_err(io)?;

@@ -45,6 +45,8 @@ mod open;
 mod pipeline;
 mod read;
 mod recovery;
+#[cfg(feature = "nats")]
+mod replicate;
 mod shared;
 mod shutdown;
 mod stats;

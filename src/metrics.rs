@@ -50,6 +50,9 @@
 //! | `writebehind_invalidation_broadcasts_total` | counter | `NOTIFY` payloads sent announcing this instance's invalidations |
 //! | `writebehind_panics_total` | counter | Panics caught in user hooks, conflict resolvers and background tasks (each logged; the work went on) |
 //! | `writebehind_checkpoint_failures_total` | counter | Background checkpoints that failed (logged; retried on the next turn) |
+//! | `writebehind_replication_lag_lsns` | gauge | WAL records not yet stored by NATS JetStream (0 without replication) |
+//! | `writebehind_replication_lag_seconds` | gauge | How long JetStream has been behind the local WAL (0 when caught up) |
+//! | `writebehind_replication_failures_total` | counter | Replication sessions that failed (NATS unreachable, a publish not acknowledged), each retried with backoff |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -129,6 +132,21 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Age of the oldest write not yet in the database",
     ),
     ("writebehind_wal_bytes", "gauge", "WAL bytes on disk"),
+    (
+        "writebehind_replication_lag_lsns",
+        "gauge",
+        "WAL records not yet stored by NATS JetStream",
+    ),
+    (
+        "writebehind_replication_lag_seconds",
+        "gauge",
+        "How long JetStream has been behind the local WAL",
+    ),
+    (
+        "writebehind_replication_failures_total",
+        "counter",
+        "Replication sessions that failed (retried with backoff)",
+    ),
     ("writebehind_wal_segments", "gauge", "WAL segment files"),
     (
         "writebehind_fsync_seconds",
@@ -269,6 +287,9 @@ pub(crate) struct Metrics {
     oldest_unflushed: Gauge,
     wal_bytes: Gauge,
     wal_segments: Gauge,
+    replication_lag_lsns: Gauge,
+    replication_lag_seconds: Gauge,
+    replication_failures: Counter,
     fsync: Histogram,
     flushes: Counter,
     flush_failures: Counter,
@@ -339,6 +360,9 @@ impl Metrics {
             oldest_unflushed: g("writebehind_oldest_unflushed_seconds"),
             wal_bytes: g("writebehind_wal_bytes"),
             wal_segments: g("writebehind_wal_segments"),
+            replication_lag_lsns: g("writebehind_replication_lag_lsns"),
+            replication_lag_seconds: g("writebehind_replication_lag_seconds"),
+            replication_failures: c("writebehind_replication_failures_total"),
             fsync: h("writebehind_fsync_seconds"),
             flushes: c("writebehind_flushes_total"),
             flush_failures: c("writebehind_flush_failures_total"),
@@ -486,6 +510,14 @@ pub(crate) fn publish(sh: &Shared) {
     m.oldest_unflushed.set(s.oldest_unflushed.as_secs_f64());
     m.wal_bytes.set(s.wal_bytes as f64);
     m.wal_segments.set(s.wal_segments as f64);
+    m.replication_lag_lsns.set(s.replication_lag_lsns as f64);
+    m.replication_lag_seconds
+        .set(s.replication_lag.as_secs_f64());
+    inc(
+        &m.replication_failures,
+        s.replication_failures,
+        last.replication_failures,
+    );
     *last = s;
 }
 

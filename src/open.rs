@@ -111,7 +111,21 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
         _ => None,
     };
-    let opened = recovery::open(&cfg)?;
+    #[cfg(feature = "nats")]
+    let (replica, rebuilt) = replication(&cfg).await?;
+    #[cfg(feature = "nats")]
+    let sink = replica
+        .as_ref()
+        .map(|r| -> recovery::Replica { (r.clone(), r.acks().clone(), replica_timeout(&cfg)) });
+    #[cfg(not(feature = "nats"))]
+    let sink = None;
+    #[cfg_attr(not(feature = "nats"), allow(unused_mut))]
+    let mut opened = recovery::open(&cfg, sink)?;
+    #[cfg(feature = "nats")]
+    if let Some(r) = rebuilt {
+        opened.report.rebuilt_records = Some(r.records);
+        opened.report.rebuilt_checkpoint = r.checkpoint;
+    }
     metrics.recovered(
         &instance,
         opened.report.records_replayed,
@@ -135,6 +149,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         metrics,
         recovery: opened.report,
         lock,
+        #[cfg(feature = "nats")]
+        replica,
     }));
     // Set once, here: the listener's callback reads it.
     let _first = target.set(Arc::downgrade(&shared));
@@ -158,11 +174,53 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         checkpointer,
         listener,
     ));
+    #[cfg(feature = "nats")]
+    if let Some(r) = shared.replica() {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = crate::replicate::spawn(&shared, r, stop_rx);
+        life.set_replicator(stop, task);
+    }
     Ok(WriteBehind {
         shared,
         life,
         _types: PhantomData,
     })
+}
+
+/// How long a `Replicated` write waits for JetStream: the backpressure
+/// wait (a write that may not wait for room waits this long for NATS).
+#[cfg(feature = "nats")]
+fn replica_timeout(cfg: &Config) -> Duration {
+    match cfg.backpressure() {
+        crate::Backpressure::Wait(d) => d,
+        crate::Backpressure::Fail => Duration::from_secs(1),
+    }
+}
+
+/// With replication on: the instance id, the rebuild of an empty WAL
+/// directory opened with an explicit id, and the WAL's replica sink.
+#[cfg(feature = "nats")]
+async fn replication(
+    cfg: &Config,
+) -> Result<(
+    Option<Arc<crate::replicate::Replicator>>,
+    Option<crate::replicate::Rebuilt>,
+)> {
+    let Some(r) = cfg.replication() else {
+        return Ok((None, None));
+    };
+    crate::replicate::servers(r.url())?;
+    let empty = crate::replicate::is_empty_log(cfg.dir())?;
+    let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
+    let rebuilt = if empty && cfg.instance_id().is_some() {
+        Some(crate::replicate::rebuild(cfg, r, &instance).await?)
+    } else {
+        None
+    };
+    Ok((
+        Some(crate::replicate::Replicator::new(r, &instance)?),
+        rebuilt,
+    ))
 }
 
 /// Builds the writer: a lazy pool, so a cache opens while its database is
@@ -172,7 +230,7 @@ async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
         TableKind::Counter => TableSpec::counter(cfg.table())?,
         TableKind::Record(codec) => TableSpec::record(cfg.table(), codec)?,
     };
-    let instance = crate::instance::id(cfg.dir())?;
+    let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let mut wcfg = WriterConfig::new(instance)
         .table(spec)
         .conflict_policy(cfg.conflict_policy().clone())

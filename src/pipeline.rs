@@ -340,6 +340,12 @@ impl Pipeline {
         if sh.wal().durable_lsn() < cut.position {
             sh.sync_wal("flush start")?;
         }
+        // The database never holds a flush whose start the stream lacks:
+        // an adopt would find the progress row past the stream's end.
+        #[cfg(feature = "nats")]
+        if let Some(r) = sh.replica() {
+            r.wait_for(cut.position, self.wait_timeout).await?;
+        }
         let started = Instant::now();
         let from = self.status.borrow().flushed + 1;
         let span = tracing::info_span!(
@@ -392,6 +398,10 @@ impl Pipeline {
         });
         sh.room().made();
         sh.compactor().flushed();
+        #[cfg(feature = "nats")]
+        if let Some(r) = sh.replica() {
+            r.flushed(cut.position);
+        }
         span.in_scope(|| {
             tracing::debug!(
                 rows = report.rows,

@@ -28,6 +28,11 @@ pub struct RecoveryReport {
     pub in_flight: Option<Lsn>,
     /// Time spent.
     pub elapsed: Duration,
+    /// Records restored from the NATS stream into an empty WAL directory
+    /// before recovery (`None`: no rebuild ran).
+    pub rebuilt_records: Option<u64>,
+    /// The checkpoint restored with them from JetStream's object store.
+    pub rebuilt_checkpoint: Option<Lsn>,
 }
 
 pub(crate) struct Opened {
@@ -38,7 +43,15 @@ pub(crate) struct Opened {
     pub(crate) flushed: Lsn,
 }
 
-pub(crate) fn open(cfg: &Config) -> Result<Opened> {
+/// The replica sink the WAL hands its groups to, its watermark, and how
+/// long a `Replicated` write waits for it.
+pub(crate) type Replica = (
+    Arc<dyn writebehind_wal::ReplicaSink>,
+    writebehind_wal::ReplicaAcks,
+    Duration,
+);
+
+pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
     let span = tracing::info_span!("recover", dir = %cfg.dir().display());
     let _enter = span.enter();
     let started = Instant::now();
@@ -48,6 +61,9 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         .salvage(cfg.salvage());
     if let Some(io) = &cfg.io() {
         builder = builder.io(Arc::clone(io));
+    }
+    if let Some((sink, acks, timeout)) = replica {
+        builder = builder.replica(sink, acks, timeout);
     }
     let (wal, wal_report) = builder.open()?;
 
@@ -116,6 +132,8 @@ pub(crate) fn open(cfg: &Config) -> Result<Opened> {
         dirty_entries: stats.dirty_entries,
         in_flight: state.in_flight().map(|c| c.position),
         elapsed: started.elapsed(),
+        rebuilt_records: None,
+        rebuilt_checkpoint: None,
     };
     tracing::info!(
         dir = %cfg.dir().display(),

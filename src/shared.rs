@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Released when the last part holding this goes.
     lock: Option<DirLock>,
+    #[cfg(feature = "nats")]
+    replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
 }
 
 /// The parts [`Shared::new`] composes.
@@ -53,6 +55,8 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
     pub(crate) recovery: RecoveryReport,
     pub(crate) lock: Option<DirLock>,
+    #[cfg(feature = "nats")]
+    pub(crate) replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
 }
 
 impl Shared {
@@ -79,6 +83,8 @@ impl Shared {
             recovery: p.recovery,
             closed: AtomicBool::new(false),
             lock: p.lock,
+            #[cfg(feature = "nats")]
+            replica: p.replica,
         }
     }
 
@@ -96,6 +102,12 @@ impl Shared {
 
     pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
         self.pipeline.as_ref()
+    }
+
+    /// The NATS replication, when on.
+    #[cfg(feature = "nats")]
+    pub(crate) fn replica(&self) -> Option<&std::sync::Arc<crate::replicate::Replicator>> {
+        self.replica.as_ref()
     }
 
     pub(crate) fn room(&self) -> &Room {

@@ -214,6 +214,28 @@ pub struct Stats {
     pub checkpoint_failures: u64,
     /// The last failure of the flusher (cleared by the next committed flush).
     pub last_flush_error: Option<String>,
+    /// Replication (feature `nats`): every write at or below this LSN is
+    /// stored by JetStream (0 without replication).
+    pub replicated_lsn: u64,
+    /// Replication lag in LSNs: `last_lsn - replicated_lsn` (0 without replication).
+    pub replication_lag_lsns: u64,
+    /// Replication lag in time: how long JetStream has been behind the
+    /// local WAL (zero when caught up or without replication).
+    pub replication_lag: Duration,
+    /// Replication sessions that failed (NATS unreachable, a publish not
+    /// acknowledged); each was logged and retried with backoff.
+    pub replication_failures: u64,
+    /// Messages published to JetStream (each one or more WAL groups' frames).
+    pub replication_messages: u64,
+    /// Of those, ones JetStream reported as duplicates of a message it had
+    /// (a publish retried after a lost acknowledgement): dropped by it.
+    pub replication_duplicates: u64,
+    /// Purges of the stream below a flushed position or a checkpoint.
+    pub replication_purges: u64,
+    /// Checkpoints stored in JetStream's object store.
+    pub replication_checkpoints: u64,
+    /// The replication's last failure (cleared by the next acknowledgement).
+    pub last_replication_error: Option<String>,
 }
 
 impl Stats {
@@ -233,6 +255,13 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
     let c = sh.counters();
     let wal = sh.wal();
     let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
+    #[cfg(feature = "nats")]
+    let (replicates, replica) = match sh.replica() {
+        Some(r) => (true, r.counts(wal.last_lsn())),
+        None => (false, Default::default()),
+    };
+    #[cfg(not(feature = "nats"))]
+    let (replicates, replica) = (false, ReplicaFigures::default());
     Stats {
         writes: c.get(Count::Writes),
         adds: c.get(Count::Adds),
@@ -275,7 +304,34 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         panics: sh.supervisor().panics() + flush.hook_panics,
         checkpoint_failures: sh.supervisor().errors(),
         last_flush_error: flush.last_error,
+        replicated_lsn: replica.acked,
+        replication_lag_lsns: if replicates {
+            wal.last_lsn().saturating_sub(replica.acked)
+        } else {
+            0
+        },
+        replication_lag: replica.lag_seconds,
+        replication_failures: replica.failures,
+        replication_messages: replica.messages,
+        replication_duplicates: replica.duplicates,
+        replication_purges: replica.purges,
+        replication_checkpoints: replica.checkpoints,
+        last_replication_error: replica.last_error,
     }
+}
+
+/// What [`collect`] shows without replication.
+#[cfg(not(feature = "nats"))]
+#[derive(Default)]
+struct ReplicaFigures {
+    acked: u64,
+    lag_seconds: Duration,
+    failures: u64,
+    messages: u64,
+    duplicates: u64,
+    purges: u64,
+    checkpoints: u64,
+    last_error: Option<String>,
 }
 
 #[cfg(test)]

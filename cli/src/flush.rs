@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use writebehind::WriteBehind;
+use writebehind::{Builder, WriteBehind};
 
 use writebehind::redact_url as redact;
 
@@ -44,7 +44,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let timeout = Duration::from_secs(args.timeout);
     rt.block_on(async move {
-        match tokio::time::timeout(timeout, flush(&args, &url, timeout)).await {
+        let flushing = flush(&args.wal, &args.table, &url, timeout, |b| b);
+        match tokio::time::timeout(timeout, flushing).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "flushing {} to {} did not finish within {}s; the rest stays in the WAL",
@@ -56,7 +57,15 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     })
 }
 
-async fn flush(args: &Args, url: &str, timeout: Duration) -> Result<ExitCode, String> {
+/// Opens the WAL directory `wal` (recovering it; `configure` adds settings,
+/// such as `adopt`'s replication), flushes everything to `url`, closes.
+pub(crate) async fn flush(
+    wal: &std::path::Path,
+    table: &str,
+    url: &str,
+    timeout: Duration,
+    configure: impl FnOnce(Builder<String, i64>) -> Builder<String, i64>,
+) -> Result<ExitCode, String> {
     let started = Instant::now();
     let db = redact(url);
     // The cache opens while its database is down (writes still go to the WAL), so an
@@ -64,18 +73,32 @@ async fn flush(args: &Args, url: &str, timeout: Duration) -> Result<ExitCode, St
     probe(url)
         .await
         .map_err(|e| format!("cannot reach the database {db}: {e}"))?;
-    let cache = WriteBehind::<String, i64>::builder(&args.wal)
+    let builder = WriteBehind::<String, i64>::builder(wal)
         .database(url)
-        .table(&args.table)
+        .table(table)
         .create_tables(true)
         .close_timeout(timeout)
-        .wait_timeout(timeout)
-        .open()
-        .await
-        .map_err(|e| format!("opening {} for {db} failed: {e}", args.wal.display()))?;
+        .wait_timeout(timeout);
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(format!("recovering {}", wal.display()));
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    let opened = configure(builder).open().await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let cache = opened.map_err(|e| format!("opening {} for {db} failed: {e}", wal.display()))?;
     let report = cache.recovery();
     let (replayed, checkpoint) = (report.records_replayed, report.checkpoint_lsn);
     let mut found = String::new();
+    if let Some(n) = report.rebuilt_records {
+        found.push_str(&format!(", {n} records rebuilt from the stream"));
+        if let Some(c) = report.rebuilt_checkpoint {
+            found.push_str(&format!(" after its checkpoint {c}"));
+        }
+    }
     if let Some(lsn) = report.in_flight {
         found.push_str(&format!(", a flush in flight at {lsn} resumed"));
     }
@@ -115,12 +138,12 @@ async fn flush(args: &Args, url: &str, timeout: Duration) -> Result<ExitCode, St
     let closed = cache.close().await;
     flushed
         .and(closed)
-        .map_err(|e| format!("flushing {} to {db} failed: {e}", args.wal.display()))?;
+        .map_err(|e| format!("flushing {} to {db} failed: {e}", wal.display()))?;
     println!(
         "flushed {} rows in {} flushes from {} ({} records replayed{}{found}) to {db} in {:.2}s",
         stats.rows_flushed,
         stats.flushes,
-        args.wal.display(),
+        wal.display(),
         replayed,
         checkpoint.map_or(String::new(), |l| format!(" after checkpoint {l}")),
         started.elapsed().as_secs_f64()

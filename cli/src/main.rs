@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "nats")]
+mod adopt;
 mod bench;
 mod chart;
 mod flush;
@@ -25,6 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Apply a lost instance's replicated WAL (NATS JetStream) to the
+    /// database, exactly once, then trim its stream.
+    #[cfg(feature = "nats")]
+    Adopt(adopt::Args),
     /// Flush-throughput benchmark against a database, with baselines.
     Bench(bench::Args),
     /// Open a WAL directory, recover, flush everything to the database, close.
@@ -39,6 +45,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "nats")]
+        Command::Adopt(args) => adopt::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Flush(args) => flush::run(args),
         Command::Stress(args) => stress::run(args),

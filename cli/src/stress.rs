@@ -40,7 +40,7 @@ pub struct Args {
     /// Concurrent writers.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     writers: u64,
-    /// `fsync`, `buffered:<N>ms` or `none`.
+    /// `fsync`, `buffered:<N>ms`, `none` or `replicated` (needs `--replicate`).
     #[arg(long, default_value = "fsync", value_parser = parse_durability)]
     durability: Durability,
     /// Key distribution: `uniform` or `zipf:<exponent>`.
@@ -61,6 +61,14 @@ pub struct Args {
     /// WAL segment size in bytes (default: the library's, 64 MiB).
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Replicate the WAL to NATS JetStream at this URL (`--durability replicated`
+    /// waits for it). The instance id to `adopt` is in `<wal>/instance.id`.
+    #[cfg(feature = "nats")]
+    #[arg(long, value_name = "URL")]
+    replicate: Option<String>,
+    #[cfg(feature = "nats")]
+    #[command(flatten)]
+    replica: crate::workload::ReplicaArgs,
 }
 
 /// What one writer did.
@@ -96,6 +104,10 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
     }
     if let Some(n) = args.segment_bytes {
         builder = builder.segment_size(n);
+    }
+    #[cfg(feature = "nats")]
+    if let Some(nats) = &args.replicate {
+        builder = args.replica.apply(builder, nats);
     }
     let cache = builder
         .open()
@@ -201,6 +213,8 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
         "rows_flushed": after.rows_flushed,
         "retries": after.retries,
         "checkpoints": after.checkpoints,
+        "replicated_lsn": after.replicated_lsn,
+        "replication_failures": after.replication_failures,
         "closed_clean": closed.is_ok(),
     });
     println!("{summary}");

@@ -9,11 +9,12 @@ use rand::Rng;
 use rand_distr::Distribution;
 use writebehind::Durability;
 
-/// Parses `fsync`, `buffered:<N>ms` (N ≥ 1) or `none`.
+/// Parses `fsync`, `buffered:<N>ms` (N ≥ 1), `none` or `replicated`.
 pub fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "fsync" => Ok(Durability::Fsync),
         "none" => Ok(Durability::None),
+        "replicated" => Ok(Durability::Replicated),
         _ => {
             let ms = s
                 .strip_prefix("buffered:")
@@ -21,7 +22,9 @@ pub fn parse_durability(s: &str) -> Result<Durability, String> {
                 .and_then(|n| n.parse::<u64>().ok())
                 .filter(|n| *n > 0)
                 .ok_or_else(|| {
-                    format!("{s:?} is not `fsync`, `buffered:<N>ms` (N ≥ 1) or `none`")
+                    format!(
+                        "{s:?} is not `fsync`, `buffered:<N>ms` (N ≥ 1), `none` or `replicated`"
+                    )
                 })?;
             Ok(Durability::Buffered {
                 interval: Duration::from_millis(ms),
@@ -36,6 +39,7 @@ pub fn durability_name(d: Durability) -> String {
         Durability::Fsync => "fsync".into(),
         Durability::Buffered { interval } => format!("buffered:{}ms", interval.as_millis()),
         Durability::None => "none".into(),
+        Durability::Replicated => "replicated".into(),
     }
 }
 
@@ -165,5 +169,36 @@ mod tests {
         assert!(matches!(parse_dist("uniform"), Ok(Dist::Uniform)));
         assert!(matches!(parse_dist("zipf:1.5"), Ok(Dist::Zipf(s)) if s == 1.5));
         assert!(parse_dist("zipf:-1").is_err());
+    }
+}
+
+/// Where `stress` and `adopt` replicate to (NATS JetStream).
+#[cfg(feature = "nats")]
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplicaArgs {
+    /// The JetStream stream (created when absent).
+    #[arg(long, default_value = "WRITEBEHIND")]
+    pub stream: String,
+    /// Replicas of the stream when this creates it (3 in production).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// First token of the subjects: the log goes to `<prefix>.<instance>.wal`.
+    #[arg(long, default_value = "wb")]
+    pub subject_prefix: String,
+}
+
+#[cfg(feature = "nats")]
+impl ReplicaArgs {
+    /// `builder` replicating to `url` with these settings.
+    pub fn apply<K: writebehind::CacheKey, V: writebehind::CacheValue>(
+        &self,
+        builder: writebehind::Builder<K, V>,
+        url: &str,
+    ) -> writebehind::Builder<K, V> {
+        builder
+            .replicate(url)
+            .replicate_stream(&self.stream)
+            .replicate_replicas(self.replicas)
+            .replicate_subject_prefix(&self.subject_prefix)
     }
 }

@@ -64,6 +64,7 @@ fn mode_name(m: Durability) -> &'static str {
         Durability::Fsync => "fsync",
         Durability::Buffered { .. } => "buffered",
         Durability::None => "none",
+        Durability::Replicated => "replicated",
     }
 }
 

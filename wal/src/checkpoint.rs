@@ -34,7 +34,8 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Lsn> {
     crate::parse_lsn_name(name, SUFFIX)
 }
 
-pub(crate) fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
+/// The bytes of a checkpoint file for `lsn` holding `data` (header, checksum, data).
+pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + data.len());
     out.extend_from_slice(&CHECKPOINT_MAGIC);
     out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());

@@ -224,6 +224,8 @@ pub(crate) struct Committer {
     pub(crate) buf_last: Lsn,
     pub(crate) sync_deadline: Option<Instant>,
     pub(crate) finished: bool,
+    /// Gets every group right after its local write.
+    pub(crate) replica: Option<Arc<dyn crate::ReplicaSink>>,
 }
 
 /// The committer's state behind a lock: whoever holds it commits. That is an appender
@@ -458,6 +460,10 @@ impl Committer {
                         let d = now + interval;
                         self.sync_deadline = Some(self.sync_deadline.map_or(d, |x| x.min(d)));
                     }
+                    Durability::Replicated => {
+                        let d = now + crate::REPLICATED_SYNC_INTERVAL;
+                        self.sync_deadline = Some(self.sync_deadline.map_or(d, |x| x.min(d)));
+                    }
                     Durability::None => {}
                 }
             }
@@ -481,6 +487,14 @@ impl Committer {
                 return Err(Poisoned);
             }
             self.seg_len += self.buf.len() as u64;
+            if let Some(sink) = &self.replica {
+                // Copied: the buffer is reused for the next group.
+                sink.offer(crate::Group {
+                    first: self.buf_first,
+                    last: self.buf_last,
+                    frames: self.buf.clone(),
+                });
+            }
             self.buf.clear();
             if let Some(active) = self.files.lock().segs.last_mut() {
                 active.len = self.seg_len;

@@ -88,6 +88,41 @@ pub enum Error {
         /// Which setting and why.
         reason: String,
     },
+    /// A `Replicated` append was not acknowledged by the replica within its wait bound. The
+    /// record is in the local log; the sink goes on trying to replicate it.
+    #[error("the replica did not acknowledge LSN {lsn} within {waited:?} (it holds up to LSN {acked}){}", last_error.as_ref().map(|e| format!("; last replica error: {e}")).unwrap_or_default())]
+    ReplicaTimeout {
+        /// The append's LSN.
+        lsn: Lsn,
+        /// The highest LSN the replica acknowledged.
+        acked: Lsn,
+        /// How long the append waited.
+        waited: std::time::Duration,
+        /// The sink's last failure, if any since its last acknowledgement.
+        last_error: Option<String>,
+    },
+    /// The replication sink stopped before the replica acknowledged this append.
+    #[error("replication stopped before LSN {lsn} was acknowledged: {reason}")]
+    ReplicaStopped {
+        /// The append's LSN.
+        lsn: Lsn,
+        /// Why the sink stopped.
+        reason: String,
+    },
+    /// Bytes read back from a replica failed their checks (checksum, length, version).
+    #[error("replica data is corrupt: {reason}")]
+    ReplicaData {
+        /// What check failed, and where.
+        reason: String,
+    },
+    /// Records read back from a replica are intact but an LSN is missing between them.
+    #[error("LSN gap in the replica: expected LSN {expected}, found {found}")]
+    ReplicaGap {
+        /// The LSN that should have come next.
+        expected: Lsn,
+        /// The LSN found instead.
+        found: Lsn,
+    },
     /// Encoding or decoding a value through [`crate::codec`] failed.
     #[error("codec: {source}")]
     Codec {

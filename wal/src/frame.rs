@@ -104,8 +104,8 @@ fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
     crc32c::crc32c_append(payload_crc, &h)
 }
 
-/// Encodes one complete frame (for tests; the hot path uses [`PendingFrame`]).
-#[cfg(test)]
+/// Encodes one complete frame (tests and replica catch-up; the hot path uses
+/// [`PendingFrame`]).
 pub(crate) fn encode_frame(lsn: Lsn, kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = PendingFrame::new(kind, payload);
     f.seal(lsn);

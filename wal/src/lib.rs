@@ -38,6 +38,7 @@ pub mod inspect;
 pub mod io;
 pub mod reader;
 mod recovery;
+pub mod replica;
 mod ticket;
 
 pub use checkpoint::Checkpoint;
@@ -45,6 +46,7 @@ pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
 pub use io::{Io, StdIo};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
+pub use replica::{Group, ReplicaAcks, ReplicaSink, ReplicaWait};
 pub use ticket::{Append, AppendFuture};
 
 use committer::{CommitCell, Committer, Msg};
@@ -82,7 +84,17 @@ pub enum Durability {
     /// segment rotates, on `sync`/`close`, or for a `Fsync` append. Loss window: a process
     /// crash loses nothing resolved; a power loss may lose anything not yet synced.
     None,
+    /// The ticket resolves once the record is written to the OS and the replica (see
+    /// [`WalBuilder::replica`]) acknowledged it; the committer fdatasyncs it locally within
+    /// [`REPLICATED_SYNC_INTERVAL`]. Loss window: none while the replica survives, even when
+    /// this machine is lost. A log without a replica refuses it. A replica that does not
+    /// acknowledge within the replica's wait bound fails the ticket with
+    /// [`Error::ReplicaTimeout`] (the record stays in the local log).
+    Replicated,
 }
+
+/// Longest time a `Replicated` record stays unsynced locally (the replica holds it already).
+pub const REPLICATED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A record read back from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +145,15 @@ pub struct WalBuilder {
     max_delay: Option<Duration>,
     salvage: bool,
     io: Arc<dyn Io>,
+    replica: Option<ReplicaConfig>,
+}
+
+/// The replica a log hands its groups to, and how long `Replicated` appends wait for it.
+#[derive(Clone, Debug)]
+struct ReplicaConfig {
+    sink: Arc<dyn ReplicaSink>,
+    acks: ReplicaAcks,
+    timeout: Duration,
 }
 
 impl WalBuilder {
@@ -146,7 +167,25 @@ impl WalBuilder {
             max_delay: None,
             salvage: false,
             io: Arc::new(StdIo),
+            replica: None,
         }
+    }
+
+    /// Hands every group written to `sink` (see [`replica`]); `acks` is the watermark the sink
+    /// advances, and `timeout` bounds how long a [`Durability::Replicated`] append waits for
+    /// it. Default: no replica.
+    pub fn replica(
+        mut self,
+        sink: Arc<dyn ReplicaSink>,
+        acks: ReplicaAcks,
+        timeout: Duration,
+    ) -> Self {
+        self.replica = Some(ReplicaConfig {
+            sink,
+            acks,
+            timeout,
+        });
+        self
     }
 
     /// Rotate to a new segment once the active one would exceed this size. Default 64 MiB;
@@ -292,6 +331,7 @@ impl WalBuilder {
             buf_last: 0,
             sync_deadline: None,
             finished: false,
+            replica: self.replica.as_ref().map(|r| r.sink.clone()),
         };
         let commit = CommitCell::new(committer);
         let cell = commit.clone();
@@ -314,6 +354,7 @@ impl WalBuilder {
             files,
             committer: Mutex::new(Some(handle)),
             ckpt_lock: Mutex::new(()),
+            replica: self.replica.map(|r| (r.acks, r.timeout)),
         };
         Ok((wal, report))
     }
@@ -341,6 +382,7 @@ pub struct Wal {
     files: Arc<Mutex<Files>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     ckpt_lock: Mutex<()>,
+    replica: Option<(ReplicaAcks, Duration)>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -374,6 +416,22 @@ impl Wal {
         if self.progress.is_poisoned() {
             return Err(Error::Poisoned);
         }
+        let replica = match (durability, &self.replica) {
+            (Durability::Replicated, Some((acks, timeout))) => {
+                let now = std::time::Instant::now();
+                Some(ticket::ReplicaTicket {
+                    acks: acks.clone(),
+                    since: now,
+                    deadline: now + *timeout,
+                })
+            }
+            (Durability::Replicated, None) => {
+                return Err(Error::Config {
+                    reason: "Durability::Replicated needs a replica (WalBuilder::replica)".into(),
+                })
+            }
+            _ => None,
+        };
         // The payload checksum is computed here, outside the lock.
         let mut frame = PendingFrame::new(kind, payload);
         let mut st = self.append.lock();
@@ -398,6 +456,7 @@ impl Wal {
             need_durable: durability == Durability::Fsync,
             progress: self.progress.clone(),
             commit: self.commit.clone(),
+            replica,
         })
     }
 
@@ -449,6 +508,11 @@ impl Wal {
     /// The last LSN assigned (0 if none).
     pub fn last_lsn(&self) -> Lsn {
         self.last_assigned.load(Ordering::SeqCst)
+    }
+
+    /// The replica's watermark, when the log has one.
+    pub fn replica_acks(&self) -> Option<&ReplicaAcks> {
+        self.replica.as_ref().map(|r| &r.0)
     }
 
     /// The last LSN known fdatasynced.

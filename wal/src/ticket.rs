@@ -11,7 +11,15 @@ use std::task::{Context, Poll, Wake, Waker};
 use parking_lot::Mutex;
 
 use crate::committer::CommitCell;
-use crate::{Error, Lsn, Result};
+use crate::{Error, Lsn, ReplicaAcks, Result};
+
+/// What a `Replicated` ticket waits for after the local write.
+#[derive(Debug)]
+pub(crate) struct ReplicaTicket {
+    pub(crate) acks: ReplicaAcks,
+    pub(crate) since: std::time::Instant,
+    pub(crate) deadline: std::time::Instant,
+}
 
 /// The I/O failure that poisoned the log, kept so affected tickets can report it.
 #[derive(Debug)]
@@ -280,6 +288,7 @@ pub struct Append {
     pub(crate) need_durable: bool,
     pub(crate) progress: Arc<Progress>,
     pub(crate) commit: Arc<CommitCell>,
+    pub(crate) replica: Option<ReplicaTicket>,
 }
 
 impl Append {
@@ -294,16 +303,30 @@ impl Append {
     ///
     /// If nobody is committing, the calling thread writes (and fdatasyncs) the queued group
     /// itself instead of waiting for the committer thread to be scheduled.
+    ///
+    /// A `Replicated` record then waits for the replica's acknowledgement, within the
+    /// replica's wait bound ([`Error::ReplicaTimeout`], [`Error::ReplicaStopped`]).
     pub fn wait(self) -> Result<Lsn> {
         if !self.progress.resolved(self.lsn, self.need_durable) {
             self.commit.try_lead();
         }
-        self.progress.wait(self.lsn, self.need_durable)
+        let lsn = self.progress.wait(self.lsn, self.need_durable)?;
+        match &self.replica {
+            None => Ok(lsn),
+            Some(r) => r.acks.wait(lsn, r.deadline),
+        }
     }
 
     /// Whether `wait` would return without blocking.
     pub fn is_ready(&self) -> bool {
-        self.progress.check(self.lsn, self.need_durable).is_some()
+        match self.progress.check(self.lsn, self.need_durable) {
+            Some(Ok(_)) => self
+                .replica
+                .as_ref()
+                .is_none_or(|r| r.acks.resolved(self.lsn, r.since, r.deadline)),
+            Some(Err(_)) => true,
+            None => false,
+        }
     }
 }
 
@@ -353,6 +376,12 @@ impl Future for AppendFuture {
                 self.ticket.commit.try_lead();
             }
         }
-        self.ticket.progress.poll_ticket(lsn, need_durable, cx)
+        match self.ticket.progress.poll_ticket(lsn, need_durable, cx) {
+            Poll::Ready(Ok(lsn)) => match &self.ticket.replica {
+                None => Poll::Ready(Ok(lsn)),
+                Some(r) => r.acks.poll_ticket(lsn, r.since, r.deadline, cx),
+            },
+            other => other,
+        }
     }
 }
