@@ -1014,22 +1014,43 @@ async fn put_checkpoint(
         put_object(s, rep, lsn, &bytes).await?;
         Bytes::from_static(IN_OBJECT_STORE)
     };
-    let ack =
-        s.js.publish(n.ckpt_subject(), payload)
-            .await
-            .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?
-            .await
-            .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?;
-    s.stream
-        .purge()
-        .filter(n.ckpt_subject())
-        .sequence(ack.sequence)
-        .await
-        .map_err(|e| n.error(format!("purging old checkpoints: {e}")))?;
+    publish_newest(
+        s,
+        rep,
+        n.ckpt_subject(),
+        payload,
+        &format!("checkpoint {lsn}"),
+    )
+    .await?;
     cur.checkpoint = cur.checkpoint.max(lsn);
     rep.checkpoints.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(lsn, bytes = bytes.len(), "checkpoint stored");
     trim(s, rep, cur, lsn + 1).await
+}
+
+/// Publishes `payload` on `subject` and purges the older messages there: the
+/// subject holds the newest one only.
+async fn publish_newest(
+    s: &Session,
+    rep: &Replicator,
+    subject: String,
+    payload: Bytes,
+    what: &str,
+) -> Result<()> {
+    let n = &rep.names;
+    let ack =
+        s.js.publish(subject.clone(), payload)
+            .await
+            .map_err(|e| n.error(format!("storing {what}: {e}")))?
+            .await
+            .map_err(|e| n.error(format!("storing {what}: {e}")))?;
+    s.stream
+        .purge()
+        .filter(subject)
+        .sequence(ack.sequence)
+        .await
+        .map_err(|e| n.error(format!("purging what preceded {what}: {e}")))?;
+    Ok(())
 }
 
 /// Records `floor` and purges the messages wholly below it that this
@@ -1039,19 +1060,8 @@ async fn trim(s: &Session, rep: &Replicator, cur: &mut Cursor, floor: Lsn) -> Re
     if floor <= cur.floor {
         return Ok(());
     }
-    let ack =
-        s.js.publish(n.trim_subject(), Bytes::from(floor.to_string()))
-            .await
-            .map_err(|e| n.error(format!("recording floor {floor}: {e}")))?
-            .await
-            .map_err(|e| n.error(format!("recording floor {floor}: {e}")))?;
-    // Keep the newest floor only.
-    s.stream
-        .purge()
-        .filter(n.trim_subject())
-        .sequence(ack.sequence)
-        .await
-        .map_err(|e| n.error(format!("purging old floors: {e}")))?;
+    let payload = Bytes::from(floor.to_string());
+    publish_newest(s, rep, n.trim_subject(), payload, &format!("floor {floor}")).await?;
     cur.floor = floor;
     // The first message still needed: the one holding `floor`, or the first after it.
     while cur.index.front().is_some_and(|m| m.1 < floor) {

@@ -423,6 +423,8 @@ impl ConnRef<'_> {
 
     /// PostgreSQL: runs a query answering one row of a `text[]` then
     /// `int8[]` columns (an aggregated RETURNING); NULL arrays (no rows) are empty.
+    // Only PostgreSQL reads arrays; other builds keep the signature unused.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub(crate) async fn fetch_arrays(
         self,
         sql: &str,
