@@ -33,6 +33,7 @@ pub(crate) struct Config {
     dir: PathBuf,
     durability: Durability,
     segment_size: u64,
+    preallocate: bool,
     limits: Limits,
     max_wal_bytes: u64,
     checkpoint_bytes: u64,
@@ -100,6 +101,9 @@ impl Config {
     }
     pub(crate) fn segment_size(&self) -> u64 {
         self.segment_size
+    }
+    pub(crate) fn preallocate(&self) -> bool {
+        self.preallocate
     }
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
@@ -270,6 +274,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 dir,
                 durability: Durability::Fsync,
                 segment_size: 64 << 20,
+                preallocate: true,
                 limits: Limits::default(),
                 max_wal_bytes: 1 << 30,
                 checkpoint_bytes: 64 << 20,
@@ -308,6 +313,15 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// WAL segment size. Default: 64 MiB.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.cfg.segment_size = bytes;
+        self
+    }
+
+    /// Zero-fill WAL segments a little ahead of the data so an fdatasync commits no
+    /// allocation or size change (about 1.5× the `Fsync` rate of one writer on ext4 here). Turn
+    /// it off on copy-on-write file systems (btrfs, ZFS). Default: on. See
+    /// [`writebehind_wal::WalBuilder::preallocate`].
+    pub fn preallocate(mut self, on: bool) -> Self {
+        self.cfg.preallocate = on;
         self
     }
 

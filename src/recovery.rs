@@ -58,6 +58,7 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
     let mut builder = WalBuilder::new(cfg.dir().to_path_buf())
         .durability(cfg.durability())
         .segment_size(cfg.segment_size())
+        .preallocate(cfg.preallocate())
         .salvage(cfg.salvage());
     if let Some(io) = &cfg.io() {
         builder = builder.io(Arc::clone(io));

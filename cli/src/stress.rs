@@ -61,6 +61,10 @@ pub struct Args {
     /// WAL segment size in bytes (default: the library's, 64 MiB).
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Do not zero-fill WAL segments ahead of the data (for copy-on-write file systems, and
+    /// to measure what preallocation gains).
+    #[arg(long)]
+    no_preallocate: bool,
     /// Replicate the WAL to NATS JetStream at this URL (`--durability replicated`
     /// waits for it). The instance id to `adopt` is in `<wal>/instance.id`.
     #[cfg(feature = "nats")]
@@ -98,6 +102,7 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
         .table(&args.table)
         .create_tables(true)
         .durability(args.durability)
+        .preallocate(!args.no_preallocate)
         .flush_interval(Duration::from_millis(args.flush_interval_ms.max(1)));
     if let Some(n) = args.checkpoint_bytes {
         builder = builder.checkpoint_bytes(n);
@@ -201,6 +206,7 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
         "writers": args.writers,
         "keys": args.keys,
         "durability": durability_name(args.durability),
+        "preallocate": !args.no_preallocate,
         "dist": match args.dist { Dist::Uniform => "uniform".to_string(), Dist::Zipf(s) => format!("zipf:{s}") },
         "seed": seed,
         "write_secs": round3(write_secs),

@@ -305,12 +305,18 @@ fn print_ratios() {
             );
         }
     }
-    println!("Fsync interleaved with the baseline (alternating 300 ms slices, same disk state):");
+    println!(
+        "Fsync in alternating 300 ms slices (same disk state): wal, wal without preallocated \
+         segments, sled, and the baseline"
+    );
     for t in APPENDERS {
-        let b = rate(&format!("interleaved_base/{t}")).unwrap_or(f64::NAN);
-        let w = rate(&format!("interleaved_wal/{t}")).unwrap_or(f64::NAN);
+        let r = |k: &str| rate(&format!("interleaved_{k}/{t}")).unwrap_or(f64::NAN);
+        let (w, p, s, b) = (r("wal"), r("plain"), r("sled"), r("base"));
         println!(
-            "  fsync {t:>2} appenders: wal {w:>9.0}/s  baseline {b:>7.0}/s  ratio {:>5.1}",
+            "  {t:>2} appenders: wal {w:>8.0}/s  plain {p:>8.0}/s  sled {s:>8.0}/s  baseline \
+             {b:>7.0}/s  wal/plain {:>4.2}  wal/sled {:>4.2}  wal/base {:>5.2}",
+            w / p,
+            w / s,
             w / b
         );
     }
@@ -323,45 +329,84 @@ fn print_ratios() {
     println!("      a weaker guarantee than the fdatasync behind wal Fsync and the baseline.");
 }
 
-/// `Fsync` against the baseline in alternating slices of equal length, so both see the same
-/// disk (its fsync latency on this shared machine swings 20x within minutes).
+/// One operation of an interleaved contender.
+type Op = Arc<dyn Fn() + Send + Sync>;
+
+/// `threads` threads calling `op` in a loop for `slice`: (calls, elapsed).
+fn slice_run(threads: usize, slice: Duration, op: Op) -> (u64, Duration) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    op();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(slice);
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    (count.load(Ordering::Relaxed), start.elapsed())
+}
+
+/// `Fsync` against the baseline, against itself without preallocated segments, and against
+/// sled (insert + flush), in alternating slices of equal length, so all see the same disk (its
+/// fsync latency on this shared machine swings 20x within minutes).
 fn fsync_interleaved() {
     let rounds = if quick() { 3 } else { 8 };
     let slice = Duration::from_millis(300);
     for threads in APPENDERS {
         let dir = bench_dir();
-        let (wal, _) = WalBuilder::new(dir.path()).open().unwrap();
-        let wal = Arc::new(wal);
-        let (mut base_n, mut base_d, mut wal_n, mut wal_d) = (0, Duration::ZERO, 0, Duration::ZERO);
+        let wal = |name: &str, prealloc: bool| {
+            let (w, _) = WalBuilder::new(dir.path().join(name))
+                .preallocate(prealloc)
+                .open()
+                .unwrap();
+            Arc::new(w)
+        };
+        let (pre, plain) = (wal("pre", true), wal("plain", false));
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .unwrap();
+        let next = Arc::new(AtomicU64::new(1));
+        let append = |w: &Arc<Wal>| -> Op {
+            let w = w.clone();
+            Arc::new(move || {
+                w.append(0, &PAYLOAD).unwrap().wait().unwrap();
+            })
+        };
+        let contenders: [(&str, Op); 3] = [
+            ("interleaved_wal", append(&pre)),
+            ("interleaved_plain", append(&plain)),
+            (
+                "interleaved_sled",
+                Arc::new(move || {
+                    let lsn = next.fetch_add(1, Ordering::Relaxed);
+                    db.insert(lsn.to_be_bytes(), &PAYLOAD[..]).unwrap();
+                    db.flush().unwrap();
+                }),
+            ),
+        ];
         for _ in 0..rounds {
             let (n, d) = baseline_burst(dir.path(), slice);
-            base_n += n;
-            base_d += d;
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let count = Arc::new(AtomicU64::new(0));
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    let (w, stop, count) = (wal.clone(), stop.clone(), count.clone());
-                    std::thread::spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            w.append(0, &PAYLOAD).unwrap().wait().unwrap();
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                })
-                .collect();
-            let start = Instant::now();
-            std::thread::sleep(slice);
-            stop.store(true, Ordering::Relaxed);
-            for h in hs {
-                h.join().unwrap();
+            record(&format!("interleaved_base/{threads}"), n, d);
+            for (name, op) in &contenders {
+                let (n, d) = slice_run(threads, slice, op.clone());
+                record(&format!("{name}/{threads}"), n, d);
             }
-            wal_d += start.elapsed();
-            wal_n += count.load(Ordering::Relaxed);
         }
-        record(&format!("interleaved_base/{threads}"), base_n, base_d);
-        record(&format!("interleaved_wal/{threads}"), wal_n, wal_d);
-        Arc::try_unwrap(wal).unwrap().close().unwrap();
+        drop(contenders);
+        for w in [pre, plain] {
+            Arc::try_unwrap(w).unwrap().close().unwrap();
+        }
     }
 }
 

@@ -28,6 +28,11 @@ use crate::{segment_name, Durability, Files, Lsn, SegMeta};
 /// Stop growing a group past this many bytes: bounds the buffer and the latency of one write.
 const GROUP_BYTES: usize = 4 << 20;
 
+/// How far preallocated zeros run ahead of the data, and how close the data may get to their
+/// end before more are written. One extension (a page-cache write) per ~0.75 MiB of log.
+const ZERO_AHEAD: u64 = 1 << 20;
+const ZERO_LOW: u64 = 256 << 10;
+
 /// What appenders hand to the committer.
 pub(crate) enum Msg {
     /// A sealed frame.
@@ -217,6 +222,12 @@ pub(crate) struct Committer {
     pub(crate) file: Arc<dyn IoFile>,
     pub(crate) seg_path: PathBuf,
     pub(crate) seg_len: u64,
+    /// Header flags of new segments ([`crate::FLAG_ZERO_TAIL`] or 0).
+    pub(crate) new_flags: u32,
+    /// The active segment may be zero-extended (its header says so).
+    pub(crate) zero_tail: bool,
+    /// Its file size: the end of the preallocated zeros (`seg_len` when there are none).
+    pub(crate) zeroed_end: u64,
     pub(crate) syncer: Arc<Syncer>,
     pub(crate) syncer_thread: Option<JoinHandle<()>>,
     pub(crate) buf: Vec<u8>,
@@ -383,6 +394,9 @@ impl CommitCell {
                 tracing::error!(dir = %c.dir.display(), "WAL syncer thread panicked");
             }
         }
+        if !c.progress.is_poisoned() {
+            c.cut_zeros();
+        }
         c.progress.close();
     }
 }
@@ -477,6 +491,7 @@ impl Committer {
     /// and hands the fdatasync (if wanted) to the syncer.
     fn flush(&mut self, sync: bool) -> Result<(), Poisoned> {
         if !self.buf.is_empty() {
+            self.zero_ahead(self.seg_len + self.buf.len() as u64);
             if let Err(e) = write_all(self.file.as_ref(), &self.buf) {
                 self.progress.poison(
                     "write",
@@ -510,18 +525,59 @@ impl Committer {
         Ok(())
     }
 
+    /// Keeps zeros preallocated past `upto` in a flagged segment, so the data lands on
+    /// allocated blocks. Best effort: if it fails the log just appends (warned once).
+    fn zero_ahead(&mut self, upto: u64) {
+        if !self.zero_tail || upto + ZERO_LOW <= self.zeroed_end {
+            return;
+        }
+        let to = (upto + ZERO_AHEAD).min(self.segment_size);
+        if to <= self.zeroed_end.max(upto) {
+            return;
+        }
+        match self.file.zero_extend(to) {
+            Ok(true) => self.zeroed_end = to,
+            Ok(false) => self.zero_tail = false,
+            Err(e) => {
+                // Zeros past the data are a clean end even if only some were written.
+                tracing::warn!(segment = %self.seg_path.display(), error = %e,
+                    "WAL preallocation failed; appending without it");
+                self.zero_tail = false;
+            }
+        }
+    }
+
+    /// Cuts the preallocated zeros off the active segment (clean close, rotation) so the file
+    /// ends at its last record. Best effort: zeros left behind read as a clean end.
+    fn cut_zeros(&mut self) {
+        if self.zeroed_end <= self.seg_len {
+            return;
+        }
+        match self
+            .file
+            .set_len(self.seg_len)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => self.zeroed_end = self.seg_len,
+            Err(e) => tracing::warn!(segment = %self.seg_path.display(), error = %e,
+                "could not cut the WAL segment's preallocated zeros; they read as its end"),
+        }
+    }
+
     /// Closes the active segment (fully synced, so no later segment can outlive its tail) and
     /// starts a new one named by `first_lsn`.
     fn rotate(&mut self, first_lsn: Lsn) -> Result<(), Poisoned> {
+        self.cut_zeros();
         let path = self.dir.join(segment_name(first_lsn));
         let io = self.io.clone();
         let dir = self.dir.clone();
         let progress = self.progress.clone();
         let p2 = path.clone();
+        let flags = self.new_flags;
         self.syncer.switch_file(move || {
             let step = (|| -> Result<Arc<dyn IoFile>, (&'static str, PathBuf, std::io::Error)> {
                 let f = io.create(&p2).map_err(|e| ("create", p2.clone(), e))?;
-                write_all(f.as_ref(), &encode_segment_header(first_lsn))
+                write_all(f.as_ref(), &encode_segment_header(first_lsn, flags))
                     .map_err(|e| ("write", p2.clone(), e))?;
                 f.sync_data().map_err(|e| ("fsync", p2.clone(), e))?;
                 io.sync_dir(&dir)
@@ -540,6 +596,8 @@ impl Committer {
         self.file = self.syncer.st.lock().file.clone();
         self.seg_path = path.clone();
         self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.zero_tail = flags & crate::frame::FLAG_ZERO_TAIL != 0;
+        self.zeroed_end = self.seg_len;
         self.files.lock().segs.push(SegMeta {
             first: first_lsn,
             path,

@@ -1,7 +1,11 @@
 //! On-disk framing: the segment header and the record frame. All integers little-endian.
 //!
-//! Segment header (32 bytes): magic `WBWALSEG` (8) | format version u32 | reserved u32 (0) |
+//! Segment header (32 bytes): magic `WBWALSEG` (8) | format version u32 | flags u32 |
 //! first LSN u64 | CRC32C of the preceding 24 bytes u32 | reserved u32 (0).
+//!
+//! Flags: bit 0 ([`FLAG_ZERO_TAIL`]) says the file is zero-filled ahead of its last record, so
+//! an all-zero run from a frame boundary to the end of the file is where the data ends, not a
+//! torn tail. Other bits are 0; readers ignore them.
 //!
 //! Record frame (20-byte header + payload): payload length u32 | CRC32C u32 | LSN u64 |
 //! kind u8 | frame version u8 | reserved u16 (0) | payload. The CRC covers the payload followed
@@ -20,21 +24,32 @@ pub const SEGMENT_HEADER_LEN: usize = 32;
 pub const FRAME_HEADER_LEN: usize = 20;
 /// Record frame version written by this crate.
 pub const FRAME_VERSION: u8 = 1;
+/// Segment flag: zeros after the last record are preallocated space.
+pub const FLAG_ZERO_TAIL: u32 = 1;
 /// Largest payload `append` accepts (16 MiB).
 pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
 
-pub(crate) fn encode_segment_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_LEN] {
+pub(crate) fn encode_segment_header(first_lsn: Lsn, flags: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&flags.to_le_bytes());
     h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Decodes a segment header, returning its first LSN or why it is invalid.
-pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, &'static str> {
+/// A decoded segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub(crate) first: Lsn,
+    /// [`FLAG_ZERO_TAIL`] is set.
+    pub(crate) zero_tail: bool,
+}
+
+/// Decodes a segment header, or says why it is invalid.
+pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, &'static str> {
     let Some(h) = bytes.get(..SEGMENT_HEADER_LEN) else {
         return Err("segment shorter than its header");
     };
@@ -51,7 +66,10 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, &'static str> {
     if lsn == 0 {
         return Err("segment header first LSN is 0");
     }
-    Ok(lsn)
+    Ok(SegmentHeader {
+        first: lsn,
+        zero_tail: u32_at(h, 12) & FLAG_ZERO_TAIL != 0,
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -197,7 +215,7 @@ mod tests {
 
     #[test]
     fn segment_header_golden_bytes() {
-        let h = encode_segment_header(42);
+        let h = encode_segment_header(42, 0);
         assert_eq!(&h[0..8], b"WBWALSEG");
         assert_eq!(
             &h[8..24],
@@ -209,7 +227,22 @@ mod tests {
             "header CRC changed: {:#x}",
             u32_at(&h, 24)
         );
-        assert_eq!(decode_segment_header(&h), Ok(42));
+        assert_eq!(
+            decode_segment_header(&h),
+            Ok(SegmentHeader {
+                first: 42,
+                zero_tail: false
+            })
+        );
+        let z = encode_segment_header(42, FLAG_ZERO_TAIL);
+        assert_eq!(&z[12..16], &[1, 0, 0, 0]);
+        assert_eq!(
+            decode_segment_header(&z),
+            Ok(SegmentHeader {
+                first: 42,
+                zero_tail: true
+            })
+        );
     }
 
     #[test]

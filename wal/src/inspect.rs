@@ -176,28 +176,31 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
             bytes: data.len() as u64,
         };
         let header = match decode_segment_header(&data) {
-            Ok(l) if l == name_lsn => Ok(()),
+            Ok(h) if h.first == name_lsn => Ok(h),
             Ok(_) => Err("segment header LSN does not match the file name"),
             Err(r) => Err(r),
         };
-        if let Err(reason) = header {
-            // Same rule as recovery: a bad header with nothing valid after it in the last
-            // segment was torn during rotation.
-            let torn = is_last && !has_frame_after(&data, 0, name_lsn);
-            rep.problems.push(Problem {
-                kind: if torn {
-                    ProblemKind::TornTail
-                } else {
-                    ProblemKind::Corrupt
-                },
-                path,
-                offset: 0,
-                len: data.len() as u64,
-                reason: reason.to_owned(),
-            });
-            rep.segments.push(sum);
-            continue;
-        }
+        let header = match header {
+            Ok(h) => h,
+            Err(reason) => {
+                // Same rule as recovery: a bad header with nothing valid after it in the last
+                // segment was torn during rotation.
+                let torn = is_last && !has_frame_after(&data, 0, name_lsn);
+                rep.problems.push(Problem {
+                    kind: if torn {
+                        ProblemKind::TornTail
+                    } else {
+                        ProblemKind::Corrupt
+                    },
+                    path,
+                    offset: 0,
+                    len: data.len() as u64,
+                    reason: reason.to_owned(),
+                });
+                rep.segments.push(sum);
+                continue;
+            }
+        };
         if let Some(exp) = expected {
             let covered =
                 name_lsn > exp && newest_valid_ckpt.is_some_and(|c: Lsn| c + 1 >= name_lsn);
@@ -215,7 +218,7 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
                 });
             }
         }
-        let mut st = ScanState::new(name_lsn);
+        let mut st = ScanState::new(header);
         while let Some(ev) = st.next_event(&data) {
             match ev {
                 Event::Record { lsn, kind, payload } => {
@@ -256,7 +259,7 @@ mod tests {
     use crate::frame::{encode_frame, encode_segment_header, SEGMENT_HEADER_LEN};
 
     fn write_segment(dir: &Path, first: Lsn, n: u64) -> (PathBuf, Vec<u8>) {
-        let mut s = encode_segment_header(first).to_vec();
+        let mut s = encode_segment_header(first, 0).to_vec();
         for l in first..first + n {
             s.extend(encode_frame(l, 1, &l.to_le_bytes()));
         }

@@ -6,8 +6,13 @@
 //! anywhere after that offset, the damage is *inside* the log (corruption, or an LSN gap);
 //! if none does, the damage runs to the end of the file, which in the last segment is a
 //! *torn tail* (an interrupted write or zero-filled space) and anywhere else is corruption.
+//! One exception: in a segment whose header carries [`crate::FLAG_ZERO_TAIL`], an
+//! all-zero run from a frame boundary to the end of the file is the preallocated space after
+//! the last record, a clean end.
 
-use crate::frame::{decode_segment_header, parse_frame, parse_frame_in, SEGMENT_HEADER_LEN};
+use crate::frame::{
+    decode_segment_header, parse_frame, parse_frame_in, SegmentHeader, SEGMENT_HEADER_LEN,
+};
 use crate::{Lsn, Record};
 
 /// Why a byte range of a segment was not accepted.
@@ -76,21 +81,32 @@ pub(crate) struct ScanState {
     pos: usize,
     expected: Lsn,
     done: bool,
+    /// The segment is zero-filled ahead of its records.
+    zero_tail: bool,
+    /// The scan ended at such a zero run.
+    ended_on_zeros: bool,
 }
 
 impl ScanState {
-    /// Starts after the header of a segment whose first LSN is `first_lsn`.
-    pub(crate) fn new(first_lsn: Lsn) -> Self {
+    /// Starts after the segment header `h`.
+    pub(crate) fn new(h: SegmentHeader) -> Self {
         ScanState {
             pos: SEGMENT_HEADER_LEN,
-            expected: first_lsn,
+            expected: h.first,
             done: false,
+            zero_tail: h.zero_tail,
+            ended_on_zeros: false,
         }
     }
 
     /// Offset just past the last accepted frame (or skipped range).
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// Where the data ends if the scan stopped at preallocated zeros (they are not damage).
+    pub(crate) fn zero_tail_at(&self) -> Option<usize> {
+        self.ended_on_zeros.then_some(self.pos)
     }
 
     /// The next event, or `None` at the end of the buffer. After a damage with `resync: None`
@@ -136,6 +152,11 @@ impl ScanState {
                     reason,
                     resync: Some(f.end as u64),
                 }))
+            }
+            Err(_) if self.zero_tail && buf[pos..].iter().all(|&b| b == 0) => {
+                self.done = true;
+                self.ended_on_zeros = true;
+                None
             }
             Err(why) => {
                 let resync = find_frame(buf, pos + 1, self.expected);
@@ -190,14 +211,14 @@ pub struct SegmentContents {
 /// target share. Never panics; a bad header is an error, damaged frames are reported in
 /// [`SegmentContents::damage`] (the scan stops at the first unless `salvage`).
 pub fn read_segment(bytes: &[u8], salvage: bool) -> crate::Result<SegmentContents> {
-    let first_lsn = decode_segment_header(bytes).map_err(|reason| crate::Error::Corrupt {
+    let header = decode_segment_header(bytes).map_err(|reason| crate::Error::Corrupt {
         segment: "<memory>".into(),
         offset: 0,
         reason: reason.to_owned(),
     })?;
-    let mut st = ScanState::new(first_lsn);
+    let mut st = ScanState::new(header);
     let mut out = SegmentContents {
-        first_lsn,
+        first_lsn: header.first,
         records: Vec::new(),
         damage: Vec::new(),
         valid_len: SEGMENT_HEADER_LEN as u64,
@@ -227,10 +248,14 @@ pub fn read_segment(bytes: &[u8], salvage: bool) -> crate::Result<SegmentContent
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::frame::{encode_frame, encode_segment_header};
+    use crate::frame::{encode_frame, encode_segment_header, FLAG_ZERO_TAIL};
 
     fn segment(first: Lsn, n: u64) -> Vec<u8> {
-        let mut s = encode_segment_header(first).to_vec();
+        segment_with(first, n, 0)
+    }
+
+    fn segment_with(first: Lsn, n: u64, flags: u32) -> Vec<u8> {
+        let mut s = encode_segment_header(first, flags).to_vec();
         for l in first..first + n {
             s.extend(encode_frame(l, 1, &l.to_le_bytes()));
         }
@@ -255,6 +280,30 @@ mod tests {
         let mut s = segment(1, 2);
         let valid = s.len() as u64;
         s.extend([0u8; 100]);
+        let c = read_segment(&s, false).unwrap();
+        assert_eq!(c.records.len(), 2);
+        assert_eq!(
+            c.damage,
+            vec![Damage {
+                offset: valid,
+                len: 100,
+                reason: DamageReason::BadFrame("frame LSN is 0"),
+                resync: None
+            }]
+        );
+    }
+
+    #[test]
+    fn preallocated_zeros_end_a_flagged_segment_cleanly() {
+        let mut s = segment_with(1, 2, FLAG_ZERO_TAIL);
+        let valid = s.len() as u64;
+        s.extend([0u8; 100]);
+        let c = read_segment(&s, false).unwrap();
+        assert_eq!(c.records.len(), 2);
+        assert_eq!(c.damage, vec![]);
+        assert_eq!(c.valid_len, valid);
+        // Anything but zeros after the records is still damage.
+        s[valid as usize + 50] = 7;
         let c = read_segment(&s, false).unwrap();
         assert_eq!(c.records.len(), 2);
         assert_eq!(

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
-use crate::frame::{decode_segment_header, encode_segment_header, SEGMENT_HEADER_LEN};
+use crate::frame::{
+    decode_segment_header, encode_segment_header, FLAG_ZERO_TAIL, SEGMENT_HEADER_LEN,
+};
 use crate::io::{write_all, Io};
 use crate::reader::{DamageReason, Event, ScanState};
 use crate::{parse_lsn_name, Error, Files, Lsn, Result, SegMeta, SEGMENT_SUFFIX};
@@ -72,16 +74,28 @@ pub struct Recovery {
 
 pub(crate) struct Recovered {
     pub(crate) files: Files,
-    /// The last segment and the LSN its next record would carry, if it can be appended to.
-    pub(crate) active: Option<(PathBuf, Lsn, u64, Lsn)>,
+    /// The last segment, if it can be appended to.
+    pub(crate) active: Option<Active>,
     pub(crate) report: Recovery,
+}
+
+/// The segment the log goes on writing after open.
+pub(crate) struct Active {
+    pub(crate) path: PathBuf,
+    /// Its data length (any preallocated zeros were cut).
+    pub(crate) len: u64,
+    /// The LSN its next record would carry.
+    pub(crate) next: Lsn,
+    /// Its header has [`crate::FLAG_ZERO_TAIL`]: it may be zero-extended.
+    pub(crate) zero_tail: bool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |e| Error::io(op, path, e)
 }
 
-pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovered> {
+/// `new_flags`: the header flags of a segment this has to write afresh.
+pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) -> Result<Recovered> {
     let names = io.list(dir).map_err(io_err("list", dir))?;
     let mut segs: Vec<(Lsn, String)> = Vec::new();
     let mut ckpts: Vec<(Lsn, String)> = Vec::new();
@@ -151,18 +165,18 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
         let path = dir.join(name);
         let data = io.read(&path).map_err(io_err("read", &path))?;
         floor = floor.max(*name_lsn);
-        let first = match decode_segment_header(&data) {
-            Ok(l) if l == *name_lsn => Ok(l),
+        let header = match decode_segment_header(&data) {
+            Ok(h) if h.first == *name_lsn => Ok(h),
             Ok(_) => Err("segment header LSN does not match the file name"),
             Err(r) => Err(r),
         };
-        let first = match first {
-            Ok(l) => l,
+        let header = match header {
+            Ok(h) => h,
             Err(reason) if is_last && !crate::reader::has_frame_after(&data, 0, *name_lsn) => {
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
                 let f = io.create(&path).map_err(io_err("create", &path))?;
-                write_all(f.as_ref(), &encode_segment_header(*name_lsn))
+                write_all(f.as_ref(), &encode_segment_header(*name_lsn, new_flags))
                     .map_err(io_err("write", &path))?;
                 f.sync_data().map_err(io_err("fsync", &path))?;
                 io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
@@ -182,7 +196,12 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                 });
                 let next = expected.unwrap_or(*name_lsn).max(*name_lsn);
                 expected = Some(next);
-                active = Some((path, *name_lsn, len, *name_lsn));
+                active = Some(Active {
+                    path,
+                    len,
+                    next: *name_lsn,
+                    zero_tail: new_flags & FLAG_ZERO_TAIL != 0,
+                });
                 continue;
             }
             Err(reason) => {
@@ -207,6 +226,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                 continue;
             }
         };
+        let first = header.first;
         if let Some(exp) = expected {
             // A jump forward is fine when the checkpoint covers everything in between.
             let covered = first > exp && ckpt_lsn.is_some_and(|c| c + 1 >= first);
@@ -231,7 +251,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
                 });
             }
         }
-        let mut st = ScanState::new(first);
+        let mut st = ScanState::new(header);
         let mut seg_last = None;
         let mut torn = None;
         while let Some(ev) = st.next_event(&data) {
@@ -272,6 +292,16 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
             }
         }
         let mut len = data.len() as u64;
+        if let Some(end) = st.zero_tail_at() {
+            // Preallocated space, not damage. The active segment is cut back to its data so
+            // appends resume at the end of the file.
+            len = end as u64;
+            if is_last {
+                let f = io.open_append(&path).map_err(io_err("open", &path))?;
+                f.set_len(len).map_err(io_err("truncate", &path))?;
+                f.sync_data().map_err(io_err("fsync", &path))?;
+            }
+        }
         if let Some(d) = torn {
             let off = d.offset as usize;
             let saved_to = save_aside(io, dir, name, d.offset, &data[off..], &names)?;
@@ -296,7 +326,12 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool) -> Result<Recovere
             len,
         });
         if is_last {
-            active = Some((path, first, len, next));
+            active = Some(Active {
+                path,
+                len,
+                next,
+                zero_tail: header.zero_tail,
+            });
         }
     }
     rep.next_lsn = expected

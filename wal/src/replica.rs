@@ -148,7 +148,7 @@ pub fn seed(io: &dyn Io, dir: &Path, checkpoint: Option<&[u8]>, frames: &[u8]) -
     if let Some(first) = spans.first() {
         put(
             segment_name(first.lsn),
-            &[&encode_segment_header(first.lsn), frames],
+            &[&encode_segment_header(first.lsn, 0), frames],
         )?;
     }
     io.sync_dir(dir).map_err(|e| Error::io("fsync dir", dir, e))

@@ -8,8 +8,9 @@
 
 use std::fmt::Debug;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::fs::Exposure;
@@ -30,6 +31,13 @@ pub trait IoFile: Send + Sync + Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Truncates or extends the file to `len` bytes; later writes go to the new end.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Writes zeros from the file's current size up to `len` bytes without moving where the
+    /// next [`write`](Self::write) goes, so later writes overwrite allocated blocks and their
+    /// fdatasync has no file-size or allocation change to commit. `Ok(false)` when the file
+    /// cannot do this (the default); the caller then just appends.
+    fn zero_extend(&self, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The file-system operations the WAL needs. Paths are absolute or relative to the process.
@@ -52,6 +60,11 @@ pub trait Io: Send + Sync + Debug {
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Whether files from [`create`](Self::create) and [`open_append`](Self::open_append)
+    /// support [`IoFile::zero_extend`]. Segments get [`crate::FLAG_ZERO_TAIL`] only then.
+    fn zero_extends(&self) -> bool {
+        false
+    }
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to`.
@@ -77,18 +90,72 @@ pub(crate) fn write_all(file: &dyn IoFile, mut buf: &[u8]) -> io::Result<()> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdIo;
 
+/// Positional writes (`pwrite`): the end of the data is `pos`, not the file size, which
+/// [`IoFile::zero_extend`] runs ahead of it.
 #[derive(Debug)]
-struct StdFile(File);
+struct StdFile {
+    file: File,
+    /// Where the next write goes. Only the commit-lock holder writes; the atomic is for `&self`.
+    pos: AtomicU64,
+    /// The file size once zero-extended past `pos`.
+    zeroed: AtomicU64,
+}
+
+impl StdFile {
+    fn new(file: File) -> io::Result<StdFile> {
+        let len = file.metadata()?.len();
+        Ok(StdFile {
+            file,
+            pos: AtomicU64::new(len),
+            zeroed: AtomicU64::new(len),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], at: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::write_at(f, buf, at)
+}
+
+#[cfg(windows)]
+fn write_at(f: &File, buf: &[u8], at: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_write(f, buf, at)
+}
+
+/// Zeros written per call while zero-extending.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl IoFile for StdFile {
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        (&self.0).write(buf)
+        let pos = self.pos.load(Ordering::Acquire);
+        let n = write_at(&self.file, buf, pos)?;
+        self.pos.store(pos + n as u64, Ordering::Release);
+        Ok(n)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)?;
+        self.pos.store(len, Ordering::Release);
+        self.zeroed.store(len, Ordering::Release);
+        Ok(())
+    }
+    fn zero_extend(&self, len: u64) -> io::Result<bool> {
+        let mut at = self
+            .zeroed
+            .load(Ordering::Acquire)
+            .max(self.pos.load(Ordering::Acquire));
+        while at < len {
+            let n = ZEROS.len().min((len - at) as usize);
+            let w = write_at(&self.file, &ZEROS[..n], at)?;
+            if w == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+            }
+            at += w as u64;
+            self.zeroed.store(at, Ordering::Release);
+        }
+        Ok(true)
     }
 }
 
@@ -115,11 +182,15 @@ impl Io for StdIo {
         fs::read(path)
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        Ok(Arc::new(StdFile(crate::fs::create_private(path)?)))
+        Ok(Arc::new(StdFile::new(crate::fs::create_private(path)?)?))
     }
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        let f = fs::OpenOptions::new().append(true).open(path)?;
-        Ok(Arc::new(StdFile(f)))
+        // Not O_APPEND: positional writes must land at `pos`, which may be short of the end.
+        let f = fs::OpenOptions::new().write(true).open(path)?;
+        Ok(Arc::new(StdFile::new(f)?))
+    }
+    fn zero_extends(&self) -> bool {
+        true
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
