@@ -502,6 +502,7 @@ impl Committer {
                 return Err(Poisoned);
             }
             self.seg_len += self.buf.len() as u64;
+            self.progress.note_group(self.buf_last - self.buf_first + 1);
             if let Some(sink) = &self.replica {
                 // Copied: the buffer is reused for the next group.
                 sink.offer(crate::Group {

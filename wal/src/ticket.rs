@@ -4,7 +4,7 @@ use std::collections::BinaryHeap;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -89,6 +89,8 @@ pub(crate) struct Progress {
     poisoned: AtomicBool,
     closed: AtomicBool,
     waiters: AtomicUsize,
+    /// Records in the last group written: more than one means appenders overlap.
+    last_group: AtomicU64,
     state: Mutex<WaitState>,
 }
 
@@ -118,6 +120,19 @@ impl Progress {
 
     /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
     /// (after releasing the commit lock).
+    /// Notes how many records the group just written held.
+    pub(crate) fn note_group(&self, records: u64) {
+        if self.last_group.load(Relaxed) != records {
+            self.last_group.store(records, Relaxed);
+        }
+    }
+
+    /// Whether the last group held records of more than one appender: others are appending
+    /// too, so an async appender lets them queue before it leads.
+    pub(crate) fn shared_groups(&self) -> bool {
+        self.last_group.load(Relaxed) > 1
+    }
+
     pub(crate) fn store_written(&self, written: Lsn) {
         self.written.fetch_max(written, SeqCst);
     }
@@ -347,6 +362,7 @@ impl IntoFuture for Append {
     fn into_future(self) -> AppendFuture {
         AppendFuture {
             ticket: self,
+            yielded: false,
             led: false,
         }
     }
@@ -354,14 +370,18 @@ impl IntoFuture for Append {
 
 /// The future of an [`Append`] ticket (`ticket.await`).
 ///
-/// Like [`Append::wait`], its first poll writes the queued group itself when nobody is
-/// committing: a write to the OS (microseconds), and the fdatasync when the group holds a
-/// `Fsync` record, on the polling thread. At most one thread commits at a time, so under load
-/// a single executor thread is ever in the log's I/O; other waiters are woken by waker.
+/// Like [`Append::wait`], it writes the queued group itself when nobody is committing: a
+/// write to the OS (microseconds), and the fdatasync when the group holds a `Fsync` record,
+/// on the polling thread. A lone appender does so on its first poll. When the last group held
+/// more than one record (others are appending), the first poll yields to the executor once
+/// and the second leads, so the appenders queued meanwhile share one write. At most one
+/// thread commits at a time, so under load a single executor thread is ever in the log's I/O;
+/// other waiters are woken by waker.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct AppendFuture {
     ticket: Append,
+    yielded: bool,
     led: bool,
 }
 
@@ -370,6 +390,18 @@ impl Future for AppendFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (lsn, need_durable) = (self.ticket.lsn, self.ticket.need_durable);
+        if !self.yielded {
+            self.yielded = true;
+            // Under load, yield once before leading: the executor runs the other appenders
+            // first, their records join this group, and one write serves them all instead of
+            // a write (a syscall of several µs) per record or two. A lone appender skips it.
+            if self.ticket.progress.shared_groups()
+                && !self.ticket.progress.resolved(lsn, need_durable)
+            {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         if !self.led {
             self.led = true;
             if !self.ticket.progress.resolved(lsn, need_durable) {

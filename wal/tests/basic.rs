@@ -468,6 +468,69 @@ fn lone_writer_is_acknowledged_without_the_committer_thread() {
     wal.close().unwrap();
 }
 
+/// Under load an awaited ticket yields once before leading, so the appenders queued meanwhile
+/// share its write and fdatasync: 20 tasks on one executor thread, one fdatasync.
+#[test]
+fn overlapping_async_appenders_share_one_group() {
+    let fs = FaultyIo::new();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    let wal = Arc::new(wal);
+    wal.hold_committer_thread(true);
+    // A group of two records: appenders overlap.
+    let first = wal.append(0, b"a").unwrap();
+    assert_eq!(wal.append(0, b"b").unwrap().wait().unwrap(), 2);
+    assert_eq!(first.wait().unwrap(), 1);
+    let syncs = fs.sync_count();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut lsns = rt.block_on(async {
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let wal = wal.clone();
+                tokio::spawn(async move { wal.append(0, b"c").unwrap().await.unwrap() })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(
+                tokio::time::timeout(Duration::from_secs(10), t)
+                    .await
+                    .expect("an ack waited on the committer thread")
+                    .unwrap(),
+            );
+        }
+        out
+    });
+    lsns.sort_unstable();
+    assert_eq!(lsns, (3..=22).collect::<Vec<u64>>());
+    assert_eq!(
+        fs.sync_count() - syncs,
+        1,
+        "one fdatasync for the 20 records"
+    );
+    assert_eq!(wal.durable_lsn(), 22);
+    // Alone again: the next group holds one record and is not delayed.
+    assert_eq!(
+        rt.block_on(async { wal.append(0, b"d").unwrap().await })
+            .unwrap(),
+        23
+    );
+    assert_eq!(
+        rt.block_on(async { wal.append(0, b"e").unwrap().await })
+            .unwrap(),
+        24
+    );
+    assert_eq!(fs.sync_count() - syncs, 3);
+    wal.hold_committer_thread(false);
+    Arc::into_inner(wal).unwrap().close().unwrap();
+}
+
 /// Nobody leads for a dropped ticket: the committer thread writes its record.
 #[test]
 fn records_of_dropped_tickets_are_written() {
