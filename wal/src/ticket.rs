@@ -118,10 +118,10 @@ impl Progress {
         self.closed.load(SeqCst)
     }
 
-    /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
-    /// (after releasing the commit lock).
     /// Notes how many records the group just written held.
     pub(crate) fn note_group(&self, records: u64) {
+        // Every async appender reads this line: store only on a change, so steady groups do
+        // not invalidate it in their caches.
         if self.last_group.load(Relaxed) != records {
             self.last_group.store(records, Relaxed);
         }
@@ -133,6 +133,8 @@ impl Progress {
         self.last_group.load(Relaxed) > 1
     }
 
+    /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
+    /// (after releasing the commit lock).
     pub(crate) fn store_written(&self, written: Lsn) {
         self.written.fetch_max(written, SeqCst);
     }

@@ -515,7 +515,8 @@ fn overlapping_async_appenders_share_one_group() {
         "one fdatasync for the 20 records"
     );
     assert_eq!(wal.durable_lsn(), 22);
-    // Alone again: the next group holds one record and is not delayed.
+    // Alone again: each append is still committed by its own task (the first yields once
+    // more, as the last group held 20), one fdatasync each.
     assert_eq!(
         rt.block_on(async { wal.append(0, b"d").unwrap().await })
             .unwrap(),

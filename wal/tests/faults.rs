@@ -67,6 +67,57 @@ fn tickets_queued_behind_a_failed_fsync_are_poisoned() {
     );
 }
 
+/// Async appenders gathered by the yield under load share a failed fdatasync: each sees the
+/// I/O error, none waits past it.
+#[test]
+fn overlapping_async_appenders_all_see_their_failed_fsync() {
+    let fs = FaultyIo::new();
+    let (wal, _) = WalBuilder::new("/w")
+        .io(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    let wal = Arc::new(wal);
+    wal.hold_committer_thread(true);
+    // A group of two records: appenders overlap.
+    let first = wal.append(0, b"a").unwrap();
+    assert_eq!(wal.append(0, b"b").unwrap().wait().unwrap(), 2);
+    assert_eq!(first.wait().unwrap(), 1);
+    fs.fail_sync_after(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let results = rt.block_on(async {
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let wal = wal.clone();
+                tokio::spawn(async move { wal.append(0, b"c").unwrap().await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(
+                tokio::time::timeout(Duration::from_secs(10), t)
+                    .await
+                    .expect("a ticket outlived the failed fsync")
+                    .unwrap(),
+            );
+        }
+        out
+    });
+    assert_eq!(results.len(), 20);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(Error::Io { op: "fsync", .. }))),
+        "{results:?}"
+    );
+    assert_eq!(fs.failed_sync_count(), 1);
+    assert!(wal.is_poisoned());
+    assert_eq!(wal.durable_lsn(), 2);
+    wal.hold_committer_thread(false);
+}
+
 #[test]
 fn enospc_poisons_and_reopen_keeps_the_whole_records() {
     let fs = FaultyIo::new();
