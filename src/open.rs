@@ -112,7 +112,10 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         _ => None,
     };
     #[cfg(feature = "nats")]
-    let (replica, rebuilt) = replication(&cfg).await?;
+    let (replica, took_over, rebuilt) = match replication(&cfg).await? {
+        Some((r, t, b)) => (Some(r), t, b),
+        None => (None, None, None),
+    };
     #[cfg(feature = "nats")]
     let sink = replica
         .as_ref()
@@ -125,6 +128,10 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     if let Some(r) = rebuilt {
         opened.report.rebuilt_records = Some(r.records);
         opened.report.rebuilt_checkpoint = r.checkpoint;
+    }
+    #[cfg(feature = "nats")]
+    if let Some(rep) = &replica {
+        reconcile(&cfg, rep, took_over, &mut opened)?;
     }
     metrics.recovered(
         &instance,
@@ -197,30 +204,99 @@ fn replica_timeout(cfg: &Config) -> Duration {
     }
 }
 
-/// With replication on: the instance id, the rebuild of an empty WAL
-/// directory opened with an explicit id, and the WAL's replica sink.
+/// With replication on: the instance id, the claim on the stream and
+/// what it holds, the rebuild of an empty WAL directory opened with an
+/// explicit id, and the WAL's replica sink.
 #[cfg(feature = "nats")]
 async fn replication(
     cfg: &Config,
-) -> Result<(
-    Option<Arc<crate::replicate::Replicator>>,
-    Option<crate::replicate::Rebuilt>,
-)> {
+) -> Result<
+    Option<(
+        Arc<crate::replicate::Replicator>,
+        Option<crate::replicate::TakeOver>,
+        Option<crate::replicate::Rebuilt>,
+    )>,
+> {
     let Some(r) = cfg.replication() else {
-        return Ok((None, None));
+        return Ok(None);
     };
     crate::replicate::servers(r.url())?;
     let empty = crate::replicate::is_empty_log(cfg.dir())?;
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
-    let rebuilt = if empty && cfg.instance_id().is_some() {
-        Some(crate::replicate::rebuild(cfg, r, &instance).await?)
+    let rebuilding = empty && cfg.instance_id().is_some();
+    // Without the stream a `Replicated` cache cannot know what a power cut
+    // took from its local tail, and an empty directory with an explicit id
+    // must not start from nothing: both wait for NATS (a cluster electing
+    // a leader answers within seconds), then refuse. Other modes go on.
+    let must = rebuilding || cfg.durability() == crate::Durability::Replicated;
+    let patience = if must {
+        Duration::from_secs(30)
     } else {
-        None
+        Duration::ZERO
     };
-    Ok((
-        Some(crate::replicate::Replicator::new(r, &instance)?),
-        rebuilt,
-    ))
+    let took = match crate::replicate::take_over(r, &instance, 0, patience).await {
+        Ok(t) => Some(t),
+        Err(Error::Replication { url, reason }) if must => {
+            return Err(Error::Replication {
+                url,
+                reason: format!(
+                    "cannot read the stream at open ({reason}); a {} cannot open without it: it cannot know what the local WAL lost",
+                    if rebuilding { "rebuild of an empty WAL directory" } else { "cache with Durability::Replicated" }
+                ),
+            })
+        }
+        Err(Error::Replication { url, reason }) => {
+            tracing::warn!(url = %url, %reason,
+                "NATS unreachable at open: the local WAL is not reconciled with the stream (a record a power cut took locally that only the stream holds is not restored); replication claims the instance and catches up once NATS answers");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let rebuilt = match &took {
+        Some(t) if rebuilding => Some(crate::replicate::rebuild(cfg, &instance, &t.history)?),
+        _ => None,
+    };
+    let rep = crate::replicate::Replicator::new(r, &instance)?;
+    if let Some(t) = &took {
+        rep.set_claim(t.claim);
+    }
+    Ok(Some((rep, took, rebuilt)))
+}
+
+/// Appends what the stream holds past the local end before any new write
+/// gets an LSN; without the stream, says where a later claim starts.
+#[cfg(feature = "nats")]
+fn reconcile(
+    cfg: &Config,
+    rep: &crate::replicate::Replicator,
+    took: Option<crate::replicate::TakeOver>,
+    opened: &mut recovery::Opened,
+) -> Result<()> {
+    let local = opened.wal.last_lsn();
+    let Some(t) = took else {
+        rep.defer_claim(local + 1, 0);
+        return Ok(());
+    };
+    opened.report.stream_epoch = Some(t.claim.epoch);
+    let stream = t.history.last();
+    if stream <= local {
+        return Ok(());
+    }
+    let (frames, records) = t.history.frames_from(local + 1)?;
+    if records > 0 {
+        opened.import(cfg, &frames, records)?;
+    }
+    let now = opened.wal.last_lsn();
+    if now < stream {
+        // The stream covers LSNs it no longer holds (trimmed below a
+        // flush) and the local WAL lost them too: giving them out again
+        // would mix two histories.
+        return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
+            expected: now + 1,
+            found: stream,
+        }));
+    }
+    Ok(())
 }
 
 /// Builds the writer: a lazy pool, so a cache opens while its database is

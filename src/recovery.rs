@@ -33,6 +33,13 @@ pub struct RecoveryReport {
     pub rebuilt_records: Option<u64>,
     /// The checkpoint restored with them from JetStream's object store.
     pub rebuilt_checkpoint: Option<Lsn>,
+    /// Records the NATS stream held past the end of the local WAL (a power
+    /// cut took the local tail), appended locally and replayed before any
+    /// new write got an LSN (`None`: replication off or not reconciled).
+    pub reconciled_records: Option<u64>,
+    /// The owner epoch this cache claimed on the stream at open (`None`:
+    /// replication off, or NATS unreachable then and claimed later).
+    pub stream_epoch: Option<u64>,
 }
 
 pub(crate) struct Opened {
@@ -96,34 +103,8 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
         None => (State::new(cfg.limits().clone()), None),
     };
 
-    let mut records = 0u64;
-    let mut flushed = 0;
     let from = checkpoint_lsn.map_or(1, |l| l + 1);
-    for record in wal.replay(from)? {
-        let record = record?;
-        if record.kind != log::KIND {
-            return Err(Error::Recovery {
-                dir: cfg.dir().to_path_buf(),
-                lsn: record.lsn,
-                reason: format!("unknown record kind {}", record.kind),
-            });
-        }
-        let entry = log::decode(&record.payload).map_err(|reason| Error::Recovery {
-            dir: cfg.dir().to_path_buf(),
-            lsn: record.lsn,
-            reason,
-        })?;
-        if let Some(pos) =
-            replay_one(&state, entry, record.lsn).map_err(|reason| Error::Recovery {
-                dir: cfg.dir().to_path_buf(),
-                lsn: record.lsn,
-                reason,
-            })?
-        {
-            flushed = flushed.max(pos);
-        }
-        records += 1;
-    }
+    let (records, flushed) = replay(cfg, &wal, &state, from)?;
 
     let stats = state.stats();
     let report = RecoveryReport {
@@ -135,6 +116,8 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
         elapsed: started.elapsed(),
         rebuilt_records: None,
         rebuilt_checkpoint: None,
+        reconciled_records: None,
+        stream_epoch: None,
     };
     tracing::info!(
         dir = %cfg.dir().display(),
@@ -152,6 +135,58 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
         report,
         flushed,
     })
+}
+
+impl Opened {
+    /// Appends `frames` (what the replica holds past the local end) to the
+    /// WAL, durably, and replays them into the state.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn import(&mut self, cfg: &Config, frames: &[u8], records: u64) -> Result<()> {
+        let from = self.wal.last_lsn() + 1;
+        self.wal.import(None, frames)?;
+        let (replayed, flushed) = replay(cfg, &self.wal, &self.state, from)?;
+        self.flushed = self.flushed.max(flushed);
+        self.report.records_replayed += replayed;
+        self.report.dirty_entries = self.state.stats().dirty_entries;
+        self.report.in_flight = self.state.in_flight().map(|c| c.position);
+        self.report.reconciled_records = Some(records);
+        tracing::warn!(dir = %cfg.dir().display(), from, records,
+            "the local WAL ended before the replica: its tail was restored from the stream");
+        Ok(())
+    }
+}
+
+/// Replays the WAL from `from` into `state`; returns the records replayed
+/// and the highest flush position they complete.
+fn replay(cfg: &Config, wal: &Wal, state: &State, from: Lsn) -> Result<(u64, Lsn)> {
+    let mut records = 0u64;
+    let mut flushed = 0;
+    for record in wal.replay(from)? {
+        let record = record?;
+        if record.kind != log::KIND {
+            return Err(Error::Recovery {
+                dir: cfg.dir().to_path_buf(),
+                lsn: record.lsn,
+                reason: format!("unknown record kind {}", record.kind),
+            });
+        }
+        let entry = log::decode(&record.payload).map_err(|reason| Error::Recovery {
+            dir: cfg.dir().to_path_buf(),
+            lsn: record.lsn,
+            reason,
+        })?;
+        if let Some(pos) =
+            replay_one(state, entry, record.lsn).map_err(|reason| Error::Recovery {
+                dir: cfg.dir().to_path_buf(),
+                lsn: record.lsn,
+                reason,
+            })?
+        {
+            flushed = flushed.max(pos);
+        }
+        records += 1;
+    }
+    Ok((records, flushed))
 }
 
 /// Applies one WAL record to the state being rebuilt; returns the position

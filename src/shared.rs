@@ -178,6 +178,14 @@ impl Shared {
         if self.wal.is_poisoned() {
             return Err(Error::Wal(writebehind_wal::Error::Poisoned));
         }
+        // A newer owner claimed the instance on the stream: nothing written
+        // here would be kept.
+        #[cfg(feature = "nats")]
+        if let Some(r) = &self.replica {
+            if let Some(epoch) = r.fenced() {
+                return Err(r.fenced_error(epoch));
+            }
+        }
         Ok(())
     }
 

@@ -317,15 +317,23 @@ async fn a_retried_publish_is_a_duplicate_jetstream_drops() {
     let js = jetstream::new(client);
     let s = js.get_stream(&stream).await.unwrap();
     let before = s.get_info().await.unwrap().state.messages;
-    let first = s.get_raw_message(1).await.unwrap();
-    assert_eq!(first.subject.as_str(), format!("{stream}.{id}.wal"));
+    let first = s
+        .raw_message_builder()
+        .sequence(1)
+        .next_by_subject(format!("{stream}.{id}.wal"))
+        .send()
+        .await
+        .unwrap();
+    // The owner's epoch is in the id and a header.
+    assert_eq!(first.headers.get("Wb-Epoch").unwrap().as_str(), "1");
     // The same message again, as the task sends it after a lost ack.
     let again = js
         .send_publish(
             format!("{stream}.{id}.wal"),
             jetstream::message::PublishMessage::build()
                 .payload(first.payload.clone())
-                .message_id(format!("{id}:1")),
+                .message_id(format!("{id}:1:1"))
+                .header("Wb-Epoch", "1"),
         )
         .await
         .unwrap()
@@ -335,11 +343,16 @@ async fn a_retried_publish_is_a_duplicate_jetstream_drops() {
     assert_eq!(s.get_info().await.unwrap().state.messages, before);
     // Past the duplicate window a repeat lands: the rebuild skips the
     // LSNs it already has instead of applying them twice.
-    js.publish(format!("{stream}.{id}.wal"), first.payload.clone())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.send_publish(
+        format!("{stream}.{id}.wal"),
+        jetstream::message::PublishMessage::build()
+            .payload(first.payload.clone())
+            .header("Wb-Epoch", "1"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let b = tempfile::tempdir().unwrap();
     let copy = builder(b.path(), &url, &stream, &id).open().await.unwrap();
     assert_eq!(copy.recovery().rebuilt_records, Some(10));

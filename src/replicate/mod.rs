@@ -19,9 +19,18 @@
 //! object store bucket `<stream>-checkpoints`, with a marker message there),
 //! records the floor after it, and purges below that.
 //!
-//! [`rebuild`] reads it all back into an empty WAL directory: the
-//! checkpoint if it is at or past the floor, then the records from there,
-//! checksums and LSN continuity checked (a gap is an error, never skipped).
+//! Every open [`take_over`]s the instance first: it claims the next owner
+//! epoch on the stream (see [`owner`]: a fenced owner's later messages no
+//! longer count and it learns so before acknowledging anything), then reads
+//! the [`History`] no earlier owner can add to any more. An empty directory
+//! is [`rebuild`]t from it; a directory whose local tail a power cut took is
+//! reconciled: what the stream holds past the local end is appended locally
+//! before any new LSN is given out, so no LSN the stream holds is reused.
+//! Checksums and LSN continuity are checked: a gap is an error, never skipped.
+//! The stream is trimmed below the flush position only as far as the local
+//! WAL is durable, so a reconcile never finds a hole there.
+
+pub(crate) mod owner;
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -42,6 +51,7 @@ use writebehind_wal::{Group, Lsn, ReplicaAcks, ReplicaSink, StdIo};
 use crate::config::{Config, Replication};
 use crate::shared::Shared;
 use crate::{Error, Result};
+use owner::{Claim, Owners};
 
 /// The checkpoint message that says the checkpoint is in the object store.
 const IN_OBJECT_STORE: &[u8] = b"writebehind: checkpoint in the object store";
@@ -83,11 +93,29 @@ impl Names {
     fn wal_subject(&self) -> String {
         format!("{}.{}.wal", self.prefix, self.instance)
     }
-    fn trim_subject(&self) -> String {
-        format!("{}.{}.trim", self.prefix, self.instance)
+    fn owner_subject(&self) -> String {
+        format!("{}.{}.owner", self.prefix, self.instance)
     }
-    fn ckpt_subject(&self) -> String {
-        format!("{}.{}.ckpt", self.prefix, self.instance)
+    /// Each owner records its floors and checkpoints on subjects of its own
+    /// epoch, so a fenced owner's "keep only the newest" purge never
+    /// removes a newer owner's (epoch 0: from before owners were fenced).
+    fn trim_subject(&self, epoch: u64) -> String {
+        match epoch {
+            0 => format!("{}.{}.trim", self.prefix, self.instance),
+            e => format!("{}.{}.trim.{e}", self.prefix, self.instance),
+        }
+    }
+    fn ckpt_subject(&self, epoch: u64) -> String {
+        match epoch {
+            0 => format!("{}.{}.ckpt", self.prefix, self.instance),
+            e => format!("{}.{}.ckpt.{e}", self.prefix, self.instance),
+        }
+    }
+    fn ckpt_object(&self, epoch: u64) -> String {
+        match epoch {
+            0 => self.instance.clone(),
+            e => format!("{}.{e}", self.instance),
+        }
     }
     fn bucket(&self) -> String {
         format!("{}-checkpoints", self.stream)
@@ -181,123 +209,91 @@ async fn last_message(
     }
 }
 
-/// The floor recorded on the trim subject: records below it may be gone.
-async fn floor(n: &Names, stream: &Stream) -> Result<Lsn> {
-    let Some(m) = last_message(n, stream, &n.trim_subject()).await? else {
-        return Ok(0);
-    };
-    let text = std::str::from_utf8(&m.payload).unwrap_or("");
-    text.parse::<Lsn>().map_err(|_| {
-        n.error(format!(
-            "message {} on {} is not an LSN",
-            m.sequence,
-            n.trim_subject()
-        ))
-    })
+/// The floor: the highest any owner recorded (each a flush position the
+/// database holds); records below it may be gone.
+async fn floor(n: &Names, stream: &Stream, owners: &Owners) -> Result<Lsn> {
+    let mut floor = 0;
+    for epoch in owners.epochs() {
+        let subject = n.trim_subject(epoch);
+        let Some(m) = last_message(n, stream, &subject).await? else {
+            continue;
+        };
+        let text = std::str::from_utf8(&m.payload).unwrap_or("");
+        let f = text.parse::<Lsn>().map_err(|_| {
+            n.error(format!("message {} on {subject} is not an LSN", m.sequence))
+        })?;
+        floor = floor.max(f);
+    }
+    Ok(floor)
 }
 
-/// What the stream holds for this instance, as a point to continue from:
-/// every LSN up to the returned one is in it (or covered by its floor).
-async fn tail(n: &Names, stream: &Stream) -> Result<Lsn> {
-    let floor = floor(n, stream).await?;
-    let last = match last_message(n, stream, &n.wal_subject()).await? {
-        Some(m) => {
-            let spans = parse_frames(&m.payload).map_err(|e| {
-                n.error(format!(
-                    "message {} on {}: {e}",
-                    m.sequence,
-                    n.wal_subject()
-                ))
-            })?;
-            spans.last().map_or(0, |s| s.lsn)
+/// What the stream holds of an instance, as its owners' claims allow:
+/// messages of a fenced owner or superseded by a newer owner's base left out.
+pub(crate) struct History {
+    pub(crate) floor: Lsn,
+    /// The newest checkpoint that counts: its LSN and file bytes.
+    pub(crate) checkpoint: Option<(Lsn, Vec<u8>)>,
+    /// Every frame that counts, by LSN.
+    frames: std::collections::BTreeMap<Lsn, Vec<u8>>,
+    pub(crate) messages: u64,
+}
+
+impl History {
+    /// The last LSN the stream holds (or covers by its floor or checkpoint).
+    pub(crate) fn last(&self) -> Lsn {
+        let last = self.frames.keys().next_back().copied().unwrap_or(0);
+        let ckpt = self.checkpoint.as_ref().map_or(0, |(c, _)| *c);
+        last.max(ckpt).max(self.floor.saturating_sub(1))
+    }
+
+    /// Where a rebuild into an empty directory starts: after the checkpoint
+    /// when it reaches the floor, else at the floor.
+    pub(crate) fn rebuild_start(&self) -> Lsn {
+        match &self.checkpoint {
+            Some((c, _)) if c + 1 >= self.floor => c + 1,
+            _ => self.floor.max(1),
         }
-        None => 0,
-    };
-    Ok(last.max(floor.saturating_sub(1)))
-}
+    }
 
-/// What [`rebuild`] restored.
-#[derive(Debug, Default)]
-pub(crate) struct Rebuilt {
-    pub(crate) checkpoint: Option<Lsn>,
-    pub(crate) records: u64,
-}
+    /// The checkpoint a rebuild starts from, if any.
+    pub(crate) fn rebuild_checkpoint(&self) -> Option<&[u8]> {
+        match &self.checkpoint {
+            Some((c, bytes)) if c + 1 >= self.floor => Some(bytes),
+            _ => None,
+        }
+    }
 
-/// Rebuilds the empty WAL directory of `cfg` from the stream of
-/// `instance`: the checkpoint (when it reaches the floor), then every record
-/// from there. Fails when NATS cannot be reached: an empty directory with
-/// an explicit id must not start from nothing when the stream holds data.
-pub(crate) async fn rebuild(cfg: &Config, r: &Replication, instance: &str) -> Result<Rebuilt> {
-    let n = Names::new(r, instance);
-    // A cluster electing a new leader (a node just lost) answers again
-    // within seconds: reading is retried that long. A damaged or gapped
-    // stream is not: it is an error at once.
-    let patience = Instant::now() + REBUILD_PATIENCE;
-    let mut pause = BACKOFF_MIN;
-    let read = loop {
-        match read_replica(&n).await {
-            Ok(read) => break read,
-            Err(e @ Error::Replication { .. }) if Instant::now() + pause < patience => {
-                tracing::warn!(url = %n.url, error = %e, retry_in = ?pause, "stream not readable yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF_MAX);
+    /// The frames from `start` on, whole, with their count; a missing LSN
+    /// is an error, never skipped.
+    pub(crate) fn frames_from(&self, start: Lsn) -> Result<(Vec<u8>, u64)> {
+        let mut frames = Vec::new();
+        let mut records = 0;
+        for (expected, (lsn, frame)) in (start..).zip(self.frames.range(start..)) {
+            if *lsn != expected {
+                return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
+                    expected,
+                    found: *lsn,
+                }));
             }
-            Err(e) => return Err(e),
+            frames.extend_from_slice(frame);
+            records += 1;
         }
-    };
-    let (ckpt, frames, records, messages, floor) = read;
-    seed(
-        &StdIo,
-        cfg.dir(),
-        ckpt.as_ref().map(|(_, b)| b.as_slice()),
-        &frames,
-    )?;
-    let rebuilt = Rebuilt {
-        checkpoint: ckpt.map(|(c, _)| c),
-        records,
-    };
-    tracing::info!(instance, stream = %n.stream, floor, checkpoint = ?rebuilt.checkpoint,
-        records, messages, "WAL rebuilt from the replica");
-    Ok(rebuilt)
+        Ok((frames, records))
+    }
 }
 
-/// What [`read_replica`] found: the checkpoint (LSN and file bytes), the
-/// frames after it, their count, the messages read, the floor.
-type Read = (Option<(Lsn, Vec<u8>)>, Vec<u8>, u64, u64, Lsn);
-
-async fn read_replica(n: &Names) -> Result<Read> {
+/// Reads the instance's history from the stream.
+pub(crate) async fn history(n: &Names, s: &Session, owners: &Owners) -> Result<History> {
     let instance = n.instance.as_str();
-    let s = connect(n).await?;
-    let floor = floor(n, &s.stream).await?;
-    let checkpoint = match last_message(n, &s.stream, &n.ckpt_subject()).await? {
-        None => None,
-        Some(m) if m.payload.as_ref() == IN_OBJECT_STORE => Some(read_object(n, &s).await?),
-        Some(m) => Some(m.payload.to_vec()),
-    };
-    let ckpt = match checkpoint {
-        Some(bytes) => {
-            let c = writebehind_wal::checkpoint::decode(&bytes).map_err(|reason| {
-                Error::Wal(writebehind_wal::Error::ReplicaData {
-                    reason: format!("checkpoint object of {instance}: {reason}"),
-                })
-            })?;
-            // A checkpoint below the floor is older than a flush that
-            // covered it: the records from the floor on say it all.
-            (c.lsn + 1 >= floor).then_some((c.lsn, bytes))
-        }
-        None => None,
-    };
-    let start = match &ckpt {
-        Some((c, _)) => c + 1,
-        None => floor.max(1),
-    };
+    let floor = floor(n, &s.stream, owners).await?;
+    let checkpoint = newest_checkpoint(n, s, owners).await?;
     let subject = n.wal_subject();
     // By LSN, not by arrival: a message re-sent after a lost one lands
     // after later ones. A copy of an LSN already held is the same record.
-    let mut by_lsn: std::collections::BTreeMap<Lsn, Vec<u8>> = Default::default();
+    let mut frames: std::collections::BTreeMap<Lsn, Vec<u8>> = Default::default();
     let mut seq = 1;
     let mut messages = 0;
-    let mut records = 0;
+    let mut left_out = 0u64;
     loop {
         let got = s
             .stream
@@ -313,41 +309,169 @@ async fn read_replica(n: &Names) -> Result<Read> {
         };
         seq = m.sequence + 1;
         messages += 1;
+        let epoch = owner::epoch_of(&m);
         let spans = parse_frames(&m.payload).map_err(|e| {
             tracing::error!(instance, sequence = m.sequence, error = %e, "replica message failed its checks");
             Error::Wal(e)
         })?;
-        for sp in spans.into_iter().filter(|sp| sp.lsn >= start) {
-            by_lsn
+        for sp in spans {
+            if !owners.counts(epoch, m.sequence, sp.lsn) {
+                left_out += 1;
+                continue;
+            }
+            frames
                 .entry(sp.lsn)
                 .or_insert_with(|| m.payload[sp.range].to_vec());
         }
     }
-    // Continuity from the start: a missing LSN is an error, never skipped.
-    let mut frames = Vec::new();
-    for (expected, (lsn, frame)) in (start..).zip(by_lsn) {
-        if lsn != expected {
-            return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {
-                expected,
-                found: lsn,
-            }));
-        }
-        frames.extend_from_slice(&frame);
-        records += 1;
+    if left_out > 0 {
+        tracing::warn!(instance, left_out, "records of fenced or superseded owners left out of the stream's history");
     }
-    Ok((ckpt, frames, records, messages, floor))
+    Ok(History {
+        floor,
+        checkpoint,
+        frames,
+        messages,
+    })
+}
+
+/// The newest checkpoint of any owner that counts.
+async fn newest_checkpoint(
+    n: &Names,
+    s: &Session,
+    owners: &Owners,
+) -> Result<Option<(Lsn, Vec<u8>)>> {
+    let mut best: Option<(Lsn, Vec<u8>)> = None;
+    for epoch in owners.epochs() {
+        let Some(m) = last_message(n, &s.stream, &n.ckpt_subject(epoch)).await? else {
+            continue;
+        };
+        let bytes = if m.payload.as_ref() == IN_OBJECT_STORE {
+            read_object(n, s, epoch).await?
+        } else {
+            m.payload.to_vec()
+        };
+        let c = writebehind_wal::checkpoint::decode(&bytes).map_err(|reason| {
+            Error::Wal(writebehind_wal::Error::ReplicaData {
+                reason: format!("checkpoint of {} (epoch {epoch}): {reason}", n.instance),
+            })
+        })?;
+        if owners.counts(epoch, m.sequence, c.lsn) && best.as_ref().is_none_or(|b| b.0 < c.lsn) {
+            best = Some((c.lsn, bytes));
+        }
+    }
+    Ok(best)
+}
+
+/// What the stream holds of this instance, as a point to continue from:
+/// every LSN up to the returned one is in it (or covered by its floor).
+async fn tail(n: &Names, s: &Session, owners: &Owners) -> Result<Lsn> {
+    let floor = floor(n, &s.stream, owners).await?;
+    let last = match last_message(n, &s.stream, &n.wal_subject()).await? {
+        Some(m) => {
+            let spans = parse_frames(&m.payload).map_err(|e| {
+                n.error(format!(
+                    "message {} on {}: {e}",
+                    m.sequence,
+                    n.wal_subject()
+                ))
+            })?;
+            let epoch = owner::epoch_of(&m);
+            match (spans.first(), spans.last()) {
+                (Some(f), Some(l))
+                    if owners.counts(epoch, m.sequence, f.lsn)
+                        && owners.counts(epoch, m.sequence, l.lsn) =>
+                {
+                    l.lsn
+                }
+                (None, _) => 0,
+                // The newest message is a fenced or superseded owner's:
+                // what counts is found by reading it all.
+                _ => return Ok(history(n, s, owners).await?.last()),
+            }
+        }
+        None => 0,
+    };
+    Ok(last.max(floor.saturating_sub(1)))
+}
+
+/// What an owner found when it took the instance over at open.
+pub(crate) struct TakeOver {
+    pub(crate) claim: Claim,
+    pub(crate) history: History,
+}
+
+/// Takes `instance` over at open: claims it (at least `at_least`), then
+/// reads what the stream holds, which no earlier owner can add to any more.
+/// Retries an unreachable stream for `patience`.
+pub(crate) async fn take_over(
+    r: &Replication,
+    instance: &str,
+    at_least: u64,
+    patience: Duration,
+) -> Result<TakeOver> {
+    let n = Names::new(r, instance);
+    // A cluster electing a new leader (a node just lost) answers again
+    // within seconds: that is retried. A damaged or gapped stream is not.
+    let until = Instant::now() + patience;
+    let mut pause = BACKOFF_MIN;
+    loop {
+        let attempt = async {
+            let s = connect(&n).await?;
+            let claim = owner::claim(&n, &s.js, &s.stream, at_least, Lsn::MAX).await?;
+            let owners = owner::owners(&n, &s.stream).await?;
+            let history = history(&n, &s, &owners).await?;
+            Ok::<_, Error>(TakeOver { claim, history })
+        };
+        match attempt.await {
+            Ok(t) => {
+                tracing::info!(instance, stream = %n.stream, epoch = t.claim.epoch,
+                    floor = t.history.floor, last = t.history.last(),
+                    messages = t.history.messages, "stream read at open");
+                return Ok(t);
+            }
+            Err(e @ Error::Replication { .. }) if Instant::now() + pause < until => {
+                tracing::warn!(url = %n.url, error = %e, retry_in = ?pause, "stream not readable yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What [`rebuild`] restored.
+#[derive(Debug, Default)]
+pub(crate) struct Rebuilt {
+    pub(crate) checkpoint: Option<Lsn>,
+    pub(crate) records: u64,
+}
+
+/// Rebuilds the empty WAL directory of `cfg` from what the stream holds:
+/// the checkpoint (when it reaches the floor), then every record from there.
+pub(crate) fn rebuild(cfg: &Config, instance: &str, h: &History) -> Result<Rebuilt> {
+    let (frames, records) = h.frames_from(h.rebuild_start())?;
+    let checkpoint = h.rebuild_checkpoint();
+    seed(&StdIo, cfg.dir(), checkpoint, &frames)?;
+    let rebuilt = Rebuilt {
+        checkpoint: checkpoint.and(h.checkpoint.as_ref().map(|(c, _)| *c)),
+        records,
+    };
+    tracing::info!(instance, floor = h.floor, checkpoint = ?rebuilt.checkpoint,
+        records, messages = h.messages, "WAL rebuilt from the replica");
+    Ok(rebuilt)
 }
 
 /// The checkpoint too large for a message, from the object store.
-async fn read_object(n: &Names, s: &Session) -> Result<Vec<u8>> {
+async fn read_object(n: &Names, s: &Session, epoch: u64) -> Result<Vec<u8>> {
     let store =
         s.js.get_object_store(n.bucket())
             .await
             .map_err(|e| n.error(format!("object store {}: {e}", n.bucket())))?;
-    let mut obj = store.get(&n.instance).await.map_err(|e| {
+    let name = n.ckpt_object(epoch);
+    let mut obj = store.get(&name).await.map_err(|e| {
         n.error(format!(
-            "checkpoint object {} in {}: {e}",
-            n.instance,
+            "checkpoint object {name} in {}: {e}",
             n.bucket()
         ))
     })?;
@@ -420,6 +544,15 @@ pub(crate) struct Replicator {
     duplicates: AtomicU64,
     purges: AtomicU64,
     checkpoints: AtomicU64,
+    /// This owner's claim on the stream: taken at open, or by the task
+    /// once NATS answers when it could not be reached at open.
+    claim: Mutex<Option<Claim>>,
+    /// A claim the task takes: the first LSN this owner gives out.
+    base: AtomicU64,
+    /// A claim the task takes: at least this epoch.
+    at_least: AtomicU64,
+    /// A newer owner's epoch, once this one was fenced (0: not fenced).
+    fenced: AtomicU64,
 }
 
 impl ReplicaSink for Replicator {
@@ -459,7 +592,52 @@ impl Replicator {
             duplicates: AtomicU64::new(0),
             purges: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            claim: Mutex::new(None),
+            base: AtomicU64::new(Lsn::MAX),
+            at_least: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
         }))
+    }
+
+    /// The claim taken at open.
+    pub(crate) fn set_claim(&self, claim: Claim) {
+        *self.claim.lock() = Some(claim);
+    }
+
+    /// For a claim the task takes later: the first LSN this owner gives
+    /// out (older owners' records at or past it are superseded) and the
+    /// least epoch.
+    pub(crate) fn defer_claim(&self, base: Lsn, at_least: u64) {
+        self.base.store(base, Ordering::Release);
+        self.at_least.store(at_least, Ordering::Release);
+    }
+
+    /// This owner's epoch on the stream, once claimed.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        self.claim.lock().map(|c| c.epoch)
+    }
+
+    /// The newer owner's epoch, when this one was fenced.
+    pub(crate) fn fenced(&self) -> Option<u64> {
+        match self.fenced.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    /// The error a write or wait of this fenced owner gets.
+    pub(crate) fn fenced_error(&self, owner_epoch: u64) -> Error {
+        fenced_error(&self.names.instance, self.epoch().unwrap_or(0), owner_epoch)
+    }
+
+    /// Fenced by `epoch`: every `Replicated` wait fails at once, naming it.
+    fn fence(&self, ours: u64, epoch: u64) -> Error {
+        self.fenced.store(epoch.max(1), Ordering::Release);
+        let e = fenced_error(&self.names.instance, ours, epoch);
+        tracing::error!(instance = %self.names.instance, ours, owner_epoch = epoch,
+            "fenced: a newer owner claimed this instance on the stream; nothing more is published or acknowledged");
+        self.acks.close(e.to_string());
+        e
     }
 
     pub(crate) fn acks(&self) -> &ReplicaAcks {
@@ -517,6 +695,16 @@ impl Replicator {
             .await
             .map(drop)
             .map_err(Error::Wal)
+    }
+}
+
+/// The error a fenced owner's waits and writes get.
+pub(crate) fn fenced_error(instance: &str, ours: u64, owner_epoch: u64) -> Error {
+    Error::Replication {
+        url: String::new(),
+        reason: format!(
+            "fenced: instance {instance} was claimed on the stream by owner epoch {owner_epoch} (this owner: {ours})"
+        ),
     }
 }
 
@@ -579,7 +767,13 @@ struct InFlight {
     last: Lsn,
     payload: Bytes,
     ack: Option<AckFuture>,
+    /// Sent again after a lost connection: it may be stored below
+    /// messages acknowledged since.
+    retried: bool,
 }
+
+/// A message JetStream stored: its LSNs and stream sequence.
+type Stored = (Lsn, Lsn, u64);
 
 /// What the task keeps across reconnections.
 struct Cursor {
@@ -588,8 +782,16 @@ struct Cursor {
     /// Published, not yet acknowledged: republished as is after a failure
     /// (same bytes, same message id: JetStream drops what it has).
     in_flight: VecDeque<InFlight>,
-    /// LSN → stream sequence of the messages this process published.
-    index: VecDeque<(Lsn, Lsn, u64)>,
+    /// Stored, and not yet checked against the owner subject: not yet
+    /// acknowledged to anyone.
+    unconfirmed: VecDeque<Stored>,
+    /// LSN → stream sequence of the messages this process published
+    /// (confirmed while it owned the instance).
+    index: VecDeque<Stored>,
+    /// Highest stream sequence in what was confirmed.
+    last_seq: u64,
+    /// This owner's claim, once the first session has it.
+    claim: Option<Claim>,
     /// Floor already recorded.
     floor: Lsn,
     /// Checkpoint already published.
@@ -608,7 +810,10 @@ async fn run(
     let mut cur = Cursor {
         next: 0,
         in_flight: VecDeque::new(),
+        unconfirmed: VecDeque::new(),
         index: VecDeque::new(),
+        last_seq: 0,
+        claim: None,
         floor: 0,
         checkpoint: 0,
         published: false,
@@ -621,6 +826,12 @@ async fn run(
         let before = rep.acks.acked();
         let err = match session(rep, weak, &mut rx, &mut shutdown, &mut cur).await {
             Ok(()) => return,
+            Err(e) if rep.fenced().is_some() => {
+                // A newer owner has the instance: nothing to retry.
+                rep.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(url = %rep.names.url, error = %e, "replication stopped: fenced");
+                return;
+            }
             Err(e) => e,
         };
         if rep.acks.acked() > before {
@@ -651,7 +862,38 @@ async fn session(
     let max = (s.client.server_info().max_payload)
         .saturating_sub(HEADER_ROOM)
         .max(1024);
-    let tail = tail(n, &s.stream).await?;
+    let held = *rep.claim.lock();
+    let claim = match held {
+        Some(c) => c,
+        None => {
+            // NATS was unreachable at open: claim now, from the first LSN
+            // this owner gave out (older owners' records from there on were
+            // lost locally, in a mode that allows it, and are superseded).
+            let base = rep.base.load(Ordering::Acquire);
+            let at_least = rep.at_least.load(Ordering::Acquire);
+            owner::claim(n, &s.js, &s.stream, at_least, base).await?
+        }
+    };
+    rep.set_claim(claim);
+    cur.claim = Some(claim);
+    let owners = owner::owners(n, &s.stream).await?;
+    if let Some(newest) = owners.newest().filter(|c| c.seq != claim.seq) {
+        return Err(rep.fence(claim.epoch, newest.epoch));
+    }
+    // Stored before this check, while still the owner: they count.
+    confirm(&s, rep, cur, false).await?;
+    let tail = tail(n, &s, &owners).await?;
+    let local = weak.upgrade().map(|sh| sh.wal().last_lsn());
+    // The stream's acknowledgement never counts for a record the local
+    // WAL does not hold (open reconciled them; this is a guard).
+    let tail = match local {
+        Some(local) if tail > local => {
+            tracing::error!(instance = %n.instance, stream_lsn = tail, local_lsn = local,
+                "the stream holds more of this instance than its local WAL; acknowledging only what the WAL holds");
+            local
+        }
+        _ => tail,
+    };
     // Every unacknowledged message goes again as it was (same bytes, same
     // id: JetStream drops the copies it has). Not only those past the
     // stream's end: one lost with a dead connection can sit below one the
@@ -665,15 +907,10 @@ async fn session(
         Some(m) => cur.next = m.first,
     }
     for m in retry {
-        publish(&s, rep, cur, m.first, m.last, m.payload).await?;
+        publish(&s, rep, cur, m.first, m.last, m.payload, true).await?;
     }
     cur.next = cur.next.max(tail + 1);
     if let Some(sh) = weak.upgrade() {
-        let local = sh.wal().last_lsn();
-        if tail > local {
-            tracing::warn!(instance = %n.instance, stream_lsn = tail, local_lsn = local,
-                "the stream holds more of this instance than its local WAL");
-        }
         catch_up(&s, rep, &sh, cur, max).await?;
     }
     loop {
@@ -694,6 +931,14 @@ async fn session(
             }
             acked = next_ack(&mut cur.in_flight), if !cur.in_flight.is_empty() => {
                 settle(rep, cur, acked)?;
+                // Every ack already here shares one ownership check.
+                while !cur.in_flight.is_empty() {
+                    match next_ack(&mut cur.in_flight).now_or_never() {
+                        Some(acked) => settle(rep, cur, acked)?,
+                        None => break,
+                    }
+                }
+                confirm(&s, rep, cur, false).await?;
             }
             g = rx.recv(), if cur.in_flight.len() < WINDOW => match g {
                 Some(mut g) => {
@@ -744,11 +989,9 @@ fn settle(rep: &Replicator, cur: &mut Cursor, acked: Acked) -> Result<()> {
             if ack.duplicate {
                 rep.duplicates.fetch_add(1, Ordering::Relaxed);
             }
-            cur.index.push_back((m.first, m.last, ack.sequence));
-            cur.published = true;
-            let last = m.last;
+            // Acknowledged to writers only after the ownership check.
+            cur.unconfirmed.push_back((m.first, m.last, ack.sequence));
             cur.in_flight.pop_front();
-            rep.acked(last);
             Ok(())
         }
         Err(e) => {
@@ -762,6 +1005,33 @@ fn settle(rep: &Replicator, cur: &mut Cursor, acked: Acked) -> Result<()> {
     }
 }
 
+/// Checks that this process still owns the instance (its claim is the
+/// newest), then counts what was stored before the check as replicated.
+/// `always`: check even with nothing waiting (before a purge).
+async fn confirm(s: &Session, rep: &Replicator, cur: &mut Cursor, always: bool) -> Result<()> {
+    if cur.unconfirmed.is_empty() && !always {
+        return Ok(());
+    }
+    let Some(ours) = cur.claim else {
+        return Err(rep.names.error("publishing before claiming the instance"));
+    };
+    match owner::newest(&rep.names, &s.stream).await? {
+        Some(c) if c.seq == ours.seq => {}
+        newest => return Err(rep.fence(ours.epoch, newest.map_or(0, |c| c.epoch))),
+    }
+    let mut last = None;
+    while let Some(m) = cur.unconfirmed.pop_front() {
+        last = last.max(Some(m.1));
+        cur.last_seq = cur.last_seq.max(m.2);
+        cur.index.push_back(m);
+        cur.published = true;
+    }
+    if let Some(last) = last {
+        rep.acked(last);
+    }
+    Ok(())
+}
+
 /// Publishes one message (frames `first..=last`) and queues its ack.
 async fn publish(
     s: &Session,
@@ -770,21 +1040,27 @@ async fn publish(
     first: Lsn,
     last: Lsn,
     payload: Bytes,
+    retried: bool,
 ) -> Result<()> {
     let n = &rep.names;
-    let id = format!("{}:{first}", n.instance);
+    let epoch = cur.claim.map_or(0, |c| c.epoch);
+    // The epoch is in the id: a newer owner's record is never dropped as
+    // a copy of a fenced owner's with the same LSN.
+    let id = format!("{}:{epoch}:{first}", n.instance);
     cur.in_flight.push_back(InFlight {
         first,
         last,
         payload: payload.clone(),
         ack: None,
+        retried,
     });
     let sent =
         s.js.send_publish(
             n.wal_subject(),
             jetstream::message::PublishMessage::build()
                 .payload(payload)
-                .message_id(id),
+                .message_id(id)
+                .header(owner::EPOCH_HEADER, epoch.to_string().as_str()),
         )
         .await
         .map_err(|e| n.error(format!("publishing LSN {first}..={last}: {e}")))?;
@@ -824,9 +1100,10 @@ async fn publish_frames(
         while cur.in_flight.len() >= WINDOW {
             let acked = next_ack(&mut cur.in_flight).await;
             settle(rep, cur, acked)?;
+            confirm(s, rep, cur, false).await?;
         }
         let payload = Bytes::copy_from_slice(&frames[start..end]);
-        publish(s, rep, cur, spans[i].lsn, spans[j].lsn, payload).await?;
+        publish(s, rep, cur, spans[i].lsn, spans[j].lsn, payload, false).await?;
         i = j + 1;
     }
     Ok(())
@@ -970,7 +1247,13 @@ async fn publish_checkpoint(
 }
 
 /// A checkpoint larger than a message, into the object store.
-async fn put_object(s: &Session, rep: &Replicator, lsn: Lsn, bytes: &[u8]) -> Result<()> {
+async fn put_object(
+    s: &Session,
+    rep: &Replicator,
+    epoch: u64,
+    lsn: Lsn,
+    bytes: &[u8],
+) -> Result<()> {
     let n = &rep.names;
     let store = match s.js.get_object_store(n.bucket()).await {
         Ok(store) => store,
@@ -985,15 +1268,15 @@ async fn put_object(s: &Session, rep: &Replicator, lsn: Lsn, bytes: &[u8]) -> Re
         }
     };
     store
-        .put(n.instance.as_str(), &mut &bytes[..])
+        .put(n.ckpt_object(epoch).as_str(), &mut &bytes[..])
         .await
         .map_err(|e| n.error(format!("storing checkpoint {lsn}: {e}")))?;
     Ok(())
 }
 
-/// Stores the checkpoint for `lsn` on `<prefix>.<instance>.ckpt` (only the
-/// newest kept) — in the object store, with a marker message, when it is
-/// larger than a message — then trims below it.
+/// Stores the checkpoint for `lsn` on `<prefix>.<instance>.ckpt.<epoch>`
+/// (only the newest kept) — in the object store, with a marker message,
+/// when it is larger than a message — then trims below it.
 async fn put_checkpoint(
     s: &Session,
     rep: &Replicator,
@@ -1008,20 +1291,24 @@ async fn put_checkpoint(
         .server_info()
         .max_payload
         .saturating_sub(HEADER_ROOM);
+    let epoch = cur.claim.map_or(0, |c| c.epoch);
     let payload = if bytes.len() <= max {
         Bytes::from(bytes.clone())
     } else {
-        put_object(s, rep, lsn, &bytes).await?;
+        put_object(s, rep, epoch, lsn, &bytes).await?;
         Bytes::from_static(IN_OBJECT_STORE)
     };
     publish_newest(
         s,
         rep,
-        n.ckpt_subject(),
+        n.ckpt_subject(epoch),
+        epoch,
         payload,
         &format!("checkpoint {lsn}"),
     )
     .await?;
+    // Counted (and trimmed below) only while still the owner.
+    confirm(s, rep, cur, true).await?;
     cur.checkpoint = cur.checkpoint.max(lsn);
     rep.checkpoints.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(lsn, bytes = bytes.len(), "checkpoint stored");
@@ -1034,13 +1321,19 @@ async fn publish_newest(
     s: &Session,
     rep: &Replicator,
     subject: String,
+    epoch: u64,
     payload: Bytes,
     what: &str,
 ) -> Result<()> {
     let n = &rep.names;
     let ack =
-        s.js.publish(subject.clone(), payload)
-            .await
+        s.js.send_publish(
+            subject.clone(),
+            jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .header(owner::EPOCH_HEADER, epoch.to_string().as_str()),
+        )
+        .await
             .map_err(|e| n.error(format!("storing {what}: {e}")))?
             .await
             .map_err(|e| n.error(format!("storing {what}: {e}")))?;
@@ -1054,49 +1347,60 @@ async fn publish_newest(
 }
 
 /// Records `floor` and purges the messages wholly below it that this
-/// process knows the sequence of.
+/// process knows the sequence of, after checking it still owns the instance.
 async fn trim(s: &Session, rep: &Replicator, cur: &mut Cursor, floor: Lsn) -> Result<()> {
     let n = &rep.names;
     if floor <= cur.floor {
         return Ok(());
     }
-    let payload = Bytes::from(floor.to_string());
-    publish_newest(s, rep, n.trim_subject(), payload, &format!("floor {floor}")).await?;
-    cur.floor = floor;
-    // The first message still needed: the one holding `floor`, or the first after it.
-    while cur.index.front().is_some_and(|m| m.1 < floor) {
-        cur.index.pop_front();
+    // A message sent again after a lost connection may be stored below
+    // ones acknowledged since: wait for its sequence.
+    if cur.in_flight.iter().any(|m| m.retried) {
+        return Ok(());
     }
-    let keep_from = match cur.index.front() {
-        // The message holding the floor: everything before it goes.
-        Some(m) if m.0 <= floor => m.2,
-        // The floor is in what an earlier process published: left alone.
-        Some(_) => return Ok(()),
-        // Nothing acknowledged at or past the floor yet: everything
-        // acknowledged goes, once this process knows it is all below.
-        None => match cur.in_flight.front() {
-            Some(_) => return Ok(()),
-            None if !cur.published => return Ok(()),
-            None => {
-                s.stream
-                    .get_info()
-                    .await
-                    .map_err(|e| n.error(format!("stream info: {e}")))?
-                    .state
-                    .last_sequence
-                    + 1
-            }
-        },
+    confirm(s, rep, cur, true).await?;
+    let epoch = cur.claim.map_or(0, |c| c.epoch);
+    let payload = Bytes::from(floor.to_string());
+    publish_newest(
+        s,
+        rep,
+        n.trim_subject(epoch),
+        epoch,
+        payload,
+        &format!("floor {floor}"),
+    )
+    .await?;
+    cur.floor = floor;
+    let all_below = cur.in_flight.is_empty() && cur.published;
+    let Some(keep) = keep_from(&cur.index, floor, all_below.then_some(cur.last_seq)) else {
+        return Ok(());
     };
+    cur.index.retain(|m| m.2 >= keep);
     s.stream
         .purge()
         .filter(n.wal_subject())
-        .sequence(keep_from)
+        .sequence(keep)
         .await
         .map_err(|e| n.error(format!("purging below LSN {floor}: {e}")))?;
     rep.purges.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(floor, keep_from, "stream trimmed");
+    tracing::debug!(floor, keep, "stream trimmed");
     Ok(())
+}
+
+/// The first stream sequence a trim to `floor` keeps, from what this
+/// process stored: the lowest sequence of any message holding an LSN at or
+/// past the floor, whatever order the stream stored them in (a message
+/// re-sent after a reconnect lands after later ones). `None`: purge
+/// nothing (the floor is in what an earlier process published).
+/// `all_below`: nothing is in flight, and the highest sequence stored.
+fn keep_from(index: &VecDeque<Stored>, floor: Lsn, all_below: Option<u64>) -> Option<u64> {
+    let holding = || index.iter().filter(|m| m.1 >= floor);
+    match holding().map(|m| m.2).min() {
+        Some(lowest) if holding().any(|m| m.0 <= floor) => Some(lowest),
+        Some(_) => None,
+        // Everything stored is below the floor: all of it goes.
+        None => all_below.map(|last| last + 1),
+    }
 }
 
 /// Between messages: catch up on dropped groups, publish a new local
@@ -1125,7 +1429,12 @@ async fn maintain(
             _ => cur.checkpoint = ckpt,
         }
     }
-    let flushed = rep.trim_to.load(Ordering::Acquire);
+    // Only as far as the local WAL is durable: after a power cut the
+    // stream then still holds whatever the local tail lost.
+    let flushed = rep
+        .trim_to
+        .load(Ordering::Acquire)
+        .min(sh.wal().durable_lsn() + 1);
     if flushed > cur.floor && flushed <= rep.acks.acked() {
         // The checkpoint in the object store predates this flush: a
         // rebuild starts from the floor instead.
@@ -1178,6 +1487,25 @@ mod tests {
             matches!(&e, writebehind_wal::Error::ReplicaStopped { lsn: 1, reason } if reason == "the replication task panicked: boom"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_trim_keeps_every_message_holding_the_floor_or_more_whatever_their_order() {
+        // A (LSN 1..=10) was lost with a connection and re-sent after B
+        // (11..=20), which the client had re-sent on its own: A is stored
+        // after B.
+        let index: VecDeque<Stored> = [(1, 10, 6), (11, 20, 5), (21, 30, 7)].into();
+        // The floor in A: B (sequence 5) is below A but still needed.
+        assert_eq!(keep_from(&index, 5, Some(7)), Some(5));
+        // The floor in B: A is not needed, but B is stored before it.
+        assert_eq!(keep_from(&index, 15, Some(7)), Some(5));
+        assert_eq!(keep_from(&index, 21, Some(7)), Some(7));
+        // Everything below the floor: all of it goes, if nothing is in flight.
+        assert_eq!(keep_from(&index, 31, Some(7)), Some(8));
+        assert_eq!(keep_from(&index, 31, None), None);
+        // The floor below what this process stored: an earlier process's.
+        let later: VecDeque<Stored> = [(40, 50, 9)].into();
+        assert_eq!(keep_from(&later, 35, Some(9)), None);
     }
 
     #[test]
