@@ -40,6 +40,7 @@ pub mod reader;
 mod recovery;
 pub mod replica;
 mod ticket;
+pub mod watermark;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
@@ -283,12 +284,12 @@ impl WalBuilder {
         let report = rec.report;
         let next_lsn = report.next_lsn;
 
-        let (file, seg_path, seg_len, zero_tail) = match rec.active {
+        let (file, seg_path, seg_first, seg_len, zero_tail) = match rec.active {
             Some(a) if a.next == next_lsn => {
                 let f = io
                     .open_append(&a.path)
                     .map_err(|e| Error::io("open", &a.path, e))?;
-                (f, a.path, a.len, a.zero_tail && new_flags != 0)
+                (f, a.path, a.first, a.len, a.zero_tail && new_flags != 0)
             }
             _ => {
                 let path = dir.join(segment_name(next_lsn));
@@ -309,12 +310,15 @@ impl WalBuilder {
                     path: path.clone(),
                     len,
                 });
-                (f, path, len, new_flags != 0)
+                (f, path, next_lsn, len, new_flags != 0)
             }
         };
         // What the previous process wrote may still sit in the page cache only.
         file.sync_data()
             .map_err(|e| Error::io("fsync", &seg_path, e))?;
+        // The whole active segment is synced now: say so durably (this also gives a log from
+        // before the watermark existed one).
+        let wm = watermark::create(io.as_ref(), &dir, seg_first, seg_len)?;
 
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes_cut = t.bytes_cut,
@@ -332,9 +336,18 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let (syncer, syncer_thread) =
-            committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
-                .map_err(|e| Error::io("spawn syncer", &dir, e))?;
+        let (syncer, syncer_thread) = committer::Syncer::start(
+            committer::SyncStart {
+                file: file.clone(),
+                path: seg_path.clone(),
+                seg_first,
+                seg_len,
+                wm,
+                last,
+            },
+            progress.clone(),
+        )
+        .map_err(|e| Error::io("spawn syncer", &dir, e))?;
         let committer = Committer {
             io: io.clone(),
             dir: dir.clone(),
