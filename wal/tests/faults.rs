@@ -237,6 +237,7 @@ fn crash_mode() -> impl Strategy<Value = CrashMode> {
         Just(CrashMode::KeepPrefix),
         Just(CrashMode::GarbleTail),
         Just(CrashMode::ZeroFillTail),
+        Just(CrashMode::TornPages),
     ]
 }
 
