@@ -49,7 +49,7 @@ pub(crate) enum Msg {
 }
 
 /// Marker: the log is poisoned (the details went to [`Progress::poison`]).
-struct Poisoned;
+pub(crate) struct Poisoned;
 
 struct SyncState {
     file: Arc<dyn IoFile>,
@@ -360,6 +360,8 @@ pub(crate) struct Committer {
     pub(crate) finished: bool,
     /// Gets every group right after its local write.
     pub(crate) replica: Option<Arc<dyn crate::ReplicaSink>>,
+    /// Whether groups go to `replica` (not those imported from it).
+    pub(crate) offer: bool,
 }
 
 /// The committer's state behind a lock: whoever holds it commits. That is an appender
@@ -428,6 +430,46 @@ impl CommitCell {
             // Under load: the next group starts as soon as this one is done.
             self.kick();
         }
+    }
+
+    /// Writes imported frames `(lsn, bytes)` (consecutive) and fsyncs them, on the caller's
+    /// thread; with `jump = Some(c)` first starts a new segment at `c + 1` (a checkpoint
+    /// covers the LSNs skipped: a jump is accepted only between segments). Only before any
+    /// append: nothing else is queued.
+    pub(crate) fn import<'a>(
+        &self,
+        jump: Option<Lsn>,
+        records: impl Iterator<Item = (Lsn, &'a [u8])>,
+    ) -> Result<(), Poisoned> {
+        let mut g = self.state.lock();
+        let Some(c) = g.as_mut().filter(|c| !c.finished) else {
+            return Err(Poisoned);
+        };
+        if c.progress.is_poisoned() {
+            return Err(Poisoned);
+        }
+        if let Some(ck) = jump {
+            c.rotate(ck + 1)?;
+            c.syncer.skip_to(ck);
+            c.progress.set_durable(ck);
+        }
+        let (now, mut want_sync, mut shutdown) = (Instant::now(), true, false);
+        c.offer = false;
+        let mut r = Ok(());
+        for (lsn, frame) in records {
+            let msg = Msg::Record {
+                lsn,
+                frame: frame.to_vec(),
+                mode: Durability::Fsync,
+            };
+            r = c.take(msg, now, &mut want_sync, &mut shutdown);
+            if r.is_err() {
+                break;
+            }
+        }
+        let r = r.and_then(|()| c.flush(true));
+        c.offer = true;
+        r
     }
 
     /// After a group, outside the lock: wake whoever it satisfied (one may lead the next
@@ -627,7 +669,7 @@ impl Committer {
             }
             self.seg_len += self.buf.len() as u64;
             self.progress.note_group(self.buf_last - self.buf_first + 1);
-            if let Some(sink) = &self.replica {
+            if let Some(sink) = self.replica.as_ref().filter(|_| self.offer) {
                 // Copied: the buffer is reused for the next group.
                 sink.offer(crate::Group {
                     first: self.buf_first,

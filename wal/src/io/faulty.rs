@@ -351,7 +351,7 @@ struct MemFile {
 }
 
 impl MemFile {
-    fn new(fs: &FaultyIo, ino: u64, generation: u64, pos: u64) -> Arc<dyn IoFile> {
+    fn handle(fs: &FaultyIo, ino: u64, generation: u64, pos: u64) -> Arc<dyn IoFile> {
         Arc::new(MemFile {
             fs: fs.fs.clone(),
             ino,
@@ -526,14 +526,14 @@ impl Io for FaultyIo {
                 ino
             }
         };
-        Ok(MemFile::new(self, ino, fs.generation, 0))
+        Ok(MemFile::handle(self, ino, fs.generation, 0))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let fs = self.fs.lock();
         let ino = fs.ino(path)?;
         let len = fs.inodes.get(&ino).map_or(0, |i| i.data.len() as u64);
-        Ok(MemFile::new(self, ino, fs.generation, len))
+        Ok(MemFile::handle(self, ino, fs.generation, len))
     }
 
     fn zero_extends(&self) -> bool {

@@ -96,6 +96,35 @@ pub(crate) fn write_all(file: &dyn IoFile, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `parts` to `tmp`, fsyncs it and renames it to `path` (the caller fsyncs the
+/// directory). On a failed fsync `on_sync_fail` runs first (the temp file is abandoned and
+/// removed: an fsync is never retried).
+pub(crate) fn put_file(
+    io: &dyn Io,
+    tmp: &Path,
+    path: &Path,
+    parts: &[&[u8]],
+    on_sync_fail: impl FnOnce(&io::Error),
+) -> crate::Result<()> {
+    use crate::Error;
+    let written = (|| {
+        let f = io.create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        for p in parts {
+            write_all(f.as_ref(), p).map_err(|e| Error::io("write", tmp, e))?;
+        }
+        f.sync_data().map_err(|e| {
+            on_sync_fail(&e);
+            Error::io("fsync", tmp, e)
+        })
+    })();
+    if let Err(e) = written {
+        let _ = io.remove(tmp);
+        return Err(e);
+    }
+    io.rename(tmp, path)
+        .map_err(|e| Error::io("rename", tmp, e))
+}
+
 /// The real file system (`std::fs`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdIo;
