@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::frame::{encode_segment_header, SEGMENT_HEADER_LEN};
 use crate::io::{write_all, Io, IoFile};
 use crate::ticket::Progress;
+use crate::watermark::{self, WatermarkFile};
 use crate::{segment_name, Durability, Files, Lsn, SegMeta};
 
 /// Stop growing a group past this many bytes: bounds the buffer and the latency of one write.
@@ -48,11 +49,21 @@ pub(crate) enum Msg {
 }
 
 /// Marker: the log is poisoned (the details went to [`Progress::poison`]).
-struct Poisoned;
+pub(crate) struct Poisoned;
 
 struct SyncState {
     file: Arc<dyn IoFile>,
     path: PathBuf,
+    /// First LSN of `file` (the segment the watermark names).
+    seg_first: Lsn,
+    /// Where the data written to `file` ends (a group boundary).
+    written_off: u64,
+    /// The sync watermark file (`None` when the file system cannot keep one).
+    wm: Option<WatermarkFile>,
+    /// When the syncer thread fsyncs the watermark next (set when it changed).
+    wm_due: Option<Instant>,
+    /// When the watermark was last fsynced.
+    wm_synced_at: Instant,
     /// Last LSN written (to `file`; everything in older files is durable).
     written: Lsn,
     /// Highest LSN someone needs durable.
@@ -72,20 +83,36 @@ pub(crate) struct Syncer {
     progress: Arc<Progress>,
 }
 
+/// The watermark is fsynced at most this often while it changes (see [`crate::watermark`]).
+const WATERMARK_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the syncer starts with: the active segment and the watermark file.
+pub(crate) struct SyncStart {
+    pub(crate) file: Arc<dyn IoFile>,
+    pub(crate) path: PathBuf,
+    pub(crate) seg_first: Lsn,
+    pub(crate) seg_len: u64,
+    pub(crate) wm: Option<WatermarkFile>,
+    pub(crate) last: Lsn,
+}
+
 impl Syncer {
     pub(crate) fn start(
-        file: Arc<dyn IoFile>,
-        path: PathBuf,
-        last: Lsn,
+        init: SyncStart,
         progress: Arc<Progress>,
     ) -> std::io::Result<(Arc<Syncer>, JoinHandle<()>)> {
         let s = Arc::new(Syncer {
             st: Mutex::new(SyncState {
-                file,
-                path,
-                written: last,
-                want: last,
-                durable: last,
+                file: init.file,
+                path: init.path,
+                seg_first: init.seg_first,
+                written_off: init.seg_len,
+                wm: init.wm,
+                wm_due: None,
+                wm_synced_at: Instant::now(),
+                written: init.last,
+                want: init.last,
+                durable: init.last,
                 busy: false,
                 stop: false,
                 failed: false,
@@ -113,6 +140,7 @@ impl Syncer {
             }
             if st.want > st.durable {
                 let target = st.written;
+                let target_off = st.written_off;
                 let from = st.durable + 1;
                 let file = st.file.clone();
                 st.busy = true;
@@ -122,7 +150,11 @@ impl Syncer {
                     Ok(()) => {
                         st.durable = st.durable.max(target);
                         let d = st.durable;
+                        let ok = self.note_synced(&mut st, target_off);
                         self.cv.notify_all();
+                        if ok.is_err() {
+                            return;
+                        }
                         MutexGuard::unlocked(&mut st, || self.progress.set_durable(d));
                     }
                     Err(e) => {
@@ -135,16 +167,51 @@ impl Syncer {
                 }
                 continue;
             }
+            if st.wm_due.is_some_and(|d| Instant::now() >= d) {
+                st.wm_due = None;
+                if let Some(wm) = st.wm.clone() {
+                    st.busy = true;
+                    let r = MutexGuard::unlocked(&mut st, || wm.file.sync_data());
+                    st.busy = false;
+                    self.cv.notify_all();
+                    st.wm_synced_at = Instant::now();
+                    if let Err(e) = r {
+                        st.failed = true;
+                        self.progress.poison("fsync", wm.path.clone(), &e, (0, 0));
+                        return;
+                    }
+                }
+                continue;
+            }
             if st.stop {
                 return;
             }
-            match st.deadline {
+            match st.deadline.into_iter().chain(st.wm_due).min() {
                 Some(d) => {
                     let _ = self.cv.wait_until(&mut st, d);
                 }
                 None => self.cv.wait(&mut st),
             }
         }
+    }
+
+    /// After a successful fsync of the active segment up to `off`: rewrites the watermark in
+    /// place (no fsync here: the syncer thread fsyncs it within about a second). A failed
+    /// write poisons the log.
+    fn note_synced(&self, st: &mut MutexGuard<'_, SyncState>, off: u64) -> Result<(), Poisoned> {
+        let Some(wm) = &st.wm else { return Ok(()) };
+        if let Err(e) = wm.file.write_at(&watermark::encode(st.seg_first, off), 0) {
+            let path = wm.path.clone();
+            st.failed = true;
+            self.progress.poison("write", path, &e, (0, 0));
+            return Err(Poisoned);
+        }
+        if st.wm_due.is_none() {
+            let due = st.wm_synced_at + WATERMARK_SYNC_INTERVAL;
+            st.wm_due = Some(due);
+            self.cv.notify_all();
+        }
+        Ok(())
     }
 
     /// Arms the `Buffered` timer: what is written gets fdatasynced by `deadline`.
@@ -156,26 +223,38 @@ impl Syncer {
         }
     }
 
-    /// Records that `last` is written (a later fdatasync covers it).
-    fn written(&self, last: Lsn) {
-        self.st.lock().written = last;
+    /// Records that `last` is written and the data ends at `off` (a later fdatasync covers it).
+    fn written(&self, last: Lsn, off: u64) {
+        let mut st = self.st.lock();
+        st.written = last;
+        st.written_off = off;
     }
 
     /// fdatasyncs the current file now, on the caller's thread (after any fdatasync in flight).
     fn sync_now(&self) -> Result<(), Poisoned> {
         let mut st = self.st.lock();
-        self.sync_locked(&mut st)
+        self.sync_locked(&mut st, false)
     }
 
-    fn sync_locked(&self, st: &mut MutexGuard<'_, SyncState>) -> Result<(), Poisoned> {
+    /// Like `sync_now`, but fsyncs even with no new record (a truncation, say), and the data
+    /// now ends at `off`.
+    fn sync_forced(&self, off: u64) -> Result<(), Poisoned> {
+        let mut st = self.st.lock();
+        st.written_off = off;
+        self.sync_locked(&mut st, true)
+    }
+
+    fn sync_locked(&self, st: &mut MutexGuard<'_, SyncState>, force: bool) -> Result<(), Poisoned> {
         while st.busy {
             self.cv.wait(st);
         }
         if st.failed {
             return Err(Poisoned);
         }
-        if st.written > st.durable {
+        if st.written > st.durable || force {
             if let Err(e) = st.file.sync_data() {
+                // Poisons even a forced fsync: Linux reports a writeback error once, so a
+                // later fsync of this file would succeed over dropped pages.
                 st.failed = true;
                 let range = (st.durable + 1, st.written);
                 self.progress.poison("fsync", st.path.clone(), &e, range);
@@ -185,23 +264,67 @@ impl Syncer {
             st.want = st.want.max(st.durable);
             st.deadline = None;
             let d = st.durable;
+            let off = st.written_off;
+            self.note_synced(st, off)?;
             // Woken by the commit-lock holder once it lets go.
             self.progress.store_durable(d);
         }
         Ok(())
     }
 
+    /// Records LSNs up to `lsn` as written and durable without a write (an imported
+    /// checkpoint covers them).
+    pub(crate) fn skip_to(&self, lsn: Lsn) {
+        let mut st = self.st.lock();
+        st.written = st.written.max(lsn);
+        st.durable = st.durable.max(lsn);
+        st.want = st.want.max(lsn);
+    }
+
+    /// At shutdown, after the last fsync: makes the watermark durable, so the next open
+    /// reads the whole segment as synced. A failure poisons.
+    fn finish(&self) -> Result<(), Poisoned> {
+        let mut st = self.st.lock();
+        while st.busy {
+            self.cv.wait(&mut st);
+        }
+        if st.failed {
+            return Err(Poisoned);
+        }
+        let Some(wm) = st.wm.clone() else {
+            return Ok(());
+        };
+        if st.written > st.durable {
+            // A drop without `close`: the data is not all synced, so neither is the watermark.
+            return Ok(());
+        }
+        st.wm_due = None;
+        if let Err(e) = wm.file.sync_data() {
+            st.failed = true;
+            self.progress.poison("fsync", wm.path.clone(), &e, (0, 0));
+            return Err(Poisoned);
+        }
+        Ok(())
+    }
+
     /// Makes the current file fully durable now, then lets `next` produce the new file, which
     /// later fdatasyncs target.
+    ///
+    /// The watermark is not fsynced here: until the first fsync of the new segment rewrites
+    /// it, it names the old segment, which recovery reads as "the new segment may be torn
+    /// anywhere after its header", the truth until then.
     fn switch_file(
         &self,
+        first: Lsn,
         next: impl FnOnce() -> Result<(Arc<dyn IoFile>, PathBuf), Poisoned>,
     ) -> Result<(), Poisoned> {
         let mut st = self.st.lock();
-        self.sync_locked(&mut st)?;
+        self.sync_locked(&mut st, false)?;
         let (file, path) = next()?;
         st.file = file;
         st.path = path;
+        st.seg_first = first;
+        st.written_off = SEGMENT_HEADER_LEN as u64;
         Ok(())
     }
 
@@ -237,6 +360,8 @@ pub(crate) struct Committer {
     pub(crate) finished: bool,
     /// Gets every group right after its local write.
     pub(crate) replica: Option<Arc<dyn crate::ReplicaSink>>,
+    /// Whether groups go to `replica` (not those imported from it).
+    pub(crate) offer: bool,
 }
 
 /// The committer's state behind a lock: whoever holds it commits. That is an appender
@@ -305,6 +430,46 @@ impl CommitCell {
             // Under load: the next group starts as soon as this one is done.
             self.kick();
         }
+    }
+
+    /// Writes imported frames `(lsn, bytes)` (consecutive) and fsyncs them, on the caller's
+    /// thread; with `jump = Some(c)` first starts a new segment at `c + 1` (a checkpoint
+    /// covers the LSNs skipped: a jump is accepted only between segments). Only before any
+    /// append: nothing else is queued.
+    pub(crate) fn import<'a>(
+        &self,
+        jump: Option<Lsn>,
+        records: impl Iterator<Item = (Lsn, &'a [u8])>,
+    ) -> Result<(), Poisoned> {
+        let mut g = self.state.lock();
+        let Some(c) = g.as_mut().filter(|c| !c.finished) else {
+            return Err(Poisoned);
+        };
+        if c.progress.is_poisoned() {
+            return Err(Poisoned);
+        }
+        if let Some(ck) = jump {
+            c.rotate(ck + 1)?;
+            c.syncer.skip_to(ck);
+            c.progress.set_durable(ck);
+        }
+        let (now, mut want_sync, mut shutdown) = (Instant::now(), true, false);
+        c.offer = false;
+        let mut r = Ok(());
+        for (lsn, frame) in records {
+            let msg = Msg::Record {
+                lsn,
+                frame: frame.to_vec(),
+                mode: Durability::Fsync,
+            };
+            r = c.take(msg, now, &mut want_sync, &mut shutdown);
+            if r.is_err() {
+                break;
+            }
+        }
+        let r = r.and_then(|()| c.flush(true));
+        c.offer = true;
+        r
     }
 
     /// After a group, outside the lock: wake whoever it satisfied (one may lead the next
@@ -394,8 +559,9 @@ impl CommitCell {
                 tracing::error!(dir = %c.dir.display(), "WAL syncer thread panicked");
             }
         }
-        if !c.progress.is_poisoned() {
-            c.cut_zeros();
+        // A failure here poisons (tickets see it); nothing else to do with it.
+        if !c.progress.is_poisoned() && c.cut_zeros().is_ok() {
+            let _ = c.syncer.finish();
         }
         c.progress.close();
     }
@@ -503,7 +669,7 @@ impl Committer {
             }
             self.seg_len += self.buf.len() as u64;
             self.progress.note_group(self.buf_last - self.buf_first + 1);
-            if let Some(sink) = &self.replica {
+            if let Some(sink) = self.replica.as_ref().filter(|_| self.offer) {
                 // Copied: the buffer is reused for the next group.
                 sink.offer(crate::Group {
                     first: self.buf_first,
@@ -515,7 +681,7 @@ impl Committer {
             if let Some(active) = self.files.lock().segs.last_mut() {
                 active.len = self.seg_len;
             }
-            self.syncer.written(self.buf_last);
+            self.syncer.written(self.buf_last, self.seg_len);
             self.progress.store_written(self.buf_last);
         }
         if sync {
@@ -549,33 +715,31 @@ impl Committer {
     }
 
     /// Cuts the preallocated zeros off the active segment (clean close, rotation) so the file
-    /// ends at its last record. Best effort: zeros left behind read as a clean end.
-    fn cut_zeros(&mut self) {
+    /// ends at its last record, and fsyncs it. A failed cut leaves zeros that read as a clean
+    /// end; a failed fsync poisons the log (it may report lost pages of unsynced records).
+    fn cut_zeros(&mut self) -> Result<(), Poisoned> {
         if self.zeroed_end <= self.seg_len {
-            return;
+            return Ok(());
         }
-        match self
-            .file
-            .set_len(self.seg_len)
-            .and_then(|()| self.file.sync_data())
-        {
+        match self.file.set_len(self.seg_len) {
             Ok(()) => self.zeroed_end = self.seg_len,
             Err(e) => tracing::warn!(segment = %self.seg_path.display(), error = %e,
                 "could not cut the WAL segment's preallocated zeros; they read as its end"),
         }
+        self.syncer.sync_forced(self.seg_len)
     }
 
     /// Closes the active segment (fully synced, so no later segment can outlive its tail) and
     /// starts a new one named by `first_lsn`.
     fn rotate(&mut self, first_lsn: Lsn) -> Result<(), Poisoned> {
-        self.cut_zeros();
+        self.cut_zeros()?;
         let path = self.dir.join(segment_name(first_lsn));
         let io = self.io.clone();
         let dir = self.dir.clone();
         let progress = self.progress.clone();
         let p2 = path.clone();
         let flags = self.new_flags;
-        self.syncer.switch_file(move || {
+        self.syncer.switch_file(first_lsn, move || {
             let step = (|| -> Result<Arc<dyn IoFile>, (&'static str, PathBuf, std::io::Error)> {
                 let f = io.create(&p2).map_err(|e| ("create", p2.clone(), e))?;
                 write_all(f.as_ref(), &encode_segment_header(first_lsn, flags))

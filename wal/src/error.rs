@@ -123,6 +123,13 @@ pub enum Error {
         /// The LSN found instead.
         found: Lsn,
     },
+    /// [`crate::Wal::import`] was called after this log handed out an LSN to an append:
+    /// imported records must come before any local one.
+    #[error("WAL import refused: this log already took an append (last LSN {last})")]
+    ImportAfterAppend {
+        /// The last LSN assigned.
+        last: Lsn,
+    },
     /// Encoding or decoding a value through [`crate::codec`] failed.
     #[error("codec: {source}")]
     Codec {

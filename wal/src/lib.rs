@@ -40,6 +40,7 @@ pub mod reader;
 mod recovery;
 pub mod replica;
 mod ticket;
+pub mod watermark;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
@@ -283,12 +284,12 @@ impl WalBuilder {
         let report = rec.report;
         let next_lsn = report.next_lsn;
 
-        let (file, seg_path, seg_len, zero_tail) = match rec.active {
+        let (file, seg_path, seg_first, seg_len, zero_tail) = match rec.active {
             Some(a) if a.next == next_lsn => {
                 let f = io
                     .open_append(&a.path)
                     .map_err(|e| Error::io("open", &a.path, e))?;
-                (f, a.path, a.len, a.zero_tail && new_flags != 0)
+                (f, a.path, a.first, a.len, a.zero_tail && new_flags != 0)
             }
             _ => {
                 let path = dir.join(segment_name(next_lsn));
@@ -309,12 +310,15 @@ impl WalBuilder {
                     path: path.clone(),
                     len,
                 });
-                (f, path, len, new_flags != 0)
+                (f, path, next_lsn, len, new_flags != 0)
             }
         };
         // What the previous process wrote may still sit in the page cache only.
         file.sync_data()
             .map_err(|e| Error::io("fsync", &seg_path, e))?;
+        // The whole active segment is synced now: say so durably (this also gives a log from
+        // before the watermark existed one).
+        let wm = watermark::create(io.as_ref(), &dir, seg_first, seg_len)?;
 
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes_cut = t.bytes_cut,
@@ -332,9 +336,18 @@ impl WalBuilder {
         let progress = Arc::new(Progress::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let (syncer, syncer_thread) =
-            committer::Syncer::start(file.clone(), seg_path.clone(), last, progress.clone())
-                .map_err(|e| Error::io("spawn syncer", &dir, e))?;
+        let (syncer, syncer_thread) = committer::Syncer::start(
+            committer::SyncStart {
+                file: file.clone(),
+                path: seg_path.clone(),
+                seg_first,
+                seg_len,
+                wm,
+                last,
+            },
+            progress.clone(),
+        )
+        .map_err(|e| Error::io("spawn syncer", &dir, e))?;
         let committer = Committer {
             io: io.clone(),
             dir: dir.clone(),
@@ -357,6 +370,7 @@ impl WalBuilder {
             sync_deadline: None,
             finished: false,
             replica: self.replica.as_ref().map(|r| r.sink.clone()),
+            offer: true,
         };
         let commit = CommitCell::new(committer);
         let cell = commit.clone();
@@ -372,6 +386,7 @@ impl WalBuilder {
             append: Mutex::new(AppendState {
                 next_lsn,
                 tx: Some(tx),
+                appended: false,
             }),
             last_assigned: AtomicU64::new(last),
             progress,
@@ -389,6 +404,8 @@ impl WalBuilder {
 struct AppendState {
     next_lsn: Lsn,
     tx: Option<Sender<Msg>>,
+    /// An append took an LSN: [`Wal::import`] is refused from then on.
+    appended: bool,
 }
 
 /// An open write-ahead log. `Send + Sync`: share it with `Arc<Wal>`.
@@ -474,6 +491,7 @@ impl Wal {
             return Err(self.stopped_error());
         }
         st.next_lsn = lsn + 1;
+        st.appended = true;
         self.last_assigned.store(lsn, Ordering::SeqCst);
         drop(st);
         Ok(Append {
@@ -610,6 +628,12 @@ impl Wal {
         if lsn > last {
             return Err(Error::CheckpointAhead { lsn, last });
         }
+        self.install_checkpoint(lsn, &checkpoint::encode(lsn, data))
+    }
+
+    /// Writes the checkpoint file `bytes` (already encoded) for `lsn`: temp file, fsync,
+    /// rename, directory fsync; then removes older checkpoints. A failed fsync poisons.
+    fn install_checkpoint(&self, lsn: Lsn, bytes: &[u8]) -> Result<()> {
         let _guard = self.ckpt_lock.lock();
         let newest = self.files.lock().ckpts.iter().map(|c| c.0).max();
         if let Some(newest) = newest.filter(|n| *n > lsn) {
@@ -618,23 +642,9 @@ impl Wal {
         let name = checkpoint::file_name(lsn);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(&name);
-        let bytes = checkpoint::encode(lsn, data);
-        let written = (|| {
-            let f = self
-                .io
-                .create(&tmp)
-                .map_err(|e| Error::io("create", &tmp, e))?;
-            write_all(f.as_ref(), &bytes).map_err(|e| Error::io("write", &tmp, e))?;
-            // Not retried: on failure this temp file is abandoned.
-            f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))
-        })();
-        if let Err(e) = written {
-            let _ = self.io.remove(&tmp);
-            return Err(e);
-        }
-        self.io
-            .rename(&tmp, &path)
-            .map_err(|e| Error::io("rename", &tmp, e))?;
+        io::put_file(self.io.as_ref(), &tmp, &path, &[bytes], |e| {
+            self.progress.poison("fsync", tmp.clone(), e, (0, 0));
+        })?;
         self.sync_dir()?;
         let mut files = self.files.lock();
         let mut stale = Vec::new();
@@ -654,6 +664,88 @@ impl Wal {
         }
         tracing::debug!(lsn, bytes = bytes.len(), "WAL checkpoint written");
         Ok(())
+    }
+
+    /// Imports records a replica holds past the local end (replication reconcile at open,
+    /// after a power cut took the local tail), before this log takes its first append.
+    ///
+    /// `frames` are whole encoded frames as [`replica::encode_frames`] makes them and stream
+    /// messages carry (checked with [`replica::parse_frames`]). Without a checkpoint their
+    /// LSNs start at [`Wal::last_lsn`]` + 1`. With `checkpoint = Some((c, bytes))` (`bytes` in
+    /// [`checkpoint::encode`] format for LSN `c`, `c > last_lsn()`), the checkpoint is written
+    /// as the log's newest (temp file, fsync, rename, directory fsync), the log continues in a
+    /// new segment named `c + 1`, and `frames` (possibly empty) start at `c + 1`.
+    ///
+    /// Everything imported is fsynced (segment and directory) before this returns the new
+    /// last LSN; from then on replay, appends and the next recovery see ordinary records. The
+    /// frames are not offered to the log's [`ReplicaSink`]: they came from the replica.
+    ///
+    /// Refused, with nothing written: after an append ([`Error::ImportAfterAppend`]), frames
+    /// that do not continue the log ([`Error::ReplicaGap`]), damaged frames or checkpoint
+    /// ([`Error::ReplicaData`]). An I/O failure while writing poisons the log.
+    pub fn import(&self, checkpoint: Option<(Lsn, &[u8])>, frames: &[u8]) -> Result<Lsn> {
+        let mut st = self.append.lock();
+        if st.tx.is_none() {
+            return Err(Error::Closed);
+        }
+        if self.progress.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let last = st.next_lsn - 1;
+        if st.appended {
+            return Err(Error::ImportAfterAppend { last });
+        }
+        let spans = replica::parse_frames(frames)?;
+        let start = match checkpoint {
+            Some((c, bytes)) => {
+                let found = checkpoint::decode(bytes)
+                    .map_err(|reason| Error::ReplicaData {
+                        reason: format!("checkpoint: {reason}"),
+                    })?
+                    .lsn;
+                if found != c {
+                    return Err(Error::ReplicaData {
+                        reason: format!("checkpoint file is for LSN {found}, not {c}"),
+                    });
+                }
+                if c <= last {
+                    return Err(Error::ReplicaData {
+                        reason: format!(
+                            "checkpoint at LSN {c} is not past the local log's last LSN {last}"
+                        ),
+                    });
+                }
+                c
+            }
+            None => last,
+        };
+        if let Some(first) = spans.first().filter(|f| f.lsn != start + 1) {
+            return Err(Error::ReplicaGap {
+                expected: start + 1,
+                found: first.lsn,
+            });
+        }
+        let new_last = spans.last().map_or(start, |s| s.lsn);
+        if new_last == last {
+            return Ok(last);
+        }
+        if let Some((c, bytes)) = checkpoint {
+            self.install_checkpoint(c, bytes)?;
+        }
+        let jump = checkpoint.map(|(c, _)| c);
+        let records = spans.iter().map(|s| (s.lsn, &frames[s.range.clone()]));
+        if self.commit.import(jump, records).is_err() {
+            return Err(if self.progress.is_poisoned() {
+                self.progress.poison_error(new_last)
+            } else {
+                Error::Closed
+            });
+        }
+        self.sync_dir()?;
+        st.next_lsn = new_last + 1;
+        self.last_assigned.store(new_last, Ordering::SeqCst);
+        tracing::info!(from = last + 1, to = new_last, checkpoint = ?jump, "WAL imported records");
+        Ok(new_last)
     }
 
     /// The newest valid checkpoint. A newer file that is half-written or corrupt is skipped

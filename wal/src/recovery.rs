@@ -10,7 +10,7 @@ use crate::frame::{
 };
 use crate::io::{write_all, Io};
 use crate::reader::{DamageReason, Event, ScanState};
-use crate::{parse_lsn_name, Error, Files, Lsn, Result, SegMeta, SEGMENT_SUFFIX};
+use crate::{parse_lsn_name, watermark, Error, Files, Lsn, Result, SegMeta, SEGMENT_SUFFIX};
 
 /// The newest valid checkpoint found at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub(crate) struct Recovered {
 /// The segment the log goes on writing after open.
 pub(crate) struct Active {
     pub(crate) path: PathBuf,
+    /// Its first LSN (its name).
+    pub(crate) first: Lsn,
     /// Its data length (any preallocated zeros were cut).
     pub(crate) len: u64,
     /// The LSN its next record would carry.
@@ -117,6 +119,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
     }
     segs.sort_unstable();
     ckpts.sort_unstable();
+    let wm = watermark::read(io, dir, &names)?;
 
     let mut files = Files::default();
     let mut checkpoint_info = None;
@@ -162,6 +165,13 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
     let n = segs.len();
     for (i, (name_lsn, name)) in segs.iter().enumerate() {
         let is_last = i + 1 == n;
+        // How far the last segment is known synced (see `watermark`): damage from there on is
+        // a torn tail, before it corruption. `None`: the rule from before the watermark.
+        let synced = match wm {
+            Some((f, off)) if is_last && f == *name_lsn => Some(off),
+            Some((f, _)) if is_last && f < *name_lsn => Some(SEGMENT_HEADER_LEN as u64),
+            _ => None,
+        };
         let path = dir.join(name);
         let data = io.read(&path).map_err(io_err("read", &path))?;
         floor = floor.max(*name_lsn);
@@ -172,7 +182,11 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
         };
         let header = match header {
             Ok(h) => h,
-            Err(reason) if is_last && !crate::reader::has_frame_after(&data, 0, *name_lsn) => {
+            Err(reason)
+                if is_last
+                    && synced.is_none_or(|w| w <= SEGMENT_HEADER_LEN as u64)
+                    && !crate::reader::has_frame_after(&data, 0, *name_lsn) =>
+            {
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
                 let f = io.create(&path).map_err(io_err("create", &path))?;
@@ -198,6 +212,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
                 expected = Some(next);
                 active = Some(Active {
                     path,
+                    first: *name_lsn,
                     len,
                     next: *name_lsn,
                     zero_tail: new_flags & FLAG_ZERO_TAIL != 0,
@@ -262,7 +277,11 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
                     rep.last_lsn = Some(lsn);
                     seg_last = Some(lsn);
                 }
-                Event::Damage(d) if d.resync.is_none() && is_last => {
+                Event::Damage(d)
+                    if is_last && synced.map_or(d.resync.is_none(), |w| d.offset >= w) =>
+                {
+                    // Past the watermark even intact frames after the damage were never
+                    // synced: the first hole ends the log.
                     torn = Some(d);
                     break;
                 }
@@ -290,6 +309,24 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
                     });
                 }
             }
+        }
+        let end = torn.as_ref().map_or(st.pos() as u64, |d| d.offset);
+        if let Some(w) = synced.filter(|w| end < *w) {
+            // Bytes that were fsynced are gone (a zero run or the end of the file before it).
+            let reason = format!("the segment ends at byte {end}, before its synced watermark {w}");
+            if !salvage {
+                return Err(Error::Corrupt {
+                    segment: path,
+                    offset: end,
+                    reason,
+                });
+            }
+            rep.skipped.push(Skipped {
+                segment: path.clone(),
+                offset: end,
+                len: w - end,
+                reason,
+            });
         }
         let mut len = data.len() as u64;
         if let Some(end) = st.zero_tail_at() {
@@ -328,6 +365,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
         if is_last {
             active = Some(Active {
                 path,
+                first,
                 len,
                 next,
                 zero_tail: header.zero_tail,

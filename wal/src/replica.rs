@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::frame::{encode_segment_header, parse_frame};
-use crate::io::{write_all, Io};
+use crate::io::Io;
 use crate::{checkpoint, segment_name, Error, Lsn, Result};
 
 /// One group as the committer wrote it: whole frames, LSNs `first..=last`, consecutive.
@@ -133,14 +133,7 @@ pub fn seed(io: &dyn Io, dir: &Path, checkpoint: Option<&[u8]>, frames: &[u8]) -
     }
     let put = |name: String, parts: &[&[u8]]| -> Result<()> {
         let tmp = dir.join(format!("{name}.seed"));
-        let path = dir.join(&name);
-        let f = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        for p in parts {
-            write_all(f.as_ref(), p).map_err(|e| Error::io("write", &tmp, e))?;
-        }
-        f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))?;
-        io.rename(&tmp, &path)
-            .map_err(|e| Error::io("rename", &tmp, e))
+        crate::io::put_file(io, &tmp, &dir.join(&name), parts, |_| {})
     };
     if let (Some(bytes), Some(c)) = (checkpoint, ckpt_lsn) {
         put(checkpoint::file_name(c), &[bytes])?;

@@ -236,7 +236,7 @@ impl Progress {
         None
     }
 
-    fn poison_error(&self, lsn: Lsn) -> Error {
+    pub(crate) fn poison_error(&self, lsn: Lsn) -> Error {
         let st = self.state.lock();
         match &st.poison {
             Some(p) if p.affected.0 <= lsn && lsn <= p.affected.1 => Error::Io {

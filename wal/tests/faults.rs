@@ -237,6 +237,7 @@ fn crash_mode() -> impl Strategy<Value = CrashMode> {
         Just(CrashMode::KeepPrefix),
         Just(CrashMode::GarbleTail),
         Just(CrashMode::ZeroFillTail),
+        Just(CrashMode::TornPages),
     ]
 }
 
@@ -411,4 +412,55 @@ fn crash_during_concurrent_appends_keeps_every_fsync_ack() {
         );
         assert_eq!(rec.next_lsn, got.len() as u64 + 1);
     }
+}
+
+/// A group spanning a rotation: the old segment's records are written unsynced, then the
+/// rotation cuts the preallocated zeros and fsyncs, which fails. Linux reports a writeback
+/// error once, so the fsync that follows would "succeed" over dropped pages: the failure must
+/// poison, and none of the old segment's tickets may resolve as durable.
+#[test]
+fn failed_fsync_cutting_the_zero_tail_at_rotation_poisons() {
+    let fs = FaultyIo::new();
+    let (wal, _) = open(&fs);
+    wal.hold_committer_thread(true);
+    // 84-byte frames: five fit after the 32-byte header, the sixth rotates in the same group.
+    let tickets: Vec<_> = (0..6).map(|_| wal.append(0, &[1u8; 64]).unwrap()).collect();
+    fs.fail_sync_after(0);
+    let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    assert!(
+        results[..5]
+            .iter()
+            .all(|r| matches!(r, Err(Error::Io { op: "fsync", .. }))),
+        "{results:?}"
+    );
+    assert!(results[5].is_err(), "{results:?}");
+    assert!(wal.is_poisoned());
+    assert_eq!(wal.durable_lsn(), 0);
+    assert_eq!(fs.failed_sync_count(), 1);
+    let syncs = fs.sync_count();
+    assert!(matches!(wal.close(), Err(Error::Poisoned)));
+    assert_eq!(fs.sync_count(), syncs, "no fsync after the failed one");
+    // After the power cut nothing acknowledged is missing, and the log opens.
+    fs.crash(CrashMode::LoseUnsynced);
+    fs.clear_faults();
+    let (wal, rec) = open(&fs);
+    assert!(rec.next_lsn <= 7);
+    assert_eq!(replay_lsns(&wal), (1..rec.next_lsn).collect::<Vec<_>>());
+}
+
+/// The zero tail is cut and fsynced at a clean close too: a failure there is reported.
+#[test]
+fn failed_fsync_cutting_the_zero_tail_at_close_is_reported() {
+    let fs = FaultyIo::new();
+    let (wal, _) = open(&fs);
+    assert_eq!(wal.append(0, b"one").unwrap().wait().unwrap(), 1);
+    assert!(
+        fs.files()
+            .iter()
+            .any(|(p, len)| p.extension().is_some_and(|e| e == "wal") && *len > 200),
+        "the segment is preallocated"
+    );
+    fs.fail_sync_after(0);
+    assert!(wal.close().is_err());
+    assert_eq!(fs.failed_sync_count(), 1);
 }

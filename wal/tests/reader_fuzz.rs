@@ -20,6 +20,8 @@ fn cases() -> u32 {
 /// A real segment with `n` records and a real checkpoint, produced by the log itself.
 fn sample(n: usize) -> (Vec<u8>, Vec<Record>, Vec<u8>) {
     let fs = FaultyIo::new();
+    // No preallocated zeros: the mutations should hit the records.
+    fs.set_zero_extend(false);
     let (wal, _) = WalBuilder::new("/w")
         .io(Arc::new(fs.clone()))
         .open()

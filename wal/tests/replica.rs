@@ -224,3 +224,178 @@ fn seed_rebuilds_a_log_from_replica_frames() {
     ));
     assert!(std::fs::read_dir(gap.path()).unwrap().next().is_none());
 }
+
+fn records(from: u64, to: u64) -> Vec<writebehind_wal::Record> {
+    (from..=to)
+        .map(|lsn| writebehind_wal::Record {
+            lsn,
+            kind: 3,
+            payload: format!("imported {lsn}").into_bytes(),
+        })
+        .collect()
+}
+
+fn all(wal: &writebehind_wal::Wal) -> Vec<writebehind_wal::Record> {
+    wal.replay(1).unwrap().map(|r| r.unwrap()).collect()
+}
+
+/// What the stream holds past the local end is imported: appends continue after it, and a
+/// reopen sees it as ordinary records.
+#[test]
+fn import_continues_the_log_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = WalBuilder::new(tmp.path())
+        .segment_size(400)
+        .open()
+        .unwrap();
+    for _ in 0..3 {
+        wal.append(1, b"local").unwrap().wait().unwrap();
+    }
+    wal.close().unwrap();
+    let (wal, _) = WalBuilder::new(tmp.path())
+        .segment_size(400)
+        .open()
+        .unwrap();
+    let imported = records(4, 20);
+    assert_eq!(wal.import(None, &encode_frames(&imported)).unwrap(), 20);
+    assert_eq!((wal.last_lsn(), wal.durable_lsn()), (20, 20));
+    assert!(
+        wal.segment_count() > 1,
+        "the import rotated like appends do"
+    );
+    assert_eq!(wal.append(1, b"next").unwrap().wait().unwrap(), 21);
+    let got = all(&wal);
+    assert_eq!(got.len(), 21);
+    assert_eq!(&got[3..20], &imported[..]);
+    drop(wal);
+    let (wal, rec) = WalBuilder::new(tmp.path())
+        .segment_size(400)
+        .open()
+        .unwrap();
+    assert_eq!((rec.next_lsn, rec.torn_tail), (22, None));
+    assert_eq!(&all(&wal)[3..20], &imported[..]);
+}
+
+/// With a checkpoint past the local end the log jumps to it: the checkpoint is the newest,
+/// frames and appends continue after it, and the next open accepts the jump.
+#[test]
+fn import_with_a_checkpoint_jumps_past_the_local_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = WalBuilder::new(tmp.path()).open().unwrap();
+    wal.append(1, b"local").unwrap().wait().unwrap();
+    wal.close().unwrap();
+    let (wal, _) = WalBuilder::new(tmp.path()).open().unwrap();
+    let ck = writebehind_wal::checkpoint::encode(50, b"state at 50");
+    let imported = records(51, 53);
+    assert_eq!(
+        wal.import(Some((50, &ck)), &encode_frames(&imported))
+            .unwrap(),
+        53
+    );
+    assert_eq!(wal.load_checkpoint().unwrap().unwrap().lsn, 50);
+    assert_eq!(wal.append(1, b"next").unwrap().wait().unwrap(), 54);
+    assert_eq!(wal.replay(51).unwrap().count(), 4);
+    wal.close().unwrap();
+    let (wal, rec) = WalBuilder::new(tmp.path()).open().unwrap();
+    assert_eq!(rec.checkpoint.map(|c| c.lsn), Some(50));
+    assert_eq!(rec.next_lsn, 55);
+    assert_eq!(&all(&wal)[1..4], &imported[..]);
+    // A checkpoint with no frames: the next append takes the LSN after it.
+    drop(wal);
+    let tmp2 = tempfile::tempdir().unwrap();
+    let (wal, _) = WalBuilder::new(tmp2.path()).open().unwrap();
+    let ck = writebehind_wal::checkpoint::encode(9, b"nine");
+    assert_eq!(wal.import(Some((9, &ck)), &[]).unwrap(), 9);
+    assert_eq!(wal.sync().unwrap(), 9);
+    assert_eq!(wal.append(1, b"ten").unwrap().wait().unwrap(), 10);
+    wal.close().unwrap();
+    let (_wal, rec) = WalBuilder::new(tmp2.path()).open().unwrap();
+    assert_eq!(rec.next_lsn, 11);
+}
+
+fn dir_snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A gap, a bad checksum or a stale checkpoint is refused and changes nothing on disk; an
+/// import after an append is refused.
+#[test]
+fn import_refuses_gaps_damage_and_late_calls_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = WalBuilder::new(tmp.path()).open().unwrap();
+    wal.sync().unwrap();
+    let before = dir_snapshot(tmp.path());
+
+    let e = wal
+        .import(None, &encode_frames(&records(2, 3)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ReplicaGap {
+                expected: 1,
+                found: 2
+            }
+        ),
+        "{e:?}"
+    );
+    let mut bad = encode_frames(&records(1, 3));
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        wal.import(None, &bad),
+        Err(Error::ReplicaData { .. })
+    ));
+    let ck = writebehind_wal::checkpoint::encode(5, b"five");
+    let e = wal
+        .import(Some((5, &ck)), &encode_frames(&records(7, 8)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ReplicaGap {
+                expected: 6,
+                found: 7
+            }
+        ),
+        "{e:?}"
+    );
+    let mut bad_ck = ck.clone();
+    bad_ck[42] ^= 1;
+    assert!(matches!(
+        wal.import(Some((5, &bad_ck)), &[]),
+        Err(Error::ReplicaData { .. })
+    ));
+    assert_eq!(dir_snapshot(tmp.path()), before);
+    assert_eq!(wal.last_lsn(), 0);
+    assert!(!wal.is_poisoned());
+
+    assert_eq!(wal.append(1, b"local").unwrap().wait().unwrap(), 1);
+    let e = wal
+        .import(None, &encode_frames(&records(2, 3)))
+        .unwrap_err();
+    assert!(matches!(e, Error::ImportAfterAppend { last: 1 }), "{e:?}");
+    assert_eq!(wal.last_lsn(), 1);
+}
+
+/// Imported frames came from the replica: they are not offered back to the sink.
+#[test]
+fn imported_frames_are_not_offered_to_the_sink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, sink, _acks) = open(tmp.path(), Duration::from_secs(5));
+    assert_eq!(wal.import(None, &encode_frames(&records(1, 2))).unwrap(), 2);
+    assert!(sink.groups.lock().is_empty());
+    wal.append(1, b"x").unwrap().wait().unwrap();
+    assert_eq!(sink.groups.lock().len(), 1);
+}

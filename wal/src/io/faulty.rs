@@ -28,7 +28,15 @@ pub enum CrashMode {
     /// A random-length prefix survives and the rest of the unsynced length reads as zeros
     /// (the file size reached the disk, the data did not).
     ZeroFillTail,
+    /// Each 4 KiB page (by file offset) of the unsynced bytes independently reaches the disk
+    /// or not: a page that does not keeps its old content (zeros past the old end). Either the
+    /// file size reached the disk or it ends after the last page that did. Pages of one file
+    /// written back in any order, as after a power cut.
+    TornPages,
 }
+
+/// Page size of [`CrashMode::TornPages`].
+pub const PAGE: usize = 4096;
 
 /// In-memory file system implementing [`Io`], with fault injection.
 ///
@@ -48,9 +56,29 @@ pub struct FaultyIo {
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
-    /// Set when `data` stopped being `durable` plus appended bytes (truncated or recreated):
-    /// the next fsync copies it whole instead of just the new tail.
-    reshaped: bool,
+    /// The byte range changed since the last fsync (`None`: nothing to write back). A failed
+    /// fsync clears it too: like Linux, the dirty pages are dropped and the next fsync
+    /// reports success without writing them.
+    dirty_from: Option<(usize, usize)>,
+}
+
+impl Inode {
+    fn dirty(&mut self, from: usize, to: usize) {
+        self.dirty_from = Some(
+            self.dirty_from
+                .map_or((from, to), |(f, t)| (f.min(from), t.max(to))),
+        );
+    }
+
+    /// Writes `buf` at `at` (zeros fill any gap past the end).
+    fn put(&mut self, at: usize, buf: &[u8]) {
+        let end = at + buf.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[at..end].copy_from_slice(buf);
+        self.dirty(at, end);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +95,8 @@ struct Fs {
     failed_syncs: u64,
     sync_latency: Option<std::time::Duration>,
     rng: u64,
+    /// Files do not support [`IoFile::zero_extend`] (segments are not preallocated).
+    no_zero_extend: bool,
 }
 
 impl Fs {
@@ -103,6 +133,58 @@ impl Fs {
             }
             None => Ok(()),
         }
+    }
+
+    /// What the disk holds after a crash: `durable` plus whatever part of the unsynced bytes
+    /// of `data` (those that differ from `durable`, from the first difference on) `mode` keeps.
+    fn after_crash(&mut self, data: Vec<u8>, durable: Vec<u8>, mode: CrashMode) -> Vec<u8> {
+        let from = data
+            .iter()
+            .zip(&durable)
+            .position(|(a, b)| a != b)
+            .unwrap_or(data.len().min(durable.len()));
+        if from >= data.len() {
+            // Nothing new (a truncation that was not synced is lost too).
+            return durable;
+        }
+        let mut out = durable;
+        let tail = &data[from..];
+        let overlay = |out: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+            if out.len() < at + bytes.len() {
+                out.resize(at + bytes.len(), 0);
+            }
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        match mode {
+            CrashMode::LoseUnsynced => {}
+            CrashMode::KeepPrefix | CrashMode::GarbleTail | CrashMode::ZeroFillTail => {
+                let keep = self.rand_upto(tail.len());
+                overlay(&mut out, from, &tail[..keep]);
+                if mode == CrashMode::GarbleTail && keep > 0 {
+                    let n = (1 + self.rand_upto(15)).min(keep);
+                    for b in &mut out[from + keep - n..from + keep] {
+                        *b = self.rand() as u8;
+                    }
+                }
+                if mode == CrashMode::ZeroFillTail && out.len() < data.len() {
+                    out.resize(data.len(), 0);
+                }
+            }
+            CrashMode::TornPages => {
+                let mut at = from;
+                while at < data.len() {
+                    let end = ((at / PAGE + 1) * PAGE).min(data.len());
+                    if self.rand() & 1 == 1 {
+                        overlay(&mut out, at, &data[at..end]);
+                    }
+                    at = end;
+                }
+                if self.rand() & 1 == 1 && out.len() < data.len() {
+                    out.resize(data.len(), 0);
+                }
+            }
+        }
+        out
     }
 
     fn ino(&self, path: &Path) -> io::Result<u64> {
@@ -157,44 +239,22 @@ impl FaultyIo {
             let Some(inode) = fs.inodes.remove(&ino) else {
                 continue;
             };
-            let Inode {
-                data, mut durable, ..
-            } = inode;
-            if data.len() > durable.len() && data.starts_with(&durable) {
-                let tail = &data[durable.len()..];
-                let keep = match mode {
-                    CrashMode::LoseUnsynced => 0,
-                    _ => fs.rand_upto(tail.len()),
-                };
-                durable.extend_from_slice(&tail[..keep]);
-                match mode {
-                    CrashMode::GarbleTail if keep > 0 => {
-                        let n = (1 + fs.rand_upto(15)).min(keep);
-                        let len = durable.len();
-                        for b in &mut durable[len - n..] {
-                            *b = fs.rand() as u8;
-                        }
-                    }
-                    CrashMode::ZeroFillTail => {
-                        durable.resize(durable.len() + (tail.len() - keep), 0);
-                    }
-                    _ => {}
-                }
-            }
-            let data = durable.clone();
+            let durable = fs.after_crash(inode.data, inode.durable, mode);
             fs.inodes.insert(
                 ino,
                 Inode {
-                    data,
+                    data: durable.clone(),
                     durable,
-                    reshaped: false,
+                    dirty_from: None,
                 },
             );
         }
     }
 
     /// The next `n` fsyncs (of files or directories) succeed and the one after fails with EIO.
-    /// The failed fsync leaves that file's unsynced bytes unsynced.
+    /// As on Linux, a failed file fsync drops that file's dirty bytes: they stay readable and
+    /// unsynced (a crash may or may not keep them), and the next fsync of the file succeeds
+    /// without writing them.
     pub fn fail_sync_after(&self, n: u64) {
         self.fs.lock().fail_sync_in = Some(n);
     }
@@ -215,6 +275,12 @@ impl FaultyIo {
     /// and fsync become observable. A crash during the fsync makes it fail.
     pub fn set_sync_latency(&self, latency: Option<std::time::Duration>) {
         self.fs.lock().sync_latency = latency;
+    }
+
+    /// Whether files support [`IoFile::zero_extend`] (default `true`, so crash tests cover
+    /// preallocated segments; zeros written ahead are unsynced bytes like any other).
+    pub fn set_zero_extend(&self, on: bool) {
+        self.fs.lock().no_zero_extend = !on;
     }
 
     /// Removes every pending fault.
@@ -270,7 +336,7 @@ impl FaultyIo {
         if let Some(inode) = fs.inodes.get_mut(&ino) {
             inode.data = bytes.to_vec();
             inode.durable = bytes.to_vec();
-            inode.reshaped = false;
+            inode.dirty_from = None;
         }
     }
 }
@@ -280,9 +346,20 @@ struct MemFile {
     fs: Arc<Mutex<Fs>>,
     ino: u64,
     generation: u64,
+    /// Where the next write goes: the end of the data, which zero-extension runs ahead of.
+    pos: Mutex<u64>,
 }
 
 impl MemFile {
+    fn handle(fs: &FaultyIo, ino: u64, generation: u64, pos: u64) -> Arc<dyn IoFile> {
+        Arc::new(MemFile {
+            fs: fs.fs.clone(),
+            ino,
+            generation,
+            pos: Mutex::new(pos),
+        })
+    }
+
     fn check(&self, fs: &Fs) -> io::Result<()> {
         if fs.generation == self.generation {
             Ok(())
@@ -291,23 +368,23 @@ impl MemFile {
             Err(io::Error::from_raw_os_error(EIO))
         }
     }
-}
 
-impl IoFile for MemFile {
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut fs = self.fs.lock();
-        self.check(&fs)?;
+    /// Writes some prefix of `buf` at `at`; only bytes past the file's end use up space.
+    fn write_into(&self, fs: &mut Fs, buf: &[u8], at: u64) -> io::Result<usize> {
+        self.check(fs)?;
         let mut n = buf.len();
         if fs.short_writes && n > 1 {
             n /= 2;
         }
+        let len = fs.inodes.get(&self.ino).map_or(0, |i| i.data.len() as u64);
         let mut full = false;
         if let Some(left) = fs.space_left {
-            if (n as u64) > left {
-                n = left as usize;
+            let grow = |n: usize| (at + n as u64).saturating_sub(len);
+            if grow(n) > left {
+                n = n.saturating_sub((grow(n) - left) as usize);
                 full = true;
             }
-            fs.space_left = Some(left - n as u64);
+            fs.space_left = Some(left.saturating_sub(grow(n)));
         }
         if n == 0 && full {
             return Err(io::Error::from_raw_os_error(ENOSPC));
@@ -316,22 +393,48 @@ impl IoFile for MemFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
-        inode.data.extend_from_slice(&buf[..n]);
+        inode.put(at as usize, &buf[..n]);
         Ok(n)
+    }
+}
+
+impl IoFile for MemFile {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut fs = self.fs.lock();
+        let mut pos = self.pos.lock();
+        let n = self.write_into(&mut fs, buf, *pos)?;
+        *pos += n as u64;
+        Ok(n)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut fs = self.fs.lock();
+        let mut at = offset;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = self.write_into(&mut fs, rest, at)?;
+            at += n as u64;
+            rest = &rest[n..];
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         let mut fs = self.fs.lock();
         self.check(&fs)?;
-        fs.take_sync()?;
-        // What the fsync covers: the data as of its start. Usually only the appended tail
-        // needs copying (fsyncs stay O(new bytes)).
-        let snapshot = fs.inodes.get(&self.ino).map(|i| {
-            if i.reshaped || i.durable.len() > i.data.len() {
-                (i.data.len(), Some(i.data.clone()))
-            } else {
-                (i.data.len(), None)
+        if let Err(e) = fs.take_sync() {
+            // Linux: the dirty pages are marked clean without reaching the disk.
+            if let Some(i) = fs.inodes.get_mut(&self.ino) {
+                i.dirty_from = None;
             }
+            return Err(e);
+        }
+        // What the fsync covers: the bytes changed before it started (O(changed bytes)).
+        let snapshot = fs.inodes.get_mut(&self.ino).map(|i| {
+            let len = i.data.len();
+            let (from, to) = i.dirty_from.take().unwrap_or((len, len));
+            let (from, to) = (from.min(len), to.min(len));
+            (from, i.data[from..to.max(from)].to_vec(), len)
         });
         if let Some(latency) = fs.sync_latency {
             drop(fs);
@@ -343,20 +446,12 @@ impl IoFile for MemFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
-        match snapshot {
-            Some((_, Some(whole))) => {
-                inode.durable = whole;
-                inode.reshaped = false;
-            }
-            Some((len, None)) if !inode.reshaped && len <= inode.data.len() => {
-                let from = inode.durable.len();
-                if from < len {
-                    inode.durable.extend_from_slice(&inode.data[from..len]);
-                }
-            }
-            // Reshaped during the fsync: the fsync covered the old bytes only partly; keep
-            // the previous durable state (conservative).
-            _ => {}
+        if let Some((from, bytes, len)) = snapshot {
+            // Bytes outside the dirty range that differ were dropped by a failed fsync: the
+            // disk keeps its own (zeros past its old end).
+            let d = &mut inode.durable;
+            d.resize(len, 0);
+            d[from..from + bytes.len()].copy_from_slice(&bytes);
         }
         Ok(())
     }
@@ -368,9 +463,23 @@ impl IoFile for MemFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::from_raw_os_error(EIO))?;
+        let old = inode.data.len();
         inode.data.resize(len as usize, 0);
-        inode.reshaped = true;
+        inode.dirty(old.min(len as usize), len as usize);
+        *self.pos.lock() = len;
         Ok(())
+    }
+
+    fn zero_extend(&self, len: u64) -> io::Result<bool> {
+        let mut fs = self.fs.lock();
+        let cur = fs.inodes.get(&self.ino).map_or(0, |i| i.data.len() as u64);
+        let mut at = cur.max(*self.pos.lock());
+        while at < len {
+            let n = (len - at).min(64 << 10) as usize;
+            let w = self.write_into(&mut fs, &vec![0u8; n], at)?;
+            at += w as u64;
+        }
+        Ok(true)
     }
 }
 
@@ -407,7 +516,7 @@ impl Io for FaultyIo {
                 let ino = *ino;
                 if let Some(inode) = fs.inodes.get_mut(&ino) {
                     inode.data.clear();
-                    inode.reshaped = true;
+                    inode.dirty(0, 0);
                 }
                 ino
             }
@@ -417,21 +526,18 @@ impl Io for FaultyIo {
                 ino
             }
         };
-        Ok(Arc::new(MemFile {
-            fs: self.fs.clone(),
-            ino,
-            generation: fs.generation,
-        }))
+        Ok(MemFile::handle(self, ino, fs.generation, 0))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         let fs = self.fs.lock();
         let ino = fs.ino(path)?;
-        Ok(Arc::new(MemFile {
-            fs: self.fs.clone(),
-            ino,
-            generation: fs.generation,
-        }))
+        let len = fs.inodes.get(&ino).map_or(0, |i| i.data.len() as u64);
+        Ok(MemFile::handle(self, ino, fs.generation, len))
+    }
+
+    fn zero_extends(&self) -> bool {
+        !self.fs.lock().no_zero_extend
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

@@ -38,6 +38,16 @@ pub trait IoFile: Send + Sync + Debug {
     fn zero_extend(&self, _len: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// Writes all of `buf` at `offset`, without moving where the next
+    /// [`write`](Self::write) goes (the sync watermark file is rewritten in place this way).
+    /// The default says `Unsupported`; the log then keeps no watermark (see
+    /// [`crate::watermark`]).
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "positional writes are not supported",
+        ))
+    }
 }
 
 /// The file-system operations the WAL needs. Paths are absolute or relative to the process.
@@ -84,6 +94,35 @@ pub(crate) fn write_all(file: &dyn IoFile, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `parts` to `tmp`, fsyncs it and renames it to `path` (the caller fsyncs the
+/// directory). On a failed fsync `on_sync_fail` runs first (the temp file is abandoned and
+/// removed: an fsync is never retried).
+pub(crate) fn put_file(
+    io: &dyn Io,
+    tmp: &Path,
+    path: &Path,
+    parts: &[&[u8]],
+    on_sync_fail: impl FnOnce(&io::Error),
+) -> crate::Result<()> {
+    use crate::Error;
+    let written = (|| {
+        let f = io.create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        for p in parts {
+            write_all(f.as_ref(), p).map_err(|e| Error::io("write", tmp, e))?;
+        }
+        f.sync_data().map_err(|e| {
+            on_sync_fail(&e);
+            Error::io("fsync", tmp, e)
+        })
+    })();
+    if let Err(e) = written {
+        let _ = io.remove(tmp);
+        return Err(e);
+    }
+    io.rename(tmp, path)
+        .map_err(|e| Error::io("rename", tmp, e))
 }
 
 /// The real file system (`std::fs`).
@@ -139,6 +178,20 @@ impl IoFile for StdFile {
         self.file.set_len(len)?;
         self.pos.store(len, Ordering::Release);
         self.zeroed.store(len, Ordering::Release);
+        Ok(())
+    }
+    fn write_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match write_at(&self.file, buf, offset) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
     fn zero_extend(&self, len: u64) -> io::Result<bool> {
