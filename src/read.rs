@@ -3,7 +3,8 @@
 //! base is in the database are read as that row plus the pending delta,
 //! never while a flush of them is unsettled. Also refresh-ahead (one
 //! supervised background load per due key) and invalidation (clean copies
-//! only: a dirty entry is ours and will be flushed).
+//! go; a dirty entry keeps its write, which is ours and will be flushed,
+//! and forgets the row it was read over).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -335,7 +336,8 @@ pub(crate) async fn warm(sh: &Shared, keys: Vec<Key>) -> Result<usize> {
 }
 
 /// Drops the clean copy of `key` and cancels loads of it in progress; a
-/// dirty entry stays as it is. Returns whether a clean copy was dropped.
+/// dirty entry keeps its write and forgets its base (a counter is then read
+/// as the row plus its delta). Returns whether a clean copy was dropped.
 pub(crate) fn drop_key(sh: &Shared, key: &Key) -> bool {
     // Loads first: a read between the two steps then finds either the old
     // copy (the call has not returned) or starts a load of its own.
