@@ -88,6 +88,13 @@ impl LoadTicket {
     pub fn key(&self) -> &Key {
         &self.key
     }
+
+    /// Whether both tickets are of one key and no cut cleaned it and no
+    /// invalidation dropped it between them (a load begun at one is still
+    /// fit to serve at the other, as far as this state knows).
+    pub fn same_generation(&self, other: &LoadTicket) -> bool {
+        self.key == other.key && self.shard == other.shard && self.generation == other.generation
+    }
 }
 
 fn to_lookup(v: Visible) -> Lookup {
