@@ -134,8 +134,10 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// Drops the clean copy of `key` and cancels loads of it in progress,
     /// so the next [`get`](Self::get) reads the database: for rows changed
     /// behind the cache's back (write-around, a migration, an admin fix).
-    /// A dirty entry (a write not yet flushed) is never touched: it is this
-    /// cache's own write, and it will be flushed with its version check.
+    /// A dirty entry (a write not yet flushed) keeps its write: it is this
+    /// cache's own, and it will be flushed with its version check; only the
+    /// row it was read over is forgotten, so a counter's pending delta is
+    /// then read as the database's row plus that delta.
     /// With [`Builder::broadcast_invalidations`](crate::Builder::broadcast_invalidations)
     /// the other instances drop their copies too; an error then means the
     /// local copy is gone but the announcement failed. Returns whether a

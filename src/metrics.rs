@@ -439,11 +439,22 @@ impl Metrics {
 }
 
 /// Publishes counts (as increments since the last call) and gauges.
-/// Called by the checkpoint thread every 200 ms and after every flush.
+/// Called by the checkpoint thread every 200 ms, after every flush and at
+/// close, so two calls may overlap.
 pub(crate) fn publish(sh: &Shared) {
-    let m = sh.metrics();
-    let s = crate::stats::collect(sh);
+    publish_with(sh.metrics(), || crate::stats::collect(sh));
+}
+
+/// [`publish`] with the figures `collect` returns. They are collected under
+/// the lock of what was last published: calls then publish in the order
+/// their figures were taken, so `last` never goes back. (Collected before
+/// the lock, a call that took older figures could publish after a newer
+/// one; its `last` then went back, and the next call counted the
+/// difference again: 91 invalidation evictions for 90, and a hit-ratio
+/// gauge from other figures than the hit and miss counters.)
+fn publish_with(m: &Metrics, collect: impl FnOnce() -> Stats) {
     let mut last = m.published.lock();
+    let s = collect();
     let inc = |c: &Counter, now: u64, before: u64| {
         if now > before {
             c.increment(now - before);
@@ -575,6 +586,8 @@ impl Unflushed {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -593,6 +606,101 @@ mod tests {
         u.cut_taken();
         u.cut_done();
         assert_eq!(u.age(epoch), Duration::ZERO);
+    }
+
+    /// Counters and gauges by name, as a recorder sees them.
+    #[derive(Default)]
+    struct Seen(Mutex<std::collections::HashMap<String, Arc<AtomicU64>>>);
+
+    impl Seen {
+        fn handle(&self, key: &metrics::Key) -> Arc<AtomicU64> {
+            let name = match key.labels().find(|l| l.key() == "cause") {
+                Some(cause) => format!("{}/{}", key.name(), cause.value()),
+                None => key.name().to_owned(),
+            };
+            self.0.lock().entry(name).or_default().clone()
+        }
+
+        fn counter(&self, name: &str) -> u64 {
+            self.0.lock()[name].load(Ordering::Relaxed)
+        }
+
+        fn gauge(&self, name: &str) -> f64 {
+            f64::from_bits(self.0.lock()[name].load(Ordering::Relaxed))
+        }
+    }
+
+    impl metrics::Recorder for Seen {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<Unit>, _: metrics::SharedString) {
+        }
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            Counter::from_arc(self.handle(key))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.handle(key))
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Two publishes overlap: the first took its figures (no invalidation
+    /// yet, hit ratio 1/2), then a second took newer ones (1 invalidation,
+    /// ratio 3/4) and published them. The counter must count the
+    /// invalidation once, and the gauge must end on the newer figures, as
+    /// a third publish of the same figures leaves them.
+    #[test]
+    fn overlapping_publishes_count_every_event_once() {
+        use std::sync::mpsc;
+        let seen = Seen::default();
+        let m = metrics::with_local_recorder(&seen, || Metrics::register("test"));
+        let older = Stats {
+            hits: 1,
+            misses: 1,
+            ..Stats::default()
+        };
+        let newer = Stats {
+            hits: 3,
+            misses: 1,
+            invalidation_evictions: 1,
+            ..Stats::default()
+        };
+        let (collected, collected_rx) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let (m, older) = (&m, &older);
+            let first = s.spawn(move || {
+                publish_with(m, || {
+                    let figures = older.clone();
+                    collected.send(()).unwrap_or_else(|e| panic!("{e}"));
+                    // The second publish runs meanwhile, unless it waits
+                    // for this one (then this waits out the second).
+                    let _ = go_rx.recv_timeout(Duration::from_secs(1));
+                    figures
+                });
+            });
+            collected_rx.recv().unwrap_or_else(|e| panic!("{e}"));
+            let second = s.spawn(|| publish_with(m, || newer.clone()));
+            second.join().unwrap_or_else(|_| panic!("second publish"));
+            let _ = go.send(());
+            first.join().unwrap_or_else(|_| panic!("first publish"));
+        });
+        let inv = "writebehind_evictions_total/invalidation";
+        let ratio = seen.gauge("writebehind_hit_ratio");
+        publish_with(&m, || newer.clone());
+        assert_eq!(seen.counter(inv), 1);
+        assert_eq!(seen.counter("writebehind_hits_total"), 3);
+        assert_eq!(seen.counter("writebehind_misses_total"), 1);
+        assert_eq!(ratio, 0.75, "the gauge from the older figures");
+        assert_eq!(seen.gauge("writebehind_hit_ratio"), 0.75);
     }
 
     #[test]

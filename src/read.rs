@@ -3,7 +3,8 @@
 //! base is in the database are read as that row plus the pending delta,
 //! never while a flush of them is unsettled. Also refresh-ahead (one
 //! supervised background load per due key) and invalidation (clean copies
-//! only: a dirty entry is ours and will be flushed).
+//! go; a dirty entry keeps its write, which is ours and will be flushed,
+//! and forgets the row it was read over).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
-use writebehind_core::{Expected, Key, Lookup, Value};
+use writebehind_core::{Expected, Key, LoadTicket, Lookup, Value};
 use writebehind_writer::Writer;
 
 use crate::shared::Shared;
@@ -26,6 +27,19 @@ type LoadResult = std::result::Result<Option<(Value, i64)>, Arc<Error>>;
 /// One load, shared by every caller of its key.
 type Cell = Arc<OnceCell<LoadResult>>;
 
+/// A load in progress and the moment it belongs to: its ticket (the key's
+/// shard generation, which a cut that cleans the key or an invalidation
+/// moves) and the cut epoch (which taking or settling a cut moves). Only a
+/// reader that finds both unchanged joins it: the row it brings may predate
+/// a flush that committed since, and a reader arriving after that flush
+/// must not see the row without the flushed change (a counter's delta
+/// missed, or written back by `update` as a stale put).
+struct Slot {
+    cell: Cell,
+    ticket: LoadTicket,
+    epoch: u64,
+}
+
 /// First pause of refreshes after a failed one; it doubles per failure.
 const REFRESH_PAUSE: Duration = Duration::from_millis(50);
 /// Longest pause of refreshes.
@@ -35,8 +49,11 @@ const REFRESH_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// failures (a database that is down is not asked once per read).
 #[derive(Default)]
 pub(crate) struct Loads {
-    map: Mutex<HashMap<Key, Cell>>,
+    map: Mutex<HashMap<Key, Slot>>,
     pause: Mutex<Pause>,
+    /// Test seam: the next load of a key stops after its query returned.
+    #[cfg(test)]
+    hold: Mutex<Option<tests::Hold>>,
 }
 
 /// Refreshes start again at `until`; `failures` in a row so far.
@@ -47,29 +64,64 @@ struct Pause {
 }
 
 impl Loads {
-    /// The load of `key` in progress, or a new one.
-    fn join(&self, key: &Key) -> Cell {
-        self.map
-            .lock()
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone()
-    }
-
-    /// A new load of `key`, unless one is in progress.
-    fn start(&self, key: &Key) -> Option<Cell> {
-        match self.map.lock().entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => None,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                Some(v.insert(Arc::new(OnceCell::new())).clone())
+    /// The load of `key` in progress, if it began in the same generation
+    /// and cut epoch as now, or a new one (which replaces an older one in
+    /// the map: its callers still get their row, later readers do not).
+    /// Returns the load and its ticket, for
+    /// [`insert_loaded`](writebehind_core::State::insert_loaded).
+    fn join(&self, sh: &Shared, key: &Key) -> (Cell, LoadTicket) {
+        // Read before the map's lock, and before the query: a flush that
+        // commits after this moment makes the load's row unfit to keep.
+        let ticket = sh.state().load_ticket(key);
+        let epoch = cut_epoch(sh);
+        let mut map = self.map.lock();
+        match map.get(key) {
+            Some(slot) if slot.epoch == epoch && slot.ticket.same_generation(&ticket) => {
+                (slot.cell.clone(), slot.ticket.clone())
+            }
+            _ => {
+                let cell = Cell::default();
+                map.insert(
+                    key.clone(),
+                    Slot {
+                        cell: cell.clone(),
+                        ticket: ticket.clone(),
+                        epoch,
+                    },
+                );
+                (cell, ticket)
             }
         }
+    }
+
+    /// A new load of `key`, unless one that readers would join is in
+    /// progress.
+    fn start(&self, sh: &Shared, key: &Key) -> Option<(Cell, LoadTicket)> {
+        let ticket = sh.state().load_ticket(key);
+        let epoch = cut_epoch(sh);
+        let mut map = self.map.lock();
+        if map
+            .get(key)
+            .is_some_and(|slot| slot.epoch == epoch && slot.ticket.same_generation(&ticket))
+        {
+            return None;
+        }
+        let cell = Cell::default();
+        map.insert(
+            key.clone(),
+            Slot {
+                cell: cell.clone(),
+                ticket: ticket.clone(),
+                epoch,
+            },
+        );
+        Some((cell, ticket))
     }
 
     /// The load behind `cell` is over: later reads start their own.
     fn finish(&self, key: &Key, cell: &Cell) {
         let mut loads = self.map.lock();
-        if loads.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+        if loads.get(key).is_some_and(|s| Arc::ptr_eq(&s.cell, cell)) {
             loads.remove(key);
         }
     }
@@ -104,6 +156,11 @@ impl Loads {
         p.failures = p.failures.saturating_add(1);
         p.until = Instant::now().checked_add(wait);
     }
+}
+
+/// The cut epoch (0 without a database: nothing is loaded then).
+fn cut_epoch(sh: &Shared) -> u64 {
+    sh.pipeline().map_or(0, |p| p.epoch())
 }
 
 /// Whether misses and unknown counter bases are read from the database.
@@ -219,8 +276,8 @@ pub(crate) async fn load(sh: &Shared, key: &Key) -> Result<Option<(Value, i64)>>
     let Some(writer) = loader(sh, key) else {
         return Ok(None);
     };
-    let cell = sh.loads().join(key);
-    let result = fill(sh, writer, key, &cell).await;
+    let (cell, ticket) = sh.loads().join(sh, key);
+    let result = fill(sh, writer, key, &cell, ticket).await;
     sh.loads().finish(key, &cell);
     result.map_err(|source| Error::Load {
         key: key.to_string(),
@@ -239,13 +296,21 @@ fn loader<'a>(sh: &'a Shared, key: &Key) -> Option<&'a Writer> {
 }
 
 /// Runs the load behind `cell` once (or waits for it): one query, timed,
-/// its row cached unless the key was written or invalidated meanwhile.
-async fn fill(sh: &Shared, writer: &Writer, key: &Key, cell: &Cell) -> LoadResult {
+/// its row cached unless the key was written, cleaned by a cut or
+/// invalidated since `ticket` (the cell's) was taken.
+async fn fill(
+    sh: &Shared,
+    writer: &Writer,
+    key: &Key,
+    cell: &Cell,
+    ticket: LoadTicket,
+) -> LoadResult {
     cell.get_or_init(|| async {
-        let ticket = sh.state().load_ticket(key);
         sh.counters().add(Count::Loads, 1);
         let started = Instant::now();
         let loaded = writer.load(std::slice::from_ref(key)).await;
+        #[cfg(test)]
+        sh.loads().held(key).await;
         let took = started.elapsed();
         sh.load_times().record(took);
         sh.metrics().loaded(took);
@@ -275,7 +340,7 @@ fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
     if sh.loads().refreshes_paused() {
         return;
     }
-    let Some(cell) = sh.loads().start(&key) else {
+    let Some((cell, ticket)) = sh.loads().start(sh, &key) else {
         return;
     };
     // The copy this read saw may have been refreshed since: then the slot
@@ -291,7 +356,7 @@ fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
     let _task = runtime.spawn(async move {
         let job = async {
             match loader(&sh, &key) {
-                Some(writer) => fill(&sh, writer, &key, &cell).await.map(drop),
+                Some(writer) => fill(&sh, writer, &key, &cell, ticket).await.map(drop),
                 None => Ok(()),
             }
         };
@@ -335,7 +400,8 @@ pub(crate) async fn warm(sh: &Shared, keys: Vec<Key>) -> Result<usize> {
 }
 
 /// Drops the clean copy of `key` and cancels loads of it in progress; a
-/// dirty entry stays as it is. Returns whether a clean copy was dropped.
+/// dirty entry keeps its write and forgets its base (a counter is then read
+/// as the row plus its delta). Returns whether a clean copy was dropped.
 pub(crate) fn drop_key(sh: &Shared, key: &Key) -> bool {
     // Loads first: a read between the two steps then finds either the old
     // copy (the call has not returned) or starts a load of its own.
@@ -433,6 +499,159 @@ pub(crate) fn invalidate(sh: &Shared, keys: &[(String, Option<i64>)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
+
+    /// A load to stop after its query returned; see [`Loads::hold`].
+    pub(super) struct Hold {
+        key: Key,
+        reached: oneshot::Sender<()>,
+        resume: oneshot::Receiver<()>,
+    }
+
+    impl Loads {
+        /// The next load of `key` stops after its query returned (its row
+        /// is the database's as of then), says so on the first channel,
+        /// and goes on when the second is sent to (or dropped).
+        fn hold(&self, key: &str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+            let (reached, reached_rx) = oneshot::channel();
+            let (resume_tx, resume) = oneshot::channel();
+            *self.hold.lock() = Some(Hold {
+                key: Key::from(key),
+                reached,
+                resume,
+            });
+            (reached_rx, resume_tx)
+        }
+
+        /// Where a load stops when it is held.
+        pub(super) async fn held(&self, key: &Key) {
+            let hold = {
+                let mut hold = self.hold.lock();
+                match hold.as_ref() {
+                    Some(h) if h.key == *key => hold.take(),
+                    _ => None,
+                }
+            };
+            if let Some(h) = hold {
+                let _ = h.reached.send(());
+                let _ = h.resume.await;
+            }
+        }
+    }
+
+    /// A reader that arrives after a flush committed never joins a load
+    /// that began before it: it would be served the row without the
+    /// flushed change. Deterministic: reader A's load is held after its
+    /// query returned, a flush commits, then reader B comes. On the old
+    /// code B joined A's load and waited for it (it is let go after 2 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_after_a_flush_never_joins_a_load_that_began_before_it() {
+        const KEY: &str = "views";
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("db.sqlite").display()
+        );
+        let cache = crate::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+            .database(url)
+            .create_tables(true)
+            .notify(false)
+            // No copy is kept by a flush: a read after it loads the row.
+            .read_back(false)
+            .flush_interval(Duration::from_secs(3_600))
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+
+        /// Spawns `first` and holds its load; runs `between` (a flush),
+        /// then spawns `second`: returns both answers.
+        async fn race<T: Send + 'static>(
+            cache: &crate::WriteBehind<String, i64>,
+            first: impl std::future::Future<Output = T> + Send + 'static,
+            between: impl std::future::Future<Output = ()>,
+            second: impl std::future::Future<Output = T> + Send + 'static,
+        ) -> (T, T) {
+            let (reached, resume) = cache.shared.loads().hold(KEY);
+            let mut resume = Some(resume);
+            let a = tokio::spawn(first);
+            reached.await.unwrap_or_else(|e| panic!("{e}"));
+            between.await;
+            let mut b = tokio::spawn(second);
+            let b = match tokio::time::timeout(Duration::from_secs(2), &mut b).await {
+                Ok(done) => done,
+                Err(_) => {
+                    // Still waiting: it joined A's load. Let both go.
+                    drop(resume.take());
+                    b.await
+                }
+            };
+            // A goes on (if it was not let go above).
+            drop(resume);
+            let a = a.await;
+            let join = |r: std::result::Result<T, tokio::task::JoinError>| {
+                r.unwrap_or_else(|e| panic!("{e}"))
+            };
+            (join(a), join(b))
+        }
+        let get = |c: &crate::WriteBehind<String, i64>| {
+            let c = c.clone();
+            async move { c.get(KEY).await.unwrap_or_else(|e| panic!("{e}")) }
+        };
+        let add_and_flush = |c: &crate::WriteBehind<String, i64>, n: i64| {
+            let c = c.clone();
+            async move {
+                c.add(KEY, n).await.unwrap_or_else(|e| panic!("{e}"));
+                c.flush().await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        };
+        ok(cache.add(KEY, 40).await.map(drop));
+        ok(cache.flush().await);
+        assert_eq!(cache.stats().clean_entries, 0);
+
+        // A miss: A reads 40 (it began before the flush), B 45.
+        let (a, b) = race(&cache, get(&cache), add_and_flush(&cache, 5), get(&cache)).await;
+        assert_eq!((a, b), (Some(40), Some(45)));
+        assert_eq!(get(&cache).await, Some(45), "A's row was not kept");
+
+        // update: B's read-modify-write must see the flushed +5, else it
+        // writes 46 back as a put and the acknowledged increment is lost.
+        ok(cache.invalidate(KEY).await.map(drop));
+        let update = {
+            let c = cache.clone();
+            async move {
+                let v: Option<i64> = c
+                    .update(KEY, |v: Option<i64>| v.map(|v| v + 1))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                v
+            }
+        };
+        let (a, b) = race(&cache, get(&cache), add_and_flush(&cache, 5), update).await;
+        assert_eq!((a, b), (Some(45), Some(51)));
+        ok(cache.flush().await);
+        ok(cache.invalidate(KEY).await.map(drop));
+        assert_eq!(get(&cache).await, Some(51));
+
+        // A counter over an unknown base (row + pending delta): B must add
+        // its delta to the row with the flushed one. A, whose cut epoch
+        // moved, reads again and sees the same.
+        ok(cache.invalidate(KEY).await.map(drop));
+        ok(cache.add(KEY, 7).await.map(drop));
+        let between = {
+            let c = cache.clone();
+            async move {
+                c.flush().await.unwrap_or_else(|e| panic!("{e}"));
+                c.add(KEY, 1).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        };
+        let (a, b) = race(&cache, get(&cache), between, get(&cache)).await;
+        assert_eq!((a, b), (Some(59), Some(59)));
+        ok(cache.flush().await);
+        ok(cache.invalidate(KEY).await.map(drop));
+        assert_eq!(get(&cache).await, Some(59));
+        ok(cache.close().await);
+    }
 
     #[test]
     fn failed_refreshes_pause_refreshes_doubling_and_a_success_ends_the_pause() {

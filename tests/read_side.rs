@@ -201,6 +201,74 @@ async fn invalidation_never_loses_a_dirty_write() {
     cache.close().await.unwrap();
 }
 
+/// A counter with a pending delta over a row another program changed:
+/// invalidate drops the base the delta was added to, keeps the delta, and
+/// the next get is the new row plus the delta (before the flush too);
+/// invalidate_prefix does the same. The flush adds the deltas to the rows.
+async fn invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta(db: Db) {
+    let wal = tempfile::tempdir().unwrap();
+    let cache = db.builder(wal.path()).open().await.unwrap();
+    for key in ["views:1", "views:2", "views:3"] {
+        cache.add(key, 40).await.unwrap();
+    }
+    cache.flush().await.unwrap();
+    for key in ["views:1", "views:2", "views:3"] {
+        // The row is the base now, in memory.
+        assert_eq!(cache.get(key).await.unwrap(), Some(40));
+        cache.add(key, 5).await.unwrap();
+        assert_eq!(cache.get(key).await.unwrap(), Some(45));
+    }
+    let loads = cache.stats().loads;
+    db.set("views:1", 1040).await;
+    db.set("views:2", 2040).await;
+    db.set("views:3", 3040).await;
+    // Not invalidated yet: the cache knows nothing of the change.
+    assert_eq!(cache.get("views:1").await.unwrap(), Some(45));
+    // No clean copy to drop (the entry is dirty), but the base goes.
+    assert!(!cache.invalidate("views:1").await.unwrap());
+    assert_eq!(cache.get("views:1").await.unwrap(), Some(1045));
+    assert_eq!(cache.stats().loads, loads + 1);
+    assert_eq!(cache.invalidate_prefix("views:2").await.unwrap(), 0);
+    assert_eq!(cache.get("views:2").await.unwrap(), Some(2045));
+    assert_eq!(
+        cache.get("views:3").await.unwrap(),
+        Some(45),
+        "not invalidated"
+    );
+    assert_eq!(cache.stats().dirty_entries, 3);
+
+    cache.flush().await.unwrap();
+    let s = cache.stats();
+    assert_eq!((s.conflicts, s.dirty_entries), (0, 0));
+    assert_eq!(cache.get("views:1").await.unwrap(), Some(1045));
+    assert_eq!(cache.invalidate_prefix("views:").await.unwrap(), 3);
+    assert_eq!(cache.get("views:1").await.unwrap(), Some(1045));
+    assert_eq!(cache.get("views:2").await.unwrap(), Some(2045));
+    // The write-behind delta landed on the other program's row.
+    assert_eq!(cache.get("views:3").await.unwrap(), Some(3045));
+    cache.close().await.unwrap();
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta_sqlite() {
+    invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta(Db::sqlite()).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta_postgres() {
+    invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta(Db::from_env("WB_POSTGRES_URL"))
+        .await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta_mysql() {
+    invalidating_a_dirty_counter_reads_the_new_row_plus_the_delta(Db::from_env("WB_MYSQL_URL"))
+        .await;
+}
+
 /// The blocking twins do the same from a plain thread.
 #[test]
 fn the_blocking_twins_invalidate_too() {

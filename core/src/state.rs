@@ -88,6 +88,13 @@ impl LoadTicket {
     pub fn key(&self) -> &Key {
         &self.key
     }
+
+    /// Whether both tickets are of one key and no cut cleaned it and no
+    /// invalidation dropped it between them (a load begun at one is still
+    /// fit to serve at the other, as far as this state knows).
+    pub fn same_generation(&self, other: &LoadTicket) -> bool {
+        self.key == other.key && self.shard == other.shard && self.generation == other.generation
+    }
 }
 
 fn to_lookup(v: Visible) -> Lookup {
@@ -591,19 +598,26 @@ impl State {
         inner.generation += 1;
         self.clean.invalidate(key);
         if let Some(node) = inner.table.find_mut(hash, |n| *n.key == **key) {
-            let old = node.bytes();
-            node.known = node.known.invalidated();
-            self.add_bytes(old, node.bytes());
+            self.forget_base(node);
         }
     }
 
-    /// Drops the clean copy of `key` and refuses loads of it in progress,
-    /// leaving a dirty entry exactly as it is (it is ours and will be
-    /// flushed). Returns whether a clean copy was dropped.
+    /// The row of `key` was changed behind the cache (an explicit
+    /// invalidation): drops the clean copy, refuses loads of it in progress,
+    /// and makes a dirty entry forget the row value it was derived from.
+    /// The dirty entry's own write stays whole: a put or delete is still
+    /// what reads see and what is flushed, with the same version check (the
+    /// version is kept); a counter's pending delta stays, over an unknown
+    /// base, so the next read loads the row and adds the delta (the old base
+    /// would hide the other program's change until the flush). Returns
+    /// whether a clean copy was dropped.
     pub fn drop_clean(&self, key: &Key) -> bool {
         let hash = self.hash(key);
         let mut inner = self.shards[self.shard_of(hash)].inner.write();
         inner.generation += 1;
+        if let Some(node) = inner.table.find_mut(hash, |n| *n.key == **key) {
+            self.forget_base(node);
+        }
         self.clean.invalidate(key)
     }
 
@@ -615,9 +629,23 @@ impl State {
         // Generations first: a load that began before this call cannot
         // bring an old row back after the sweep.
         for shard in self.shards.iter() {
-            shard.inner.write().generation += 1;
+            let mut inner = shard.inner.write();
+            inner.generation += 1;
+            for node in inner.table.iter_mut() {
+                if node.key.starts_with(prefix) {
+                    self.forget_base(node);
+                }
+            }
         }
         self.clean.invalidate_prefix(prefix)
+    }
+
+    /// A dirty entry forgets the row value its state was derived from,
+    /// keeping the version its next put or delete is checked against.
+    fn forget_base(&self, node: &mut Node) {
+        let old = node.bytes();
+        node.known = node.known.invalidated();
+        self.add_bytes(old, node.bytes());
     }
 
     /// Heap bytes of the dirty index itself: hash tables, entry nodes and

@@ -839,19 +839,23 @@ fn is_in_flight_is_true_only_between_cut_and_completion() {
 }
 
 #[test]
-fn drop_clean_refuses_loads_in_progress_and_leaves_dirty_entries_alone() {
+fn drop_clean_refuses_loads_in_progress_and_keeps_dirty_writes_over_a_forgotten_base() {
     let state = State::new(Limits::default());
     let row = Some((Value::Int(1), 1));
-    // A dirty entry whose base is known: dropping clean copies keeps it whole.
+    // A counter whose base is known: the row changed behind the cache, so
+    // the base goes and the pending delta stays (read as row + delta); the
+    // version stays for the next put's check.
     write(&state, "d", put_i(7), 1).unwrap();
     cut(&state, 2);
     state.complete_cut(&[written(3, Value::Int(7))]).unwrap();
     write(&state, "d", Change::Add(1), 3).unwrap();
+    assert_eq!(state.get(&k("d")), Lookup::Value(Value::Int(8)));
     let bytes = state.dirty_bytes();
     assert!(!state.drop_clean(&k("d")));
-    assert_eq!(state.get(&k("d")), Lookup::Value(Value::Int(8)));
+    assert_eq!(state.get(&k("d")), Lookup::Delta(1));
     assert_eq!(state.lock(&k("d")).expected(&k("d")), Expected::Version(3));
-    assert_eq!(state.dirty_bytes(), bytes);
+    assert_eq!(state.dirty_bytes(), bytes - 8, "the base value's 8 bytes");
+    assert_eq!(state.stats().dirty_entries, 1);
     // A clean copy goes, and a load that began before cannot bring it back.
     let t = state.load_ticket(&k("c"));
     assert!(state.insert_loaded(t, row.clone()));
@@ -865,12 +869,23 @@ fn drop_clean_refuses_loads_in_progress_and_leaves_dirty_entries_alone() {
         assert!(state.insert_loaded(t, row.clone()));
     }
     write(&state, "team:1:dirty", put_i(5), 4).unwrap();
+    // Counters over a loaded row: under the prefix and not.
+    for key in ["team:1:n", "team:2:n"] {
+        let t = state.load_ticket(&k(key));
+        assert!(state.insert_loaded(t, Some((Value::Int(40), 2))));
+        write(&state, key, Change::Add(5), 5).unwrap();
+        assert_eq!(state.get(&k(key)), Lookup::Value(Value::Int(45)));
+    }
     let t = state.load_ticket(&k("team:1:c"));
     assert_eq!(state.drop_clean_prefix("team:1:"), 2);
     assert!(!state.insert_loaded(t, row.clone()));
     assert_eq!(state.get(&k("team:1:a")), Lookup::Miss);
     assert_eq!(state.get(&k("team:2:a")), Lookup::Value(Value::Int(1)));
     assert_eq!(state.get(&k("team:1:dirty")), Lookup::Value(Value::Int(5)));
+    assert_eq!(state.get(&k("team:1:n")), Lookup::Delta(5));
+    assert_eq!(state.get(&k("team:2:n")), Lookup::Value(Value::Int(45)));
+    let n = k("team:1:n");
+    assert_eq!(state.lock(&n).expected(&n), Expected::Version(2));
     let s = state.stats();
     assert_eq!((s.invalidation_evictions, s.clean_entries), (3, 1));
     assert_eq!(s.clean_bytes, "team:2:a".len() + 8);
