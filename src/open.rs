@@ -230,7 +230,7 @@ async fn replication(
     // a leader answers within seconds), then refuse. Other modes go on.
     let must = rebuilding || cfg.durability() == crate::Durability::Replicated;
     let patience = if must {
-        Duration::from_secs(30)
+        crate::replicate::OPEN_PATIENCE
     } else {
         Duration::ZERO
     };

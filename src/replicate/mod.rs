@@ -67,8 +67,9 @@ const HEADER_ROOM: usize = 512;
 /// Retry pauses while NATS is unreachable: doubling between these.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long a rebuild keeps trying to reach the stream.
-const REBUILD_PATIENCE: Duration = Duration::from_secs(30);
+/// How long an open that cannot go on without the stream (a rebuild, a
+/// `Replicated` cache) keeps trying to reach it.
+pub(crate) const OPEN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The names one instance uses in NATS.
 #[derive(Clone, Debug)]
@@ -283,7 +284,7 @@ impl History {
 }
 
 /// Reads the instance's history from the stream.
-pub(crate) async fn history(n: &Names, s: &Session, owners: &Owners) -> Result<History> {
+async fn history(n: &Names, s: &Session, owners: &Owners) -> Result<History> {
     let instance = n.instance.as_str();
     let floor = floor(n, &s.stream, owners).await?;
     let checkpoint = newest_checkpoint(n, s, owners).await?;
