@@ -74,6 +74,7 @@ pub struct Claim {
 /// a flush either commits before the claim takes the row (the claim then
 /// sees its position) or reads the new epoch and is fenced, never both. A
 /// flush on a writer that has not claimed claims first (epoch at least 0).
+#[derive(Clone, Debug)]
 pub struct Writer {
     inner: Arc<Inner>,
 }
