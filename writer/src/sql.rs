@@ -489,8 +489,10 @@ impl Dialect {
             ""
         };
         let (pos, inst) = (self.fixed("position"), self.fixed("instance"));
+        // Qualified: SQLite reads an unknown double-quoted name alone as a
+        // string literal (a table without the column would answer 'owner_epoch').
         let epoch = if epoch {
-            format!(", {}", self.fixed("owner_epoch"))
+            format!(", {}.{}", self.progress, self.fixed("owner_epoch"))
         } else {
             String::new()
         };
@@ -555,12 +557,13 @@ impl Dialect {
     }
 
     /// A query that fails when the progress table lacks `owner_epoch` (a
-    /// table created before fencing).
+    /// table created before fencing). Qualified, so SQLite cannot take the
+    /// quoted name for a string literal.
     pub(crate) fn epoch_probe(&self) -> String {
         format!(
-            "SELECT {} FROM {} WHERE 1 = 0",
+            "SELECT {p}.{} FROM {p} WHERE 1 = 0",
             self.fixed("owner_epoch"),
-            self.progress
+            p = self.progress
         )
     }
 
