@@ -736,3 +736,38 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
     guard.normal = true;
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The claim at open honours `at_least` (the epoch replication took on
+    /// the stream) and still only grows.
+    #[tokio::test]
+    async fn the_claim_at_open_honours_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let cfg = crate::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+            .database(url.clone())
+            .create_tables(true)
+            .cfg;
+        let open = |at_least| {
+            let (cfg, url) = (&cfg, &url);
+            async move {
+                let w = Writer::connect(url, writebehind_writer::WriterConfig::new("i"))
+                    .await
+                    .unwrap();
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least);
+                p.at_open().await.unwrap();
+                let epoch = p.owner_epoch();
+                p.writer().close().await;
+                epoch
+            }
+        };
+        assert_eq!(open(7).await, Some(7));
+        assert_eq!(open(0).await, Some(8));
+        assert_eq!(open(3).await, Some(9));
+        assert_eq!(open(20).await, Some(20));
+    }
+}
