@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use writebehind::{Error, RetryPolicy, WriteBehind};
+use writebehind::{Error, WriteBehind};
 
 #[path = "../writer/tests/common/proxy.rs"]
-#[allow(dead_code)]
 mod proxy;
 
 struct Db {
@@ -309,6 +308,7 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_down_at_open_is_claimed_before_the_first_flush() {
         use proxy::{via_proxy, Proxy};
+        use writebehind::RetryPolicy;
         let db = db();
         let id = instance_id();
         // A first owner, so the claim below must take epoch 2.
