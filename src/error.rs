@@ -116,6 +116,28 @@ pub enum Error {
         /// The last position of the WAL when it was opened.
         wal: Lsn,
     },
+    /// Another owner claimed this cache's instance id in the database (an
+    /// `adopt`, a rebuild, a second process or WAL directory opened with the
+    /// same `instance_id`): its owner epoch is newer than the one this cache
+    /// claimed at open. Permanent: this cache flushes nothing more (its
+    /// flusher stops; `flush`, `flushed` and reads waiting for a flush fail
+    /// with this at once, `close` reports it among its errors) and refuses
+    /// new writes with it before they reach the WAL. The writes already in
+    /// the WAL stay there, unflushed: an operator can hand them to the new
+    /// owner (`writebehind adopt`) or reopen the directory, which claims
+    /// the instance back.
+    #[error(
+        "instance {instance:?} is owned by a newer owner (owner epoch {owner_epoch}; this cache claimed {ours}): \
+         this cache is fenced, flushes nothing more and refuses writes; its unflushed writes stay in its WAL"
+    )]
+    Fenced {
+        /// The instance id.
+        instance: String,
+        /// The owner epoch this cache claimed.
+        ours: u64,
+        /// The new owner's epoch, found in the database's progress row.
+        owner_epoch: u64,
+    },
     /// A WAL record could not be understood during recovery.
     #[error("recovery of {dir}: {reason} (lsn {lsn})")]
     Recovery {
@@ -230,6 +252,15 @@ impl From<writebehind_writer::Error> for Error {
             writebehind_writer::Error::InvalidIdent { name, reason } => {
                 Error::InvalidIdentifier { name, reason }
             }
+            writebehind_writer::Error::Fenced {
+                instance,
+                ours,
+                current,
+            } => Error::Fenced {
+                instance,
+                ours,
+                owner_epoch: current,
+            },
             other => Error::Database(other),
         }
     }
@@ -248,6 +279,18 @@ impl Error {
             Error::FlushTimeout { cause, .. } | Error::Unsettled { cause, .. } => {
                 cause.as_ref().and_then(|e| e.class())
             }
+            Error::Fenced { .. } => Some(ErrorClass::Permanent),
+            _ => None,
+        }
+    }
+
+    /// When this cache was fenced ([`Error::Fenced`]), the new owner's
+    /// epoch; looks through flush and close wrappers.
+    pub fn fenced_by(&self) -> Option<u64> {
+        match self {
+            Error::Fenced { owner_epoch, .. } => Some(*owner_epoch),
+            Error::Flush(e) => e.fenced_by(),
+            Error::Close(errors) => errors.iter().find_map(Error::fenced_by),
             _ => None,
         }
     }
@@ -283,6 +326,23 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         assert_eq!(e.class(), Some(ErrorClass::Permanent));
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_fenced_writer_error_becomes_fenced_and_is_permanent() {
+        let e: Error = writebehind_writer::Error::Fenced {
+            instance: "i".into(),
+            ours: 3,
+            current: 4,
+        }
+        .into();
+        assert!(
+            matches!(&e, Error::Fenced { instance, ours: 3, owner_epoch: 4 } if instance == "i"),
+            "{e:?}"
+        );
+        assert_eq!(e.class(), Some(ErrorClass::Permanent));
+        assert_eq!(Error::Close(vec![Error::Closed, e]).fenced_by(), Some(4));
+        assert_eq!(Error::Closed.fenced_by(), None);
     }
 
     #[test]

@@ -31,6 +31,8 @@
 //! | `writebehind_wal_bytes` | gauge | WAL bytes on disk (segments and checkpoints) |
 //! | `writebehind_wal_segments` | gauge | WAL segment files |
 //! | `writebehind_fsync_seconds` | histogram | Waits for an fsync: each fsync-durability write's group commit, flush-start markers, explicit syncs |
+//! | `writebehind_owner_epoch` | gauge | The owner epoch this cache claimed for its instance id (0 before the claim) |
+//! | `writebehind_fenced` | gauge | 1 once another owner claimed the instance id (the cache flushes nothing more and refuses writes), else 0 |
 //! | `writebehind_flushes_total` | counter | Flushes committed |
 //! | `writebehind_flush_failures_total` | counter | Flush rounds that failed after their retries (retried later) |
 //! | `writebehind_flush_batch_rows` | histogram | Keys per flushed batch (cut) |
@@ -152,6 +154,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "writebehind_fsync_seconds",
         "histogram",
         "Waits for a WAL fsync",
+    ),
+    (
+        "writebehind_owner_epoch",
+        "gauge",
+        "The owner epoch this cache claimed for its instance id",
+    ),
+    (
+        "writebehind_fenced",
+        "gauge",
+        "1 once another owner claimed the instance id (nothing more is flushed)",
     ),
     ("writebehind_flushes_total", "counter", "Flushes committed"),
     (
@@ -291,6 +303,8 @@ pub(crate) struct Metrics {
     replication_lag_seconds: Gauge,
     replication_failures: Counter,
     fsync: Histogram,
+    owner_epoch: Gauge,
+    fenced: Gauge,
     flushes: Counter,
     flush_failures: Counter,
     flush_rows: Histogram,
@@ -364,6 +378,8 @@ impl Metrics {
             replication_lag_seconds: g("writebehind_replication_lag_seconds"),
             replication_failures: c("writebehind_replication_failures_total"),
             fsync: h("writebehind_fsync_seconds"),
+            owner_epoch: g("writebehind_owner_epoch"),
+            fenced: g("writebehind_fenced"),
             flushes: c("writebehind_flushes_total"),
             flush_failures: c("writebehind_flush_failures_total"),
             flush_rows: h("writebehind_flush_batch_rows"),
@@ -521,6 +537,8 @@ fn publish_with(m: &Metrics, collect: impl FnOnce() -> Stats) {
     m.oldest_unflushed.set(s.oldest_unflushed.as_secs_f64());
     m.wal_bytes.set(s.wal_bytes as f64);
     m.wal_segments.set(s.wal_segments as f64);
+    m.owner_epoch.set(s.owner_epoch.unwrap_or(0) as f64);
+    m.fenced.set(if s.fenced.is_some() { 1.0 } else { 0.0 });
     m.replication_lag_lsns.set(s.replication_lag_lsns as f64);
     m.replication_lag_seconds
         .set(s.replication_lag.as_secs_f64());

@@ -140,7 +140,14 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     );
     let pipeline = match writer {
         Some(writer) => {
-            let p = Pipeline::new(&cfg, writer, notify, opened.flushed, opened.wal.last_lsn());
+            let p = Pipeline::new(
+                &cfg,
+                writer,
+                notify,
+                opened.flushed,
+                opened.wal.last_lsn(),
+                0,
+            );
             p.at_open().await?;
             Some(p)
         }

@@ -54,6 +54,8 @@ pub(crate) struct Counts {
     pub(crate) notifications: u64,
     pub(crate) hook_panics: u64,
     pub(crate) last_error: Option<String>,
+    pub(crate) owner_epoch: Option<u64>,
+    pub(crate) fenced: Option<u64>,
 }
 
 #[derive(Default)]
@@ -81,6 +83,12 @@ pub(crate) struct Pipeline {
     unchecked: Mutex<Option<Lsn>>,
     /// Set when the check failed: every round fails with it.
     refused: OnceLock<Arc<Error>>,
+    /// The least owner epoch to claim (an epoch taken on the replication
+    /// stream; 0 otherwise).
+    at_least: u64,
+    /// Set when a newer owner claimed the instance: `(ours, theirs)`.
+    /// Nothing is flushed from then on, and writes are refused.
+    fenced: OnceLock<(u64, u64)>,
     /// Serialises rounds (the background loop, `close`).
     one_round: tokio::sync::Mutex<()>,
     on_conflict: Option<ConflictHook>,
@@ -92,13 +100,16 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     /// A pipeline over `writer`, starting at `flushed`. `wal_last` is the
-    /// WAL's last position at open, which the progress row is checked against.
+    /// WAL's last position at open, which the progress row is checked
+    /// against. `at_least` is the least owner epoch to claim in the
+    /// database (the epoch replication took on the stream; 0 without).
     pub(crate) fn new(
         cfg: &Config,
         writer: Writer,
         notify: bool,
         flushed: Lsn,
         wal_last: Lsn,
+        at_least: u64,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
             flushed,
@@ -114,6 +125,8 @@ impl Pipeline {
             tables_ready: AtomicBool::new(false),
             unchecked: Mutex::new(Some(wal_last)),
             refused: OnceLock::new(),
+            at_least,
+            fenced: OnceLock::new(),
             one_round: tokio::sync::Mutex::new(()),
             on_conflict: cfg.on_conflict().cloned(),
             notify,
@@ -156,7 +169,58 @@ impl Pipeline {
             notifications: get(&t.notifications),
             hook_panics: get(&t.hook_panics),
             last_error: s.last_error.as_ref().map(|e| e.to_string()),
+            owner_epoch: self.owner_epoch(),
+            fenced: self.fenced_by(),
         }
+    }
+
+    /// The owner epoch this cache claimed in the database; `None` until
+    /// the claim succeeded (at open, or before the first flush when the
+    /// database was down at open).
+    pub(crate) fn owner_epoch(&self) -> Option<u64> {
+        self.writer.claimed_epoch()
+    }
+
+    /// The newer owner's epoch, once this cache was fenced.
+    pub(crate) fn fenced_by(&self) -> Option<u64> {
+        self.fenced.get().map(|&(_, theirs)| theirs)
+    }
+
+    /// `Err(Error::Fenced)` once a newer owner claimed the instance: the
+    /// write path asks before anything reaches the WAL.
+    pub(crate) fn check_owner(&self) -> Result<()> {
+        match self.fenced_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn fenced_error(&self) -> Option<Error> {
+        self.fenced.get().map(|&(ours, owner_epoch)| Error::Fenced {
+            instance: self.writer.config().instance().to_owned(),
+            ours,
+            owner_epoch,
+        })
+    }
+
+    /// A flush found a newer owner: stop for good, tell every waiter.
+    fn fence(&self, ours: u64, owner_epoch: u64) {
+        if self.fenced.set((ours, owner_epoch)).is_err() {
+            return;
+        }
+        let error = self.fenced_error().map(Arc::new);
+        tracing::error!(
+            dir = %self.dir.display(),
+            instance = %self.writer.config().instance(),
+            ours,
+            owner_epoch,
+            "fenced: another owner claimed this instance id in the database; this cache flushes nothing more and refuses writes; its unflushed writes stay in its WAL (adopt them, or reopen to claim the instance back)"
+        );
+        self.status.send_modify(|s| {
+            s.failures += 1;
+            s.last_error = error;
+            s.last_permanent = true;
+        });
     }
 
     /// The flusher's last failure, if the last round did not commit.
@@ -185,16 +249,30 @@ impl Pipeline {
             return Ok(());
         };
         match tokio::time::timeout(OPEN_PROBE, self.writer.progress()).await {
-            Ok(Ok(progress)) => self.compare_progress(progress, wal_last),
+            Ok(Ok(progress)) => self.compare_progress(progress, wal_last)?,
             Ok(Err(e)) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not read this instance's flush progress at open; checked before the first flush");
-                Ok(())
+                return Ok(());
             }
             Err(_) => {
                 tracing::warn!(dir = %self.dir.display(), "the database did not answer at open; flush progress is checked before the first flush");
-                Ok(())
+                return Ok(());
             }
         }
+        // Claimed only after the check passed: a WAL the database is ahead
+        // of (a restored copy) must not fence the owner that is running.
+        match tokio::time::timeout(OPEN_PROBE, self.writer.claim(self.at_least)).await {
+            Ok(Ok(epoch)) => {
+                tracing::info!(dir = %self.dir.display(), epoch, "claimed the instance in the database");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not claim the instance at open; claimed before the first flush");
+            }
+            Err(_) => {
+                tracing::warn!(dir = %self.dir.display(), "the database did not answer the claim at open; claimed before the first flush");
+            }
+        }
+        Ok(())
     }
 
     fn compare_progress(&self, progress: Option<Lsn>, wal_last: Lsn) -> Result<()> {
@@ -226,6 +304,7 @@ impl Pipeline {
                 if s.flushed >= lsn || sh.state().dirty_entries() == 0 {
                     return Ok(());
                 }
+                self.check_owner()?;
                 if let Some(e) = self.halted(&s) {
                     return Err(Error::Flush(e));
                 }
@@ -268,6 +347,7 @@ impl Pipeline {
             waited: started.elapsed(),
             cause: rx.borrow().last_error.clone(),
         };
+        self.check_owner()?;
         if let Some(e) = self.halted(&rx.borrow()) {
             return Err(Error::Flush(e));
         }
@@ -294,7 +374,9 @@ impl Pipeline {
     /// Flushes until nothing is dirty (used by `close`).
     pub(crate) async fn flush_all(&self, sh: &Shared) -> Result<()> {
         loop {
-            self.round(sh).await.map_err(Error::Flush)?;
+            self.round(sh)
+                .await
+                .map_err(|e| self.fenced_error().unwrap_or(Error::Flush(e)))?;
             if !sh.state().has_in_flight() && sh.state().dirty_entries() == 0 {
                 return Ok(());
             }
@@ -307,6 +389,18 @@ impl Pipeline {
     pub(crate) async fn round(&self, sh: &Shared) -> std::result::Result<(), Arc<Error>> {
         let error = match self.round_inner(sh).await {
             Ok(()) => return Ok(()),
+            Err(Error::Fenced {
+                ours, owner_epoch, ..
+            }) => {
+                // Logged, counted and handed to waiters once, by `fence`.
+                self.fence(ours, owner_epoch);
+                let instance = self.writer.config().instance().to_owned();
+                return Err(Arc::new(self.fenced_error().unwrap_or(Error::Fenced {
+                    instance,
+                    ours,
+                    owner_epoch,
+                })));
+            }
             Err(Error::Flush(e)) => e,
             Err(e) => Arc::new(e),
         };
@@ -315,6 +409,7 @@ impl Pipeline {
     }
 
     async fn round_inner(&self, sh: &Shared) -> Result<()> {
+        self.check_owner()?;
         if let Some(e) = self.refused.get() {
             return Err(Error::Flush(e.clone()));
         }
@@ -446,6 +541,20 @@ impl Pipeline {
                 return Err(Error::Flush(refused));
             }
             tracing::info!(dir = %self.dir.display(), "flush progress checked against the database");
+        }
+        // Nothing is flushed before this cache owns the instance. (A writer
+        // that has not claimed would claim on its own in `flush`, but
+        // without `at_least`.)
+        if self.writer.claimed_epoch().is_none() {
+            let epoch = self
+                .retrier
+                .run(|| {
+                    self.writer
+                        .claim(self.at_least)
+                        .inspect(|r| self.note_attempt(r))
+                })
+                .await?;
+            tracing::info!(dir = %self.dir.display(), epoch, "claimed the instance in the database");
         }
         Ok(())
     }
@@ -605,6 +714,9 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         match AssertUnwindSafe(p.round(&sh)).catch_unwind().await {
             Ok(Ok(())) => failures = 0,
+            // Fenced: no round will ever succeed, so none is tried again.
+            // Waiters were told by `round`; `close` finds the loop ended.
+            Ok(Err(_)) if p.fenced_by().is_some() => break,
             // Logged, counted and handed to waiters by `round`.
             Ok(Err(_)) => failures = failures.saturating_add(1),
             Err(panic) => {
@@ -623,4 +735,39 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
     }
     guard.normal = true;
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The claim at open honours `at_least` (the epoch replication took on
+    /// the stream) and still only grows.
+    #[tokio::test]
+    async fn the_claim_at_open_honours_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let cfg = crate::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+            .database(url.clone())
+            .create_tables(true)
+            .cfg;
+        let open = |at_least| {
+            let (cfg, url) = (&cfg, &url);
+            async move {
+                let w = Writer::connect(url, writebehind_writer::WriterConfig::new("i"))
+                    .await
+                    .unwrap();
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least);
+                p.at_open().await.unwrap();
+                let epoch = p.owner_epoch();
+                p.writer().close().await;
+                epoch
+            }
+        };
+        assert_eq!(open(7).await, Some(7));
+        assert_eq!(open(0).await, Some(8));
+        assert_eq!(open(3).await, Some(9));
+        assert_eq!(open(20).await, Some(20));
+    }
 }

@@ -214,6 +214,14 @@ pub struct Stats {
     pub checkpoint_failures: u64,
     /// The last failure of the flusher (cleared by the next committed flush).
     pub last_flush_error: Option<String>,
+    /// The owner epoch this cache claimed for its instance id in the
+    /// database (at open, or before the first flush when the database was
+    /// down); `None` before the claim and without a database.
+    pub owner_epoch: Option<u64>,
+    /// Set when another owner claimed the instance id since (its epoch): the
+    /// cache is fenced, flushes nothing more and refuses writes
+    /// ([`Error::Fenced`](crate::Error::Fenced)).
+    pub fenced: Option<u64>,
     /// Replication (feature `nats`): every write at or below this LSN is
     /// stored by JetStream (0 without replication).
     pub replicated_lsn: u64,
@@ -304,6 +312,8 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         panics: sh.supervisor().panics() + flush.hook_panics,
         checkpoint_failures: sh.supervisor().errors(),
         last_flush_error: flush.last_error,
+        owner_epoch: flush.owner_epoch,
+        fenced: flush.fenced,
         replicated_lsn: replica.acked,
         replication_lag_lsns: if replicates {
             wal.last_lsn().saturating_sub(replica.acked)

@@ -1,7 +1,8 @@
 //! The write path, top to bottom:
 //!
 //! 1. refuse on a closed cache or a poisoned log;
-//! 2. refuse a key the database could not hold (before anything changes);
+//! 2. refuse a write when another owner took the instance id (fenced), and
+//!    a key the database could not hold (before anything changes);
 //! 3. wait for room (backpressure);
 //! 4. under the key's shard lock: check the change (sizes, type,
 //!    overflow), append it to the WAL (which assigns the LSN), apply it to
@@ -31,6 +32,8 @@ use crate::{Error, Result};
 fn admit(sh: &Shared, text: &str) -> Result<Key> {
     sh.usable()?;
     if let Some(p) = sh.pipeline() {
+        // A fenced cache flushes nothing: refuse before the WAL.
+        p.check_owner()?;
         p.writer()
             .check_key(text)
             .map_err(|reason| Error::KeyRefused {

@@ -86,6 +86,23 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// Another owner claimed this instance id after this writer did
+    /// ([`Writer::claim`](crate::Writer::claim)): its progress row holds a
+    /// newer owner epoch. The flush was rolled back, nothing of it is in the
+    /// database. Permanent: this writer must stop flushing for the instance
+    /// (a retry fails the same way); only a new claim takes it back.
+    #[error(
+        "instance {instance:?} was claimed by a newer owner (owner epoch {current}, ours {ours}): \
+         this writer is fenced and flushes nothing more for it"
+    )]
+    Fenced {
+        /// The instance id.
+        instance: String,
+        /// The epoch this writer claimed.
+        ours: u64,
+        /// The epoch in the progress row: the new owner's.
+        current: u64,
+    },
     /// A WAL position does not fit the BIGINT progress column.
     #[error("cut position {position} does not fit a signed 64-bit BIGINT")]
     PositionOutOfRange {
@@ -357,5 +374,16 @@ mod tests {
             message: "bad".into(),
         };
         assert_eq!(e.class(), ErrorClass::Permanent);
+        let e = Error::Fenced {
+            instance: "i".into(),
+            ours: 1,
+            current: 2,
+        };
+        assert_eq!(
+            e.class(),
+            ErrorClass::Permanent,
+            "a fenced writer never retries"
+        );
+        assert!(!e.is_row_error());
     }
 }

@@ -65,7 +65,7 @@ fn by_position(chunk: &[WRow], rows: impl IntoIterator<Item = Vec<SqlValue>>) ->
     back
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -230,17 +230,37 @@ impl<'a> Flush<'a> {
             "create progress row",
         )
         .await?;
+        // The position and the owner epoch, read by the statement that locks
+        // the row: a claim either committed before (its epoch is seen here)
+        // or waits for this transaction to end.
         let rows = self
             .fetch(
-                d.progress_read(instance, true),
-                &[SqlType::BigInt],
+                d.progress_read(instance, true, true),
+                &[SqlType::BigInt, SqlType::BigInt],
                 "lock progress row",
             )
             .await?;
-        let current = match rows.first().and_then(|r| r.first()) {
-            Some(SqlValue::Int(p)) => Some(*p),
-            _ => None,
-        };
+        let (current, owner) = w.decode_progress(rows.first())?;
+        let ours = w.epoch();
+        if owner as u64 > ours {
+            tracing::error!(
+                instance,
+                ours,
+                current = owner,
+                position = self.position,
+                "writebehind: fenced: a newer owner claimed this instance; the flush is rolled back"
+            );
+            // Dropping the transaction rolls it back too: the fence is the answer.
+            if let Err(e) = self.rollback().await {
+                tracing::debug!(error = %e, "writebehind: rollback of a fenced flush failed");
+            }
+            return Err(Error::Fenced {
+                instance: instance.to_owned(),
+                ours,
+                current: owner as u64,
+            });
+        }
+        let current = current.map(|p| p as i64);
         if current.is_some_and(|p| p >= self.position) {
             tracing::info!(
                 position = self.position,

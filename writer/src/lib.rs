@@ -62,7 +62,7 @@ pub use retry::{BreakerState, Retrier, RetryPolicy};
 pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
 pub use url::redact_url;
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
-pub use writer::{DeadLetter, FlushReport, Writer};
+pub use writer::{Claim, DeadLetter, FlushReport, Writer};
 
 #[cfg(test)]
 mod tests {

@@ -478,7 +478,10 @@ impl Dialect {
         }
     }
 
-    pub(crate) fn progress_read(&self, instance: &str, lock: bool) -> Stmt {
+    /// This instance's `position` (and with `epoch`, its `owner_epoch`: the
+    /// flush and the claim read both in the one statement that locks the
+    /// row); `lock` adds FOR UPDATE where the backend has it.
+    pub(crate) fn progress_read(&self, instance: &str, lock: bool, epoch: bool) -> Stmt {
         let mut ph = Ph::new(self.backend);
         let lock = if lock && self.backend != Backend::Sqlite {
             " FOR UPDATE"
@@ -486,8 +489,15 @@ impl Dialect {
             ""
         };
         let (pos, inst) = (self.fixed("position"), self.fixed("instance"));
+        // Qualified: SQLite reads an unknown double-quoted name alone as a
+        // string literal (a table without the column would answer 'owner_epoch').
+        let epoch = if epoch {
+            format!(", {}.{}", self.progress, self.fixed("owner_epoch"))
+        } else {
+            String::new()
+        };
         let sql = format!(
-            "SELECT {pos} FROM {} WHERE {inst} = {}{lock}",
+            "SELECT {pos}{epoch} FROM {} WHERE {inst} = {}{lock}",
             self.progress,
             ph.next()
         );
@@ -519,6 +529,51 @@ impl Dialect {
                 Arg::Text(Some(instance.to_owned())),
             ],
         }
+    }
+
+    /// Sets this instance's owner epoch (the row is locked by the claim's read).
+    pub(crate) fn epoch_write(&self, instance: &str, epoch: i64, now_ms: i64) -> Stmt {
+        let mut ph = Ph::new(self.backend);
+        let (own, upd, inst) = (
+            self.fixed("owner_epoch"),
+            self.fixed("updated_at_ms"),
+            self.fixed("instance"),
+        );
+        let sql = format!(
+            "UPDATE {} SET {own} = {}, {upd} = {} WHERE {inst} = {}",
+            self.progress,
+            ph.next(),
+            ph.next(),
+            ph.next()
+        );
+        Stmt {
+            sql,
+            args: vec![
+                Arg::Int(Some(epoch)),
+                Arg::Int(Some(now_ms)),
+                Arg::Text(Some(instance.to_owned())),
+            ],
+        }
+    }
+
+    /// A query that fails when the progress table lacks `owner_epoch` (a
+    /// table created before fencing). Qualified, so SQLite cannot take the
+    /// quoted name for a string literal.
+    pub(crate) fn epoch_probe(&self) -> String {
+        format!(
+            "SELECT {p}.{} FROM {p} WHERE 1 = 0",
+            self.fixed("owner_epoch"),
+            p = self.progress
+        )
+    }
+
+    /// Adds `owner_epoch` to a progress table created before fencing.
+    pub(crate) fn epoch_migration(&self) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} BIGINT NOT NULL DEFAULT 0",
+            self.progress,
+            self.fixed("owner_epoch")
+        )
     }
 
     fn fixed(&self, name: &'static str) -> String {
@@ -642,12 +697,14 @@ impl Dialect {
                 self.v
             ),
             format!(
-                "CREATE TABLE IF NOT EXISTS {} ({} {} PRIMARY KEY, {} BIGINT, {} BIGINT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {} ({} {} PRIMARY KEY, {} BIGINT, {} BIGINT NOT NULL, \
+                 {} BIGINT NOT NULL DEFAULT 0)",
                 self.progress,
                 f("instance"),
                 self.key_type(),
                 f("position"),
-                f("updated_at_ms")
+                f("updated_at_ms"),
+                f("owner_epoch")
             ),
             self.log_table(
                 &self.conflicts,

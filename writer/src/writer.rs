@@ -1,13 +1,14 @@
 //! [`Writer`]: connects, creates tables, flushes cuts exactly once, loads rows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use writebehind_core::{Change, Cut, ItemOutcome, Key, Lsn, Value};
 
 use crate::config::{Conflict, WriterConfig};
 use crate::db::Pool;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 use crate::flush::Flush;
 use crate::ident::Backend;
 use crate::schema::{SqlType, SqlValue};
@@ -49,7 +50,30 @@ pub struct FlushReport {
     pub resolver_panics: u64,
 }
 
+/// What [`Writer::claim_row`] found and left in the progress row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The owner epoch this writer now holds.
+    pub epoch: u64,
+    /// The epoch the row held before (0: never claimed, or a new row).
+    pub previous: u64,
+    /// The instance's committed position when the claim took the row:
+    /// every flush that committed before the claim is covered by it.
+    pub position: Option<Lsn>,
+}
+
 /// The SQL sink of one cache instance. Cheap to clone (shared pool); `Send + Sync`.
+///
+/// # One owner per instance
+///
+/// The progress row carries an **owner epoch**. [`Writer::claim`] takes
+/// the next one in its own transaction; every flush transaction then reads
+/// the epoch with the statement that locks the progress row and, when a
+/// newer owner has claimed the instance since, rolls back with
+/// [`Error::Fenced`]. Row locks order a claim and a flush of one instance:
+/// a flush either commits before the claim takes the row (the claim then
+/// sees its position) or reads the new epoch and is fenced, never both. A
+/// flush on a writer that has not claimed claims first (epoch at least 0).
 #[derive(Clone, Debug)]
 pub struct Writer {
     inner: Arc<Inner>,
@@ -61,6 +85,14 @@ pub(crate) struct Inner {
     pool: Pool,
     dialect: Dialect,
     cfg: WriterConfig,
+    /// The owner epoch this writer claimed; 0 before its first claim
+    /// (claimed epochs start at 1).
+    epoch: AtomicU64,
+    /// The progress table is known to have `owner_epoch` (checked once).
+    migrated: AtomicBool,
+    /// Serialises claims made through this writer (and the implicit one
+    /// of a first flush), so clones do not claim twice.
+    claiming: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -70,6 +102,41 @@ impl Inner {
 
     pub(crate) fn cfg(&self) -> &WriterConfig {
         &self.cfg
+    }
+
+    /// The epoch this writer claimed (0 before any claim).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// `(position, owner_epoch)` of a progress row read by `progress_read`
+    /// (no row: `(None, 0)`; an epoch column not read: 0).
+    pub(crate) fn decode_progress(
+        &self,
+        row: Option<&Vec<SqlValue>>,
+    ) -> Result<(Option<Lsn>, i64)> {
+        let bad = |message: String| Error::BadRow {
+            table: self.cfg.progress_table.to_string(),
+            key: self.cfg.instance.clone(),
+            message,
+        };
+        let Some(row) = row else {
+            return Ok((None, 0));
+        };
+        let position = match row.first() {
+            Some(SqlValue::Int(p)) => {
+                Some(Lsn::try_from(*p).map_err(|_| bad(format!("negative position {p}")))?)
+            }
+            _ => None,
+        };
+        let epoch = match row.get(1) {
+            Some(SqlValue::Int(e)) if *e < 0 => {
+                return Err(bad(format!("negative owner_epoch {e}")))
+            }
+            Some(SqlValue::Int(e)) => *e,
+            _ => 0,
+        };
+        Ok((position, epoch))
     }
 }
 
@@ -92,6 +159,9 @@ impl Writer {
                 pool,
                 dialect,
                 cfg: config,
+                epoch: AtomicU64::new(0),
+                migrated: AtomicBool::new(false),
+                claiming: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -140,8 +210,11 @@ impl Writer {
     ///   counters: `value BIGINT NOT NULL`; records: one column per codec column
     ///   (`BIGINT`, `DOUBLE PRECISION`/`REAL`/`DOUBLE`, `TEXT`/`LONGTEXT`,
     ///   `BYTEA`/`BLOB`/`LONGBLOB`, `BOOLEAN`), `NOT NULL` unless nullable.
-    /// - progress: `(instance K PRIMARY KEY, position BIGINT NULL, updated_at_ms BIGINT NOT NULL)`;
-    ///   `position` is the highest WAL position this instance committed.
+    /// - progress: `(instance K PRIMARY KEY, position BIGINT NULL, updated_at_ms BIGINT NOT NULL,
+    ///   owner_epoch BIGINT NOT NULL DEFAULT 0)`; `position` is the highest WAL position
+    ///   this instance committed, `owner_epoch` the epoch of its current owner (see
+    ///   [`claim`](Self::claim)). A progress table created before `owner_epoch` existed
+    ///   gets the column at the first claim (`ALTER TABLE .. ADD COLUMN`).
     /// - conflicts: `(id ID, instance K, table_name TEXT, position BIGINT, key K,
     ///   change TEXT /*JSON*/, expected TEXT /*JSON*/, database_version BIGINT NULL,
     ///   resolution TEXT /*kept_database|overwrote|resolved|dead_lettered*/, created_at_ms BIGINT)`.
@@ -180,26 +253,140 @@ impl Writer {
             .acquire()
             .await
             .map_err(Error::sql("progress: connect"))?;
-        let Stmt { sql, args } = d.progress_read(&self.inner.cfg.instance, false);
+        let Stmt { sql, args } = d.progress_read(&self.inner.cfg.instance, false, false);
         let rows = conn
             .conn()
             .fetch(&sql, args, &[SqlType::BigInt])
             .await
             .map_err(Error::sql("progress: read"))?;
-        match rows.first().and_then(|r| r.first()) {
-            Some(SqlValue::Int(p)) => Lsn::try_from(*p).map(Some).map_err(|_| Error::BadRow {
-                table: self.inner.cfg.progress_table.to_string(),
-                key: self.inner.cfg.instance.clone(),
-                message: format!("negative position {p}"),
-            }),
-            _ => Ok(None),
+        Ok(self.inner.decode_progress(rows.first())?.0)
+    }
+
+    /// Claims this instance for this writer: in one transaction, creates
+    /// the progress row if missing, locks it, sets `owner_epoch =
+    /// max(owner_epoch + 1, at_least)` and commits. Returns the new epoch,
+    /// which this writer (and its clones) remembers: from now on every
+    /// flush checks, under the progress row's lock, that the row still
+    /// holds it, and fails with [`Error::Fenced`] once a newer owner
+    /// claimed the instance. Epochs only grow: a claim after a claim
+    /// (here or anywhere) gets a larger one.
+    ///
+    /// `at_least` lets an epoch taken elsewhere (a replication stream) be
+    /// carried into the database; pass 0 otherwise.
+    ///
+    /// The first claim also adds `owner_epoch` to a progress table created
+    /// before it existed. Errors are classified like a flush's: retry
+    /// transient ones.
+    pub async fn claim(&self, at_least: u64) -> Result<u64> {
+        Ok(self.claim_row(at_least).await?.epoch)
+    }
+
+    /// [`claim`](Self::claim), also returning what the row held.
+    pub async fn claim_row(&self, at_least: u64) -> Result<Claim> {
+        let _one = self.inner.claiming.lock().await;
+        self.claim_locked(at_least).await
+    }
+
+    /// The owner epoch this writer claimed; `None` before its first claim.
+    pub fn claimed_epoch(&self) -> Option<u64> {
+        Some(self.inner.epoch()).filter(|&e| e > 0)
+    }
+
+    async fn claim_locked(&self, at_least: u64) -> Result<Claim> {
+        let at_least = i64::try_from(at_least)
+            .map_err(|_| Error::Config(format!("claim: epoch {at_least} does not fit a BIGINT")))?;
+        self.migrate().await?;
+        let d = &self.inner.dialect;
+        let instance = self.inner.cfg.instance.as_str();
+        let now = crate::flush::now_ms();
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(Error::sql("claim: begin"))?;
+        let Stmt { sql, args } = d.progress_ensure(instance, now);
+        tx.conn()
+            .execute(&sql, args)
+            .await
+            .map_err(Error::sql("claim: create progress row"))?;
+        let Stmt { sql, args } = d.progress_read(instance, true, true);
+        let rows = tx
+            .conn()
+            .fetch(&sql, args, &[SqlType::BigInt, SqlType::BigInt])
+            .await
+            .map_err(Error::sql("claim: lock progress row"))?;
+        let (position, previous) = self.inner.decode_progress(rows.first())?;
+        let epoch = previous.saturating_add(1).max(at_least);
+        let Stmt { sql, args } = d.epoch_write(instance, epoch, now);
+        tx.conn()
+            .execute(&sql, args)
+            .await
+            .map_err(Error::sql("claim: set owner epoch"))?;
+        tx.commit().await.map_err(Error::sql("claim: commit"))?;
+        // Non-negative: at least `previous + 1` with `previous >= 0`.
+        let epoch = epoch as u64;
+        self.inner.epoch.store(epoch, Ordering::Release);
+        tracing::info!(
+            instance,
+            epoch,
+            previous,
+            position,
+            "writebehind: claimed the instance (owner epoch)"
+        );
+        Ok(Claim {
+            epoch,
+            previous: previous as u64,
+            position,
+        })
+    }
+
+    /// Adds `owner_epoch` to a progress table that lacks it, once per
+    /// writer. A concurrent migrator may win the `ALTER`: the probe after
+    /// a failed `ALTER` decides.
+    async fn migrate(&self) -> Result<()> {
+        if self.inner.migrated.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let d = &self.inner.dialect;
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::sql("claim: connect"))?;
+        let probe = d.epoch_probe();
+        match conn.conn().execute_raw(&probe).await {
+            Ok(()) => {}
+            Err(e) if crate::error::classify_sqlx(&e) == ErrorClass::Transient => {
+                return Err(Error::sql("claim: look for owner_epoch")(e));
+            }
+            Err(_) => {
+                let ddl = d.epoch_migration();
+                if let Err(e) = conn.conn().execute_raw(&ddl).await {
+                    if conn.conn().execute_raw(&probe).await.is_err() {
+                        return Err(Error::sql(format!("claim: {ddl}"))(e));
+                    }
+                } else {
+                    tracing::info!(
+                        table = %self.inner.cfg.progress_table,
+                        "writebehind: added owner_epoch to the progress table"
+                    );
+                }
+            }
+        }
+        self.inner.migrated.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Writes `cut` in ONE transaction, exactly once per instance:
     ///
-    /// 1. lock this instance's progress row (created if missing); if it is
-    ///    already `>= cut.position`, roll back and report `already_applied`;
+    /// 1. lock this instance's progress row (created if missing), reading
+    ///    its position and owner epoch in one statement; if the epoch is
+    ///    newer than this writer's claim, roll back with [`Error::Fenced`]
+    ///    (a writer that never claimed claims first, see
+    ///    [`claim`](Self::claim)); if the position is already
+    ///    `>= cut.position`, roll back and report `already_applied`;
     /// 2. counters: multi-row upsert-add (never a conflict);
     /// 3. conditional puts/deletes (`Expected::Absent`/`Version`): read the
     ///    rows `FOR UPDATE`, split into writes and conflicts; inserts that lose
@@ -220,6 +407,12 @@ impl Writer {
         let position = i64::try_from(cut.position).map_err(|_| Error::PositionOutOfRange {
             position: cut.position,
         })?;
+        if self.inner.epoch() == 0 {
+            let _one = self.inner.claiming.lock().await;
+            if self.inner.epoch() == 0 {
+                self.claim_locked(0).await?;
+            }
+        }
         // PostgreSQL: optimistic first, no savepoints. A row error then aborts
         // the transaction, and the flush reruns with a savepoint per chunk.
         let mut savepoints = false;

@@ -69,6 +69,11 @@ suite!(
     random_cuts_match_a_model,
     read_back_equals_the_database,
     read_back_of_long_keys_splits_by_bytes,
+    claims_are_monotonic_and_honour_at_least,
+    a_stale_writer_is_fenced_and_writes_nothing,
+    a_flush_before_any_claim_claims_first,
+    an_old_progress_table_is_migrated_at_claim_and_keeps_its_position,
+    a_flush_racing_a_claim_commits_before_it_or_is_fenced,
 );
 
 /// A record codec over "name;score;active;hexblob-or-dash".
@@ -144,6 +149,257 @@ impl RowCodec for TestCodec {
 
 mod cases {
     use super::*;
+
+    /// The owner epoch in the progress row of `instance`.
+    async fn row_epoch(fx: &Fixture, w: &Writer, instance: &str) -> i64 {
+        let rows = query(
+            w,
+            &format!(
+                "SELECT {} FROM {} WHERE {} = '{}_{instance}'",
+                fx.q("owner_epoch"),
+                fx.q(&fx.name("progress")),
+                fx.q("instance"),
+                fx.prefix
+            ),
+            &[SqlType::BigInt],
+        )
+        .await;
+        match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Int(e)) => *e,
+            other => panic!("no owner epoch: {other:?}"),
+        }
+    }
+
+    fn counter_of(loaded: &[(Key, Option<(Value, i64)>)]) -> Option<i64> {
+        match loaded.first().and_then(|(_, r)| r.as_ref()) {
+            Some((Value::Int(n), _)) => Some(*n),
+            None => None,
+            other => panic!("not a counter: {other:?}"),
+        }
+    }
+
+    pub async fn claims_are_monotonic_and_honour_at_least(fx: &Fixture) {
+        let a = fx.writer(fx.config("x")).await;
+        let b = Writer::connect(&fx.url, fx.config("x")).await.unwrap();
+        assert_eq!(a.claimed_epoch(), None);
+        assert_eq!(a.claim(0).await.unwrap(), 1);
+        assert_eq!(b.claim(0).await.unwrap(), 2);
+        assert_eq!(a.claim(0).await.unwrap(), 3);
+        // at_least above the row's next epoch wins; below it, the next one does.
+        assert_eq!(b.claim(10).await.unwrap(), 10);
+        let c = a.claim_row(5).await.unwrap();
+        assert_eq!((c.epoch, c.previous, c.position), (11, 10, None));
+        assert_eq!(a.claimed_epoch(), Some(11));
+        assert_eq!(b.claimed_epoch(), Some(10));
+        assert_eq!(row_epoch(fx, &a, "x").await, 11);
+        // Another instance's row starts on its own.
+        let other = Writer::connect(&fx.url, fx.config("y")).await.unwrap();
+        assert_eq!(other.claim(0).await.unwrap(), 1);
+        // An epoch that does not fit BIGINT is refused, and nothing changes.
+        assert!(a.claim(u64::MAX).await.is_err());
+        assert_eq!(row_epoch(fx, &a, "x").await, 11);
+        for w in [a, b, other] {
+            w.close().await;
+        }
+    }
+
+    pub async fn a_stale_writer_is_fenced_and_writes_nothing(fx: &Fixture) {
+        let a = fx.writer(fx.config("x")).await;
+        let b = Writer::connect(&fx.url, fx.config("x")).await.unwrap();
+        assert_eq!(a.claim(0).await.unwrap(), 1);
+        a.flush(&cut(1, vec![item("k", Change::Add(1), Expected::Any)]))
+            .await
+            .unwrap();
+        assert_eq!(b.claim(0).await.unwrap(), 2);
+        // The next flush of the old owner is refused, once, never retried.
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let c2 = cut(2, vec![item("k", Change::Add(10), Expected::Any)]);
+        let err = fast_retrier()
+            .run(|| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                a.flush(&c2)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, writebehind_writer::Error::Fenced { ours: 1, current: 2, instance } if instance.ends_with("_x")),
+            "{err:?}"
+        );
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert_eq!(attempts.into_inner(), 1, "a fenced flush is not retried");
+        // A cut the row already covers is refused too: the old owner learns it is fenced.
+        let again = a
+            .flush(&cut(1, vec![item("k", Change::Add(1), Expected::Any)]))
+            .await;
+        assert!(
+            matches!(again, Err(writebehind_writer::Error::Fenced { .. })),
+            "{again:?}"
+        );
+        assert_eq!(a.progress().await.unwrap(), Some(1));
+        assert_eq!(counter_of(&a.load(&[key("k")]).await.unwrap()), Some(1));
+        // The new owner flushes.
+        b.flush(&cut(2, vec![item("k", Change::Add(100), Expected::Any)]))
+            .await
+            .unwrap();
+        assert_eq!(counter_of(&b.load(&[key("k")]).await.unwrap()), Some(101));
+        // Taking the instance back fences the other one in turn.
+        assert_eq!(a.claim(0).await.unwrap(), 3);
+        let err = b
+            .flush(&cut(3, vec![item("k", Change::Add(1000), Expected::Any)]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                writebehind_writer::Error::Fenced {
+                    ours: 2,
+                    current: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        a.flush(&cut(3, vec![item("k", Change::Add(5), Expected::Any)]))
+            .await
+            .unwrap();
+        assert_eq!(counter_of(&a.load(&[key("k")]).await.unwrap()), Some(106));
+        assert_eq!(a.progress().await.unwrap(), Some(3));
+        a.close().await;
+        b.close().await;
+    }
+
+    pub async fn a_flush_before_any_claim_claims_first(fx: &Fixture) {
+        let w = fx.writer(fx.config("x")).await;
+        let other = Writer::connect(&fx.url, fx.config("x")).await.unwrap();
+        assert_eq!(other.claim(0).await.unwrap(), 1);
+        assert_eq!(w.claimed_epoch(), None);
+        w.flush(&cut(1, vec![item("k", Change::Add(1), Expected::Any)]))
+            .await
+            .unwrap();
+        assert_eq!(w.claimed_epoch(), Some(2));
+        assert_eq!(row_epoch(fx, &w, "x").await, 2);
+        w.close().await;
+        other.close().await;
+    }
+
+    pub async fn an_old_progress_table_is_migrated_at_claim_and_keeps_its_position(fx: &Fixture) {
+        // The progress table as it was before owner epochs.
+        let setup = Writer::connect(&fx.url, fx.config("setup")).await.unwrap();
+        let progress = fx.q(&fx.name("progress"));
+        setup
+            .execute_sql(&format!(
+                "CREATE TABLE {progress} ({} {} PRIMARY KEY, {} BIGINT, {} BIGINT NOT NULL)",
+                fx.q("instance"),
+                fx.key_type(),
+                fx.q("position"),
+                fx.q("updated_at_ms")
+            ))
+            .await
+            .unwrap();
+        setup
+            .execute_sql(&format!(
+                "INSERT INTO {progress} VALUES ('{}_x', 7, 0), ('{}_y', 3, 0)",
+                fx.prefix, fx.prefix
+            ))
+            .await
+            .unwrap();
+        setup.close().await;
+        // create_tables leaves the existing table alone; the position reads.
+        let w = fx.writer(fx.config("x")).await;
+        assert_eq!(w.progress().await.unwrap(), Some(7));
+        let probe = format!("SELECT {progress}.{} FROM {progress}", fx.q("owner_epoch"));
+        assert!(w.query_sql(&probe, &[SqlType::BigInt]).await.is_err());
+        // Two claimers migrate at once: one ALTER wins, both claims succeed.
+        let v = Writer::connect(&fx.url, fx.config("x")).await.unwrap();
+        let (rw, rv) = (fast_retrier(), fast_retrier());
+        let (a, b) = tokio::join!(rw.run(|| w.claim_row(0)), rv.run(|| v.claim_row(0)));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut epochs = [a.epoch, b.epoch];
+        epochs.sort();
+        assert_eq!(epochs, [1, 2]);
+        assert_eq!(a.position, Some(7));
+        assert_eq!(b.position, Some(7));
+        let (owner, stale) = if a.epoch == 2 { (&w, &v) } else { (&v, &w) };
+        // The position holds: what it covers is already applied, the next cut is written.
+        let r = owner
+            .flush(&cut(7, vec![item("k", Change::Add(1), Expected::Any)]))
+            .await
+            .unwrap();
+        assert!(r.already_applied);
+        owner
+            .flush(&cut(8, vec![item("k", Change::Add(2), Expected::Any)]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            stale
+                .flush(&cut(9, vec![item("k", Change::Add(4), Expected::Any)]))
+                .await,
+            Err(writebehind_writer::Error::Fenced { .. })
+        ));
+        assert_eq!(owner.progress().await.unwrap(), Some(8));
+        assert_eq!(counter_of(&owner.load(&[key("k")]).await.unwrap()), Some(2));
+        // Rows that were never claimed read epoch 0; the other instance keeps its position.
+        assert_eq!(row_epoch(fx, owner, "y").await, 0);
+        let y = Writer::connect(&fx.url, fx.config("y")).await.unwrap();
+        assert_eq!(y.progress().await.unwrap(), Some(3));
+        assert_eq!(y.claim(0).await.unwrap(), 1);
+        for x in [w, v, y] {
+            x.close().await;
+        }
+    }
+
+    /// A flush and a claim of one instance, run at once, many times: the
+    /// flush either commits before the claim (the claim sees its position)
+    /// or is fenced (and wrote nothing), never both.
+    pub async fn a_flush_racing_a_claim_commits_before_it_or_is_fenced(fx: &Fixture) {
+        let a = fx.writer(fx.config("x")).await;
+        let b = Writer::connect(&fx.url, fx.config("x")).await.unwrap();
+        let retrier = fast_retrier();
+        let (mut committed, mut fenced, mut sum) = (0u32, 0u32, 0i64);
+        let mut last: Option<u64> = None;
+        for round in 1..=30u64 {
+            let ours = retrier.run(|| a.claim(0)).await.unwrap();
+            let delta = 1i64 << (round % 40);
+            let c = cut(round, vec![item("k", Change::Add(delta), Expected::Any)]);
+            let (flushed, claim) =
+                tokio::join!(retrier.run(|| a.flush(&c)), retrier.run(|| b.claim_row(0)));
+            let claim = claim.unwrap();
+            assert_eq!(claim.previous, ours);
+            match flushed {
+                Ok(r) => {
+                    assert!(!r.already_applied);
+                    assert_eq!(
+                        claim.position,
+                        Some(round),
+                        "round {round}: the flush committed, so the claim must come after it"
+                    );
+                    committed += 1;
+                    sum += delta;
+                    last = Some(round);
+                }
+                Err(writebehind_writer::Error::Fenced {
+                    ours: o, current, ..
+                }) => {
+                    assert_eq!((o, current), (ours, claim.epoch), "round {round}");
+                    assert_eq!(claim.position, last, "round {round}: fenced, yet written");
+                    fenced += 1;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+            assert_eq!(a.progress().await.unwrap(), last, "round {round}");
+            assert_eq!(
+                counter_of(&a.load(&[key("k")]).await.unwrap()).unwrap_or(0),
+                sum,
+                "round {round}"
+            );
+        }
+        eprintln!(
+            "{:?}: {committed} flushes committed first, {fenced} fenced",
+            fx.backend
+        );
+        a.close().await;
+        b.close().await;
+    }
 
     pub async fn counters_sum_exactly_with_8_concurrent_flushers(fx: &Fixture) {
         fx.writer(fx.config("setup")).await;
