@@ -146,7 +146,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 notify,
                 opened.flushed,
                 opened.wal.last_lsn(),
-                0,
+                // The epoch taken on the stream: the database's is at least it.
+                opened.report.stream_epoch.unwrap_or(0),
             );
             p.at_open().await?;
             Some(p)

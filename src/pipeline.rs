@@ -439,7 +439,13 @@ impl Pipeline {
         // an adopt would find the progress row past the stream's end.
         #[cfg(feature = "nats")]
         if let Some(r) = sh.replica() {
-            r.wait_for(cut.position, self.wait_timeout).await?;
+            r.wait_for(cut.position, self.wait_timeout)
+                .await
+                .map_err(|e| match r.fenced() {
+                    // Fenced on the stream: as permanent as in the database.
+                    Some(epoch) => r.fenced_error(epoch),
+                    None => e,
+                })?;
         }
         let started = Instant::now();
         let from = self.status.borrow().flushed + 1;

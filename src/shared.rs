@@ -189,6 +189,18 @@ impl Shared {
         Ok(())
     }
 
+    /// A write's or wait's error, as [`Error::Fenced`] once a newer owner
+    /// claimed the instance on the stream (the replica's watermark closed).
+    pub(crate) fn owned(&self, e: Error) -> Error {
+        #[cfg(feature = "nats")]
+        if let Some(r) = &self.replica {
+            if let Some(epoch) = r.fenced() {
+                return r.fenced_error(epoch);
+            }
+        }
+        e
+    }
+
     /// `wal.sync()`, timed.
     pub(crate) fn sync_wal(&self, what: &'static str) -> Result<Lsn> {
         let started = Instant::now();

@@ -56,7 +56,7 @@ pub(crate) async fn write_async(
     let op = Op::of(&change);
     let timed = timed(sh, durability);
     let ticket = append(sh, key, change, durability)?;
-    let lsn = ticket.await?;
+    let lsn = ticket.await.map_err(|e| sh.owned(e.into()))?;
     after_write(sh, op, timed);
     Ok(lsn)
 }
@@ -73,7 +73,7 @@ pub(crate) fn write_blocking(
     let op = Op::of(&change);
     let timed = timed(sh, durability);
     let ticket = append(sh, key, change, durability)?;
-    let lsn = ticket.wait()?;
+    let lsn = ticket.wait().map_err(|e| sh.owned(e.into()))?;
     after_write(sh, op, timed);
     Ok(lsn)
 }

@@ -220,9 +220,9 @@ async fn floor(n: &Names, stream: &Stream, owners: &Owners) -> Result<Lsn> {
             continue;
         };
         let text = std::str::from_utf8(&m.payload).unwrap_or("");
-        let f = text.parse::<Lsn>().map_err(|_| {
-            n.error(format!("message {} on {subject} is not an LSN", m.sequence))
-        })?;
+        let f = text
+            .parse::<Lsn>()
+            .map_err(|_| n.error(format!("message {} on {subject} is not an LSN", m.sequence)))?;
         floor = floor.max(f);
     }
     Ok(floor)
@@ -326,7 +326,11 @@ async fn history(n: &Names, s: &Session, owners: &Owners) -> Result<History> {
         }
     }
     if left_out > 0 {
-        tracing::warn!(instance, left_out, "records of fenced or superseded owners left out of the stream's history");
+        tracing::warn!(
+            instance,
+            left_out,
+            "records of fenced or superseded owners left out of the stream's history"
+        );
     }
     Ok(History {
         floor,
@@ -470,12 +474,10 @@ async fn read_object(n: &Names, s: &Session, epoch: u64) -> Result<Vec<u8>> {
             .await
             .map_err(|e| n.error(format!("object store {}: {e}", n.bucket())))?;
     let name = n.ckpt_object(epoch);
-    let mut obj = store.get(&name).await.map_err(|e| {
-        n.error(format!(
-            "checkpoint object {name} in {}: {e}",
-            n.bucket()
-        ))
-    })?;
+    let mut obj = store
+        .get(&name)
+        .await
+        .map_err(|e| n.error(format!("checkpoint object {name} in {}: {e}", n.bucket())))?;
     let mut bytes = Vec::new();
     obj.read_to_end(&mut bytes)
         .await
@@ -636,7 +638,7 @@ impl Replicator {
         self.fenced.store(epoch.max(1), Ordering::Release);
         let e = fenced_error(&self.names.instance, ours, epoch);
         tracing::error!(instance = %self.names.instance, ours, owner_epoch = epoch,
-            "fenced: a newer owner claimed this instance on the stream; nothing more is published or acknowledged");
+            "fenced: a newer owner claimed this instance on the stream; nothing more is published or acknowledged, and writes are refused");
         self.acks.close(e.to_string());
         e
     }
@@ -701,11 +703,10 @@ impl Replicator {
 
 /// The error a fenced owner's waits and writes get.
 pub(crate) fn fenced_error(instance: &str, ours: u64, owner_epoch: u64) -> Error {
-    Error::Replication {
-        url: String::new(),
-        reason: format!(
-            "fenced: instance {instance} was claimed on the stream by owner epoch {owner_epoch} (this owner: {ours})"
-        ),
+    Error::Fenced {
+        instance: instance.to_owned(),
+        ours,
+        owner_epoch,
     }
 }
 
@@ -1335,9 +1336,9 @@ async fn publish_newest(
                 .header(owner::EPOCH_HEADER, epoch.to_string().as_str()),
         )
         .await
-            .map_err(|e| n.error(format!("storing {what}: {e}")))?
-            .await
-            .map_err(|e| n.error(format!("storing {what}: {e}")))?;
+        .map_err(|e| n.error(format!("storing {what}: {e}")))?
+        .await
+        .map_err(|e| n.error(format!("storing {what}: {e}")))?;
     s.stream
         .purge()
         .filter(subject)
@@ -1459,6 +1460,7 @@ async fn drain(
         let acked = next_ack(&mut cur.in_flight).await;
         settle(rep, cur, acked)?;
     }
+    confirm(s, rep, cur, false).await?;
     // The close checkpoint and the last flush bound what stays in the stream.
     maintain(s, rep, weak, cur, max).await
 }

@@ -175,9 +175,7 @@ pub(crate) async fn claim(
                     seq: ack.sequence,
                 });
             }
-            Err(e)
-                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
-            {
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 // Another claimant won this round: read again, claim above it.
                 tokio::time::sleep(pause + Duration::from_millis(fastrand::u64(0..20))).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
