@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
-use crate::frame::decode_segment_header;
+use crate::frame::{decode_segment_header, SEGMENT_HEADER_LEN};
 use crate::reader::{has_frame_after, DamageReason, Event, ScanState};
 use crate::{parse_lsn_name, Error, Lsn, Record, Result, SEGMENT_SUFFIX};
 
@@ -122,11 +122,13 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
     };
     let mut segs = Vec::new();
     let mut ckpts = Vec::new();
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        names.push(name.clone());
         if let Some(lsn) = parse_lsn_name(&name, SEGMENT_SUFFIX) {
             segs.push((lsn, dir.join(name)));
         } else if let Some(lsn) = checkpoint::parse_file_name(&name) {
@@ -135,6 +137,9 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
     }
     segs.sort_unstable();
     ckpts.sort_unstable();
+    // Recovery's rule: past the sync watermark of the last segment, the
+    // first damage is a torn tail even with intact frames after it.
+    let wm = crate::watermark::read(&crate::StdIo, dir, &names)?;
 
     let mut rep = DirReport::default();
     let mut newest_valid_ckpt = None;
@@ -218,6 +223,11 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
                 });
             }
         }
+        let synced = match wm {
+            Some((f, off)) if is_last && f == name_lsn => Some(off),
+            Some((f, _)) if is_last && f < name_lsn => Some(SEGMENT_HEADER_LEN as u64),
+            _ => None,
+        };
         let mut st = ScanState::new(header);
         while let Some(ev) = st.next_event(&data) {
             match ev {
@@ -232,6 +242,16 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
                             payload: payload.to_vec(),
                         },
                     );
+                }
+                Event::Damage(d) if is_last && synced.is_some_and(|w| d.offset >= w) => {
+                    rep.problems.push(Problem {
+                        kind: ProblemKind::TornTail,
+                        path: path.clone(),
+                        offset: d.offset,
+                        len: data.len() as u64 - d.offset,
+                        reason: d.reason.to_string(),
+                    });
+                    break;
                 }
                 Event::Damage(d) => rep.problems.push(Problem {
                     kind: if d.resync.is_none() && is_last {

@@ -177,6 +177,20 @@ fn real_files_zero_hole_then_frames_past_the_watermark_is_a_torn_tail() {
     bytes.extend_from_slice(&encode_frames(&later));
     bytes.extend_from_slice(&[0u8; 8192]);
     std::fs::write(&seg, &bytes).unwrap();
+    // The read-only check (`writebehind wal verify`) reads it as recovery
+    // does: one torn tail from the hole to the end, no corruption.
+    let scan = writebehind_wal::inspect::scan_dir(dir, |_, _| {}).unwrap();
+    assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+    let p = &scan.problems[0];
+    assert_eq!(
+        (p.kind, p.offset, p.len),
+        (
+            writebehind_wal::inspect::ProblemKind::TornTail,
+            good,
+            bytes.len() as u64 - good
+        )
+    );
+    assert_eq!(scan.records(), 3);
     let (wal, rec) = WalBuilder::new(dir).open().unwrap();
     let t = rec.torn_tail.unwrap();
     assert_eq!((t.offset, t.bytes_cut), (good, bytes.len() as u64 - good));
