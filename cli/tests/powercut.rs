@@ -346,6 +346,8 @@ async fn powercut_rounds(backend: &str, modes: &[&str], fresh_dir: bool) {
         .await;
     }
     let mut violations = Vec::new();
+    // Off the test harness's `test name ...` line.
+    println!();
     for (mode, t) in &tallies {
         println!(
             "powercut-test {backend} {mode}: rounds {} (torn {}), acks checked {}, keys checked {}, \
