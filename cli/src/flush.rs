@@ -26,6 +26,18 @@ pub struct Args {
     /// Give up after this many seconds (what is not flushed stays in the WAL).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// The cache's instance id (default: the directory's `instance.id`).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Open with replication to NATS JetStream at this URL, as the writer did: the
+    /// local WAL is reconciled with the stream first (what a power cut took from
+    /// the local tail comes back from the stream).
+    #[cfg(feature = "nats")]
+    #[arg(long, value_name = "URL")]
+    replicate: Option<String>,
+    #[cfg(feature = "nats")]
+    #[command(flatten)]
+    replica: crate::workload::ReplicaArgs,
 }
 
 pub fn run(args: Args) -> Result<ExitCode, String> {
@@ -44,7 +56,16 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let timeout = Duration::from_secs(args.timeout);
     rt.block_on(async move {
-        let flushing = flush(&args.wal, &args.table, &url, timeout, |b| b);
+        let flushing = flush(&args.wal, &args.table, &url, timeout, |mut b| {
+            if let Some(id) = &args.instance_id {
+                b = b.instance_id(id);
+            }
+            #[cfg(feature = "nats")]
+            if let Some(nats) = &args.replicate {
+                b = args.replica.apply(b, nats);
+            }
+            b
+        });
         match tokio::time::timeout(timeout, flushing).await {
             Ok(r) => r,
             Err(_) => Err(format!(

@@ -52,6 +52,14 @@ pub struct Args {
     /// Print `ack <key>` on stdout after each acknowledged add.
     #[arg(long)]
     print_acks: bool,
+    /// With `--print-acks`: `ack <key> <µs since the Unix epoch>`, the time of the
+    /// acknowledgement (to tell how old a write lost to a power cut was).
+    #[arg(long, requires = "print_acks")]
+    ack_times: bool,
+    /// The cache's instance id (default: the directory's `instance.id`, random on first
+    /// open). With `--replicate`, an explicit id on an empty directory rebuilds from the stream.
+    #[arg(long)]
+    instance_id: Option<String>,
     /// Longest time between background flushes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     flush_interval_ms: u64,
@@ -110,6 +118,9 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
     if let Some(n) = args.segment_bytes {
         builder = builder.segment_size(n);
     }
+    if let Some(id) = &args.instance_id {
+        builder = builder.instance_id(id);
+    }
     #[cfg(feature = "nats")]
     if let Some(nats) = &args.replicate {
         builder = args.replica.apply(builder, nats);
@@ -144,6 +155,7 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
         let picker = Picker::new(args.keys, args.dist)?;
         let mut rng = StdRng::seed_from_u64(seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let print = args.print_acks;
+        let times = args.ack_times;
         tasks.push(tokio::spawn(async move {
             let mut out = Outcome {
                 acked: 0,
@@ -160,7 +172,7 @@ async fn stress(args: Args, url: &str, seed: u64) -> Result<ExitCode, String> {
                 let _ = out.latency.record(t.elapsed().as_micros() as u64);
                 out.acked += 1;
                 done.fetch_add(1, Ordering::Relaxed);
-                if print && ack(&key).is_err() {
+                if print && ack(&key, times).is_err() {
                     // The reader is gone: nobody can count further acks.
                     out.error = Some("stdout closed while printing acks".into());
                     break;
@@ -234,9 +246,18 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// One `ack <key>` line, written through to fd 1 at once.
-fn ack(key: &str) -> std::io::Result<()> {
+/// One `ack <key>` line (with `times`, `ack <key> <µs since the epoch>`), written
+/// through to fd 1 at once.
+fn ack(key: &str, times: bool) -> std::io::Result<()> {
+    let line = if times {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        format!("ack {key} {us}\n")
+    } else {
+        format!("ack {key}\n")
+    };
     let mut out = std::io::stdout().lock();
-    out.write_all(format!("ack {key}\n").as_bytes())?;
+    out.write_all(line.as_bytes())?;
     out.flush()
 }
