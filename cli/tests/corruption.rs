@@ -191,6 +191,18 @@ fn a_cut_tail_recovers_exactly_the_prefix() {
     let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
     f.set_len(len - 3).unwrap();
     drop(f);
+    // The log's sync watermark says those bytes were fsynced: losing them is
+    // damage, refused loudly, not a torn tail.
+    let err = builder(&wal).open_blocking().err().unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(last.file_name().unwrap().to_string_lossy().as_ref())
+            && msg.contains("before its synced watermark"),
+        "{msg}"
+    );
+    // Without a watermark (a log written before it, or one whose watermark
+    // was never synced) the end of the last segment may be torn.
+    std::fs::remove_file(wal.join("sync.watermark")).unwrap();
     let copy = tmp.path().join("copy");
     copy_dir(&wal, &copy);
 

@@ -417,15 +417,11 @@ async fn power_cut_postgres() {
 
 /// Torn cuts (every other round): unsynced pages of a segment land in any
 /// order, so the tail can hold zeros followed by data.
-#[ignore = "finding: after a torn cut the WAL can refuse to open (`corrupt WAL segment ... frame \
-            LSN is 0` / `frame checksum mismatch` inside the unsynced tail); run by \
-            scripts/powercut-test"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_torn_sqlite() {
     powercut_rounds("sqlite", &LOCAL_MODES, false, true).await;
 }
 
-#[ignore = "finding: after a torn cut the WAL can refuse to open; run by scripts/powercut-test"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_torn_postgres() {
     powercut_rounds("postgres", &LOCAL_MODES, false, true).await;
@@ -434,26 +430,20 @@ async fn power_cut_torn_postgres() {
 /// The WAL directory made by the cache itself on first open: its name is in the
 /// parent directory, which must be fsynced too, or a cut takes the whole WAL
 /// (every fsynced segment in it) with it.
-#[ignore = "finding: the WAL directory's parent is never fsynced after it is created, so a cut \
-            takes the whole WAL; run by scripts/powercut-test"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_fresh_wal_directory_sqlite() {
     powercut_rounds("sqlite", &["fsync"], true, false).await;
 }
 
-/// `replicated`: known to lose writes until the open reconciles the local WAL
-/// with the stream (the check stays as strict as `fsync`'s).
+/// `replicated`: the local WAL fsyncs within 1 s, so a cut takes its tail;
+/// the open restores it from the stream (the check is as strict as `fsync`'s).
 #[cfg(feature = "nats")]
-#[ignore = "finding: acknowledged replicated writes lost after a power cut until the open \
-            reconciles the local WAL with the stream; run by scripts/powercut-test"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_replicated_sqlite() {
     powercut_rounds("sqlite", &["replicated"], false, true).await;
 }
 
 #[cfg(feature = "nats")]
-#[ignore = "finding: acknowledged replicated writes lost after a power cut until the open \
-            reconciles the local WAL with the stream; run by scripts/powercut-test"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_replicated_postgres() {
     powercut_rounds("postgres", &["replicated"], false, true).await;

@@ -37,7 +37,16 @@ pub fn create_dir_all_private(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
     match builder.create(dir) {
-        Ok(()) => set_dir_mode(dir),
+        // The new entry is durable only once its parent directory is
+        // fsynced: a power cut would otherwise take the whole log with it.
+        Ok(()) => {
+            set_dir_mode(dir)?;
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            File::open(parent)?.sync_all()
+        }
         // Someone else made it meanwhile: theirs, so not ours to chmod.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(e),
