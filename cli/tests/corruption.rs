@@ -197,7 +197,7 @@ fn a_cut_tail_recovers_exactly_the_prefix() {
     let msg = err.to_string();
     assert!(
         msg.contains(last.file_name().unwrap().to_string_lossy().as_ref())
-            && msg.contains("before its synced watermark"),
+            && msg.contains("corrupt"),
         "{msg}"
     );
     // Without a watermark (a log written before it, or one whose watermark
