@@ -50,9 +50,22 @@ pub(crate) fn append(path: &Path, entries: &[Entry]) -> Result<()> {
     options.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let created = !path.exists();
     let mut file = options.open(path).map_err(io(path))?;
     file.write_all(text.as_bytes()).map_err(io(path))?;
-    file.sync_data().map_err(io(path))
+    file.sync_data().map_err(io(path))?;
+    if created {
+        // A new file's name is durable only once its directory is fsynced:
+        // a power cut would otherwise take the dead letters with it.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 /// Every entry of the local dead-letter file at `path` (none when it does
