@@ -74,6 +74,24 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The table does not fit the mapping (checked at open, before any
+    /// write is accepted): it is missing, a mapped column is missing or of
+    /// an incompatible type, the key columns are not its primary key or a
+    /// unique index, or the version column is not an integer.
+    #[error(
+        "table {table}{}: expected {expected}, found {found}",
+        .column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default()
+    )]
+    Schema {
+        /// The table.
+        table: String,
+        /// The column, when the mismatch is one column's.
+        column: Option<String>,
+        /// What the mapping needs.
+        expected: String,
+        /// What the database has.
+        found: String,
+    },
     /// A limit is full and the backpressure policy gave up.
     #[error("backpressure: {limit} limit reached (waited {waited:?})")]
     Backpressure {
