@@ -11,13 +11,19 @@ pub type Lsn = u64;
 /// A key in its canonical text form (the SQL key column is text).
 pub type Key = Arc<str>;
 
-/// A stored value: a counter or an encoded record.
+/// A stored value: a counter, an encoded record or a delta record.
+///
+/// Encoded (bincode, WAL and checkpoints) as the variant index then the
+/// payload: new variants only ever go at the end, so old data decodes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
     /// A counter (BIGINT in SQL). `add` applies to it.
     Int(i64),
     /// A record, encoded by the codec; the writer maps it to columns.
     Bytes(Arc<[u8]>),
+    /// A delta record: one i64 per counter column, in column order.
+    /// `Change::AddCols` applies to it.
+    Ints(Arc<[i64]>),
 }
 
 /// What the cache believes the database row's version is, for the
@@ -36,7 +42,11 @@ pub enum Expected {
 ///
 /// Coalescing: `Put`/`Delete` are last-write-wins; `Add` deltas sum; an
 /// `Add` after a `Put(Int)` folds into the put, after a `Delete` it becomes
-/// `Put(Int(delta))`.
+/// `Put(Int(delta))`. `AddCols` is `Add` per column: deltas sum element-wise
+/// (same length), fold into a `Put(Ints)`, and after a `Delete` become
+/// `Put(Ints(deltas))`. Sums are checked: an overflow refuses the write.
+///
+/// Encoded like [`Value`]: new variants only at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Counter increment, flushed as `value = value + d, version = version + 1`.
@@ -45,6 +55,9 @@ pub enum Change {
     Put(Value),
     /// Remove the row, flushed as a versioned delete.
     Delete,
+    /// Delta-record increment, one delta per counter column, flushed as
+    /// `c = c + Δ` per column (commutative: never conflicts).
+    AddCols(Arc<[i64]>),
 }
 
 /// One key's coalesced change, as handed to the writer.
