@@ -495,6 +495,9 @@ async fn uuid_keys_bind_the_native_column_type(db: &Db) {
 #[cfg(not(feature = "uuid"))]
 async fn uuid_keys_bind_the_native_column_type(_: &Db) {}
 
+/// post_id, lang, title, summary, extra.
+type TranslationRow = (i64, String, String, Option<String>, Option<String>);
+
 /// A composite key `(i64, String)` on a two-column primary key; puts with
 /// no version column (last writer wins), deletes.
 async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
@@ -528,7 +531,7 @@ async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     cache.flush().await.unwrap();
     cache.delete(&de).await.unwrap();
     cache.close().await.unwrap();
-    let rows: Vec<(i64, String, String, Option<String>, Option<String>)> = db
+    let rows: Vec<TranslationRow> = db
         .query(&format!(
             "SELECT post_id, lang, title, summary, extra FROM {table} ORDER BY post_id, lang"
         ))
