@@ -492,7 +492,10 @@ mod tests {
     fn key_rows_carry_native_types() {
         assert_eq!(i64::key_types(), [SqlType::BigInt]);
         assert_eq!((-3i32).to_key_row(), [SqlValue::Int(-3)]);
-        assert_eq!(u64::MAX.to_key_row(), [SqlValue::Text(u64::MAX.to_string())]);
+        assert_eq!(
+            u64::MAX.to_key_row(),
+            [SqlValue::Text(u64::MAX.to_string())]
+        );
         assert_eq!(u32::from_key_row(vec![SqlValue::Int(9)]).unwrap(), 9);
         assert!(u32::from_key_row(vec![SqlValue::Int(-1)]).is_err());
         assert!(i64::from_key_row(vec![SqlValue::Text("1".into())]).is_err());

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use writebehind::{
-    Column, Error, Mapping, Record, SqlType, SqlValue, WriteBehind, WriteMode,
-};
+use writebehind::{Column, Error, Mapping, Record, SqlType, SqlValue, WriteBehind, WriteMode};
 
 // ---- the records ----
 
@@ -357,7 +355,10 @@ async fn delta_record_adds_per_column_and_leaves_other_columns_alone(db: &Db) {
     // Reads: the row plus the pending deltas (no row: zeros).
     assert_eq!(cache.get(&1).await.unwrap(), Some(pc(13, 2)));
     assert_eq!(cache.get(&2).await.unwrap(), Some(pc(4, 1)));
-    assert_eq!(db.post_rows(&table).await[&1], (Some("hello".into()), 10, 0));
+    assert_eq!(
+        db.post_rows(&table).await[&1],
+        (Some("hello".into()), 10, 0)
+    );
     cache.flush().await.unwrap();
     let stats = cache.stats();
     assert_eq!(stats.rows_flushed, 2, "{stats:?}");
@@ -415,7 +416,8 @@ async fn delta_record_puts_set_and_adds_fold_in(db: &Db) {
 /// others are flushed, and no row is inserted.
 async fn update_only_dead_letters_a_missing_row_and_flushes_the_rest(db: &Db) {
     let table = db.table("posts_uo");
-    db.posts(&table, &[(1, "one", 1, 1), (2, "two", 2, 2)]).await;
+    db.posts(&table, &[(1, "one", 1, 1), (2, "two", 2, 2)])
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let cache = builder::<i64, PostCountersUpdateOnly>(db, dir.path(), &table)
         .open()
@@ -476,7 +478,10 @@ async fn uuid_keys_bind_the_native_column_type(db: &Db) {
         async move {
             let rows = db.query(&sql).await;
             assert_eq!(rows.len(), 1);
-            (rows[0].get::<i64, _>(0), rows[0].get::<Option<String>, _>(1))
+            (
+                rows[0].get::<i64, _>(0),
+                rows[0].get::<Option<String>, _>(1),
+            )
         }
     };
     assert_eq!(hits(a).await, (105, Some("keep".into())));
@@ -542,7 +547,13 @@ async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     assert_eq!(
         rows,
         [
-            (1, "en".into(), "Hello".into(), Some("hi".into()), Some("x".into())),
+            (
+                1,
+                "en".into(),
+                "Hello".into(),
+                Some("hi".into()),
+                Some("x".into())
+            ),
             (1, "fr".into(), "Salut".into(), None, None),
         ]
     );
@@ -623,7 +634,11 @@ async fn crash_and_reopen_on_a_mapped_table_keeps_every_add_once(db: &Db) {
         .open()
         .await
         .unwrap();
-    assert!(cache.recovery().dirty_entries >= 2, "{:?}", cache.recovery());
+    assert!(
+        cache.recovery().dirty_entries >= 2,
+        "{:?}",
+        cache.recovery()
+    );
     assert_eq!(cache.get(&1).await.unwrap(), Some(pc(127, 17)));
     cache.add(&1, pc(1, 0)).await.unwrap();
     cache.flush().await.unwrap();
