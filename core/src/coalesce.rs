@@ -329,6 +329,90 @@ mod tests {
         }
     }
 
+    fn ints(c: &[i64]) -> Value {
+        Value::Ints(Arc::from(c))
+    }
+    fn cols(c: &[i64]) -> Change {
+        Change::AddCols(Arc::from(c))
+    }
+
+    /// Every pair involving a per-column add, with its exact result.
+    #[test]
+    fn coalesce_table_of_delta_records() {
+        use Change::{Add, Delete};
+        let put_c = |c: &[i64]| Change::Put(ints(c));
+        let cases: Vec<(Option<Change>, Change, Result<Change, FoldError>)> = vec![
+            (None, cols(&[1, 2]), Ok(cols(&[1, 2]))),
+            (Some(cols(&[1, 2])), cols(&[10, -5]), Ok(cols(&[11, -3]))),
+            (Some(put_c(&[4, 4])), cols(&[1, 0]), Ok(put_c(&[5, 4]))),
+            (Some(Delete), cols(&[1, 2]), Ok(put_c(&[1, 2]))),
+            (Some(cols(&[1, 2])), put_c(&[0, 0]), Ok(put_c(&[0, 0]))),
+            (Some(cols(&[1, 2])), Delete, Ok(Delete)),
+            (Some(cols(&[1, 2])), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(Add(1)), cols(&[1, 2]), Err(FoldError::Mismatch)),
+            (Some(cols(&[1, 2])), Add(1), Err(FoldError::Mismatch)),
+            (Some(put_i(3)), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(put_b("a")), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(put_c(&[1])), Add(1), Err(FoldError::Mismatch)),
+            (
+                Some(cols(&[0, i64::MAX])),
+                cols(&[0, 1]),
+                Err(FoldError::Overflow),
+            ),
+            (
+                Some(put_c(&[i64::MIN, 0])),
+                cols(&[-1, 0]),
+                Err(FoldError::Overflow),
+            ),
+        ];
+        for (i, (older, newer, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                coalesce(older.as_ref(), &newer),
+                want,
+                "case {i}: {older:?} then {newer:?}"
+            );
+        }
+        assert_eq!(
+            coalesce_lenient(Some(&cols(&[i64::MAX, 1])), &cols(&[1, 1])),
+            cols(&[i64::MIN, 2])
+        );
+        assert_eq!(coalesce_lenient(Some(&Add(1)), &cols(&[2])), put_c(&[2]));
+    }
+
+    #[test]
+    fn fold_table_of_delta_records() {
+        use Visible::{Absent, Delta, DeltaCols, Known, Unknown};
+        let dc = |c: &[i64]| DeltaCols(Arc::from(c));
+        let cases: Vec<(Visible, Change, Result<Visible, FoldError>)> = vec![
+            (Unknown, cols(&[1, 2]), Ok(dc(&[1, 2]))),
+            (dc(&[1, 2]), cols(&[3, 4]), Ok(dc(&[4, 6]))),
+            (Absent, cols(&[1, 2]), Ok(Known(ints(&[1, 2])))),
+            (
+                Known(ints(&[10, 20])),
+                cols(&[1, -2]),
+                Ok(Known(ints(&[11, 18]))),
+            ),
+            (Known(ints(&[10, 20])), cols(&[1]), Err(FoldError::Mismatch)),
+            (Known(Value::Int(1)), cols(&[1]), Err(FoldError::Mismatch)),
+            (Delta(1), cols(&[1]), Err(FoldError::Mismatch)),
+            (dc(&[1]), Change::Add(1), Err(FoldError::Mismatch)),
+            (Known(ints(&[1])), Change::Add(1), Err(FoldError::Mismatch)),
+            (dc(&[i64::MAX]), cols(&[1]), Err(FoldError::Overflow)),
+            (dc(&[1, 2]), Change::Delete, Ok(Absent)),
+        ];
+        for (i, (state, change, want)) in cases.into_iter().enumerate() {
+            let shown = format!("{state:?} then {change:?}");
+            assert_eq!(fold(state, &change), want, "case {i}: {shown}");
+        }
+        assert_eq!(
+            fold_lenient(Known(Value::Int(1)), &cols(&[1])),
+            Known(Value::Int(1))
+        );
+        assert_eq!(fold_lenient(dc(&[i64::MAX]), &cols(&[1])), dc(&[i64::MIN]));
+        assert_eq!(change_payload(&cols(&[1, 2, 3])), 24);
+        assert_eq!(value_payload(&ints(&[1, 2])), 16);
+    }
+
     #[test]
     fn coalesce_lenient_matches_checked_and_never_fails() {
         use Change::Add;
