@@ -852,6 +852,53 @@ async fn a_non_canonical_key_text_is_refused_before_the_wal() {
     assert_eq!(db.post_rows(&table).await[&42], (None, 2, 2));
 }
 
+#[tokio::test]
+async fn the_bookkeeping_tables_take_the_configured_prefix() {
+    let db = Db::sqlite();
+    let table = db.table("posts_prefix");
+    db.posts(&table, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder::<i64, PostCountersUpdateOnly>(&db, dir.path(), &table)
+        .bookkeeping_prefix("app_wb_")
+        .open()
+        .await
+        .unwrap();
+    cache
+        .add(&1, PostCountersUpdateOnly { views: 1, likes: 0 })
+        .await
+        .unwrap();
+    cache.close().await.unwrap();
+    let names: Vec<String> = db
+        .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .await
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "app_wb_conflicts".to_string(),
+            "app_wb_dead_letters".into(),
+            "app_wb_progress".into(),
+            table.clone(),
+        ]
+    );
+    let dead = db
+        .query(&format!(
+            "SELECT key FROM app_wb_dead_letters WHERE table_name = '{table}'"
+        ))
+        .await;
+    assert_eq!(dead.len(), 1);
+    let err = WriteBehind::<i64, PostCounters>::builder(tempfile::tempdir().unwrap().path())
+        .database(&db.url)
+        .bookkeeping_prefix("bad prefix ")
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, Error::InvalidIdentifier { .. }), "{err:?}");
+}
+
 /// A delta record in a cache without a database: reads are the sums.
 #[test]
 fn delta_records_coalesce_without_a_database_and_survive_reopen() {
