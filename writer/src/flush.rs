@@ -55,59 +55,85 @@ enum Written {
 }
 
 /// RETURNING rows `(key columns, version[, totals])` aligned with `chunk`
-/// by key.
+/// by the key columns' values (not by key text: two texts may name one row).
 fn by_position(
     w: &Inner,
     chunk: &[WRow],
     rows: impl IntoIterator<Item = Vec<SqlValue>>,
 ) -> ReadBack {
     let nk = w.dialect().key_columns().len();
-    let pos: HashMap<&str, usize> = chunk
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (&*r.data.key, i))
-        .collect();
+    let mut pos: HashMap<u64, Vec<usize>> = HashMap::with_capacity(chunk.len());
+    for (i, r) in chunk.iter().enumerate() {
+        pos.entry(key_hash(&r.data.kvals)).or_default().push(i);
+    }
     let mut back = vec![None; chunk.len()];
     for mut row in rows {
         if row.len() < nk + 1 {
             continue;
         }
         let mut rest = row.split_off(nk);
-        let Ok(key) = w.key_of(row) else {
-            continue;
-        };
         let totals = rest.split_off(1);
         let version = match rest.first() {
             Some(SqlValue::Int(v)) => Some(*v),
             _ => None,
         };
-        let totals = totals
+        let totals: Vec<i64> = totals
             .into_iter()
             .filter_map(|t| match t {
                 SqlValue::Int(t) => Some(t),
                 _ => None,
             })
             .collect();
-        if let Some(&i) = pos.get(&*key) {
+        let found = pos
+            .get(&key_hash(&row))
+            .and_then(|c| c.iter().find(|&&i| chunk[i].data.kvals == row));
+        if let Some(&i) = found {
             back[i] = Some(Back { version, totals });
         }
     }
     back
 }
 
-/// Splits rows into rounds in which no key (its column values) appears
-/// twice: a multi-row upsert must not touch one row twice.
-fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
-    let mut seen: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    let mut out: Vec<Vec<WRow>> = vec![Vec::new()];
-    for r in rows {
-        let id = format!("{:?}", r.data.kvals);
-        let n = seen.entry(id).or_insert(0);
-        if out.len() <= *n {
-            out.push(Vec::new());
+/// A hash of a row's key values.
+fn key_hash(kvals: &[SqlValue]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in kvals {
+        match v {
+            SqlValue::Null => 0u8.hash(&mut h),
+            SqlValue::Int(i) => (1u8, i).hash(&mut h),
+            SqlValue::Float(f) => (2u8, f.to_bits()).hash(&mut h),
+            SqlValue::Text(s) => (3u8, s).hash(&mut h),
+            SqlValue::Bytes(b) => (4u8, b).hash(&mut h),
+            SqlValue::Bool(b) => (5u8, b).hash(&mut h),
+            SqlValue::Uuid(b) => (6u8, b).hash(&mut h),
+            SqlValue::Timestamp(t) => (7u8, t).hash(&mut h),
+            SqlValue::Json(s) => (8u8, s).hash(&mut h),
         }
-        out[*n].push(r);
+    }
+    h.finish()
+}
+
+/// Splits rows into rounds in which no key (its column values) appears
+/// twice: a multi-row upsert must not touch one row twice. Rows are
+/// counted by the hash of their key values: equal keys always land in
+/// different rounds; a hash collision only costs an extra statement.
+fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
+    let mut count: HashMap<u64, usize> = HashMap::with_capacity(rows.len());
+    let mut round = Vec::with_capacity(rows.len());
+    let mut last = 0;
+    for r in &rows {
+        let n = count.entry(key_hash(&r.data.kvals)).or_insert(0);
+        round.push(*n);
+        last = last.max(*n);
         *n += 1;
+    }
+    if last == 0 {
+        return vec![rows];
+    }
+    let mut out: Vec<Vec<WRow>> = (0..=last).map(|_| Vec::new()).collect();
+    for (r, n) in rows.into_iter().zip(round) {
+        out[n].push(r);
     }
     out
 }

@@ -323,6 +323,23 @@ mod cases {
                 ],
             ]
         );
+        // Two key texts of one row ("5" and "05" are both id 5) go to
+        // separate statements: no upsert touches a row twice.
+        let r = w
+            .flush(&cut(
+                3,
+                vec![
+                    item("5", cols(&[1, 1]), Expected::Any),
+                    item("05", cols(&[2, 2]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.outcomes,
+            vec![unversioned(ints(&[1, 1])), unversioned(ints(&[3, 3]))]
+        );
+        sql(fx, &format!("DELETE FROM {} WHERE id = 5", fx.q(&t))).await;
         let loaded = w.load(&[key("1"), key("2"), key("3")]).await.unwrap();
         assert_eq!(
             loaded,
