@@ -57,7 +57,14 @@ impl Container {
     pub(crate) fn parse(attrs: &[Attribute], errors: &mut Errors) -> Container {
         let mut c = Container::default();
         for attr in attrs.iter().filter(|a| a.path().is_ident("writebehind")) {
-            if let Err(e) = attr.parse_nested_meta(|meta| c.one(&meta)) {
+            let parsed = attr.parse_nested_meta(|meta| match c.one(&meta) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    errors.push(e);
+                    skip_rest(&meta)
+                }
+            });
+            if let Err(e) = parsed {
                 errors.push(e);
             }
         }
@@ -150,7 +157,14 @@ impl FieldAttrs {
     pub(crate) fn parse(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
         let mut f = FieldAttrs::default();
         for attr in attrs.iter().filter(|a| a.path().is_ident("writebehind")) {
-            if let Err(e) = attr.parse_nested_meta(|meta| f.one(&meta)) {
+            let parsed = attr.parse_nested_meta(|meta| match f.one(&meta) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    errors.push(e);
+                    skip_rest(&meta)
+                }
+            });
+            if let Err(e) = parsed {
                 errors.push(e);
             }
         }
@@ -194,6 +208,15 @@ impl FieldAttrs {
             )))
         }
     }
+}
+
+/// After a mistake in one item, skips the rest of it (`= value`, `(..)`)
+/// so that the items after it are still read and checked.
+fn skip_rest(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+        meta.input.parse::<proc_macro2::TokenTree>()?;
+    }
+    Ok(())
 }
 
 fn string(meta: &ParseNestedMeta<'_>) -> syn::Result<LitStr> {

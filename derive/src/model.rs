@@ -116,12 +116,20 @@ pub(crate) fn build(input: &DeriveInput) -> syn::Result<Model> {
     // Lowercased column name -> the field that took it (names differing only
     // in case collide in most databases).
     let mut taken: HashMap<String, String> = HashMap::new();
+    // A field whose mistake is reported is not a column, but not a skip either.
+    let mut any_field_error = false;
     for field in named.into_iter().flat_map(|n| &n.named) {
         let Some(member) = field.ident.clone() else {
             continue;
         };
         let attrs = FieldAttrs::parse(&field.attrs, &mut errors);
-        let column = field_column(&member, &field.ty, &attrs, rename, &mut errors);
+        let column = match field_column(&member, &field.ty, &attrs, rename, &mut errors) {
+            Ok(column) => column,
+            Err(Reported) => {
+                any_field_error = true;
+                None
+            }
+        };
         if let Some(col) = &column {
             let lower = col.name.to_ascii_lowercase();
             let field_name = member.unraw().to_string();
@@ -168,7 +176,7 @@ pub(crate) fn build(input: &DeriveInput) -> syn::Result<Model> {
             column,
         });
     }
-    if named.is_some() && fields.iter().all(|f| f.column.is_none()) {
+    if named.is_some() && !any_field_error && fields.iter().all(|f| f.column.is_none()) {
         errors.push(syn::Error::new_spanned(
             &input.ident,
             "a record needs at least one column: every field is skipped (or there is none)",
@@ -189,29 +197,33 @@ pub(crate) fn build(input: &DeriveInput) -> syn::Result<Model> {
     })
 }
 
-/// The column of one field, or `None` when it is skipped (or wrong: the
-/// error is in `errors`).
+/// A mistake already pushed to the errors.
+struct Reported;
+
+/// The column of one field, `None` when it is skipped, `Err` when it is
+/// wrong (the error is in `errors`).
 fn field_column(
     member: &Ident,
     ty: &Type,
     attrs: &FieldAttrs,
     rename: RenameRule,
     errors: &mut Errors,
-) -> Option<ColumnModel> {
+) -> Result<Option<ColumnModel>, Reported> {
     if let Some(skip) = attrs.skip {
         if attrs.column.is_some() || attrs.merge.is_some() {
             errors.push(syn::Error::new(
                 skip,
                 "a skipped field is not a column: `skip` takes no `column`, `counter` or `set`",
             ));
+            return Err(Reported);
         }
-        return None;
+        return Ok(None);
     }
     let field_type = match ty::classify(ty) {
         Ok(t) => t,
         Err(e) => {
             errors.push(e);
-            return None;
+            return Err(Reported);
         }
     };
     let merge = attrs.merge.map_or(Merge::Set, |(m, _)| m);
@@ -222,7 +234,7 @@ fn field_column(
                 "`counter` needs an integer field (i8..i64, u8..u32): the column is a \
                  BIGINT that each write adds to",
             ));
-            return None;
+            return Err(Reported);
         }
         if field_type.nullable {
             errors.push(syn::Error::new(
@@ -230,7 +242,7 @@ fn field_column(
                 "a `counter` column is NOT NULL (a delta of 0 adds nothing): use the integer \
                  type without Option",
             ));
-            return None;
+            return Err(Reported);
         }
     }
     let name = match &attrs.column {
@@ -241,13 +253,13 @@ fn field_column(
         },
     };
     if !check_ident(&name, errors) {
-        return None;
+        return Err(Reported);
     }
-    Some(ColumnModel {
+    Ok(Some(ColumnModel {
         name: name.value,
         merge,
         ty: field_type,
-    })
+    }))
 }
 
 /// The rule of `writebehind_writer::Ident` (a plain SQL identifier:
@@ -375,7 +387,21 @@ mod tests {
         assert!(e.contains("unknown writebehind attribute `tabel`"), "{e}");
         assert!(e.contains("missing #[writebehind(key(..))]"), "{e}");
         assert!(e.contains("`counter` needs an integer field"), "{e}");
+        assert!(!e.contains("at least one column"), "{e}");
         assert!(e.contains("unsupported field type"), "{e}");
+    }
+
+    #[test]
+    fn a_mistake_does_not_hide_the_items_after_it() {
+        let e = error(
+            r#"#[writebehind(tabel = "x", key(id), rename_all = "nope", version = "v-1")]
+            struct T { #[writebehind(countr(x), column = "a b")] n: i64 }"#,
+        );
+        assert!(!e.contains("missing #[writebehind(key"), "{e}");
+        assert!(e.contains("unknown rename_all rule"), "{e}");
+        assert!(e.contains("`v-1` is not a plain SQL identifier"), "{e}");
+        assert!(e.contains("unknown writebehind attribute `countr`"), "{e}");
+        assert!(e.contains("`a b` is not a plain SQL identifier"), "{e}");
     }
 
     #[test]
