@@ -138,6 +138,15 @@ macro_rules! decode_rows {
                     SqlType::Text => row.$text_get::<Option<String>, _>(i)?.map(SqlValue::Text),
                     SqlType::Bytes => row.try_get::<Option<Vec<u8>>, _>(i)?.map(SqlValue::Bytes),
                     SqlType::Bool => row.try_get::<Option<bool>, _>(i)?.map(SqlValue::Bool),
+                    // Read through `Dialect::read_expr`: 16 bytes, µs, text.
+                    SqlType::Uuid => match row.try_get::<Option<Vec<u8>>, _>(i)? {
+                        Some(b) => Some(SqlValue::Uuid(uuid_bytes(b)?)),
+                        None => None,
+                    },
+                    SqlType::Timestamp => {
+                        row.try_get::<Option<i64>, _>(i)?.map(SqlValue::Timestamp)
+                    }
+                    SqlType::Json => row.$text_get::<Option<String>, _>(i)?.map(SqlValue::Json),
                 };
                 vals.push(v.unwrap_or(SqlValue::Null));
             }
@@ -145,6 +154,13 @@ macro_rules! decode_rows {
         }
         out
     }};
+}
+
+/// A UUID column's 16 bytes.
+fn uuid_bytes(b: Vec<u8>) -> Result<[u8; 16], sqlx::Error> {
+    let n = b.len();
+    <[u8; 16]>::try_from(b)
+        .map_err(|_| sqlx::Error::Decode(format!("a UUID column holds {n} bytes, not 16").into()))
 }
 
 impl Pool {

@@ -312,6 +312,12 @@ impl<'a> Flush<'a> {
                 Change::Add(_) => {
                     self.dead_letter(idx, "Change::Add applies to counter tables only".to_owned());
                 }
+                Change::AddCols(_) => {
+                    self.dead_letter(
+                        idx,
+                        "Change::AddCols applies to delta records only".to_owned(),
+                    );
+                }
                 Change::Put(value) => match w.encode(&key, value) {
                     Err(e) => self.dead_letter(idx, e.to_string()),
                     Ok(cols) => {

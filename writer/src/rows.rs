@@ -78,9 +78,12 @@ impl Inner {
         };
         match (&self.cfg().table.kind, value) {
             (TableKind::Counter, Value::Int(v)) => Ok(vec![SqlValue::Int(*v)]),
-            (TableKind::Counter, Value::Bytes(_)) => Err(mismatch(
-                "a counter table stores Value::Int, got Value::Bytes",
-            )),
+            (TableKind::Counter, Value::Bytes(_) | Value::Ints(_)) => {
+                Err(mismatch("a counter table stores Value::Int"))
+            }
+            (TableKind::Record(_), Value::Ints(_)) => {
+                Err(mismatch("delta records are not written yet"))
+            }
             (TableKind::Record(_), Value::Int(_)) => Err(mismatch(
                 "a record table stores Value::Bytes, got Value::Int",
             )),

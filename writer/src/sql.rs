@@ -70,17 +70,20 @@ impl Ph {
     }
 }
 
-fn scalar(v: &SqlValue, ty: SqlType) -> Arg {
+/// A value as its bind parameter. UUIDs travel as 16 bytes, timestamps as
+/// µs (BIGINT), JSON as text; `Dialect::write_expr` converts them in SQL.
+pub(crate) fn scalar(v: &SqlValue, ty: SqlType) -> Arg {
     match (v, ty) {
-        (SqlValue::Int(i), _) => Arg::Int(Some(*i)),
+        (SqlValue::Int(i) | SqlValue::Timestamp(i), _) => Arg::Int(Some(*i)),
         (SqlValue::Float(f), _) => Arg::Float(Some(*f)),
-        (SqlValue::Text(s), _) => Arg::Text(Some(s.clone())),
+        (SqlValue::Text(s) | SqlValue::Json(s), _) => Arg::Text(Some(s.clone())),
         (SqlValue::Bytes(b), _) => Arg::Bytes(Some(b.clone())),
+        (SqlValue::Uuid(b), _) => Arg::Bytes(Some(b.to_vec())),
         (SqlValue::Bool(b), _) => Arg::Bool(Some(*b)),
-        (SqlValue::Null, SqlType::BigInt) => Arg::Int(None),
+        (SqlValue::Null, SqlType::BigInt | SqlType::Timestamp) => Arg::Int(None),
         (SqlValue::Null, SqlType::Double) => Arg::Float(None),
-        (SqlValue::Null, SqlType::Text) => Arg::Text(None),
-        (SqlValue::Null, SqlType::Bytes) => Arg::Bytes(None),
+        (SqlValue::Null, SqlType::Text | SqlType::Json) => Arg::Text(None),
+        (SqlValue::Null, SqlType::Bytes | SqlType::Uuid) => Arg::Bytes(None),
         (SqlValue::Null, SqlType::Bool) => Arg::Bool(None),
     }
 }
@@ -92,9 +95,9 @@ fn array(rows: &[&RowData], i: usize, ty: SqlType) -> Arg {
         .iter()
         .map(|r| r.cols.get(i).unwrap_or(&SqlValue::Null));
     match ty {
-        SqlType::BigInt => Arg::IntArr(
+        SqlType::BigInt | SqlType::Timestamp => Arg::IntArr(
             it.map(|v| {
-                if let SqlValue::Int(x) = v {
+                if let SqlValue::Int(x) | SqlValue::Timestamp(x) = v {
                     Some(*x)
                 } else {
                     None
@@ -112,9 +115,9 @@ fn array(rows: &[&RowData], i: usize, ty: SqlType) -> Arg {
             })
             .collect(),
         ),
-        SqlType::Text => Arg::TextArr(
+        SqlType::Text | SqlType::Json => Arg::TextArr(
             it.map(|v| {
-                if let SqlValue::Text(x) = v {
+                if let SqlValue::Text(x) | SqlValue::Json(x) = v {
                     Some(x.clone())
                 } else {
                     None
@@ -122,13 +125,11 @@ fn array(rows: &[&RowData], i: usize, ty: SqlType) -> Arg {
             })
             .collect(),
         ),
-        SqlType::Bytes => Arg::BytesArr(
-            it.map(|v| {
-                if let SqlValue::Bytes(x) = v {
-                    Some(x.clone())
-                } else {
-                    None
-                }
+        SqlType::Bytes | SqlType::Uuid => Arg::BytesArr(
+            it.map(|v| match v {
+                SqlValue::Bytes(x) => Some(x.clone()),
+                SqlValue::Uuid(x) => Some(x.to_vec()),
+                _ => None,
             })
             .collect(),
         ),
@@ -147,10 +148,10 @@ fn array(rows: &[&RowData], i: usize, ty: SqlType) -> Arg {
 
 fn pg_array_type(ty: SqlType) -> &'static str {
     match ty {
-        SqlType::BigInt => "int8[]",
+        SqlType::BigInt | SqlType::Timestamp => "int8[]",
         SqlType::Double => "float8[]",
-        SqlType::Text => "text[]",
-        SqlType::Bytes => "bytea[]",
+        SqlType::Text | SqlType::Json => "text[]",
+        SqlType::Bytes | SqlType::Uuid => "bytea[]",
         SqlType::Bool => "bool[]",
     }
 }
@@ -183,8 +184,11 @@ impl Dialect {
             backend,
             table_name: t.table.to_string(),
             t: q(&t.table),
-            k: q(&t.key_column),
-            v: q(&t.version_column),
+            k: q(&t.key.columns()[0].name),
+            v: q(t
+                .version_column
+                .as_ref()
+                .unwrap_or(&Ident::fixed("version"))),
             qcols: cols.iter().map(|c| q(&c.name)).collect(),
             cols,
             progress: q(&cfg.progress_table),
@@ -622,6 +626,16 @@ impl Dialect {
             (Backend::Sqlite, SqlType::Bytes) => "BLOB",
             (Backend::MySql, SqlType::Bytes) => "LONGBLOB",
             (_, SqlType::Bool) => "BOOLEAN",
+            (Backend::Postgres, SqlType::Uuid) => "UUID",
+            (Backend::MySql, SqlType::Uuid) => "BINARY(16)",
+            (Backend::Sqlite, SqlType::Uuid) => "BLOB",
+            (Backend::Postgres, SqlType::Timestamp) => "TIMESTAMPTZ",
+            (Backend::MySql, SqlType::Timestamp) => "DATETIME(6)",
+            (Backend::Sqlite, SqlType::Timestamp) => "INTEGER",
+            (Backend::Postgres, SqlType::Json) => "JSONB",
+            // MariaDB's JSON is LONGTEXT with a JSON_VALID check.
+            (Backend::MySql, SqlType::Json) => "JSON",
+            (Backend::Sqlite, SqlType::Json) => "TEXT",
         }
     }
 
