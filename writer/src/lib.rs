@@ -31,6 +31,7 @@
 //!
 //! [`Cut`]: writebehind_core::Cut
 
+mod check;
 mod config;
 mod conflicts;
 // With no backend feature on, the driver layer has nothing to drive.
