@@ -164,7 +164,7 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
         _ => None,
     };
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(Error::Codec(format!(
             "key {text:?} is not lowercase hex: odd length"
         )));
@@ -492,7 +492,10 @@ mod tests {
     fn key_rows_carry_native_types() {
         assert_eq!(i64::key_types(), [SqlType::BigInt]);
         assert_eq!((-3i32).to_key_row(), [SqlValue::Int(-3)]);
-        assert_eq!(u64::MAX.to_key_row(), [SqlValue::Text(u64::MAX.to_string())]);
+        assert_eq!(
+            u64::MAX.to_key_row(),
+            [SqlValue::Text(u64::MAX.to_string())]
+        );
         assert_eq!(u32::from_key_row(vec![SqlValue::Int(9)]).unwrap(), 9);
         assert!(u32::from_key_row(vec![SqlValue::Int(-1)]).is_err());
         assert!(i64::from_key_row(vec![SqlValue::Text("1".into())]).is_err());
@@ -535,6 +538,51 @@ mod tests {
         ] {
             assert_eq!(uuid::Uuid::from_key_row(vec![row]).unwrap(), id);
         }
+    }
+
+    #[test]
+    fn the_key_codec_binds_native_columns_and_refuses_other_spellings() {
+        let codec = TypedKey::<(i64, String)>::new("t", &["id".into(), "lang".into()]).unwrap();
+        let cols: Vec<_> = codec
+            .columns()
+            .iter()
+            .map(|c| (c.name.as_str().to_owned(), c.ty, c.nullable))
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                ("id".to_owned(), SqlType::BigInt, false),
+                ("lang".to_owned(), SqlType::Text, false)
+            ]
+        );
+        let text = (7i64, String::from("en")).key_text().into_owned();
+        let row = codec.to_sql(&text).unwrap();
+        assert_eq!(row, [SqlValue::Int(7), SqlValue::Text("en".into())]);
+        assert_eq!(codec.from_sql(row).unwrap(), text);
+        // "07" would be a second entry for the row of 7.
+        assert!(codec.to_sql("07\u{1f}en").is_err());
+        assert!(codec.to_sql("x").is_err());
+
+        let ints = TypedKey::<u64>::new("t", &["id".into()]).unwrap();
+        assert_eq!(ints.to_sql("42").unwrap(), [SqlValue::Int(42)]);
+        assert!(ints.to_sql("+42").is_err());
+        let too_big = ints.to_sql(&u64::MAX.to_string()).unwrap_err();
+        assert!(too_big.contains("does not fit"), "{too_big}");
+    }
+
+    #[test]
+    fn key_columns_must_match_the_key_type() {
+        let err = TypedKey::<i64>::new("posts", &["id".into(), "lang".into()])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("table posts") && m.contains("(id, lang)")),
+            "{err}"
+        );
+        assert!(matches!(
+            TypedKey::<i64>::new("posts", &["bad name".into()]),
+            Err(Error::InvalidIdentifier { .. })
+        ));
     }
 
     /// Text with the separator and the escape among ordinary characters.

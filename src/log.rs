@@ -122,8 +122,12 @@ mod tests {
     fn delta_record_bytes_are_frozen() {
         // Delta records (issue 22) came as new variants at the end of
         // `Change` and `Value`: the records before them keep their bytes.
-        let add = encode_op("7", &Change::AddCols(Arc::from(&[1i64, -2][..])), Expected::Any)
-            .unwrap();
+        let add = encode_op(
+            "7",
+            &Change::AddCols(Arc::from(&[1i64, -2][..])),
+            Expected::Any,
+        )
+        .unwrap();
         assert_eq!(
             add,
             [
@@ -159,8 +163,8 @@ mod tests {
     fn records_written_before_delta_records_still_decode() {
         // Bytes as a WAL from before issue 22 holds them.
         let old_add = [
-            0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'k', b'1', 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0,
+            0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'k', b'1', 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0,
         ];
         assert_eq!(
             decode(&old_add).unwrap(),
@@ -171,8 +175,8 @@ mod tests {
             }
         );
         let old_put = [
-            0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'k', 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0,
-            0, 0, b'a', b'b', 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'k', 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+            0, b'a', b'b', 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(
             decode(&old_put).unwrap(),

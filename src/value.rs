@@ -304,3 +304,95 @@ impl<T: Record> RowCodec for RecordCodec<T> {
         codec::encode(&record).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Pair {
+        a: i64,
+        b: i64,
+    }
+
+    impl Record for Pair {
+        fn columns() -> Vec<Column> {
+            vec![Column::counter("a").unwrap(), Column::counter("b").unwrap()]
+        }
+        fn to_row(&self) -> Vec<SqlValue> {
+            vec![SqlValue::Int(self.a), SqlValue::Int(self.b)]
+        }
+        fn from_row(row: Vec<SqlValue>) -> std::result::Result<Self, String> {
+            match row.as_slice() {
+                [SqlValue::Int(a), SqlValue::Int(b)] => Ok(Pair { a: *a, b: *b }),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Named {
+        name: String,
+        n: i64,
+    }
+
+    impl Record for Named {
+        fn columns() -> Vec<Column> {
+            vec![
+                Column::new("name", writebehind_writer::SqlType::Text, false).unwrap(),
+                Column::counter("n").unwrap(),
+            ]
+        }
+        fn to_row(&self) -> Vec<SqlValue> {
+            vec![SqlValue::Text(self.name.clone()), SqlValue::Int(self.n)]
+        }
+        fn from_row(_: Vec<SqlValue>) -> std::result::Result<Self, String> {
+            Err("unused".into())
+        }
+        fn mapping() -> Mapping {
+            Mapping::new().table("named").mode(WriteMode::UpdateOnly)
+        }
+    }
+
+    #[test]
+    fn a_delta_record_is_ints_and_adds_per_column() {
+        let p = Pair { a: 3, b: -4 };
+        let v = p.to_value().unwrap();
+        assert_eq!(v, Value::Ints(Arc::from(&[3i64, -4][..])));
+        assert_eq!(Pair::from_value(&v).unwrap(), p);
+        assert_eq!(
+            p.to_change().unwrap(),
+            Change::AddCols(Arc::from(&[3i64, -4][..]))
+        );
+        assert_eq!(5i64.to_change().unwrap(), Change::Add(5));
+        assert!(Pair::from_value(&Value::Int(1)).is_err());
+        assert!(i64::from_value(&v).is_err());
+    }
+
+    #[test]
+    fn a_record_with_set_columns_is_bytes_and_refuses_add() {
+        let r = Named {
+            name: "x".into(),
+            n: 1,
+        };
+        assert!(matches!(r.to_value().unwrap(), Value::Bytes(_)));
+        assert!(matches!(r.to_change(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn mappings_default_to_todays_shape_and_records_answer_theirs() {
+        let m = Mapping::default();
+        assert_eq!(m.table, None);
+        assert_eq!(m.key_columns, ["key"]);
+        assert_eq!(m.version_column.as_deref(), Some("version"));
+        assert_eq!(m.mode, WriteMode::Upsert);
+        assert!(i64::table_mapping().is_none());
+        let named = Named::table_mapping().unwrap();
+        assert_eq!(named.table.as_deref(), Some("named"));
+        assert_eq!(named.mode, WriteMode::UpdateOnly);
+        assert_eq!(Pair::table_mapping().unwrap().key_columns, ["key"]);
+    }
+}

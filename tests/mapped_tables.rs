@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use writebehind::{
-    Column, Error, Mapping, Record, SqlType, SqlValue, WriteBehind, WriteMode,
-};
+use writebehind::{Column, Error, Mapping, Record, SqlType, SqlValue, WriteBehind, WriteMode};
 
 // ---- the records ----
 
@@ -357,7 +355,10 @@ async fn delta_record_adds_per_column_and_leaves_other_columns_alone(db: &Db) {
     // Reads: the row plus the pending deltas (no row: zeros).
     assert_eq!(cache.get(&1).await.unwrap(), Some(pc(13, 2)));
     assert_eq!(cache.get(&2).await.unwrap(), Some(pc(4, 1)));
-    assert_eq!(db.post_rows(&table).await[&1], (Some("hello".into()), 10, 0));
+    assert_eq!(
+        db.post_rows(&table).await[&1],
+        (Some("hello".into()), 10, 0)
+    );
     cache.flush().await.unwrap();
     let stats = cache.stats();
     assert_eq!(stats.rows_flushed, 2, "{stats:?}");
@@ -415,7 +416,8 @@ async fn delta_record_puts_set_and_adds_fold_in(db: &Db) {
 /// others are flushed, and no row is inserted.
 async fn update_only_dead_letters_a_missing_row_and_flushes_the_rest(db: &Db) {
     let table = db.table("posts_uo");
-    db.posts(&table, &[(1, "one", 1, 1), (2, "two", 2, 2)]).await;
+    db.posts(&table, &[(1, "one", 1, 1), (2, "two", 2, 2)])
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let cache = builder::<i64, PostCountersUpdateOnly>(db, dir.path(), &table)
         .open()
@@ -476,7 +478,10 @@ async fn uuid_keys_bind_the_native_column_type(db: &Db) {
         async move {
             let rows = db.query(&sql).await;
             assert_eq!(rows.len(), 1);
-            (rows[0].get::<i64, _>(0), rows[0].get::<Option<String>, _>(1))
+            (
+                rows[0].get::<i64, _>(0),
+                rows[0].get::<Option<String>, _>(1),
+            )
         }
     };
     assert_eq!(hits(a).await, (105, Some("keep".into())));
@@ -495,12 +500,21 @@ async fn uuid_keys_bind_the_native_column_type(db: &Db) {
 #[cfg(not(feature = "uuid"))]
 async fn uuid_keys_bind_the_native_column_type(_: &Db) {}
 
+/// post_id, lang, title, summary, extra.
+type TranslationRow = (i64, String, String, Option<String>, Option<String>);
+
 /// A composite key `(i64, String)` on a two-column primary key; puts with
 /// no version column (last writer wins), deletes.
 async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     let table = db.table("translations");
+    // On MariaDB the text key column has a collation other than the
+    // connection's (utf8mb4_bin there): the read-back must still work.
+    let collate = match db.backend {
+        Backend::Mysql => " COLLATE utf8mb4_unicode_ci",
+        _ => "",
+    };
     db.exec(&format!(
-        "CREATE TABLE {table} (post_id BIGINT NOT NULL, lang VARCHAR(16) NOT NULL, \
+        "CREATE TABLE {table} (post_id BIGINT NOT NULL, lang VARCHAR(16){collate} NOT NULL, \
          title TEXT NOT NULL, summary TEXT, extra TEXT, PRIMARY KEY (post_id, lang))"
     ))
     .await;
@@ -528,7 +542,7 @@ async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     cache.flush().await.unwrap();
     cache.delete(&de).await.unwrap();
     cache.close().await.unwrap();
-    let rows: Vec<(i64, String, String, Option<String>, Option<String>)> = db
+    let rows: Vec<TranslationRow> = db
         .query(&format!(
             "SELECT post_id, lang, title, summary, extra FROM {table} ORDER BY post_id, lang"
         ))
@@ -539,7 +553,13 @@ async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     assert_eq!(
         rows,
         [
-            (1, "en".into(), "Hello".into(), Some("hi".into()), Some("x".into())),
+            (
+                1,
+                "en".into(),
+                "Hello".into(),
+                Some("hi".into()),
+                Some("x".into())
+            ),
             (1, "fr".into(), "Salut".into(), None, None),
         ]
     );
@@ -595,6 +615,76 @@ async fn a_wrong_column_type_is_a_schema_error_at_open(db: &Db) {
     db.drop_table(&table).await;
 }
 
+/// Each mismatch the check at open finds, as one `Error::Schema` naming
+/// table, column, expected and found.
+async fn every_schema_mismatch_is_one_typed_error_at_open(db: &Db) {
+    async fn open_err(db: &Db, table: &str, create: bool) -> Error {
+        let dir = tempfile::tempdir().unwrap();
+        builder::<i64, PostCounters>(db, dir.path(), table)
+            .create_tables(create)
+            .open()
+            .await
+            .err()
+            .expect("open must fail")
+    }
+    fn fields(e: &Error) -> (&str, Option<&str>, &str, &str) {
+        match e {
+            Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            } => (table, column.as_deref(), expected, found),
+            other => panic!("expected Error::Schema, got {other:?}"),
+        }
+    }
+    // A missing table (not created: create_tables is off).
+    let missing = db.table("posts_missing");
+    let e = open_err(db, &missing, false).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (missing.as_str(), None), "{e}");
+    assert!(e.to_string().contains(&missing), "{e}");
+
+    // A missing column.
+    let table = db.table("posts_nolikes");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, title TEXT, views BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("likes")), "{e}");
+    db.drop_table(&table).await;
+
+    // A key column that is neither the primary key nor unique.
+    let table = db.table("posts_nokey");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT NOT NULL, title TEXT, \
+         views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("id")), "{e}");
+    db.drop_table(&table).await;
+
+    // A key column of the wrong type (text for an i64 key).
+    let table = db.table("posts_textkey");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, title TEXT, \
+         views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, found) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("id")), "{e}");
+    assert!(
+        found.to_lowercase().contains("char") || found.to_lowercase().contains("text"),
+        "{e}"
+    );
+    db.drop_table(&table).await;
+}
+
 /// Drop without close (a crash as far as the database is concerned),
 /// reopen, flush: every acknowledged add exactly once, including across
 /// a flush that happened before the crash.
@@ -620,7 +710,11 @@ async fn crash_and_reopen_on_a_mapped_table_keeps_every_add_once(db: &Db) {
         .open()
         .await
         .unwrap();
-    assert!(cache.recovery().dirty_entries >= 2, "{:?}", cache.recovery());
+    assert!(
+        cache.recovery().dirty_entries >= 2,
+        "{:?}",
+        cache.recovery()
+    );
     assert_eq!(cache.get(&1).await.unwrap(), Some(pc(127, 17)));
     cache.add(&1, pc(1, 0)).await.unwrap();
     cache.flush().await.unwrap();
@@ -679,6 +773,7 @@ suite!(
     uuid_keys_bind_the_native_column_type,
     composite_keys_map_to_a_two_column_primary_key,
     a_wrong_column_type_is_a_schema_error_at_open,
+    every_schema_mismatch_is_one_typed_error_at_open,
     crash_and_reopen_on_a_mapped_table_keeps_every_add_once,
 );
 
@@ -755,6 +850,53 @@ async fn a_non_canonical_key_text_is_refused_before_the_wal() {
     cache.add(&42, pc(1, 1)).await.unwrap();
     cache.close().await.unwrap();
     assert_eq!(db.post_rows(&table).await[&42], (None, 2, 2));
+}
+
+#[tokio::test]
+async fn the_bookkeeping_tables_take_the_configured_prefix() {
+    let db = Db::sqlite();
+    let table = db.table("posts_prefix");
+    db.posts(&table, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder::<i64, PostCountersUpdateOnly>(&db, dir.path(), &table)
+        .bookkeeping_prefix("app_wb_")
+        .open()
+        .await
+        .unwrap();
+    cache
+        .add(&1, PostCountersUpdateOnly { views: 1, likes: 0 })
+        .await
+        .unwrap();
+    cache.close().await.unwrap();
+    let names: Vec<String> = db
+        .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .await
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "app_wb_conflicts".to_string(),
+            "app_wb_dead_letters".into(),
+            "app_wb_progress".into(),
+            table.clone(),
+        ]
+    );
+    let dead = db
+        .query(&format!(
+            "SELECT key FROM app_wb_dead_letters WHERE table_name = '{table}'"
+        ))
+        .await;
+    assert_eq!(dead.len(), 1);
+    let err = WriteBehind::<i64, PostCounters>::builder(tempfile::tempdir().unwrap().path())
+        .database(&db.url)
+        .bookkeeping_prefix("bad prefix ")
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, Error::InvalidIdentifier { .. }), "{err:?}");
 }
 
 /// A delta record in a cache without a database: reads are the sums.
