@@ -60,13 +60,13 @@ pub use error::{Error, Limit, Result};
 pub use key::{CacheKey, KeyText};
 pub use recovery::RecoveryReport;
 pub use stats::{LoadLatency, Stats};
-pub use value::{CacheValue, Record};
+pub use value::{CacheValue, Delta, Mapping, Record};
 
 pub use writebehind_core::{Change, Lsn, Refresh as RefreshAhead, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
-    redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution,
-    RetryPolicy, SqlType, SqlValue,
+    redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Merge,
+    Resolution, RetryPolicy, SqlType, SqlValue, WriteMode,
 };
 
 /// The rows in the local dead-letter file of the WAL directory `dir`: rows
