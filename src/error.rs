@@ -279,7 +279,17 @@ impl From<writebehind_writer::Error> for Error {
                 ours,
                 owner_epoch: current,
             },
-            // w22: writebehind_writer::Error::Schema { .. } => Error::Schema { .. },
+            writebehind_writer::Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            } => Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            },
             other => Error::Database(other),
         }
     }
@@ -362,6 +372,27 @@ mod tests {
         assert_eq!(e.class(), Some(ErrorClass::Permanent));
         assert_eq!(Error::Close(vec![Error::Closed, e]).fenced_by(), Some(4));
         assert_eq!(Error::Closed.fenced_by(), None);
+    }
+
+    #[test]
+    fn a_schema_mismatch_keeps_its_fields_and_is_permanent() {
+        let e: Error = writebehind_writer::Error::Schema {
+            table: "posts".into(),
+            column: Some("views".into()),
+            expected: "BIGINT".into(),
+            found: "text".into(),
+        }
+        .into();
+        assert!(
+            matches!(&e, Error::Schema { table, column: Some(c), expected, found }
+                if table == "posts" && c == "views" && expected == "BIGINT" && found == "text"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "table posts, column views: expected BIGINT, found text"
+        );
+        assert_eq!(e.class(), Some(ErrorClass::Permanent));
     }
 
     #[test]

@@ -9,6 +9,15 @@
 //! none is applied twice (the flush position is committed in the same
 //! transaction as the data).
 //!
+//! Writing into the user's own table: a [`Record`] maps a Rust type onto
+//! an existing table (its [`Mapping`]: table, key columns, optional version
+//! column, upsert or update-only), with keys in their native column types
+//! ([`CacheKey`]: integers, text, bytes, UUID with the feature `uuid`, and
+//! tuples for composite keys). Only the mapped columns are written. A
+//! record whose columns are all counters ([`Merge::Counter`]) is a delta
+//! record: [`WriteBehind::add`] adds it per column. The table is checked
+//! against the mapping at open ([`Error::Schema`]).
+//!
 //! This crate composes three others: `writebehind-wal` (the log),
 //! `writebehind-core` (the in-memory state) and `writebehind-writer` (SQL).
 //!

@@ -337,6 +337,9 @@ async fn connect<K: CacheKey, V: CacheValue>(cfg: &Config, url: &str) -> Result<
         .table(spec)
         .conflict_policy(cfg.conflict_policy().clone())
         .report_values(cfg.read_back());
+    if let Some(prefix) = cfg.bookkeeping_prefix() {
+        wcfg = wcfg.bookkeeping_prefix(prefix)?;
+    }
     if cfg.io().is_none() {
         wcfg = wcfg.dead_letter_file(cfg.dir().join(DEAD_LETTER_FILE));
     }

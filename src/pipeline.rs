@@ -252,7 +252,7 @@ impl Pipeline {
             }
         }
         if !self.create_tables || self.tables_ready.load(Ordering::Acquire) {
-            match tokio::time::timeout(OPEN_PROBE, check_schema(&self.writer)).await {
+            match tokio::time::timeout(OPEN_PROBE, self.writer.check_schema()).await {
                 Ok(Ok(())) => self.schema_checked.store(true, Ordering::Release),
                 Ok(Err(e)) if e.class() == ErrorClass::Transient => {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "could not check the table at open; checked before the first flush");
@@ -555,7 +555,7 @@ impl Pipeline {
         if !self.schema_checked.load(Ordering::Acquire) {
             let checked = self
                 .retrier
-                .run(|| check_schema(&self.writer).inspect(|r| self.note_attempt(r)))
+                .run(|| self.writer.check_schema().inspect(|r| self.note_attempt(r)))
                 .await;
             if let Err(e) = checked {
                 let e: Error = e.into();
@@ -773,11 +773,6 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
     }
     guard.normal = true;
-}
-
-/// w22: stands in for `Writer::check_schema` until the writer has it.
-async fn check_schema(_writer: &Writer) -> writebehind_writer::Result<()> {
-    Ok(())
 }
 
 #[cfg(all(test, feature = "sqlite"))]

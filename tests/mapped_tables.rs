@@ -507,8 +507,14 @@ type TranslationRow = (i64, String, String, Option<String>, Option<String>);
 /// no version column (last writer wins), deletes.
 async fn composite_keys_map_to_a_two_column_primary_key(db: &Db) {
     let table = db.table("translations");
+    // On MariaDB the text key column has a collation other than the
+    // connection's (utf8mb4_bin there): the read-back must still work.
+    let collate = match db.backend {
+        Backend::Mysql => " COLLATE utf8mb4_unicode_ci",
+        _ => "",
+    };
     db.exec(&format!(
-        "CREATE TABLE {table} (post_id BIGINT NOT NULL, lang VARCHAR(16) NOT NULL, \
+        "CREATE TABLE {table} (post_id BIGINT NOT NULL, lang VARCHAR(16){collate} NOT NULL, \
          title TEXT NOT NULL, summary TEXT, extra TEXT, PRIMARY KEY (post_id, lang))"
     ))
     .await;
@@ -609,6 +615,76 @@ async fn a_wrong_column_type_is_a_schema_error_at_open(db: &Db) {
     db.drop_table(&table).await;
 }
 
+/// Each mismatch the check at open finds, as one `Error::Schema` naming
+/// table, column, expected and found.
+async fn every_schema_mismatch_is_one_typed_error_at_open(db: &Db) {
+    async fn open_err(db: &Db, table: &str, create: bool) -> Error {
+        let dir = tempfile::tempdir().unwrap();
+        builder::<i64, PostCounters>(db, dir.path(), table)
+            .create_tables(create)
+            .open()
+            .await
+            .err()
+            .expect("open must fail")
+    }
+    fn fields(e: &Error) -> (&str, Option<&str>, &str, &str) {
+        match e {
+            Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            } => (table, column.as_deref(), expected, found),
+            other => panic!("expected Error::Schema, got {other:?}"),
+        }
+    }
+    // A missing table (not created: create_tables is off).
+    let missing = db.table("posts_missing");
+    let e = open_err(db, &missing, false).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (missing.as_str(), None), "{e}");
+    assert!(e.to_string().contains(&missing), "{e}");
+
+    // A missing column.
+    let table = db.table("posts_nolikes");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, title TEXT, views BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("likes")), "{e}");
+    db.drop_table(&table).await;
+
+    // A key column that is neither the primary key nor unique.
+    let table = db.table("posts_nokey");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT NOT NULL, title TEXT, \
+         views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, _) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("id")), "{e}");
+    db.drop_table(&table).await;
+
+    // A key column of the wrong type (text for an i64 key).
+    let table = db.table("posts_textkey");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, title TEXT, \
+         views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    let (t, column, _, found) = fields(&e);
+    assert_eq!((t, column), (table.as_str(), Some("id")), "{e}");
+    assert!(
+        found.to_lowercase().contains("char") || found.to_lowercase().contains("text"),
+        "{e}"
+    );
+    db.drop_table(&table).await;
+}
+
 /// Drop without close (a crash as far as the database is concerned),
 /// reopen, flush: every acknowledged add exactly once, including across
 /// a flush that happened before the crash.
@@ -697,6 +773,7 @@ suite!(
     uuid_keys_bind_the_native_column_type,
     composite_keys_map_to_a_two_column_primary_key,
     a_wrong_column_type_is_a_schema_error_at_open,
+    every_schema_mismatch_is_one_typed_error_at_open,
     crash_and_reopen_on_a_mapped_table_keeps_every_add_once,
 );
 
@@ -773,6 +850,53 @@ async fn a_non_canonical_key_text_is_refused_before_the_wal() {
     cache.add(&42, pc(1, 1)).await.unwrap();
     cache.close().await.unwrap();
     assert_eq!(db.post_rows(&table).await[&42], (None, 2, 2));
+}
+
+#[tokio::test]
+async fn the_bookkeeping_tables_take_the_configured_prefix() {
+    let db = Db::sqlite();
+    let table = db.table("posts_prefix");
+    db.posts(&table, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder::<i64, PostCountersUpdateOnly>(&db, dir.path(), &table)
+        .bookkeeping_prefix("app_wb_")
+        .open()
+        .await
+        .unwrap();
+    cache
+        .add(&1, PostCountersUpdateOnly { views: 1, likes: 0 })
+        .await
+        .unwrap();
+    cache.close().await.unwrap();
+    let names: Vec<String> = db
+        .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .await
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "app_wb_conflicts".to_string(),
+            "app_wb_dead_letters".into(),
+            "app_wb_progress".into(),
+            table.clone(),
+        ]
+    );
+    let dead = db
+        .query(&format!(
+            "SELECT key FROM app_wb_dead_letters WHERE table_name = '{table}'"
+        ))
+        .await;
+    assert_eq!(dead.len(), 1);
+    let err = WriteBehind::<i64, PostCounters>::builder(tempfile::tempdir().unwrap().path())
+        .database(&db.url)
+        .bookkeeping_prefix("bad prefix ")
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, Error::InvalidIdentifier { .. }), "{err:?}");
 }
 
 /// A delta record in a cache without a database: reads are the sums.
