@@ -39,6 +39,9 @@
 #![doc = include_str!("../examples/readme.rs")]
 #![doc = "```"]
 
+#[doc(hidden)]
+#[path = "derive_support.rs"]
+pub mod __private;
 mod backpressure;
 mod blocking;
 mod cache;
@@ -62,6 +65,10 @@ mod stats;
 mod supervise;
 mod value;
 mod write;
+
+// `#[derive(Record)]`: the derive, under the trait's name (`use
+// writebehind::Record;` imports both, as with serde).
+pub use writebehind_derive::Record;
 
 pub use cache::WriteBehind;
 pub use config::{Backpressure, Builder, ConflictHook};

@@ -76,7 +76,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// | attribute | meaning |
 /// |---|---|
 /// | `column = "like_count"` | the column name (wins over `rename_all`) |
-/// | `counter` | the write is a delta: `likes = likes + Δ`. An integer field, not an `Option` |
+/// | `counter` | the write is a delta: `likes = likes + Δ`. An integer field, not an `Option` (a signed one if deltas can be negative) |
 /// | `set` | last write wins (the default) |
 /// | `skip` | not a column: `from_row` fills it with `Default::default()` |
 ///
