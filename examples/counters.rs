@@ -28,9 +28,11 @@ use writebehind::{Durability, Record, WriteBehind};
 
 /// The two counter columns of `posts`: a delta record. `cache.add(&id, ..)`
 /// adds it per column; the key is the `id` column, and `title` is not
-/// mapped, so the cache never writes it.
+/// mapped, so the cache never writes it. `update_only`: the posts exist,
+/// the cache only counts on them (`UPDATE posts SET views = views + Δ, ..`;
+/// an upsert would have to insert a row without its `NOT NULL` title).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Record)]
-#[writebehind(table = "posts", key(id))]
+#[writebehind(table = "posts", key(id), update_only)]
 struct PostCounters {
     #[writebehind(counter)]
     views: i64,
