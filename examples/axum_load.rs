@@ -223,18 +223,15 @@ async fn drive(
     }
     let _ = addr_tx.send(None);
     server.kill().await;
-    let at_kill = totals(&shared);
-    println!(
-        "  SIGKILL after {:.2}s: {} answered ({} acked), {} in flight",
-        started.elapsed().as_secs_f64(),
-        shared.answered.load(Ordering::Relaxed),
-        at_kill.acked,
-        at_kill.in_flight
-    );
+    let killed_at = started.elapsed();
+    let acked_at_kill = totals(&shared).acked;
     let restarted = Instant::now();
     *server = Server::start(&args.server, server_args, deadline).await?;
+    // By now every request the kill cut has failed on its connection.
     println!(
-        "  restarted in {:.2}s on the same WAL directory and database",
+        "  SIGKILL after {:.2}s: {acked_at_kill} acked by then, {} in flight; restarted in {:.2}s on the same WAL directory and database",
+        killed_at.as_secs_f64(),
+        totals(&shared).in_flight,
         restarted.elapsed().as_secs_f64()
     );
     let _ = addr_tx.send(Some(server.addr));

@@ -202,8 +202,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Reads go through the cache: the row as flushed so far plus the adds
     // still pending, per column.
-    for id in 0..expected.len().min(100) {
-        let (views, likes) = expected[id];
+    for (id, &(views, likes)) in expected.iter().enumerate().take(100) {
         let read = cache.get(&(id as i64)).await?.unwrap_or_default();
         if read != (PostCounters { views, likes }) {
             return Err(format!(
