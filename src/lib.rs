@@ -42,6 +42,10 @@
 #[doc(hidden)]
 #[path = "derive_support.rs"]
 pub mod __private;
+/// `#[serde(with = "writebehind::json_text")]` for a `serde_json::Value`
+/// field of a record (feature `json`): the log keeps it as JSON text.
+#[cfg(feature = "json")]
+pub use __private::json_text;
 mod backpressure;
 mod blocking;
 mod cache;

@@ -100,7 +100,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `serde_json::Value` (feature `json`) | JSON |
 /// | `Option<T>` of one of these | the same, nullable |
 ///
-/// A `serde_json::Value` field needs `#[serde(with = "...")]` that writes
+/// A `serde_json::Value` field needs `#[serde(with = "writebehind::json_text")]`, which writes
 /// it as text (the derive refuses it otherwise): the cache keeps records in
 /// a binary log (bincode), which cannot read a `serde_json::Value` back.
 ///

@@ -229,10 +229,10 @@ fn field_column(
     if field_type.kind == Kind::Json && !attrs.serde_with {
         errors.push(syn::Error::new_spanned(
             ty,
-            "a serde_json::Value field needs #[serde(with = \"...\")] that writes it as text: the \
+            "a serde_json::Value field needs #[serde(with = \"writebehind::json_text\")]: the \
              cache keeps records in a binary log (bincode), which cannot read back a \
              serde_json::Value (it needs deserialize_any), so the record would be acknowledged \
-             and then fail at its flush; e.g. serde_with's JsonString",
+             and then fail at its flush",
         ));
         return Err(Reported);
     }

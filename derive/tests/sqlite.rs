@@ -91,7 +91,7 @@ struct Thing {
     id: uuid::Uuid,
     at: time::OffsetDateTime,
     seen: chrono::DateTime<chrono::Utc>,
-    #[serde(with = "writebehind::__private::json_text")]
+    #[serde(with = "writebehind::json_text")]
     doc: serde_json::Value,
     note: Option<String>,
     #[writebehind(skip)]
