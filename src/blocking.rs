@@ -7,7 +7,7 @@ use writebehind_wal::Durability;
 
 use crate::cache::WriteBehind;
 use crate::key::{CacheKey, KeyText};
-use crate::value::CacheValue;
+use crate::value::{CacheValue, Delta};
 use crate::{read, write, Result};
 
 impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
@@ -94,24 +94,21 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     }
 }
 
-impl<K: CacheKey> WriteBehind<K, i64> {
+impl<K: CacheKey, V: Delta> WriteBehind<K, V> {
     /// Blocking [`add`](Self::add).
-    pub fn add_blocking<Q: KeyText + ?Sized>(&self, key: &Q, delta: i64) -> Result<Lsn> {
-        write::write_blocking(&self.shared, &key.key_text(), Change::Add(delta), None)
+    pub fn add_blocking<Q: KeyText + ?Sized>(&self, key: &Q, delta: V) -> Result<Lsn> {
+        let change = delta.to_change()?;
+        write::write_blocking(&self.shared, &key.key_text(), change, None)
     }
 
     /// Blocking [`add_with`](Self::add_with).
     pub fn add_blocking_with<Q: KeyText + ?Sized>(
         &self,
         key: &Q,
-        delta: i64,
+        delta: V,
         durability: Durability,
     ) -> Result<Lsn> {
-        write::write_blocking(
-            &self.shared,
-            &key.key_text(),
-            Change::Add(delta),
-            Some(durability),
-        )
+        let change = delta.to_change()?;
+        write::write_blocking(&self.shared, &key.key_text(), change, Some(durability))
     }
 }

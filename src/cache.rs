@@ -14,7 +14,7 @@ use crate::recovery::RecoveryReport;
 use crate::shared::Shared;
 use crate::shutdown::Lifetime;
 use crate::stats::Stats;
-use crate::value::CacheValue;
+use crate::value::{CacheValue, Delta};
 use crate::{read, write, Error, Result};
 
 /// An embedded, persistent write-behind cache.
@@ -201,26 +201,28 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     }
 }
 
-impl<K: CacheKey> WriteBehind<K, i64> {
-    /// Adds `delta` to the counter `key`. Returns the write's LSN once the
-    /// WAL has it under the cache's durability.
-    pub async fn add<Q: KeyText + ?Sized>(&self, key: &Q, delta: i64) -> Result<Lsn> {
-        write::write_async(&self.shared, &key.key_text(), Change::Add(delta), None).await
+impl<K: CacheKey, V: Delta> WriteBehind<K, V> {
+    /// Adds `delta` to `key`: an `i64` to a counter, or a delta record (a
+    /// [`Record`](crate::Record) whose columns are all counters) to each of
+    /// its columns. Adds coalesce (their sum is flushed as `c = c + Δ`, per
+    /// column, touching no other column) and never conflict. Returns the
+    /// write's LSN once the WAL has it under the cache's durability.
+    ///
+    /// `add` of a record with a column that is not a counter is refused
+    /// with [`Error::Config`] before anything is written.
+    pub async fn add<Q: KeyText + ?Sized>(&self, key: &Q, delta: V) -> Result<Lsn> {
+        let change = delta.to_change()?;
+        write::write_async(&self.shared, &key.key_text(), change, None).await
     }
 
     /// [`add`](Self::add) with this write's own durability.
     pub async fn add_with<Q: KeyText + ?Sized>(
         &self,
         key: &Q,
-        delta: i64,
+        delta: V,
         durability: Durability,
     ) -> Result<Lsn> {
-        write::write_async(
-            &self.shared,
-            &key.key_text(),
-            Change::Add(delta),
-            Some(durability),
-        )
-        .await
+        let change = delta.to_change()?;
+        write::write_async(&self.shared, &key.key_text(), change, Some(durability)).await
     }
 }

@@ -41,6 +41,7 @@ pub(crate) struct Config {
     salvage: bool,
     database: Option<String>,
     table: String,
+    bookkeeping_prefix: Option<String>,
     create_tables: bool,
     read_through: bool,
     read_back: bool,
@@ -125,6 +126,10 @@ impl Config {
     }
     pub(crate) fn table(&self) -> &str {
         &self.table
+    }
+    /// `None`: the writer's default (`writebehind_`).
+    pub(crate) fn bookkeeping_prefix(&self) -> Option<&str> {
+        self.bookkeeping_prefix.as_deref()
     }
     pub(crate) fn create_tables(&self) -> bool {
         self.create_tables
@@ -282,6 +287,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 salvage: false,
                 database: None,
                 table: "counters".into(),
+                bookkeeping_prefix: None,
                 create_tables: false,
                 read_through: true,
                 read_back: true,
@@ -418,14 +424,29 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
-    /// The data table. Default: `counters`.
+    /// The data table. A [`Record`](crate::Record) whose
+    /// [`Mapping`](crate::Mapping) names a table goes to that table instead.
+    /// Default: `counters`.
     pub fn table(mut self, name: impl Into<String>) -> Self {
         self.cfg.table = name.into();
         self
     }
 
-    /// Create the data, progress, conflicts and dead-letter tables when
-    /// missing. Default: off.
+    /// The prefix of the cache's own tables in the database:
+    /// `{prefix}progress`, `{prefix}conflicts`, `{prefix}dead_letters`.
+    /// They never live in the data table. A prefix that does not make plain
+    /// identifiers is refused at open. Default: `writebehind_`.
+    pub fn bookkeeping_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.cfg.bookkeeping_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Create the data table (from the mapping: key columns in the key
+    /// type's SQL types, the record's columns, the version column if
+    /// mapped) and the progress, conflicts and dead-letter tables when
+    /// missing. An existing data table is never altered; either way it is
+    /// checked against the mapping at open, and a mismatch is
+    /// [`Error::Schema`](crate::Error::Schema). Default: off.
     pub fn create_tables(mut self, on: bool) -> Self {
         self.cfg.create_tables = on;
         self

@@ -74,6 +74,24 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The table does not fit the mapping (checked at open, before any
+    /// write is accepted): it is missing, a mapped column is missing or of
+    /// an incompatible type, the key columns are not its primary key or a
+    /// unique index, or the version column is not an integer.
+    #[error(
+        "table {table}{}: expected {expected}, found {found}",
+        .column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default()
+    )]
+    Schema {
+        /// The table.
+        table: String,
+        /// The column, when the mismatch is one column's.
+        column: Option<String>,
+        /// What the mapping needs.
+        expected: String,
+        /// What the database has.
+        found: String,
+    },
     /// A limit is full and the backpressure policy gave up.
     #[error("backpressure: {limit} limit reached (waited {waited:?})")]
     Backpressure {
@@ -261,6 +279,17 @@ impl From<writebehind_writer::Error> for Error {
                 ours,
                 owner_epoch: current,
             },
+            writebehind_writer::Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            } => Error::Schema {
+                table,
+                column,
+                expected,
+                found,
+            },
             other => Error::Database(other),
         }
     }
@@ -279,7 +308,7 @@ impl Error {
             Error::FlushTimeout { cause, .. } | Error::Unsettled { cause, .. } => {
                 cause.as_ref().and_then(|e| e.class())
             }
-            Error::Fenced { .. } => Some(ErrorClass::Permanent),
+            Error::Fenced { .. } | Error::Schema { .. } => Some(ErrorClass::Permanent),
             _ => None,
         }
     }
@@ -343,6 +372,27 @@ mod tests {
         assert_eq!(e.class(), Some(ErrorClass::Permanent));
         assert_eq!(Error::Close(vec![Error::Closed, e]).fenced_by(), Some(4));
         assert_eq!(Error::Closed.fenced_by(), None);
+    }
+
+    #[test]
+    fn a_schema_mismatch_keeps_its_fields_and_is_permanent() {
+        let e: Error = writebehind_writer::Error::Schema {
+            table: "posts".into(),
+            column: Some("views".into()),
+            expected: "BIGINT".into(),
+            found: "text".into(),
+        }
+        .into();
+        assert!(
+            matches!(&e, Error::Schema { table, column: Some(c), expected, found }
+                if table == "posts" && c == "views" && expected == "BIGINT" && found == "text"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "table posts, column views: expected BIGINT, found text"
+        );
+        assert_eq!(e.class(), Some(ErrorClass::Permanent));
     }
 
     #[test]

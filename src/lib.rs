@@ -9,6 +9,15 @@
 //! none is applied twice (the flush position is committed in the same
 //! transaction as the data).
 //!
+//! Writing into the user's own table: a [`Record`] maps a Rust type onto
+//! an existing table (its [`Mapping`]: table, key columns, optional version
+//! column, upsert or update-only), with keys in their native column types
+//! ([`CacheKey`]: integers, text, bytes, UUID with the feature `uuid`, and
+//! tuples for composite keys). Only the mapped columns are written. A
+//! record whose columns are all counters ([`Merge::Counter`]) is a delta
+//! record: [`WriteBehind::add`] adds it per column. The table is checked
+//! against the mapping at open ([`Error::Schema`]).
+//!
 //! This crate composes three others: `writebehind-wal` (the log),
 //! `writebehind-core` (the in-memory state) and `writebehind-writer` (SQL).
 //!
@@ -30,6 +39,13 @@
 #![doc = include_str!("../examples/readme.rs")]
 #![doc = "```"]
 
+#[doc(hidden)]
+#[path = "derive_support.rs"]
+pub mod __private;
+/// `#[serde(with = "writebehind::json_text")]` for a `serde_json::Value`
+/// field of a record (feature `json`): the log keeps it as JSON text.
+#[cfg(feature = "json")]
+pub use __private::json_text;
 mod backpressure;
 mod blocking;
 mod cache;
@@ -54,19 +70,23 @@ mod supervise;
 mod value;
 mod write;
 
+// `#[derive(Record)]`: the derive, under the trait's name (`use
+// writebehind::Record;` imports both, as with serde).
+pub use writebehind_derive::Record;
+
 pub use cache::WriteBehind;
 pub use config::{Backpressure, Builder, ConflictHook};
 pub use error::{Error, Limit, Result};
 pub use key::{CacheKey, KeyText};
 pub use recovery::RecoveryReport;
 pub use stats::{LoadLatency, Stats};
-pub use value::{CacheValue, Record};
+pub use value::{CacheValue, Delta, Mapping, Record};
 
 pub use writebehind_core::{Change, Lsn, Refresh as RefreshAhead, Value};
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
-    redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Resolution,
-    RetryPolicy, SqlType, SqlValue,
+    redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Merge,
+    Resolution, RetryPolicy, SqlType, SqlValue, WriteMode,
 };
 
 /// The rows in the local dead-letter file of the WAL directory `dir`: rows

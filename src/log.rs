@@ -119,6 +119,76 @@ mod tests {
     }
 
     #[test]
+    fn delta_record_bytes_are_frozen() {
+        // Delta records (issue 22) came as new variants at the end of
+        // `Change` and `Value`: the records before them keep their bytes.
+        let add = encode_op(
+            "7",
+            &Change::AddCols(Arc::from(&[1i64, -2][..])),
+            Expected::Any,
+        )
+        .unwrap();
+        assert_eq!(
+            add,
+            [
+                0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'7', // Op, key
+                3, 0, 0, 0, // Change::AddCols
+                2, 0, 0, 0, 0, 0, 0, 0, // two columns
+                1, 0, 0, 0, 0, 0, 0, 0, // 1
+                254, 255, 255, 255, 255, 255, 255, 255, // -2
+                0, 0, 0, 0, // Expected::Any
+            ]
+        );
+        let put = encode_op(
+            "7",
+            &Change::Put(Value::Ints(Arc::from(&[5i64][..]))),
+            Expected::Absent,
+        )
+        .unwrap();
+        assert_eq!(
+            put,
+            [
+                0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'7', // Op, key
+                1, 0, 0, 0, 2, 0, 0, 0, // Put(Value::Ints)
+                1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, // [5]
+                1, 0, 0, 0, // Expected::Absent
+            ]
+        );
+        for bytes in [add, put] {
+            assert_eq!(encode(&decode(&bytes).unwrap()).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn records_written_before_delta_records_still_decode() {
+        // Bytes as a WAL from before issue 22 holds them.
+        let old_add = [
+            0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'k', b'1', 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0,
+        ];
+        assert_eq!(
+            decode(&old_add).unwrap(),
+            LogEntry::Op {
+                key: Arc::from("k1"),
+                change: Change::Add(5),
+                expected: Expected::Any,
+            }
+        );
+        let old_put = [
+            0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'k', 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+            0, b'a', b'b', 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(
+            decode(&old_put).unwrap(),
+            LogEntry::Op {
+                key: Arc::from("k"),
+                change: Change::Put(Value::Bytes(Arc::from(&b"ab"[..]))),
+                expected: Expected::Version(7),
+            }
+        );
+    }
+
+    #[test]
     fn borrowed_and_owned_records_encode_alike() {
         let owned = LogEntry::Op {
             key: Arc::from("key"),

@@ -269,7 +269,7 @@ pub(crate) enum Op {
 impl Op {
     pub(crate) fn of(change: &writebehind_core::Change) -> Op {
         match change {
-            writebehind_core::Change::Add(_) => Op::Add,
+            writebehind_core::Change::Add(_) | writebehind_core::Change::AddCols(_) => Op::Add,
             writebehind_core::Change::Put(_) => Op::Put,
             writebehind_core::Change::Delete => Op::Delete,
         }

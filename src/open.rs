@@ -12,7 +12,7 @@ use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer,
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
 use crate::config::Config;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, TypedKey};
 use crate::lock::DirLock;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -59,13 +59,16 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     span: tracing::Span,
 ) -> Result<WriteBehind<K, V>> {
     cfg.validate()?;
+    // The mapping's own mistakes (key columns against the key type, names)
+    // are refused before anything is touched, with or without a database.
+    table_spec::<K, V>(&cfg)?;
     // Only real directories are locked; a test file system is private anyway.
     let lock = match &cfg.io() {
         None => Some(DirLock::acquire(cfg.dir()).await?),
         Some(_) => None,
     };
     let writer = match &cfg.database() {
-        Some(url) => Some(connect::<V>(&cfg, url).await?),
+        Some(url) => Some(connect::<K, V>(&cfg, url).await?),
         None => None,
     };
     let notify = match (cfg.notify(), &writer) {
@@ -307,18 +310,36 @@ fn reconcile(
     Ok(())
 }
 
+/// The writer's table: the built-in counter table, or `V`'s mapping with
+/// `K`'s key columns (the mapping's table wins over the builder's).
+pub(crate) fn table_spec<K: CacheKey, V: CacheValue>(cfg: &Config) -> Result<TableSpec> {
+    let Some(mapping) = V::table_mapping() else {
+        return Ok(TableSpec::counter(cfg.table())?);
+    };
+    let table = mapping.table.as_deref().unwrap_or(cfg.table());
+    let spec = match V::table_kind() {
+        TableKind::Counter => TableSpec::counter(table)?,
+        TableKind::Record(codec) => TableSpec::record(table, codec)?,
+    };
+    let key = TypedKey::<K>::new(table, &mapping.key_columns)?;
+    Ok(spec
+        .key(Arc::new(key))
+        .version_column(mapping.version_column.as_deref())?
+        .mode(mapping.mode))
+}
+
 /// Builds the writer: a lazy pool, so a cache opens while its database is
 /// down (the pipeline's `at_open` then asks what it can).
-async fn connect<V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
-    let spec = match V::table_kind() {
-        TableKind::Counter => TableSpec::counter(cfg.table())?,
-        TableKind::Record(codec) => TableSpec::record(cfg.table(), codec)?,
-    };
+async fn connect<K: CacheKey, V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
+    let spec = table_spec::<K, V>(cfg)?;
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let mut wcfg = WriterConfig::new(instance)
         .table(spec)
         .conflict_policy(cfg.conflict_policy().clone())
         .report_values(cfg.read_back());
+    if let Some(prefix) = cfg.bookkeeping_prefix() {
+        wcfg = wcfg.bookkeeping_prefix(prefix)?;
+    }
     if cfg.io().is_none() {
         wcfg = wcfg.dead_letter_file(cfg.dir().join(DEAD_LETTER_FILE));
     }

@@ -78,6 +78,9 @@ pub(crate) struct Pipeline {
     cut_epoch: AtomicU64,
     create_tables: bool,
     tables_ready: AtomicBool,
+    /// Whether the data table was checked against the mapping (nothing is
+    /// flushed before; a mismatch refuses the open, or every round).
+    schema_checked: AtomicBool,
     /// The WAL's last position at open, until the database's progress row
     /// has been checked against it. Nothing is flushed before that.
     unchecked: Mutex<Option<Lsn>>,
@@ -123,6 +126,7 @@ impl Pipeline {
             cut_epoch: AtomicU64::new(0),
             create_tables: cfg.create_tables(),
             tables_ready: AtomicBool::new(false),
+            schema_checked: AtomicBool::new(false),
             unchecked: Mutex::new(Some(wal_last)),
             refused: OnceLock::new(),
             at_least,
@@ -229,9 +233,11 @@ impl Pipeline {
     }
 
     /// What open asks of the database, each within [`OPEN_PROBE`]: the
-    /// tables (when asked for) and the progress check. A database that does
-    /// not answer leaves both to the first round; a permanent failure or a
-    /// progress row ahead of the WAL refuses the open.
+    /// tables (when asked for), the data table against the mapping, and the
+    /// progress check. A database that does not answer leaves them to the
+    /// first round; a permanent failure (a table that does not fit the
+    /// mapping: [`Error::Schema`]) or a progress row ahead of the WAL
+    /// refuses the open.
     pub(crate) async fn at_open(&self) -> Result<()> {
         if self.create_tables {
             match tokio::time::timeout(OPEN_PROBE, self.writer.create_tables()).await {
@@ -242,6 +248,18 @@ impl Pipeline {
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
                     tracing::warn!(dir = %self.dir.display(), "database did not answer at open; the tables are created before the first flush");
+                }
+            }
+        }
+        if !self.create_tables || self.tables_ready.load(Ordering::Acquire) {
+            match tokio::time::timeout(OPEN_PROBE, self.writer.check_schema()).await {
+                Ok(Ok(())) => self.schema_checked.store(true, Ordering::Release),
+                Ok(Err(e)) if e.class() == ErrorClass::Transient => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "could not check the table at open; checked before the first flush");
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    tracing::warn!(dir = %self.dir.display(), "the database did not answer the table check at open; checked before the first flush");
                 }
             }
         }
@@ -533,6 +551,20 @@ impl Pipeline {
                 })
                 .await?;
             self.tables_ready.store(true, Ordering::Release);
+        }
+        if !self.schema_checked.load(Ordering::Acquire) {
+            let checked = self
+                .retrier
+                .run(|| self.writer.check_schema().inspect(|r| self.note_attempt(r)))
+                .await;
+            if let Err(e) = checked {
+                let e: Error = e.into();
+                if matches!(e, Error::Schema { .. }) {
+                    tracing::error!(error = %e, "flushing refused: the table does not fit the mapping");
+                }
+                return Err(e);
+            }
+            self.schema_checked.store(true, Ordering::Release);
         }
         let unchecked = *self.unchecked.lock();
         if let Some(wal_last) = unchecked {

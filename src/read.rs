@@ -178,7 +178,7 @@ pub(crate) async fn get(sh: &Arc<Shared>, text: &str) -> Result<Option<Value>> {
     let value = match read.lookup {
         Lookup::Value(v) => Some(v),
         Lookup::Absent => None,
-        Lookup::Delta(_) => with_base(sh, &Key::from(text)).await?,
+        Lookup::Delta(_) | Lookup::DeltaCols(_) => with_base(sh, &Key::from(text)).await?,
         Lookup::Miss => load(sh, &Key::from(text)).await?.map(|(v, _)| v),
     };
     sh.counters().add(Count::Reads, 1);
@@ -205,8 +205,9 @@ pub(crate) fn get_from_memory(
         Lookup::Absent => Some(None),
         // Without read-through the cache is the whole truth: no base, no row.
         Lookup::Delta(d) if !through => Some(Some(Value::Int(d))),
+        Lookup::DeltaCols(d) if !through => Some(Some(Value::Ints(d))),
         Lookup::Miss if !through => Some(None),
-        Lookup::Delta(_) | Lookup::Miss => None,
+        Lookup::Delta(_) | Lookup::DeltaCols(_) | Lookup::Miss => None,
     };
     if answer.is_some() {
         sh.counters().add(Count::Reads, 1);
@@ -214,8 +215,8 @@ pub(crate) fn get_from_memory(
     Ok(answer)
 }
 
-/// A counter whose base is unknown: the database's value plus the pending
-/// delta. Two races would count a delta twice, so both restart the read:
+/// A counter (or delta record) whose base is unknown: the database's
+/// value (row) plus the pending delta(s). Two races would count a delta twice, so both restart the read:
 /// the key is in the cut in flight (the database may or may not hold that
 /// part yet: wait for the cut to settle, within the wait bound), or a cut
 /// was taken while the row loaded (the row may already hold the delta).
@@ -224,6 +225,7 @@ pub(crate) async fn with_base(sh: &Shared, key: &Key) -> Result<Option<Value>> {
         return Ok(match sh.state().get(key) {
             Lookup::Value(v) => Some(v),
             Lookup::Delta(d) => Some(Value::Int(d)),
+            Lookup::DeltaCols(d) => Some(Value::Ints(d)),
             Lookup::Absent | Lookup::Miss => None,
         });
     };
@@ -237,7 +239,8 @@ pub(crate) async fn with_base(sh: &Shared, key: &Key) -> Result<Option<Value>> {
             Lookup::Value(v) => return Ok(Some(v)),
             Lookup::Absent => return Ok(None),
             Lookup::Miss => return Ok(load(sh, key).await?.map(|(v, _)| v)),
-            Lookup::Delta(d) => d,
+            Lookup::Delta(d) => Pending::Add(d),
+            Lookup::DeltaCols(d) => Pending::Cols(d),
         };
         if sh.state().is_in_flight(key) {
             p.wait_settled(&mut status, deadline, started, key).await?;
@@ -247,26 +250,62 @@ pub(crate) async fn with_base(sh: &Shared, key: &Key) -> Result<Option<Value>> {
         if p.epoch() != epoch {
             continue;
         }
-        return add_to_base(key, base, delta).map(Some);
+        return add_to_base(key, base, &delta).map(Some);
     }
 }
 
-/// The loaded row's counter plus a pending delta.
-pub(crate) fn add_to_base(key: &Key, base: Option<(Value, i64)>, delta: i64) -> Result<Value> {
-    let sum = match base {
-        None => Some(delta),
-        Some((Value::Int(b), _)) => b.checked_add(delta),
-        Some((Value::Bytes(_), _)) => {
-            return Err(Error::Codec(format!(
-                "key {key:?} holds a record in the database but counter adds in the cache"
-            )))
-        }
-    };
-    sum.map(Value::Int).ok_or_else(|| {
+/// The adds pending over an unknown base.
+#[derive(Clone, Debug)]
+pub(crate) enum Pending {
+    /// A counter's delta.
+    Add(i64),
+    /// A delta record's per-column deltas.
+    Cols(Arc<[i64]>),
+}
+
+/// The loaded row's counter (or delta record) plus the pending delta(s);
+/// no row counts as zeros.
+pub(crate) fn add_to_base(
+    key: &Key,
+    base: Option<(Value, i64)>,
+    pending: &Pending,
+) -> Result<Value> {
+    let overflow = || {
         Error::Codec(format!(
             "counter {key:?} overflows i64 with its pending delta"
         ))
-    })
+    };
+    let mismatch = |found: &str| {
+        Error::Codec(format!(
+            "key {key:?} holds {found} in the database but {} adds in the cache",
+            match pending {
+                Pending::Add(_) => "counter",
+                Pending::Cols(_) => "delta-record",
+            }
+        ))
+    };
+    match (base, pending) {
+        (None, Pending::Add(d)) => Ok(Value::Int(*d)),
+        (None, Pending::Cols(d)) => Ok(Value::Ints(d.clone())),
+        (Some((Value::Int(b), _)), Pending::Add(d)) => {
+            b.checked_add(*d).map(Value::Int).ok_or_else(overflow)
+        }
+        (Some((Value::Ints(b), _)), Pending::Cols(d)) if b.len() == d.len() => b
+            .iter()
+            .zip(d.iter())
+            .map(|(b, d)| b.checked_add(*d))
+            .collect::<Option<Arc<[i64]>>>()
+            .map(Value::Ints)
+            .ok_or_else(overflow),
+        (Some((Value::Ints(b), _)), Pending::Cols(d)) => Err(mismatch(&format!(
+            "{} columns against {}",
+            b.len(),
+            d.len()
+        ))),
+        (Some((Value::Bytes(_), _)), _) => Err(mismatch("a record")),
+        (Some((Value::Int(_), _)), _) => Err(mismatch("a counter")),
+        (Some((Value::Ints(_), _)), _) => Err(mismatch("a delta record")),
+    }
 }
 
 /// Read-through with concurrent misses on one key collapsed into one

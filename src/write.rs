@@ -22,7 +22,7 @@ use writebehind_wal::{Append, Durability};
 
 use crate::log;
 use crate::metrics::Op;
-use crate::read::add_to_base;
+use crate::read::{add_to_base, Pending};
 use crate::shared::Shared;
 use crate::stats::Count;
 use crate::value::CacheValue;
@@ -132,7 +132,7 @@ where
         let epoch = sh.pipeline().map_or(0, |p| p.epoch());
         let loaded = match sh.state().get(&key) {
             Lookup::Miss => crate::read::load(sh, &key).await?,
-            Lookup::Delta(_) => {
+            Lookup::Delta(_) | Lookup::DeltaCols(_) => {
                 if sh.state().is_in_flight(&key) {
                     // A counter in flight settles first.
                     crate::read::with_base(sh, &key).await?;
@@ -175,18 +175,23 @@ where
     F: FnOnce(Option<V>) -> Option<V>,
 {
     let mut shard = sh.state().lock(key);
-    let current = match shard.get(key) {
-        Lookup::Value(v) => Some(v),
-        Lookup::Absent => None,
-        Lookup::Delta(d) => {
+    let pending = match shard.get(key) {
+        Lookup::Value(v) => Ok(Some(v)),
+        Lookup::Absent => Ok(None),
+        Lookup::Delta(d) => Err(Pending::Add(d)),
+        Lookup::DeltaCols(d) => Err(Pending::Cols(d)),
+        Lookup::Miss => Ok(loaded.clone().map(|(v, _)| v)),
+    };
+    let current = match pending {
+        Ok(value) => value,
+        Err(pending) => {
             // A cut since the load may have put this delta in the loaded
             // row (cuts need every shard lock, so none runs now).
             if sh.pipeline().map_or(0, |p| p.epoch()) != epoch {
                 return Ok(Updated::Retry(f));
             }
-            Some(add_to_base(key, loaded, d)?)
+            Some(add_to_base(key, loaded, &pending)?)
         }
-        Lookup::Miss => loaded.map(|(v, _)| v),
     };
     let old = current.as_ref().map(V::from_value).transpose()?;
     let new = f(old);

@@ -232,6 +232,8 @@ fn record_json(r: &Record) -> Json {
                     Change::Add(d) => json!({ "add": d }),
                     Change::Put(Value::Int(v)) => json!({ "put": v }),
                     Change::Put(Value::Bytes(b)) => json!({ "put_bytes": hex(&b) }),
+                    Change::Put(Value::Ints(cols)) => json!({ "put_cols": &cols[..] }),
+                    Change::AddCols(cols) => json!({ "add_cols": &cols[..] }),
                     Change::Delete => json!("delete"),
                 };
                 let expected = match expected {

@@ -29,6 +29,7 @@ fn row_bytes(key: &str, row: &Option<(Value, i64)>) -> usize {
         + match row {
             Some((Value::Int(_), _)) => 8,
             Some((Value::Bytes(b), _)) => b.len(),
+            Some((Value::Ints(c), _)) => 8 * c.len(),
             None => 0,
         }
 }

@@ -8,6 +8,8 @@
 //!
 //! [`check`]: crate::ShardGuard::check
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Change, Expected, Value};
@@ -98,6 +100,8 @@ pub(crate) enum Visible {
     Known(Value),
     /// Unknown base plus this sum of adds.
     Delta(i64),
+    /// Unknown base plus these per-column sums of `AddCols` (a delta record).
+    DeltaCols(Arc<[i64]>),
 }
 
 /// Why a change cannot be merged.
@@ -105,8 +109,32 @@ pub(crate) enum Visible {
 pub(crate) enum FoldError {
     /// A sum leaves the i64 range.
     Overflow,
-    /// `add` on a bytes value.
+    /// `add` on a bytes value, `AddCols` on a counter (or `Add` on a delta
+    /// record), or `AddCols` of another column count.
     Mismatch,
+}
+
+/// Element-wise checked sum of two delta rows of the same length.
+pub(crate) fn add_cols(a: &[i64], d: &[i64]) -> Result<Arc<[i64]>, FoldError> {
+    if a.len() != d.len() {
+        return Err(FoldError::Mismatch);
+    }
+    a.iter()
+        .zip(d)
+        .map(|(x, y)| x.checked_add(*y).ok_or(FoldError::Overflow))
+        .collect()
+}
+
+/// Element-wise wrapping sum; a missing column counts as 0.
+fn add_cols_wrapping(a: &[i64], d: &[i64]) -> Arc<[i64]> {
+    (0..a.len().max(d.len()))
+        .map(|i| {
+            a.get(i)
+                .copied()
+                .unwrap_or(0)
+                .wrapping_add(d.get(i).copied().unwrap_or(0))
+        })
+        .collect()
 }
 
 /// Merges `newer` into `older` (the pending change since the last flush).
@@ -123,8 +151,21 @@ pub(crate) fn coalesce(older: Option<&Change>, newer: &Change) -> Result<Change,
             .checked_add(*d)
             .map(|s| Change::Put(Value::Int(s)))
             .ok_or(FoldError::Overflow),
-        (Some(Change::Put(Value::Bytes(_))), Change::Add(_)) => Err(FoldError::Mismatch),
+        (
+            Some(Change::Put(Value::Bytes(_) | Value::Ints(_)) | Change::AddCols(_)),
+            Change::Add(_),
+        ) => Err(FoldError::Mismatch),
         (Some(Change::Delete), Change::Add(d)) => Ok(Change::Put(Value::Int(*d))),
+        (None, Change::AddCols(d)) => Ok(Change::AddCols(d.clone())),
+        (Some(Change::AddCols(a)), Change::AddCols(d)) => add_cols(a, d).map(Change::AddCols),
+        (Some(Change::Put(Value::Ints(x))), Change::AddCols(d)) => {
+            add_cols(x, d).map(|s| Change::Put(Value::Ints(s)))
+        }
+        (Some(Change::Delete), Change::AddCols(d)) => Ok(Change::Put(Value::Ints(d.clone()))),
+        (
+            Some(Change::Add(_) | Change::Put(Value::Int(_) | Value::Bytes(_))),
+            Change::AddCols(_),
+        ) => Err(FoldError::Mismatch),
     }
 }
 
@@ -140,6 +181,13 @@ pub(crate) fn coalesce_lenient(older: Option<&Change>, newer: &Change) -> Change
                 Change::Put(Value::Int(x.wrapping_add(*d)))
             }
             (_, Change::Add(d)) => Change::Put(Value::Int(*d)),
+            (Some(Change::AddCols(a)), Change::AddCols(d)) => {
+                Change::AddCols(add_cols_wrapping(a, d))
+            }
+            (Some(Change::Put(Value::Ints(x))), Change::AddCols(d)) => {
+                Change::Put(Value::Ints(add_cols_wrapping(x, d)))
+            }
+            (_, Change::AddCols(d)) => Change::Put(Value::Ints(d.clone())),
             (_, other) => other.clone(),
         },
     }
@@ -160,7 +208,20 @@ pub(crate) fn fold(state: Visible, change: &Change) -> Result<Visible, FoldError
             .checked_add(*d)
             .map(|s| Visible::Known(Value::Int(s)))
             .ok_or(FoldError::Overflow),
-        (Visible::Known(Value::Bytes(_)), Change::Add(_)) => Err(FoldError::Mismatch),
+        (
+            Visible::Known(Value::Bytes(_) | Value::Ints(_)) | Visible::DeltaCols(_),
+            Change::Add(_),
+        ) => Err(FoldError::Mismatch),
+        (Visible::Unknown, Change::AddCols(d)) => Ok(Visible::DeltaCols(d.clone())),
+        (Visible::DeltaCols(a), Change::AddCols(d)) => add_cols(&a, d).map(Visible::DeltaCols),
+        (Visible::Absent, Change::AddCols(d)) => Ok(Visible::Known(Value::Ints(d.clone()))),
+        (Visible::Known(Value::Ints(x)), Change::AddCols(d)) => {
+            add_cols(&x, d).map(|s| Visible::Known(Value::Ints(s)))
+        }
+        (
+            Visible::Known(Value::Int(_) | Value::Bytes(_)) | Visible::Delta(_),
+            Change::AddCols(_),
+        ) => Err(FoldError::Mismatch),
     }
 }
 
@@ -174,7 +235,18 @@ pub(crate) fn fold_lenient(state: Visible, change: &Change) -> Visible {
         (Visible::Known(Value::Int(x)), Change::Add(d)) => {
             Visible::Known(Value::Int(x.wrapping_add(*d)))
         }
-        (bytes @ Visible::Known(Value::Bytes(_)), Change::Add(_)) => bytes,
+        (Visible::DeltaCols(a), Change::AddCols(d)) => Visible::DeltaCols(add_cols_wrapping(&a, d)),
+        (Visible::Known(Value::Ints(x)), Change::AddCols(d)) => {
+            Visible::Known(Value::Ints(add_cols_wrapping(&x, d)))
+        }
+        (
+            bytes @ (Visible::Known(Value::Bytes(_) | Value::Ints(_)) | Visible::DeltaCols(_)),
+            Change::Add(_),
+        ) => bytes,
+        (
+            other @ (Visible::Known(Value::Int(_) | Value::Bytes(_)) | Visible::Delta(_)),
+            Change::AddCols(_),
+        ) => other,
         (state, change) => match fold(state, change) {
             Ok(v) => v,
             // Unreachable: every failing pair is matched above.
@@ -188,6 +260,7 @@ pub(crate) fn value_payload(v: &Value) -> usize {
     match v {
         Value::Int(_) => 8,
         Value::Bytes(b) => b.len(),
+        Value::Ints(c) => 8 * c.len(),
     }
 }
 
@@ -197,6 +270,7 @@ pub(crate) fn change_payload(c: &Change) -> usize {
         Change::Add(_) => 8,
         Change::Put(v) => value_payload(v),
         Change::Delete => 0,
+        Change::AddCols(d) => 8 * d.len(),
     }
 }
 
@@ -253,6 +327,90 @@ mod tests {
                 "case {i}: {older:?} then {newer:?}"
             );
         }
+    }
+
+    fn ints(c: &[i64]) -> Value {
+        Value::Ints(Arc::from(c))
+    }
+    fn cols(c: &[i64]) -> Change {
+        Change::AddCols(Arc::from(c))
+    }
+
+    /// Every pair involving a per-column add, with its exact result.
+    #[test]
+    fn coalesce_table_of_delta_records() {
+        use Change::{Add, Delete};
+        let put_c = |c: &[i64]| Change::Put(ints(c));
+        let cases: Vec<(Option<Change>, Change, Result<Change, FoldError>)> = vec![
+            (None, cols(&[1, 2]), Ok(cols(&[1, 2]))),
+            (Some(cols(&[1, 2])), cols(&[10, -5]), Ok(cols(&[11, -3]))),
+            (Some(put_c(&[4, 4])), cols(&[1, 0]), Ok(put_c(&[5, 4]))),
+            (Some(Delete), cols(&[1, 2]), Ok(put_c(&[1, 2]))),
+            (Some(cols(&[1, 2])), put_c(&[0, 0]), Ok(put_c(&[0, 0]))),
+            (Some(cols(&[1, 2])), Delete, Ok(Delete)),
+            (Some(cols(&[1, 2])), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(Add(1)), cols(&[1, 2]), Err(FoldError::Mismatch)),
+            (Some(cols(&[1, 2])), Add(1), Err(FoldError::Mismatch)),
+            (Some(put_i(3)), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(put_b("a")), cols(&[1]), Err(FoldError::Mismatch)),
+            (Some(put_c(&[1])), Add(1), Err(FoldError::Mismatch)),
+            (
+                Some(cols(&[0, i64::MAX])),
+                cols(&[0, 1]),
+                Err(FoldError::Overflow),
+            ),
+            (
+                Some(put_c(&[i64::MIN, 0])),
+                cols(&[-1, 0]),
+                Err(FoldError::Overflow),
+            ),
+        ];
+        for (i, (older, newer, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                coalesce(older.as_ref(), &newer),
+                want,
+                "case {i}: {older:?} then {newer:?}"
+            );
+        }
+        assert_eq!(
+            coalesce_lenient(Some(&cols(&[i64::MAX, 1])), &cols(&[1, 1])),
+            cols(&[i64::MIN, 2])
+        );
+        assert_eq!(coalesce_lenient(Some(&Add(1)), &cols(&[2])), put_c(&[2]));
+    }
+
+    #[test]
+    fn fold_table_of_delta_records() {
+        use Visible::{Absent, Delta, DeltaCols, Known, Unknown};
+        let dc = |c: &[i64]| DeltaCols(Arc::from(c));
+        let cases: Vec<(Visible, Change, Result<Visible, FoldError>)> = vec![
+            (Unknown, cols(&[1, 2]), Ok(dc(&[1, 2]))),
+            (dc(&[1, 2]), cols(&[3, 4]), Ok(dc(&[4, 6]))),
+            (Absent, cols(&[1, 2]), Ok(Known(ints(&[1, 2])))),
+            (
+                Known(ints(&[10, 20])),
+                cols(&[1, -2]),
+                Ok(Known(ints(&[11, 18]))),
+            ),
+            (Known(ints(&[10, 20])), cols(&[1]), Err(FoldError::Mismatch)),
+            (Known(Value::Int(1)), cols(&[1]), Err(FoldError::Mismatch)),
+            (Delta(1), cols(&[1]), Err(FoldError::Mismatch)),
+            (dc(&[1]), Change::Add(1), Err(FoldError::Mismatch)),
+            (Known(ints(&[1])), Change::Add(1), Err(FoldError::Mismatch)),
+            (dc(&[i64::MAX]), cols(&[1]), Err(FoldError::Overflow)),
+            (dc(&[1, 2]), Change::Delete, Ok(Absent)),
+        ];
+        for (i, (state, change, want)) in cases.into_iter().enumerate() {
+            let shown = format!("{state:?} then {change:?}");
+            assert_eq!(fold(state, &change), want, "case {i}: {shown}");
+        }
+        assert_eq!(
+            fold_lenient(Known(Value::Int(1)), &cols(&[1])),
+            Known(Value::Int(1))
+        );
+        assert_eq!(fold_lenient(dc(&[i64::MAX]), &cols(&[1])), dc(&[i64::MIN]));
+        assert_eq!(change_payload(&cols(&[1, 2, 3])), 24);
+        assert_eq!(value_payload(&ints(&[1, 2])), 16);
     }
 
     #[test]

@@ -18,8 +18,10 @@ pub(crate) enum Known {
     Version(i64),
     RowInt { version: i64, value: i64 },
     RowBytes(Box<(i64, Arc<[u8]>)>),
+    RowInts(Box<(i64, Arc<[i64]>)>),
     Int(i64),
     Bytes(Arc<[u8]>),
+    Ints(Arc<[i64]>),
 }
 
 impl Known {
@@ -37,8 +39,13 @@ impl Known {
                 version,
                 value: Value::Bytes(b),
             } => Known::RowBytes(Box::new((version, b))),
+            Base::Row {
+                version,
+                value: Value::Ints(c),
+            } => Known::RowInts(Box::new((version, c))),
             Base::Value(Value::Int(v)) => Known::Int(v),
             Base::Value(Value::Bytes(b)) => Known::Bytes(b),
+            Base::Value(Value::Ints(c)) => Known::Ints(c),
         }
     }
 
@@ -56,17 +63,23 @@ impl Known {
                 version: row.0,
                 value: Value::Bytes(row.1.clone()),
             },
+            Known::RowInts(row) => Base::Row {
+                version: row.0,
+                value: Value::Ints(row.1.clone()),
+            },
             Known::Int(v) => Base::Value(Value::Int(*v)),
             Known::Bytes(b) => Base::Value(Value::Bytes(b.clone())),
+            Known::Ints(c) => Base::Value(Value::Ints(c.clone())),
         }
     }
 
     pub(crate) fn expected(&self) -> Expected {
         match self {
-            Known::Unknown | Known::Int(_) | Known::Bytes(_) => Expected::Any,
+            Known::Unknown | Known::Int(_) | Known::Bytes(_) | Known::Ints(_) => Expected::Any,
             Known::Absent | Known::ExpectAbsent => Expected::Absent,
             Known::Version(version) | Known::RowInt { version, .. } => Expected::Version(*version),
             Known::RowBytes(row) => Expected::Version(row.0),
+            Known::RowInts(row) => Expected::Version(row.0),
         }
     }
 
@@ -77,6 +90,8 @@ impl Known {
             Known::RowInt { value: v, .. } | Known::Int(v) => Visible::Known(Value::Int(*v)),
             Known::RowBytes(row) => Visible::Known(Value::Bytes(row.1.clone())),
             Known::Bytes(b) => Visible::Known(Value::Bytes(b.clone())),
+            Known::RowInts(row) => Visible::Known(Value::Ints(row.1.clone())),
+            Known::Ints(c) => Visible::Known(Value::Ints(c.clone())),
         }
     }
 
@@ -85,6 +100,8 @@ impl Known {
             Known::RowInt { .. } | Known::Int(_) => 8,
             Known::RowBytes(row) => row.1.len(),
             Known::Bytes(b) => b.len(),
+            Known::RowInts(row) => 8 * row.1.len(),
+            Known::Ints(c) => 8 * c.len(),
             _ => 0,
         }
     }
@@ -337,6 +354,7 @@ impl Node {
             }
             + match &self.known {
                 Known::RowBytes(_) => std::mem::size_of::<(i64, Arc<[u8]>)>(),
+                Known::RowInts(_) => std::mem::size_of::<(i64, Arc<[i64]>)>(),
                 _ => 0,
             }
     }

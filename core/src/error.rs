@@ -45,6 +45,24 @@ pub enum Error {
         /// The refused delta.
         delta: i64,
     },
+    /// A delta record's per-column sum (pending, or with the known row)
+    /// would leave the `i64` range.
+    #[error("adding {deltas:?} to the counter columns of {:?} would overflow i64", prefix(.key))]
+    ColumnsOverflow {
+        /// The key written.
+        key: Key,
+        /// The refused deltas, one per column.
+        deltas: Vec<i64>,
+    },
+    /// A per-column add on a key that holds a counter, an encoded record,
+    /// or a delta record of another column count.
+    #[error("add of {columns} column deltas on key {:?}, which holds a counter, an encoded record or another number of columns", prefix(.key))]
+    ColumnsMismatch {
+        /// The key written.
+        key: Key,
+        /// Columns in the refused add.
+        columns: usize,
+    },
     /// A key was used with the guard of another shard.
     #[error("key {:?} belongs to shard {key_shard}, not to the locked shard {locked}", prefix(.key))]
     WrongShard {

@@ -30,6 +30,10 @@ pub enum Lookup {
     /// Only adds are pending over an unknown base: the caller reads the
     /// database value (0 if absent) and adds this.
     Delta(i64),
+    /// Only `AddCols` are pending over an unknown base (a delta record):
+    /// the caller reads the database row (zeros if absent) and adds these
+    /// per column.
+    DeltaCols(std::sync::Arc<[i64]>),
     /// Not in memory: read through.
     Miss,
 }
@@ -103,6 +107,7 @@ fn to_lookup(v: Visible) -> Lookup {
         Visible::Absent => Lookup::Absent,
         Visible::Known(v) => Lookup::Value(v),
         Visible::Delta(d) => Lookup::Delta(d),
+        Visible::DeltaCols(d) => Lookup::DeltaCols(d),
     }
 }
 
@@ -261,7 +266,7 @@ impl State {
         };
         let counter = match found.lookup {
             Lookup::Value(_) | Lookup::Absent => &shard.hits,
-            Lookup::Delta(_) | Lookup::Miss => &shard.misses,
+            Lookup::Delta(_) | Lookup::DeltaCols(_) | Lookup::Miss => &shard.misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -430,6 +435,11 @@ impl State {
                     let (version, bytes) = *row;
                     self.clean
                         .insert(key, Some((Value::Bytes(bytes), version)), None)
+                }
+                Known::RowInts(row) => {
+                    let (version, cols) = *row;
+                    self.clean
+                        .insert(key, Some((Value::Ints(cols), version)), None)
                 }
                 Known::Absent => self.clean.insert(key, None, None),
                 _ => self.clean.remove(&key),
@@ -684,7 +694,7 @@ impl ShardGuard<'_> {
     pub fn check(&self, key: &Key, change: &Change) -> Result<()> {
         let hash = self.state.hash(key);
         let node = match change {
-            Change::Add(_) => self.inner.find(hash, key),
+            Change::Add(_) | Change::AddCols(_) => self.inner.find(hash, key),
             _ => None,
         };
         self.check_found(hash, node, key, change)
@@ -729,6 +739,34 @@ impl ShardGuard<'_> {
                     key: key.clone(),
                     len: b.len(),
                     max: state.limits.max_value_bytes,
+                })
+            }
+            Change::Put(Value::Ints(c)) | Change::AddCols(c)
+                if 8 * c.len() > state.limits.max_value_bytes =>
+            {
+                Err(Error::ValueTooLarge {
+                    key: key.clone(),
+                    len: 8 * c.len(),
+                    max: state.limits.max_value_bytes,
+                })
+            }
+            Change::AddCols(deltas) => {
+                let checked = match node {
+                    Some(node) => node.check_add(change),
+                    None => match state.clean.get(key).and_then(|hit| hit.row) {
+                        Some((v, _)) => fold(Visible::Known(v), change).map(drop),
+                        None => Ok(()),
+                    },
+                };
+                checked.map_err(|e| match e {
+                    FoldError::Overflow => Error::ColumnsOverflow {
+                        key: key.clone(),
+                        deltas: deltas.to_vec(),
+                    },
+                    FoldError::Mismatch => Error::ColumnsMismatch {
+                        key: key.clone(),
+                        columns: deltas.len(),
+                    },
                 })
             }
             Change::Add(delta) => {

@@ -922,3 +922,90 @@ fn refresh_due_follows_the_copy_and_never_a_dirty_entry() {
     assert!(!state.read("k").refresh);
     assert_eq!(state.stats().hits, 1);
 }
+
+fn cols(c: &[i64]) -> Change {
+    Change::AddCols(Arc::from(c))
+}
+fn ints(c: &[i64]) -> Value {
+    Value::Ints(Arc::from(c))
+}
+
+/// A delta record reads as its base row plus the pending per-column sums,
+/// through a flush and with a new add in flight, exactly like a counter.
+#[test]
+fn delta_records_read_base_plus_pending_across_a_flush() {
+    let state = State::new(Limits::default());
+    write(&state, "post:1", cols(&[1, 0]), 1).unwrap();
+    write(&state, "post:1", cols(&[2, 5]), 2).unwrap();
+    assert_eq!(
+        state.get("post:1"),
+        Lookup::DeltaCols(Arc::from(&[3i64, 5][..]))
+    );
+
+    let c = cut(&state, 3);
+    assert_eq!(c.items[0].change, cols(&[3, 5]));
+    // An add accepted while the cut is in flight stacks on top.
+    write(&state, "post:1", cols(&[0, 1]), 4).unwrap();
+    assert_eq!(
+        state.get("post:1"),
+        Lookup::DeltaCols(Arc::from(&[3i64, 6][..]))
+    );
+    // The writer reports the row's totals (another instance added 100 views).
+    state.complete_cut(&[written(7, ints(&[103, 5]))]).unwrap();
+    assert_eq!(state.get("post:1"), Lookup::Value(ints(&[103, 6])));
+    // Nothing reported: the base is unknown again, the pending delta stays.
+    let _ = cut(&state, 5);
+    state.complete_cut(&[UNKNOWN]).unwrap();
+    assert_eq!(state.get("post:1"), Lookup::Miss);
+
+    // A put of the whole record, then adds: one put of the sum.
+    write(&state, "post:2", Change::Put(ints(&[10, 10])), 6).unwrap();
+    write(&state, "post:2", cols(&[1, -1]), 7).unwrap();
+    let c = cut(&state, 8);
+    assert_eq!(c.items[0].change, Change::Put(ints(&[11, 9])));
+    state.complete_cut(&[written(1, ints(&[11, 9]))]).unwrap();
+    // Clean now: the clean copy is the row.
+    assert_eq!(state.dirty_entries(), 0);
+    assert_eq!(state.get("post:2"), Lookup::Value(ints(&[11, 9])));
+    // An add over a clean row folds into it for reads.
+    write(&state, "post:2", cols(&[1, 1]), 9).unwrap();
+    assert_eq!(state.get("post:2"), Lookup::Value(ints(&[12, 10])));
+}
+
+#[test]
+fn delta_record_adds_are_checked() {
+    let state = State::new(Limits::default());
+    write(&state, "p", cols(&[i64::MAX, 0]), 1).unwrap();
+    assert_eq!(
+        write(&state, "p", cols(&[1, 0]), 2),
+        Err(Error::ColumnsOverflow {
+            key: k("p"),
+            deltas: vec![1, 0]
+        })
+    );
+    assert_eq!(
+        write(&state, "p", cols(&[1]), 2),
+        Err(Error::ColumnsMismatch {
+            key: k("p"),
+            columns: 1
+        })
+    );
+    assert_eq!(
+        write(&state, "p", Change::Add(1), 2),
+        Err(Error::TypeMismatch { key: k("p") })
+    );
+    write(&state, "c", Change::Add(1), 3).unwrap();
+    assert_eq!(
+        write(&state, "c", cols(&[1]), 4),
+        Err(Error::ColumnsMismatch {
+            key: k("c"),
+            columns: 1
+        })
+    );
+    // Refused writes changed nothing.
+    assert_eq!(
+        state.get("p"),
+        Lookup::DeltaCols(Arc::from(&[i64::MAX, 0][..]))
+    );
+    assert_eq!(state.dirty_bytes(), 1 + 16 + 1 + 8);
+}

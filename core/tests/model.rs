@@ -25,6 +25,8 @@ enum Op {
     Put(usize, Value),
     Delete(usize),
     Add(usize, i64),
+    /// A delta record's per-column add (two columns).
+    AddCols(usize, [i64; 2]),
     Cut,
     Complete(u64),
     Abort,
@@ -39,6 +41,7 @@ fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         (-1000i64..1000).prop_map(Value::Int),
         proptest::collection::vec(any::<u8>(), 0..12).prop_map(|b| Value::Bytes(Arc::from(b))),
+        proptest::collection::vec(-1000i64..1000, 2..=2).prop_map(|c| Value::Ints(Arc::from(c))),
     ]
 }
 
@@ -48,6 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (key.clone(), value()).prop_map(|(k, v)| Op::Put(k, v)),
         1 => key.clone().prop_map(Op::Delete),
         5 => (key.clone(), -1000i64..1000).prop_map(|(k, d)| Op::Add(k, d)),
+        3 => (key.clone(), -1000i64..1000, -1000i64..1000).prop_map(|(k, a, b)| Op::AddCols(k, [a, b])),
         2 => Just(Op::Cut),
         2 => any::<u64>().prop_map(Op::Complete),
         1 => Just(Op::Abort),
@@ -65,6 +69,7 @@ fn payload(v: &Value) -> usize {
     match v {
         Value::Int(_) => 8,
         Value::Bytes(b) => b.len(),
+        Value::Ints(c) => 8 * c.len(),
     }
 }
 
@@ -73,6 +78,7 @@ fn change_payload(c: &Change) -> usize {
         Change::Add(_) => 8,
         Change::Put(v) => payload(v),
         Change::Delete => 0,
+        Change::AddCols(d) => 8 * d.len(),
     }
 }
 
@@ -86,7 +92,13 @@ fn fold(v: Option<Value>, c: &Change) -> Option<Value> {
         (Some(Value::Int(x)), Change::Add(d)) => Some(Value::Int(x + d)),
         // Only reachable when the cache could not see the bytes: the add is
         // doomed (the database dead-letters it) and reads ignore it.
-        (bytes @ Some(Value::Bytes(_)), Change::Add(_)) => bytes,
+        (bytes @ Some(Value::Bytes(_) | Value::Ints(_)), Change::Add(_)) => bytes,
+        (None, Change::AddCols(d)) => Some(Value::Ints(d.clone())),
+        (Some(Value::Ints(x)), Change::AddCols(d)) if x.len() == d.len() => Some(Value::Ints(
+            x.iter().zip(d.iter()).map(|(a, b)| a + b).collect(),
+        )),
+        // Same: an add of another shape is refused or dead-lettered.
+        (other, Change::AddCols(_)) => other,
     }
 }
 
@@ -133,12 +145,29 @@ impl Model {
                 let total = match &row {
                     None => *d,
                     Some((Value::Int(x), _)) => x + d,
-                    Some((Value::Bytes(_), _)) => return ItemOutcome::DeadLettered,
+                    Some((Value::Bytes(_) | Value::Ints(_), _)) => {
+                        return ItemOutcome::DeadLettered
+                    }
                 };
                 self.db.insert(key.clone(), (Value::Int(total), version));
                 ItemOutcome::Written {
                     version: Some(version),
                     value: Some(Value::Int(total)),
+                }
+            }
+            Change::AddCols(d) => {
+                let total: Arc<[i64]> = match &row {
+                    None => d.clone(),
+                    Some((Value::Ints(x), _)) if x.len() == d.len() => {
+                        x.iter().zip(d.iter()).map(|(a, b)| a + b).collect()
+                    }
+                    Some(_) => return ItemOutcome::DeadLettered,
+                };
+                self.db
+                    .insert(key.clone(), (Value::Ints(total.clone()), version));
+                ItemOutcome::Written {
+                    version: Some(version),
+                    value: Some(Value::Ints(total)),
                 }
             }
             Change::Put(v) if matches => {
@@ -215,7 +244,17 @@ impl Harness {
                 assert_eq!(max, MAX_VALUE);
             }
             Err(Error::TypeMismatch { .. }) => {
-                assert!(matches!(self.model.visible(&key), Some(Value::Bytes(_))));
+                assert!(matches!(
+                    self.model.visible(&key),
+                    Some(Value::Bytes(_) | Value::Ints(_))
+                ));
+            }
+            Err(Error::ColumnsMismatch { columns, .. }) => {
+                assert_eq!(columns, 2);
+                assert!(matches!(
+                    self.model.visible(&key),
+                    Some(Value::Bytes(_) | Value::Int(_))
+                ));
             }
             Err(e) => panic!("unexpected refusal {e}"),
         }
@@ -238,11 +277,26 @@ impl Harness {
             Op::Delete(k) => self.write(name(k), Change::Delete),
             Op::Add(k, d) => {
                 let key = name(k);
-                let sees_bytes = matches!(self.state.get(&key), Lookup::Value(Value::Bytes(_)));
+                let sees_bytes = matches!(
+                    self.state.get(&key),
+                    Lookup::Value(Value::Bytes(_) | Value::Ints(_)) | Lookup::DeltaCols(_)
+                );
                 let before = self.model.lsn;
                 self.write(key, Change::Add(d));
                 if sees_bytes {
                     assert_eq!(self.model.lsn, before, "add over visible bytes accepted");
+                }
+            }
+            Op::AddCols(k, d) => {
+                let key = name(k);
+                let sees_other = matches!(
+                    self.state.get(&key),
+                    Lookup::Value(Value::Bytes(_) | Value::Int(_)) | Lookup::Delta(_)
+                );
+                let before = self.model.lsn;
+                self.write(key, Change::AddCols(Arc::from(d)));
+                if sees_other {
+                    assert_eq!(self.model.lsn, before, "column add over a counter accepted");
                 }
             }
             Op::Cut => {
@@ -384,6 +438,7 @@ impl Harness {
                 Lookup::Value(v) => Some(v),
                 Lookup::Absent => None,
                 Lookup::Delta(d) => fold(db, &Change::Add(d)),
+                Lookup::DeltaCols(d) => fold(db, &Change::AddCols(d)),
                 Lookup::Miss => db,
             };
             assert_eq!(

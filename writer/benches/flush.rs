@@ -4,6 +4,13 @@
 //! matching cargo feature). After the criterion groups, an interleaved A/B
 //! run prints the throughput ratio (target: writer >= 85 % of raw).
 //!
+//! Then a mapped delta record (issue 22): `posts(id BIGINT PRIMARY KEY,
+//! title TEXT, views, likes)`, existing rows, two counters per row, flushed
+//! by the writer (`Change::AddCols`) against the raw batched `UPDATE posts
+//! SET views = views + Δ, likes = likes + Δ` of the same rows on the same
+//! table (SQLite: `UPDATE .. FROM (VALUES ..)`, PostgreSQL: `UPDATE .. FROM
+//! UNNEST(..)`), interleaved (target: writer >= 90 % of raw).
+//!
 //! `WB_BENCH_ROWS` (default 10 000) sets N; `WB_BENCH_ROUNDS` (default 15)
 //! the interleaved rounds.
 #![allow(clippy::unwrap_used)]
@@ -15,7 +22,8 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use tokio::runtime::Runtime;
 use writebehind_writer::{
-    Change, Cut, Expected, FlushItem, Ident, TableSpec, Writer, WriterConfig,
+    Change, Column, Cut, Expected, FlushItem, Ident, KeyCodec, RowCodec, SqlType, SqlValue,
+    TableSpec, WriteMode, Writer, WriterConfig,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -233,6 +241,218 @@ impl Target {
     }
 }
 
+/// `id BIGINT` key; key text is the integer.
+struct IdKey(Vec<Column>);
+
+impl KeyCodec for IdKey {
+    fn columns(&self) -> &[Column] {
+        &self.0
+    }
+    fn to_sql(&self, key: &str) -> Result<Vec<SqlValue>, String> {
+        key.parse()
+            .map(|n| vec![SqlValue::Int(n)])
+            .map_err(|_| "not an integer".to_owned())
+    }
+    fn from_sql(&self, row: Vec<SqlValue>) -> Result<String, String> {
+        match &row[..] {
+            [SqlValue::Int(n)] => Ok(n.to_string()),
+            _ => Err("not an integer".to_owned()),
+        }
+    }
+}
+
+/// `views`, `likes`: a delta record (never encoded as bytes).
+struct PostCounters(Vec<Column>);
+
+impl RowCodec for PostCounters {
+    fn columns(&self) -> &[Column] {
+        &self.0
+    }
+    fn to_row(&self, _: &[u8]) -> Result<Vec<SqlValue>, String> {
+        Err("a delta record".into())
+    }
+    fn from_row(&self, _: Vec<SqlValue>) -> Result<Vec<u8>, String> {
+        Err("a delta record".into())
+    }
+}
+
+/// The mapped delta-record target: one `posts` table, the writer (three
+/// ways) and the raw batched UPDATE all on it.
+struct Delta {
+    name: &'static str,
+    writers: Vec<(&'static str, Writer)>,
+    raw: Raw,
+    table: String,
+    ids: Vec<i64>,
+    position: AtomicU64,
+    cleanup: Vec<String>,
+}
+
+impl Delta {
+    async fn new(name: &'static str, url: &str, rows: usize) -> Delta {
+        let tag = format!("{:08x}", fastrand::u32(..));
+        let t = |s: &str| format!("wbbench_{tag}_{s}");
+        let table = t("posts");
+        let setup = Writer::connect(url, WriterConfig::new("setup"))
+            .await
+            .unwrap();
+        setup
+            .execute_sql(&format!(
+                "CREATE TABLE \"{table}\" (id BIGINT PRIMARY KEY, title TEXT, \
+                 views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+            ))
+            .await
+            .unwrap();
+        for lo in (0..rows).step_by(1_000) {
+            let values: Vec<String> = (lo..(lo + 1_000).min(rows))
+                .map(|i| format!("({i}, 'post {i}')"))
+                .collect();
+            setup
+                .execute_sql(&format!(
+                    "INSERT INTO \"{table}\" (id, title) VALUES {}",
+                    values.join(", ")
+                ))
+                .await
+                .unwrap();
+        }
+        setup.close().await;
+        let spec = |mode| {
+            TableSpec::record(
+                &table,
+                Arc::new(PostCounters(vec![
+                    Column::counter("views").unwrap(),
+                    Column::counter("likes").unwrap(),
+                ])),
+            )
+            .unwrap()
+            .key(Arc::new(IdKey(vec![Column::new(
+                "id",
+                SqlType::BigInt,
+                false,
+            )
+            .unwrap()])))
+            .version_column(None)
+            .unwrap()
+            .mode(mode)
+        };
+        let mut writers = Vec::new();
+        for (label, mode, report) in [
+            ("upsert", WriteMode::Upsert, true),
+            ("upsert, no read-back", WriteMode::Upsert, false),
+            ("update-only", WriteMode::UpdateOnly, true),
+        ] {
+            let cfg = WriterConfig::new(format!("bench-{tag}-{}", writers.len()))
+                .table(spec(mode))
+                .report_values(report)
+                .bookkeeping_prefix(&format!("wbbench_{tag}_"))
+                .unwrap();
+            let w = Writer::connect(url, cfg).await.unwrap();
+            w.check_schema().await.unwrap();
+            w.create_tables().await.unwrap();
+            writers.push((label, w));
+        }
+        Delta {
+            name,
+            writers,
+            raw: Raw::connect(url).await,
+            table,
+            ids: (0..rows as i64).collect(),
+            position: AtomicU64::new(0),
+            cleanup: ["posts", "progress", "conflicts", "dead_letters"]
+                .iter()
+                .map(|s| t(s))
+                .collect(),
+        }
+    }
+
+    async fn flush_writer(&self, which: usize) -> Duration {
+        let position = self.position.fetch_add(1, Ordering::Relaxed) + 1;
+        let items = self
+            .ids
+            .iter()
+            .map(|id| FlushItem {
+                key: Arc::from(id.to_string().as_str()),
+                change: Change::AddCols(Arc::from(&[1, id % 3][..])),
+                expected: Expected::Any,
+            })
+            .collect();
+        let cut = Cut { position, items };
+        let start = Instant::now();
+        let r = self.writers[which].1.flush(&cut).await.unwrap();
+        let e = start.elapsed();
+        assert_eq!(r.rows, self.ids.len() as u64);
+        assert!(r.dead_letters.is_empty());
+        e
+    }
+
+    async fn flush_raw(&self) -> Duration {
+        let start = Instant::now();
+        self.raw.update_counters(&self.table, &self.ids).await;
+        start.elapsed()
+    }
+
+    async fn drop_tables(&self) {
+        let w = &self.writers[0].1;
+        for t in &self.cleanup {
+            w.execute_sql(&format!("DROP TABLE IF EXISTS \"{t}\""))
+                .await
+                .unwrap();
+        }
+        for (_, w) in &self.writers {
+            w.close().await;
+        }
+    }
+}
+
+impl Raw {
+    /// The raw batched `UPDATE posts SET views = views + Δv, likes = likes
+    /// + Δl` of `ids` (Δv = 1, Δl = id % 3), in one transaction.
+    async fn update_counters(&self, table: &str, ids: &[i64]) {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                for ks in ids.chunks(5_000) {
+                    let values = vec!["(?, ?, ?)"; ks.len()].join(", ");
+                    let sql = format!(
+                        "WITH src(id, dv, dl) AS (VALUES {values}) UPDATE \"{table}\" \
+                         SET views = \"{table}\".views + src.dv, likes = \"{table}\".likes + src.dl \
+                         FROM src WHERE \"{table}\".id = src.id"
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                    for k in ks {
+                        q = q.bind(k).bind(1i64).bind(k % 3);
+                    }
+                    q.execute(&mut *tx).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            #[cfg(feature = "postgres")]
+            Raw::Pg(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                let sql = format!(
+                    "UPDATE \"{table}\" SET views = \"{table}\".views + u.dv, likes = \"{table}\".likes + u.dl \
+                     FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS u(id, dv, dl) WHERE \"{table}\".id = u.id"
+                );
+                for ks in ids.chunks(5_000) {
+                    let dv = vec![1i64; ks.len()];
+                    let dl: Vec<i64> = ks.iter().map(|k| k % 3).collect();
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(ks)
+                        .bind(dv)
+                        .bind(dl)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            #[allow(unreachable_patterns)]
+            _ => panic!("no raw delta baseline for this backend"),
+        }
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -332,6 +552,65 @@ fn main() {
         rt.block_on(target.drop_tables());
     }
     c.final_summary();
+    let mut delta_summary = Vec::new();
+    let mut delta_urls: Vec<(&'static str, String)> = Vec::new();
+    #[cfg(feature = "sqlite")]
+    delta_urls.push((
+        "sqlite",
+        format!("sqlite://{}", dir.path().join("delta.db").display()),
+    ));
+    #[cfg(feature = "postgres")]
+    if let Ok(u) = std::env::var("WB_POSTGRES_URL") {
+        delta_urls.push(("postgres", u));
+    }
+    for (name, url) in delta_urls {
+        let target = rt.block_on(Delta::new(name, &url, rows));
+        let n = target.writers.len() + 1;
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); n];
+        rt.block_on(async {
+            // Warm up each once, then rotate who goes first.
+            let _ = target.flush_raw().await;
+            for w in 0..n - 1 {
+                let _ = target.flush_writer(w).await;
+            }
+            for round in 0..rounds {
+                for step in 0..n {
+                    let who = (round + step) % n;
+                    let d = if who == 0 {
+                        target.flush_raw().await
+                    } else {
+                        target.flush_writer(who - 1).await
+                    };
+                    times[who].push(d);
+                }
+            }
+        });
+        let medians: Vec<Duration> = times.into_iter().map(median).collect();
+        let raw = medians[0];
+        let rps = |d: Duration| rows as f64 / d.as_secs_f64();
+        let mut line = format!(
+            "| {} | {rows} | {:.0} ({:.2} ms) |",
+            target.name,
+            rps(raw),
+            raw.as_secs_f64() * 1e3
+        );
+        for d in &medians[1..] {
+            line.push_str(&format!(
+                " {:.0} ({:.2} ms), {:.1}% |",
+                rps(*d),
+                d.as_secs_f64() * 1e3,
+                100.0 * raw.as_secs_f64() / d.as_secs_f64()
+            ));
+        }
+        delta_summary.push(line);
+        rt.block_on(target.drop_tables());
+    }
+    println!("\nmapped delta record (two counters per row, existing rows), interleaved medians over {rounds} rounds, rows/s and % of raw (target: >= 90%):");
+    println!("| backend | rows/flush | raw batched UPDATE | writer upsert | writer upsert, no read-back | writer update-only |");
+    println!("|---|---|---|---|---|---|");
+    for line in delta_summary {
+        println!("{line}");
+    }
     println!("\ninterleaved medians over {rounds} rounds, rows/s (target: writer >= 85% of raw):");
     println!("| backend | rows/flush | raw sqlx upsert | writer (read-back) | vs raw | writer (no read-back) | vs raw |");
     println!("|---|---|---|---|---|---|---|");

@@ -145,6 +145,17 @@ impl WriterConfig {
         self
     }
 
+    /// The prefix of the cache's own bookkeeping tables (progress,
+    /// conflicts, dead letters): `{prefix}progress`, `{prefix}conflicts`,
+    /// `{prefix}dead_letters`. Default `writebehind_`. They never live in
+    /// the user's data table. Fails when a name is not a plain identifier.
+    pub fn bookkeeping_prefix(mut self, prefix: &str) -> Result<Self> {
+        self.progress_table = Ident::new(&format!("{prefix}progress"))?;
+        self.conflicts_table = Ident::new(&format!("{prefix}conflicts"))?;
+        self.dead_letter_table = Ident::new(&format!("{prefix}dead_letters"))?;
+        Ok(self)
+    }
+
     /// Progress table name. Default `writebehind_progress`.
     #[must_use]
     pub fn progress_table(mut self, name: Ident) -> Self {

@@ -10,7 +10,6 @@ use writebehind_core::{ItemOutcome, Value};
 use crate::config::{Conflict, ConflictPolicy, ConflictResolutionTaken, Resolution};
 use crate::flush::Flush;
 use crate::rows::{delete_row, DbRow, WRow};
-use crate::sql::RowData;
 
 /// What to do about one conflict.
 pub(crate) enum Decision {
@@ -96,19 +95,23 @@ impl Flush<'_> {
                             version_after: locked_version.map(|v| v + 1),
                             ..row
                         }),
-                        None => deletes.push(delete_row(idx, item.key.clone())),
+                        None => match self.w.row_data(&item.key, Vec::new()) {
+                            Ok(data) => deletes.push(delete_row(idx, data)),
+                            Err(e) => self.dead_letter(idx, e.to_string()),
+                        },
                     }
                 }
-                Decision::Write(value) => match self.w.encode(&item.key, &value) {
-                    Ok(cols) => {
+                Decision::Write(value) => match self
+                    .w
+                    .encode(&item.key, &value)
+                    .and_then(|cols| self.w.row_data(&item.key, cols))
+                {
+                    Ok(data) => {
                         conflict.resolution = ConflictResolutionTaken::Resolved(value.clone());
                         self.conflicts.push(conflict);
                         sets.push(WRow {
                             idx,
-                            data: RowData {
-                                key: item.key.clone(),
-                                cols,
-                            },
+                            data,
                             report: value,
                             version_after: locked_version.map(|v| v + 1),
                         });

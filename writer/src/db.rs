@@ -138,6 +138,15 @@ macro_rules! decode_rows {
                     SqlType::Text => row.$text_get::<Option<String>, _>(i)?.map(SqlValue::Text),
                     SqlType::Bytes => row.try_get::<Option<Vec<u8>>, _>(i)?.map(SqlValue::Bytes),
                     SqlType::Bool => row.try_get::<Option<bool>, _>(i)?.map(SqlValue::Bool),
+                    // Read through `Dialect::read_expr`: 16 bytes, µs, text.
+                    SqlType::Uuid => match row.try_get::<Option<Vec<u8>>, _>(i)? {
+                        Some(b) => Some(SqlValue::Uuid(uuid_bytes(b)?)),
+                        None => None,
+                    },
+                    SqlType::Timestamp => {
+                        row.try_get::<Option<i64>, _>(i)?.map(SqlValue::Timestamp)
+                    }
+                    SqlType::Json => row.$text_get::<Option<String>, _>(i)?.map(SqlValue::Json),
                 };
                 vals.push(v.unwrap_or(SqlValue::Null));
             }
@@ -145,6 +154,13 @@ macro_rules! decode_rows {
         }
         out
     }};
+}
+
+/// A UUID column's 16 bytes.
+fn uuid_bytes(b: Vec<u8>) -> Result<[u8; 16], sqlx::Error> {
+    let n = b.len();
+    <[u8; 16]>::try_from(b)
+        .map_err(|_| sqlx::Error::Decode(format!("a UUID column holds {n} bytes, not 16").into()))
 }
 
 impl Pool {
@@ -421,27 +437,58 @@ impl ConnRef<'_> {
         }
     }
 
-    /// PostgreSQL: runs a query answering one row of a `text[]` then
-    /// `int8[]` columns (an aggregated RETURNING); NULL arrays (no rows) are empty.
+    /// PostgreSQL: runs a query answering ONE row of arrays (an aggregated
+    /// RETURNING), one array per entry of `types`, and returns it as rows
+    /// (NULL arrays, from no rows, are empty).
     // Only PostgreSQL reads arrays; other builds keep the signature unused.
     #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub(crate) async fn fetch_arrays(
         self,
         sql: &str,
         args: Vec<Arg>,
-    ) -> Result<(Vec<String>, Vec<Vec<Option<i64>>>), sqlx::Error> {
+        types: &[SqlType],
+    ) -> Result<Vec<Vec<SqlValue>>, sqlx::Error> {
         match self {
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
                 let q = bind_scalars!(sqlx::query(text(sql)), args, yes);
                 let row = q.fetch_one(c).await?;
-                let keys: Option<Vec<String>> = row.try_get(0)?;
-                let mut ints = Vec::new();
-                for i in 1..row.len() {
-                    let col: Option<Vec<Option<i64>>> = row.try_get(i)?;
-                    ints.push(col.unwrap_or_default());
+                let mut columns: Vec<Vec<SqlValue>> = Vec::with_capacity(types.len());
+                for (i, t) in types.iter().enumerate() {
+                    fn wrap<T>(
+                        col: Option<Vec<Option<T>>>,
+                        f: impl Fn(T) -> Result<SqlValue, sqlx::Error>,
+                    ) -> Result<Vec<SqlValue>, sqlx::Error> {
+                        col.unwrap_or_default()
+                            .into_iter()
+                            .map(|v| v.map_or(Ok(SqlValue::Null), &f))
+                            .collect()
+                    }
+                    columns.push(match t {
+                        SqlType::BigInt => wrap(row.try_get(i)?, |v| Ok(SqlValue::Int(v)))?,
+                        SqlType::Timestamp => {
+                            wrap(row.try_get(i)?, |v| Ok(SqlValue::Timestamp(v)))?
+                        }
+                        SqlType::Double => wrap(row.try_get(i)?, |v| Ok(SqlValue::Float(v)))?,
+                        SqlType::Text => wrap(row.try_get(i)?, |v| Ok(SqlValue::Text(v)))?,
+                        SqlType::Json => wrap(row.try_get(i)?, |v| Ok(SqlValue::Json(v)))?,
+                        SqlType::Bytes => wrap(row.try_get(i)?, |v| Ok(SqlValue::Bytes(v)))?,
+                        SqlType::Uuid => {
+                            wrap(row.try_get(i)?, |v| Ok(SqlValue::Uuid(uuid_bytes(v)?)))?
+                        }
+                        SqlType::Bool => wrap(row.try_get(i)?, |v| Ok(SqlValue::Bool(v)))?,
+                    });
                 }
-                Ok((keys.unwrap_or_default(), ints))
+                let n = columns.first().map_or(0, Vec::len);
+                let mut iters: Vec<_> = columns.into_iter().map(Vec::into_iter).collect();
+                Ok((0..n)
+                    .map(|_| {
+                        iters
+                            .iter_mut()
+                            .map(|it| it.next().unwrap_or(SqlValue::Null))
+                            .collect()
+                    })
+                    .collect())
             }
             #[allow(unreachable_patterns)]
             _ => Err(sqlx::Error::Protocol(

@@ -103,6 +103,22 @@ pub enum Error {
         /// The epoch in the progress row: the new owner's.
         current: u64,
     },
+    /// The data table does not match the mapping (checked at open by
+    /// [`Writer::check_schema`](crate::Writer::check_schema)): a missing
+    /// table (`column: None`), a missing column, a column of an
+    /// incompatible type, key columns without a primary key or unique
+    /// index, a version column that is not an integer. Permanent.
+    #[error("table {table}{}: expected {expected}, found {found}", .column.as_deref().map(|c| format!(", column {c}")).unwrap_or_default())]
+    Schema {
+        /// The table.
+        table: String,
+        /// The column, `None` when the table itself is missing.
+        column: Option<String>,
+        /// What the mapping expects.
+        expected: String,
+        /// What the database has.
+        found: String,
+    },
     /// A WAL position does not fit the BIGINT progress column.
     #[error("cut position {position} does not fit a signed 64-bit BIGINT")]
     PositionOutOfRange {

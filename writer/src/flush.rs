@@ -24,14 +24,25 @@ enum Group {
 
 const SAVEPOINT: &str = "wb_chunk";
 
+/// The dead-letter reason of an update-only write whose key matches no row.
+pub(crate) const NO_ROW: &str = "no row with this key";
+
 /// Keys per read-back statement, and the JSON bytes after which a batch stops.
 const READ_BACK_KEYS: usize = 20_000;
 const READ_BACK_BYTES: usize = 4 << 20;
 
-/// What the database holds after a write, aligned with the written rows:
-/// the version and, for `Add`, the total. `None`: not returned (an
-/// `InsertIfAbsent` that found the key, or a row read back by no one).
-type ReadBack = Vec<Option<(i64, Option<i64>)>>;
+/// A written row as the database holds it: the version (`None` without a
+/// version column) and, for `Add`, the totals of the value columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Back {
+    version: Option<i64>,
+    totals: Vec<i64>,
+}
+
+/// What the database holds after a write, aligned with the written rows.
+/// `None`: not returned (an `InsertIfAbsent` that found the key, an
+/// update-only key that matched no row).
+type ReadBack = Vec<Option<Back>>;
 
 /// How a chunk's new versions come back.
 enum Written {
@@ -43,26 +54,88 @@ enum Written {
     Done,
 }
 
-/// RETURNING rows `(key, version[, total])` aligned with `chunk` by key.
-fn by_position(chunk: &[WRow], rows: impl IntoIterator<Item = Vec<SqlValue>>) -> ReadBack {
-    let pos: HashMap<&str, usize> = chunk
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (&*r.data.key, i))
-        .collect();
+/// RETURNING rows `(key columns, version[, totals])` aligned with `chunk`
+/// by the key columns' values (not by key text: two texts may name one row).
+fn by_position(
+    w: &Inner,
+    chunk: &[WRow],
+    rows: impl IntoIterator<Item = Vec<SqlValue>>,
+) -> ReadBack {
+    let nk = w.dialect().key_columns().len();
+    let mut pos: HashMap<u64, Vec<usize>> = HashMap::with_capacity(chunk.len());
+    for (i, r) in chunk.iter().enumerate() {
+        pos.entry(key_hash(&r.data.kvals)).or_default().push(i);
+    }
     let mut back = vec![None; chunk.len()];
-    for row in rows {
-        if let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1)) {
-            let total = match row.get(2) {
-                Some(SqlValue::Int(t)) => Some(*t),
+    for mut row in rows {
+        if row.len() < nk + 1 {
+            continue;
+        }
+        let mut rest = row.split_off(nk);
+        let totals = rest.split_off(1);
+        let version = match rest.first() {
+            Some(SqlValue::Int(v)) => Some(*v),
+            _ => None,
+        };
+        let totals: Vec<i64> = totals
+            .into_iter()
+            .filter_map(|t| match t {
+                SqlValue::Int(t) => Some(t),
                 _ => None,
-            };
-            if let Some(&i) = pos.get(k.as_str()) {
-                back[i] = Some((*ver, total));
-            }
+            })
+            .collect();
+        let found = pos
+            .get(&key_hash(&row))
+            .and_then(|c| c.iter().find(|&&i| chunk[i].data.kvals == row));
+        if let Some(&i) = found {
+            back[i] = Some(Back { version, totals });
         }
     }
     back
+}
+
+/// A hash of a row's key values.
+fn key_hash(kvals: &[SqlValue]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in kvals {
+        match v {
+            SqlValue::Null => 0u8.hash(&mut h),
+            SqlValue::Int(i) => (1u8, i).hash(&mut h),
+            SqlValue::Float(f) => (2u8, f.to_bits()).hash(&mut h),
+            SqlValue::Text(s) => (3u8, s).hash(&mut h),
+            SqlValue::Bytes(b) => (4u8, b).hash(&mut h),
+            SqlValue::Bool(b) => (5u8, b).hash(&mut h),
+            SqlValue::Uuid(b) => (6u8, b).hash(&mut h),
+            SqlValue::Timestamp(t) => (7u8, t).hash(&mut h),
+            SqlValue::Json(s) => (8u8, s).hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Splits rows into rounds in which no key (its column values) appears
+/// twice: a multi-row upsert must not touch one row twice. Rows are
+/// counted by the hash of their key values: equal keys always land in
+/// different rounds; a hash collision only costs an extra statement.
+fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
+    let mut count: HashMap<u64, usize> = HashMap::with_capacity(rows.len());
+    let mut round = Vec::with_capacity(rows.len());
+    let mut last = 0;
+    for r in &rows {
+        let n = count.entry(key_hash(&r.data.kvals)).or_insert(0);
+        round.push(*n);
+        last = last.max(*n);
+        *n += 1;
+    }
+    if last == 0 {
+        return vec![rows];
+    }
+    let mut out: Vec<Vec<WRow>> = (0..=last).map(|_| Vec::new()).collect();
+    for (r, n) in rows.into_iter().zip(round) {
+        out[n].push(r);
+    }
+    out
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -170,13 +243,14 @@ impl<'a> Flush<'a> {
     async fn fetch_arrays(
         &mut self,
         st: Stmt,
+        types: &[SqlType],
         ctx: &str,
-    ) -> Result<(Vec<String>, Vec<Vec<Option<i64>>>)> {
+    ) -> Result<Vec<Vec<SqlValue>>> {
         self.statements += 1;
         let Stmt { sql, args } = st;
         self.tx()?
             .conn()
-            .fetch_arrays(&sql, args)
+            .fetch_arrays(&sql, args, types)
             .await
             .map_err(Error::sql(self.context(ctx)))
     }
@@ -293,43 +367,76 @@ impl<'a> Flush<'a> {
         }
 
         let counter = matches!(w.cfg().table.kind, TableKind::Counter);
+        let delta = w.cfg().table.is_delta_record();
+        let ncols = d.columns().len();
+        // Without a version column, puts and deletes are last writer wins.
+        let versioned = d.has_version();
+        let update_only = d.update_only();
         let (mut adds, mut sets, mut inserts, mut deletes) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut conditional: Vec<(usize, Option<WRow>)> = Vec::new();
+        let mut keyvals: HashMap<usize, Vec<SqlValue>> = HashMap::new();
         let cut = self.cut;
         for (idx, item) in cut.items.iter().enumerate() {
             let key = item.key.clone();
+            let kvals = match w.key_values(&key) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.dead_letter(idx, format!("key: {e}"));
+                    continue;
+                }
+            };
+            let data = move |cols| RowData { key, kvals, cols };
+            let expected = if versioned {
+                item.expected
+            } else {
+                Expected::Any
+            };
             match &item.change {
                 Change::Add(delta) if counter => adds.push(WRow {
                     idx,
-                    data: RowData {
-                        key,
-                        cols: vec![SqlValue::Int(*delta)],
-                    },
+                    data: data(vec![SqlValue::Int(*delta)]),
                     report: Value::Int(*delta),
                     version_after: None,
                 }),
                 Change::Add(_) => {
                     self.dead_letter(idx, "Change::Add applies to counter tables only".to_owned());
                 }
-                Change::Put(value) => match w.encode(&key, value) {
+                Change::AddCols(deltas) if delta && deltas.len() == ncols => adds.push(WRow {
+                    idx,
+                    data: data(deltas.iter().map(|d| SqlValue::Int(*d)).collect()),
+                    report: Value::Ints(deltas.clone()),
+                    version_after: None,
+                }),
+                Change::AddCols(deltas) => self.dead_letter(
+                    idx,
+                    format!(
+                        "Change::AddCols of {} columns applies to delta records of {} counter columns only",
+                        deltas.len(),
+                        if delta { ncols } else { 0 }
+                    ),
+                ),
+                Change::Put(value) => match w.encode(&item.key, value) {
                     Err(e) => self.dead_letter(idx, e.to_string()),
                     Ok(cols) => {
                         let row = WRow {
                             idx,
-                            data: RowData { key, cols },
+                            data: data(cols),
                             report: value.clone(),
                             version_after: None,
                         };
-                        match item.expected {
+                        match expected {
                             Expected::Any => sets.push(row),
                             _ => conditional.push((idx, Some(row))),
                         }
                     }
                 },
-                Change::Delete => match item.expected {
-                    Expected::Any => deletes.push(delete_row(idx, key)),
-                    _ => conditional.push((idx, None)),
+                Change::Delete => match expected {
+                    Expected::Any => deletes.push(delete_row(idx, data(Vec::new()))),
+                    _ => {
+                        keyvals.insert(idx, data(Vec::new()).kvals);
+                        conditional.push((idx, None));
+                    }
                 },
             }
         }
@@ -339,16 +446,25 @@ impl<'a> Flush<'a> {
         // Conditional items: the locked rows decide write or conflict.
         let mut pending: Vec<(usize, Option<WRow>, Option<DbRow>)> = Vec::new();
         if !conditional.is_empty() {
-            let keys: Vec<&Key> = conditional
+            let keys: Vec<(Key, Vec<SqlValue>)> = conditional
                 .iter()
-                .map(|(i, _)| &cut.items[*i].key)
+                .map(|(i, row)| {
+                    let kv = match row {
+                        Some(r) => r.data.kvals.clone(),
+                        None => keyvals.remove(i).unwrap_or_default(),
+                    };
+                    (cut.items[*i].key.clone(), kv)
+                })
                 .collect();
             let db = self.read_rows(&keys).await?;
-            for (idx, row) in conditional {
+            for ((idx, row), (_, kvals)) in conditional.into_iter().zip(keys) {
                 let item = &cut.items[idx];
                 let found = db.get(&item.key);
                 let version = found.and_then(|r| r.as_ref().ok()).map(|(_, v)| *v);
                 match (row, item.expected, found) {
+                    (Some(_), Expected::Absent, None) if update_only => {
+                        self.dead_letter(idx, NO_ROW.to_owned())
+                    }
                     (Some(row), Expected::Absent, None) => inserts.push(row),
                     // The row is locked at version n: the upsert updates it to n + 1.
                     (Some(row), Expected::Version(n), Some(_)) if version == Some(n) => {
@@ -358,7 +474,14 @@ impl<'a> Flush<'a> {
                         })
                     }
                     (None, Expected::Version(n), Some(_)) if version == Some(n) => {
-                        deletes.push(delete_row(idx, item.key.clone()))
+                        deletes.push(delete_row(
+                            idx,
+                            RowData {
+                                key: item.key.clone(),
+                                kvals,
+                                cols: Vec::new(),
+                            },
+                        ))
                     }
                     (None, Expected::Absent, None) => {
                         self.outcomes[idx] = Some(ItemOutcome::Deleted)
@@ -372,7 +495,10 @@ impl<'a> Flush<'a> {
             .run_group(Group::Write(Mode::InsertIfAbsent), inserts)
             .await?;
         if !lost.is_empty() {
-            let keys: Vec<&Key> = lost.iter().map(|r| &r.data.key).collect();
+            let keys: Vec<(Key, Vec<SqlValue>)> = lost
+                .iter()
+                .map(|r| (r.data.key.clone(), r.data.kvals.clone()))
+                .collect();
             let db = self.read_rows(&keys).await?;
             for row in lost {
                 let found = db.get(&row.data.key).cloned();
@@ -426,36 +552,53 @@ impl<'a> Flush<'a> {
         })
     }
 
-    /// Locked reads of the data rows of `keys`.
-    async fn read_rows(&mut self, keys: &[&Key]) -> Result<HashMap<Key, DbRow>> {
+    /// Locked reads of the data rows of `keys` (key text and key values).
+    async fn read_rows(&mut self, keys: &[(Key, Vec<SqlValue>)]) -> Result<HashMap<Key, DbRow>> {
         let w = self.w;
         let d = w.dialect();
-        let per = d.rows_per_statement(w.cfg().max_rows_per_statement, 1);
+        let per = d.rows_per_statement(w.cfg().max_rows_per_statement, d.params_per_key());
         let types = d.select_types();
-        let mut sorted = keys.to_vec();
-        sorted.sort();
+        let nk = d.key_columns().len();
+        let mut sorted: Vec<&(Key, Vec<SqlValue>)> = keys.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in sorted.chunks(per) {
+            let kv: Vec<&[SqlValue]> = chunk.iter().map(|(_, v)| &v[..]).collect();
             for mut row in self
-                .fetch(d.select(chunk, true), &types, "read rows for update")
+                .fetch(d.select(&kv, true), &types, "read rows for update")
                 .await?
             {
-                let cols = row.split_off(2.min(row.len()));
-                let (Some(SqlValue::Text(k)), Some(SqlValue::Int(ver))) = (row.first(), row.get(1))
-                else {
+                if row.len() < nk + 1 {
+                    continue;
+                }
+                let mut rest = row.split_off(nk);
+                let Ok(key) = w.key_of(row) else {
                     continue;
                 };
-                let key: Key = Arc::from(k.as_str());
-                let decoded = w.decode_value(k, cols).map(|v| (v, *ver));
+                let cols = rest.split_off(1);
+                let ver = match rest.first() {
+                    Some(SqlValue::Int(v)) => *v,
+                    _ => 0,
+                };
+                let decoded = w.decode_value(&key, cols).map(|v| (v, ver));
                 out.insert(key, decoded);
             }
         }
         Ok(out)
     }
 
-    /// Runs a group in chunks, isolating permanently failing rows. Returns
+    /// Runs a group in rounds in which no key appears twice.
+    async fn run_group(&mut self, group: Group, rows: Vec<WRow>) -> Result<Vec<WRow>> {
+        let mut lost = Vec::new();
+        for round in rounds(rows) {
+            lost.extend(self.run_round(group, round).await?);
+        }
+        Ok(lost)
+    }
+
+    /// Runs a round in chunks, isolating permanently failing rows. Returns
     /// the rows an `InsertIfAbsent` did not insert (the key existed).
-    async fn run_group(&mut self, group: Group, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
+    async fn run_round(&mut self, group: Group, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -464,7 +607,7 @@ impl<'a> Flush<'a> {
         // Key order: concurrent flushers lock rows in the same order (fewer deadlocks).
         rows.sort_by(|a, b| a.data.key.cmp(&b.data.key));
         let per_row = if group == Group::Delete {
-            1
+            d.params_per_key()
         } else {
             d.params_per_row()
         };
@@ -544,16 +687,19 @@ impl<'a> Flush<'a> {
     }
 
     async fn chunk_statement(&mut self, group: Group, chunk: &[WRow]) -> Result<Written> {
-        let d = self.w.dialect();
+        let w = self.w;
+        let d = w.dialect();
         match group {
             Group::Delete => {
-                let keys: Vec<&Key> = chunk.iter().map(|r| &r.data.key).collect();
+                let keys: Vec<&[SqlValue]> = chunk.iter().map(|r| &r.data.kvals[..]).collect();
                 let n = self.exec(d.delete(&keys), "delete").await?;
                 self.rows += n;
                 Ok(Written::Done)
             }
             Group::Write(mode) => {
-                let report = self.w.cfg().report_values;
+                let report = w.cfg().report_values;
+                // Update-only writes must learn which keys matched a row.
+                let must_read = mode == Mode::InsertIfAbsent || d.update_only();
                 // RETURNING where it is cheap: PostgreSQL always; SQLite only
                 // to learn which rows an InsertIfAbsent inserted, since its
                 // RETURNING costs as much as the write (the rest is read back
@@ -561,25 +707,19 @@ impl<'a> Flush<'a> {
                 let returning = match d.backend {
                     Backend::MySql => false,
                     Backend::Sqlite => mode == Mode::InsertIfAbsent,
-                    Backend::Postgres => mode == Mode::InsertIfAbsent || report,
+                    Backend::Postgres => must_read || report,
                 };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
-                let st = d.write(mode, &data, returning);
+                let st = d.write(mode, &data, returning, w.facts());
                 if returning && d.backend == Backend::Postgres {
-                    let (keys, ints) = self.fetch_arrays(st, "write").await?;
+                    let types = d.returning_types(mode);
+                    let rows = self.fetch_arrays(st, &types, "write").await?;
                     self.rows += match mode {
-                        Mode::InsertIfAbsent => keys.len() as u64,
+                        Mode::InsertIfAbsent => rows.len() as u64,
+                        _ if d.update_only() => rows.len() as u64,
                         _ => chunk.len() as u64,
                     };
-                    let rows = keys.into_iter().enumerate().map(|(i, k)| {
-                        let mut row = vec![SqlValue::Text(k)];
-                        row.extend(ints.iter().map(|col| match col.get(i) {
-                            Some(Some(n)) => SqlValue::Int(*n),
-                            _ => SqlValue::Null,
-                        }));
-                        row
-                    });
-                    return Ok(Written::Returned(by_position(chunk, rows)));
+                    return Ok(Written::Returned(by_position(w, chunk, rows)));
                 }
                 if returning {
                     let rows = self.fetch(st, &d.returning_types(mode), "write").await?;
@@ -587,11 +727,11 @@ impl<'a> Flush<'a> {
                         Mode::InsertIfAbsent => rows.len() as u64,
                         _ => chunk.len() as u64,
                     };
-                    return Ok(Written::Returned(by_position(chunk, rows)));
+                    return Ok(Written::Returned(by_position(w, chunk, rows)));
                 }
                 self.exec(st, "write").await?;
                 self.rows += chunk.len() as u64;
-                Ok(if report || mode == Mode::InsertIfAbsent {
+                Ok(if report || must_read {
                     Written::ReadLater
                 } else {
                     Written::Done
@@ -600,10 +740,16 @@ impl<'a> Flush<'a> {
         }
     }
 
-    /// Versions (and counter totals) of `rows`, just written in this
-    /// transaction, by position: SQLite and MySQL's stand-in for RETURNING.
+    /// Versions (and totals) of `rows`, just written in this transaction,
+    /// by position: SQLite and MySQL's stand-in for RETURNING.
     async fn read_back(&mut self, mode: Mode, rows: &[WRow]) -> Result<ReadBack> {
-        let d = self.w.dialect();
+        let w = self.w;
+        let d = w.dialect();
+        let ntotals = if mode == Mode::Add {
+            d.columns().len()
+        } else {
+            0
+        };
         let mut back: ReadBack = vec![None; rows.len()];
         let mut lo = 0;
         while lo < rows.len() {
@@ -612,23 +758,23 @@ impl<'a> Flush<'a> {
             let mut hi = lo;
             let mut bytes = 0;
             while hi < rows.len() && hi - lo < READ_BACK_KEYS && bytes < READ_BACK_BYTES {
-                bytes += rows[hi].data.key.len() * 6 + 3;
+                bytes += rows[hi].data.key.len() * 6 + 8 * rows[hi].data.kvals.len() + 3;
                 hi += 1;
             }
-            let keys: Vec<&Key> = rows[lo..hi].iter().map(|r| &r.data.key).collect();
-            let st = d.read_back(mode, &keys);
+            let keys: Vec<&[SqlValue]> = rows[lo..hi].iter().map(|r| &r.data.kvals[..]).collect();
+            let st = d.read_back(mode, &keys, w.facts());
             let bad = |message: String| Error::BadRow {
                 table: d.table_name().to_owned(),
                 key: String::new(),
                 message,
             };
             let ctx = "read back written rows";
-            let mut put = |pos: i64, version: i64, total: Option<i64>| {
+            let mut put = |pos: i64, version: Option<i64>, totals: Vec<i64>| {
                 let slot = usize::try_from(pos)
                     .ok()
                     .and_then(|p| back.get_mut(lo + p).filter(|_| p < hi - lo))
                     .ok_or_else(|| bad(format!("read back: position {pos} out of range")))?;
-                *slot = Some((version, total));
+                *slot = Some(Back { version, totals });
                 Ok::<(), Error>(())
             };
             if d.backend == Backend::Sqlite {
@@ -649,27 +795,32 @@ impl<'a> Flush<'a> {
                         }
                     };
                     let (pos, version) = (int("position")?, int("version")?);
-                    let total = if mode == Mode::Add {
-                        int("total")?
-                    } else {
-                        None
-                    };
-                    if let (Some(pos), Some(version)) = (pos, version) {
-                        put(pos, version, total)?;
+                    let mut totals = Vec::with_capacity(ntotals);
+                    for _ in 0..ntotals {
+                        if let Some(t) = int("total")? {
+                            totals.push(t);
+                        }
+                    }
+                    if let Some(pos) = pos {
+                        put(pos, version, totals)?;
                     }
                 }
             } else {
-                let types = [SqlType::BigInt, SqlType::BigInt, SqlType::BigInt];
-                let n = if mode == Mode::Add { 3 } else { 2 };
-                for row in self.fetch(st, &types[..n], ctx).await? {
-                    if let (Some(SqlValue::Int(pos)), Some(SqlValue::Int(version))) =
-                        (row.first(), row.get(1))
-                    {
-                        let total = match row.get(2) {
-                            Some(SqlValue::Int(t)) => Some(*t),
+                let types = vec![SqlType::BigInt; 2 + ntotals];
+                for row in self.fetch(st, &types, ctx).await? {
+                    if let Some(SqlValue::Int(pos)) = row.first() {
+                        let version = match row.get(1) {
+                            Some(SqlValue::Int(v)) => Some(*v),
                             _ => None,
                         };
-                        put(*pos, *version, total)?;
+                        let totals = row[2..]
+                            .iter()
+                            .filter_map(|t| match t {
+                                SqlValue::Int(t) => Some(*t),
+                                _ => None,
+                            })
+                            .collect();
+                        put(*pos, version, totals)?;
                     }
                 }
             }
@@ -692,18 +843,28 @@ impl<'a> Flush<'a> {
             return;
         };
         let read = back.is_some();
+        let update_only = self.w.dialect().update_only() && mode != Mode::InsertIfAbsent;
+        let delta = self.w.cfg().table.is_delta_record();
         let mut back = back.unwrap_or_default().into_iter();
         for r in chunk {
             let outcome = match back.next().flatten() {
-                Some((ver, total)) => ItemOutcome::Written {
-                    version: Some(ver),
+                Some(Back { version, totals }) => ItemOutcome::Written {
+                    version,
                     value: match mode {
-                        Mode::Add => total.map(Value::Int),
+                        Mode::Add if delta && !totals.is_empty() => {
+                            Some(Value::Ints(Arc::from(totals)))
+                        }
+                        Mode::Add => totals.first().map(|t| Value::Int(*t)),
                         Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),
                     },
                 },
                 None if mode == Mode::InsertIfAbsent && read => {
                     lost.push(r.clone());
+                    continue;
+                }
+                None if update_only && read => {
+                    // Nothing was written for it: the statement matched no row.
+                    self.dead_letter(r.idx, NO_ROW.to_owned());
                     continue;
                 }
                 // Not read back (`report_values(false)`): our value is known,

@@ -31,6 +31,7 @@
 //!
 //! [`Cut`]: writebehind_core::Cut
 
+mod check;
 mod config;
 mod conflicts;
 // With no backend feature on, the driver layer has nothing to drive.
@@ -59,7 +60,9 @@ pub use ident::{Backend, Ident};
 pub use local::{read_local_dead_letters, LocalDeadLetter};
 pub use notify::{Announcement, Listener, ListenerStatus};
 pub use retry::{BreakerState, Retrier, RetryPolicy};
-pub use schema::{Column, RowCodec, SqlType, SqlValue, TableKind, TableSpec};
+pub use schema::{
+    Column, KeyCodec, Merge, RowCodec, SqlType, SqlValue, TableKind, TableSpec, TextKey, WriteMode,
+};
 pub use url::redact_url;
 pub use writebehind_core::{Change, Cut, Expected, FlushItem, ItemOutcome, Key, Lsn, Value};
 pub use writer::{Claim, DeadLetter, FlushReport, Writer};

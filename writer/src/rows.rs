@@ -1,5 +1,5 @@
-//! Row encoding: values to the data table's columns and back, checked
-//! against the column types.
+//! Row encoding: keys and values to the data table's columns and back,
+//! checked against the column types.
 
 use std::sync::Arc;
 
@@ -26,27 +26,73 @@ pub(crate) struct WRow {
 pub(crate) type DbRow = std::result::Result<(Value, i64), String>;
 
 impl Inner {
-    /// Row layout of `Dialect::select`: key, version, value columns.
+    /// The key columns' values of `key`, checked against their types.
+    pub(crate) fn key_values(&self, key: &str) -> std::result::Result<Vec<SqlValue>, String> {
+        let codec = &self.cfg().table.key;
+        let vals = codec.to_sql(key)?;
+        let cols = codec.columns();
+        if vals.len() != cols.len() {
+            return Err(format!(
+                "the key codec gave {} values for {} key columns",
+                vals.len(),
+                cols.len()
+            ));
+        }
+        for (v, c) in vals.iter().zip(cols) {
+            if *v == SqlValue::Null || !v.fits(c.ty) {
+                return Err(format!(
+                    "key column {}: {v:?} does not fit {:?}",
+                    c.name, c.ty
+                ));
+            }
+        }
+        Ok(vals)
+    }
+
+    /// A row to write.
+    pub(crate) fn row_data(&self, key: &Key, cols: Vec<SqlValue>) -> Result<RowData> {
+        let kvals = self.key_values(key).map_err(|message| Error::Codec {
+            key: key.clone(),
+            message,
+        })?;
+        Ok(RowData {
+            key: key.clone(),
+            kvals,
+            cols,
+        })
+    }
+
+    /// The key text of a row's key columns.
+    pub(crate) fn key_of(&self, kvals: Vec<SqlValue>) -> std::result::Result<Key, String> {
+        self.cfg()
+            .table
+            .key
+            .from_sql(kvals)
+            .map(|k| Arc::from(k.as_str()))
+    }
+
+    /// Row layout of `Dialect::select`: key columns, version (NULL without
+    /// a version column: read as 0), value columns.
     pub(crate) fn decode_row(&self, mut row: Vec<SqlValue>) -> Result<(Key, Value, i64)> {
         let bad = |key: &str, message: String| Error::BadRow {
             table: self.dialect().table_name().to_owned(),
             key: key.to_owned(),
             message,
         };
-        if row.len() < 2 {
+        let nk = self.dialect().key_columns().len();
+        if row.len() < nk + 1 {
             return Err(bad(
                 "?",
-                format!("expected at least 2 columns, got {}", row.len()),
+                format!("expected at least {} columns, got {}", nk + 1, row.len()),
             ));
         }
-        let cols = row.split_off(2);
-        let key: Key = match &row[0] {
-            SqlValue::Text(k) => Arc::from(k.as_str()),
-            other => return Err(bad("?", format!("key is {other:?}"))),
-        };
-        let version = match row[1] {
-            SqlValue::Int(v) => v,
-            ref other => return Err(bad(&key, format!("version is {other:?}"))),
+        let mut rest = row.split_off(nk);
+        let cols = rest.split_off(1);
+        let key = self.key_of(row).map_err(|m| bad("?", m))?;
+        let version = match rest.first() {
+            Some(SqlValue::Int(v)) => *v,
+            Some(SqlValue::Null) if !self.dialect().has_version() => 0,
+            other => return Err(bad(&key, format!("version is {other:?}"))),
         };
         let value = self.decode_value(&key, cols).map_err(|m| bad(&key, m))?;
         Ok((key, value, version))
@@ -57,11 +103,20 @@ impl Inner {
         key: &str,
         mut cols: Vec<SqlValue>,
     ) -> std::result::Result<Value, String> {
-        match &self.cfg().table.kind {
+        let table = &self.cfg().table;
+        match &table.kind {
             TableKind::Counter => match cols.pop() {
                 Some(SqlValue::Int(v)) if cols.is_empty() => Ok(Value::Int(v)),
                 other => Err(format!("counter value is {other:?}")),
             },
+            TableKind::Record(_) if table.is_delta_record() => cols
+                .into_iter()
+                .map(|c| match c {
+                    SqlValue::Int(v) => Ok(v),
+                    other => Err(format!("a counter column holds {other:?}")),
+                })
+                .collect::<std::result::Result<Arc<[i64]>, String>>()
+                .map(Value::Ints),
             TableKind::Record(codec) => codec
                 .from_row(cols)
                 .map(|b| Value::Bytes(Arc::from(b)))
@@ -76,19 +131,31 @@ impl Inner {
             key: key.clone(),
             message: message.to_owned(),
         };
+        let codec_err = |message: String| Error::Codec {
+            key: key.clone(),
+            message,
+        };
+        let ncols = self.dialect().columns().len();
+        let delta = self.cfg().table.is_delta_record();
         match (&self.cfg().table.kind, value) {
             (TableKind::Counter, Value::Int(v)) => Ok(vec![SqlValue::Int(*v)]),
-            (TableKind::Counter, Value::Bytes(_)) => Err(mismatch(
-                "a counter table stores Value::Int, got Value::Bytes",
+            (TableKind::Counter, _) => Err(mismatch("a counter table stores Value::Int")),
+            (TableKind::Record(_), Value::Ints(c)) if delta => {
+                if c.len() != ncols {
+                    return Err(codec_err(format!(
+                        "{} values for {ncols} counter columns",
+                        c.len()
+                    )));
+                }
+                Ok(c.iter().map(|v| SqlValue::Int(*v)).collect())
+            }
+            (TableKind::Record(_), _) if delta => Err(mismatch(
+                "a delta-record table (all columns counters) stores Value::Ints",
             )),
-            (TableKind::Record(_), Value::Int(_)) => Err(mismatch(
-                "a record table stores Value::Bytes, got Value::Int",
-            )),
+            (TableKind::Record(_), Value::Int(_) | Value::Ints(_)) => {
+                Err(mismatch("a record table stores Value::Bytes"))
+            }
             (TableKind::Record(codec), Value::Bytes(b)) => {
-                let codec_err = |message: String| Error::Codec {
-                    key: key.clone(),
-                    message,
-                };
                 let row = codec.to_row(b).map_err(codec_err)?;
                 let cols = self.dialect().columns();
                 if row.len() != cols.len() {
@@ -112,13 +179,10 @@ impl Inner {
     }
 }
 
-pub(crate) fn delete_row(idx: usize, key: Key) -> WRow {
+pub(crate) fn delete_row(idx: usize, data: RowData) -> WRow {
     WRow {
         idx,
-        data: RowData {
-            key,
-            cols: Vec::new(),
-        },
+        data,
         report: Value::Int(0),
         version_after: None,
     }

@@ -7,7 +7,7 @@ use writebehind_core::Key;
 use crate::config::WriterConfig;
 use crate::db::Arg;
 use crate::ident::{Backend, Ident};
-use crate::schema::{Column, SqlType, SqlValue};
+use crate::schema::{Column, Merge, SqlType, SqlValue, WriteMode};
 
 /// SQL text for sqlx, which refuses dynamic strings unless vouched for.
 /// This is the only place that vouches: the text comes from [`Dialect`]
@@ -35,10 +35,12 @@ pub(crate) enum Mode {
     InsertIfAbsent,
 }
 
-/// One row to write: the key and one value per value column.
+/// One row to write: the key text, its key-column values and one value
+/// per value column.
 #[derive(Clone, Debug)]
 pub(crate) struct RowData {
     pub key: Key,
+    pub kvals: Vec<SqlValue>,
     pub cols: Vec<SqlValue>,
 }
 
@@ -70,17 +72,20 @@ impl Ph {
     }
 }
 
-fn scalar(v: &SqlValue, ty: SqlType) -> Arg {
+/// A value as its bind parameter. UUIDs travel as 16 bytes, timestamps as
+/// µs (BIGINT), JSON as text; `Dialect::write_expr` converts them in SQL.
+pub(crate) fn scalar(v: &SqlValue, ty: SqlType) -> Arg {
     match (v, ty) {
-        (SqlValue::Int(i), _) => Arg::Int(Some(*i)),
+        (SqlValue::Int(i) | SqlValue::Timestamp(i), _) => Arg::Int(Some(*i)),
         (SqlValue::Float(f), _) => Arg::Float(Some(*f)),
-        (SqlValue::Text(s), _) => Arg::Text(Some(s.clone())),
+        (SqlValue::Text(s) | SqlValue::Json(s), _) => Arg::Text(Some(s.clone())),
         (SqlValue::Bytes(b), _) => Arg::Bytes(Some(b.clone())),
+        (SqlValue::Uuid(b), _) => Arg::Bytes(Some(b.to_vec())),
         (SqlValue::Bool(b), _) => Arg::Bool(Some(*b)),
-        (SqlValue::Null, SqlType::BigInt) => Arg::Int(None),
+        (SqlValue::Null, SqlType::BigInt | SqlType::Timestamp) => Arg::Int(None),
         (SqlValue::Null, SqlType::Double) => Arg::Float(None),
-        (SqlValue::Null, SqlType::Text) => Arg::Text(None),
-        (SqlValue::Null, SqlType::Bytes) => Arg::Bytes(None),
+        (SqlValue::Null, SqlType::Text | SqlType::Json) => Arg::Text(None),
+        (SqlValue::Null, SqlType::Bytes | SqlType::Uuid) => Arg::Bytes(None),
         (SqlValue::Null, SqlType::Bool) => Arg::Bool(None),
     }
 }
@@ -88,75 +93,114 @@ fn scalar(v: &SqlValue, ty: SqlType) -> Arg {
 /// One column of `rows` as a typed PostgreSQL array. Values were checked
 /// against the column type before, so a mismatch cannot occur; it would bind NULL.
 fn array(rows: &[&RowData], i: usize, ty: SqlType) -> Arg {
-    let it = rows
-        .iter()
-        .map(|r| r.cols.get(i).unwrap_or(&SqlValue::Null));
+    array_of(
+        rows.iter()
+            .map(|r| r.cols.get(i).unwrap_or(&SqlValue::Null)),
+        ty,
+    )
+}
+
+/// Values of one column as a typed PostgreSQL array (see [`scalar`]).
+fn array_of<'a>(it: impl Iterator<Item = &'a SqlValue>, ty: SqlType) -> Arg {
     match ty {
-        SqlType::BigInt => Arg::IntArr(
-            it.map(|v| {
-                if let SqlValue::Int(x) = v {
-                    Some(*x)
-                } else {
-                    None
-                }
+        SqlType::BigInt | SqlType::Timestamp => Arg::IntArr(
+            it.map(|v| match v {
+                SqlValue::Int(x) | SqlValue::Timestamp(x) => Some(*x),
+                _ => None,
             })
             .collect(),
         ),
         SqlType::Double => Arg::FloatArr(
-            it.map(|v| {
-                if let SqlValue::Float(x) = v {
-                    Some(*x)
-                } else {
-                    None
-                }
+            it.map(|v| match v {
+                SqlValue::Float(x) => Some(*x),
+                _ => None,
             })
             .collect(),
         ),
-        SqlType::Text => Arg::TextArr(
-            it.map(|v| {
-                if let SqlValue::Text(x) = v {
-                    Some(x.clone())
-                } else {
-                    None
-                }
+        SqlType::Text | SqlType::Json => Arg::TextArr(
+            it.map(|v| match v {
+                SqlValue::Text(x) | SqlValue::Json(x) => Some(x.clone()),
+                _ => None,
             })
             .collect(),
         ),
-        SqlType::Bytes => Arg::BytesArr(
-            it.map(|v| {
-                if let SqlValue::Bytes(x) = v {
-                    Some(x.clone())
-                } else {
-                    None
-                }
+        SqlType::Bytes | SqlType::Uuid => Arg::BytesArr(
+            it.map(|v| match v {
+                SqlValue::Bytes(x) => Some(x.clone()),
+                SqlValue::Uuid(x) => Some(x.to_vec()),
+                _ => None,
             })
             .collect(),
         ),
         SqlType::Bool => Arg::BoolArr(
-            it.map(|v| {
-                if let SqlValue::Bool(x) = v {
-                    Some(*x)
-                } else {
-                    None
-                }
+            it.map(|v| match v {
+                SqlValue::Bool(x) => Some(*x),
+                _ => None,
             })
             .collect(),
         ),
     }
 }
 
+/// Keys for a read-back: a JSON array of the key values (`single`: one
+/// key column), else of arrays of them; bytes as hex.
+fn keys_json(keys: &[&KeyVals], single: bool) -> String {
+    use serde_json::Value as J;
+    fn one(v: &SqlValue) -> J {
+        match v {
+            SqlValue::Null => J::Null,
+            SqlValue::Int(i) | SqlValue::Timestamp(i) => J::from(*i),
+            SqlValue::Float(f) => J::from(*f),
+            SqlValue::Text(s) | SqlValue::Json(s) => J::from(s.as_str()),
+            SqlValue::Bytes(b) => J::from(hex(b)),
+            SqlValue::Uuid(b) => J::from(hex(b)),
+            SqlValue::Bool(b) => J::from(*b),
+        }
+    }
+    let list: Vec<J> = keys
+        .iter()
+        .map(|k| {
+            if single {
+                k.first().map_or(J::Null, one)
+            } else {
+                J::Array(k.iter().map(one).collect())
+            }
+        })
+        .collect();
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(D[usize::from(x >> 4)]));
+        s.push(char::from(D[usize::from(x & 15)]));
+    }
+    s
+}
+
 fn pg_array_type(ty: SqlType) -> &'static str {
     match ty {
-        SqlType::BigInt => "int8[]",
+        SqlType::BigInt | SqlType::Timestamp => "int8[]",
         SqlType::Double => "float8[]",
-        SqlType::Text => "text[]",
-        SqlType::Bytes => "bytea[]",
+        SqlType::Text | SqlType::Json => "text[]",
+        SqlType::Bytes | SqlType::Uuid => "bytea[]",
         SqlType::Bool => "bool[]",
     }
 }
 
-fn keys_text(keys: &[&Key]) -> Vec<Option<String>> {
-    keys.iter().map(|k| Some(k.to_string())).collect()
+/// What the writer learnt of a MySQL/MariaDB server at its first
+/// connection (see `Writer::server_facts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// MySQL >= 8.0.19: `INSERT .. AS new ON DUPLICATE KEY UPDATE c = c + new.c`.
+    /// MariaDB and older MySQL: `c = c + VALUES(c)`.
+    pub row_alias: bool,
+    /// Per key column: `CHARACTER SET .. COLLATE ..` of a text key column as
+    /// the table declares it (validated names), for the read-back's
+    /// `JSON_TABLE` columns; `None`: not a text column, or unknown.
+    pub key_charsets: Vec<Option<(String, String)>>,
 }
 
 /// The SQL of one writer: its backend and its (quoted) table and column names.
@@ -165,28 +209,36 @@ pub(crate) struct Dialect {
     pub backend: Backend,
     table_name: String,
     t: String,
-    k: String,
-    v: String,
+    keys: Vec<Column>,
+    qkeys: Vec<String>,
+    v: Option<String>,
     cols: Vec<Column>,
     qcols: Vec<String>,
+    update_only: bool,
     progress: String,
     conflicts: String,
     dead: String,
 }
+
+/// A key's values, one per key column.
+pub(crate) type KeyVals = [SqlValue];
 
 impl Dialect {
     pub(crate) fn new(backend: Backend, cfg: &WriterConfig) -> Dialect {
         let q = |i: &Ident| i.quoted(backend);
         let t = &cfg.table;
         let cols = t.value_columns();
+        let keys = t.key.columns().to_vec();
         Dialect {
             backend,
             table_name: t.table.to_string(),
             t: q(&t.table),
-            k: q(&t.key_column),
-            v: q(&t.version_column),
+            qkeys: keys.iter().map(|c| q(&c.name)).collect(),
+            keys,
+            v: t.version_column.as_ref().map(q),
             qcols: cols.iter().map(|c| q(&c.name)).collect(),
             cols,
+            update_only: t.mode == WriteMode::UpdateOnly,
             progress: q(&cfg.progress_table),
             conflicts: q(&cfg.conflicts_table),
             dead: q(&cfg.dead_letter_table),
@@ -201,18 +253,66 @@ impl Dialect {
         &self.cols
     }
 
-    /// Types of a `select` row: key, version, value columns.
+    pub(crate) fn key_columns(&self) -> &[Column] {
+        &self.keys
+    }
+
+    pub(crate) fn has_version(&self) -> bool {
+        self.v.is_some()
+    }
+
+    pub(crate) fn update_only(&self) -> bool {
+        self.update_only
+    }
+
+    /// A value of type `ty` (a bind parameter or an unnested array element
+    /// `src`) converted to the column type: UUIDs travel as 16 bytes,
+    /// timestamps as µs since the epoch, JSON as text.
+    fn wx(&self, ty: SqlType, src: &str) -> String {
+        match (self.backend, ty) {
+            (Backend::Postgres, SqlType::Uuid) => format!("CAST(encode({src}, 'hex') AS uuid)"),
+            (Backend::Postgres, SqlType::Timestamp) => {
+                format!("(TIMESTAMPTZ 'epoch' + {src} * INTERVAL '1 microsecond')")
+            }
+            (Backend::Postgres, SqlType::Json) => format!("CAST({src} AS jsonb)"),
+            (Backend::MySql, SqlType::Timestamp) => {
+                format!("TIMESTAMPADD(MICROSECOND, {src}, TIMESTAMP'1970-01-01 00:00:00')")
+            }
+            _ => src.to_owned(),
+        }
+    }
+
+    /// A column `col` of type `ty` as the writer reads it (the inverse of `wx`).
+    fn rx(&self, ty: SqlType, col: &str) -> String {
+        match (self.backend, ty) {
+            (Backend::Postgres, SqlType::Uuid) => format!("uuid_send({col})"),
+            (Backend::Postgres, SqlType::Timestamp) => {
+                format!("CAST(EXTRACT(EPOCH FROM {col}) * 1000000 AS int8)")
+            }
+            (Backend::Postgres, SqlType::Json) => format!("CAST({col} AS text)"),
+            (Backend::MySql, SqlType::Timestamp) => {
+                format!("TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', {col})")
+            }
+            (Backend::MySql, SqlType::Json) => format!("CAST({col} AS CHAR)"),
+            _ => col.to_owned(),
+        }
+    }
+
+    /// Types of a `select` row: key columns, version, value columns.
     pub(crate) fn select_types(&self) -> Vec<SqlType> {
-        let mut t = vec![SqlType::Text, SqlType::BigInt];
+        let mut t: Vec<SqlType> = self.keys.iter().map(|c| c.ty).collect();
+        t.push(SqlType::BigInt);
         t.extend(self.cols.iter().map(|c| c.ty));
         t
     }
 
-    /// Types of a write's returned row: key, version and, for `Add`, the total.
+    /// Types of a write's returned row: key columns, version and, for
+    /// `Add`, the totals.
     pub(crate) fn returning_types(&self, mode: Mode) -> Vec<SqlType> {
-        let mut t = vec![SqlType::Text, SqlType::BigInt];
+        let mut t: Vec<SqlType> = self.keys.iter().map(|c| c.ty).collect();
+        t.push(SqlType::BigInt);
         if mode == Mode::Add {
-            t.push(SqlType::BigInt);
+            t.extend(self.cols.iter().map(|_| SqlType::BigInt));
         }
         t
     }
@@ -221,6 +321,9 @@ impl Dialect {
     pub(crate) fn rows_per_statement(&self, configured: Option<usize>, per_row: usize) -> usize {
         let (default, cap) = match self.backend {
             Backend::Postgres => (5_000, usize::MAX),
+            // Update-only statements on MySQL match keys in a CASE per
+            // column: keep them short.
+            Backend::MySql if self.update_only => (500, MYSQL_MAX_PARAMS / per_row.max(1)),
             Backend::MySql => (2_000, MYSQL_MAX_PARAMS / per_row.max(1)),
             Backend::Sqlite => (5_000, SQLITE_MAX_PARAMS / per_row.max(1)),
         };
@@ -229,169 +332,520 @@ impl Dialect {
 
     /// Bind parameters per written row on the VALUES backends.
     pub(crate) fn params_per_row(&self) -> usize {
-        1 + self.cols.len()
-    }
-
-    fn key_filter(&self, keys: &[&Key], ph: &mut Ph, args: &mut Vec<Arg>) -> String {
-        if self.backend == Backend::Postgres {
-            args.push(Arg::TextArr(keys_text(keys)));
-            format!("{} = ANY({}::text[])", self.k, ph.next())
+        if self.update_only && self.backend == Backend::MySql {
+            self.keys.len() * (1 + self.cols.len()) + self.cols.len()
         } else {
-            let mut list = String::with_capacity(keys.len() * 3 + self.k.len() + 8);
-            list.push_str(&self.k);
-            list.push_str(" IN (");
-            args.reserve(keys.len());
-            for (n, k) in keys.iter().enumerate() {
-                list.push_str(if n == 0 { "?" } else { ", ?" });
-                args.push(Arg::Text(Some(k.to_string())));
-            }
-            list.push(')');
-            list
+            self.keys.len() + self.cols.len()
         }
     }
 
-    /// A multi-row write of `rows` (their keys distinct and sorted);
-    /// `returning` adds `RETURNING key, version[, value]` (not on MySQL),
-    /// which PostgreSQL answers as ONE row of arrays (see `ConnRef::fetch_arrays`).
-    pub(crate) fn write(&self, mode: Mode, rows: &[&RowData], returning: bool) -> Stmt {
-        let (t, k, v) = (&self.t, &self.k, &self.v);
-        let cols = self.qcols.join(", ");
-        let mut ph = Ph::new(self.backend);
-        let mut args = Vec::new();
-        let returning = match mode {
-            _ if !returning => String::new(),
-            Mode::Add => format!(" RETURNING {k}, {v}, {}", self.qcols.join(", ")),
-            Mode::Set | Mode::InsertIfAbsent => format!(" RETURNING {k}, {v}"),
-        };
-        let source = if self.backend == Backend::Postgres {
-            let keys: Vec<&Key> = rows.iter().map(|r| &r.key).collect();
-            args.push(Arg::TextArr(keys_text(&keys)));
-            let mut arrays = vec![format!("{}::text[]", ph.next())];
-            let mut names = vec!["k".to_owned()];
-            for (i, c) in self.cols.iter().enumerate() {
-                args.push(array(rows, i, c.ty));
-                arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
-                names.push(format!("c{i}"));
+    /// Bind parameters per key in a key filter.
+    pub(crate) fn params_per_key(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The key columns qualified by the table: `t.k0, t.k1`.
+    fn tkeys(&self) -> Vec<String> {
+        self.qkeys
+            .iter()
+            .map(|k| format!("{}.{k}", self.t))
+            .collect()
+    }
+
+    /// `(k0, k1)` or `k0`.
+    fn key_tuple(&self, cols: &[String]) -> String {
+        if cols.len() == 1 {
+            cols[0].clone()
+        } else {
+            format!("({})", cols.join(", "))
+        }
+    }
+
+    /// `WHERE` condition matching the rows of `keys`.
+    fn key_filter(&self, keys: &[&KeyVals], ph: &mut Ph, args: &mut Vec<Arg>) -> String {
+        let lhs = self.key_tuple(&self.tkeys());
+        if self.backend == Backend::Postgres {
+            if let [c] = &self.keys[..] {
+                if !matches!(c.ty, SqlType::Uuid | SqlType::Timestamp | SqlType::Json) {
+                    args.push(array_of(keys.iter().map(|k| &k[0]), c.ty));
+                    return format!("{lhs} = ANY({}::{})", ph.next(), pg_array_type(c.ty));
+                }
             }
-            let picks: Vec<String> = names.iter().map(|n| format!("u.{n}")).collect();
+            let (select, _) = self.unnest_keys(keys, ph, args, "wb_k");
+            return format!("{lhs} IN ({select})");
+        }
+        let mut list = String::with_capacity(keys.len() * (self.keys.len() * 3 + 4) + 16);
+        list.push_str(&lhs);
+        list.push_str(" IN (");
+        args.reserve(keys.len() * self.keys.len());
+        for (n, k) in keys.iter().enumerate() {
+            if n > 0 {
+                list.push_str(", ");
+            }
+            list.push_str(&self.key_placeholders(k, ph, args));
+        }
+        list.push(')');
+        list
+    }
+
+    /// `?` or `(?, ?)` for one key (its values pushed on `args`).
+    fn key_placeholders(&self, k: &KeyVals, ph: &mut Ph, args: &mut Vec<Arg>) -> String {
+        let mut p = Vec::with_capacity(self.keys.len());
+        for (i, c) in self.keys.iter().enumerate() {
+            args.push(scalar(k.get(i).unwrap_or(&SqlValue::Null), c.ty));
+            p.push(self.wx(c.ty, &ph.next()));
+        }
+        self.key_tuple(&p)
+    }
+
+    /// PostgreSQL: `SELECT <keys> FROM UNNEST(arrays) AS alias(k0, ..)`.
+    fn unnest_keys(
+        &self,
+        keys: &[&KeyVals],
+        ph: &mut Ph,
+        args: &mut Vec<Arg>,
+        alias: &str,
+    ) -> (String, Vec<String>) {
+        let mut arrays = Vec::new();
+        let mut names = Vec::new();
+        let mut picks = Vec::new();
+        for (i, c) in self.keys.iter().enumerate() {
+            args.push(array_of(keys.iter().map(|k| &k[i]), c.ty));
+            arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+            names.push(format!("k{i}"));
+            picks.push(self.wx(c.ty, &format!("{alias}.k{i}")));
+        }
+        (
             format!(
-                "SELECT {}, 1 FROM UNNEST({}) AS u({})",
+                "SELECT {} FROM UNNEST({}) AS {alias}({})",
                 picks.join(", "),
                 arrays.join(", "),
                 names.join(", ")
+            ),
+            picks,
+        )
+    }
+
+    /// `SET` items of a write: `c = <new>` or `c = t.c + <new>`, then the version.
+    fn sets(&self, mode: Mode, new: impl Fn(usize, &str) -> String, bare_target: bool) -> String {
+        let t = &self.t;
+        let mut sets: Vec<String> = self
+            .qcols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let target = if bare_target {
+                    c.clone()
+                } else {
+                    format!("{t}.{c}")
+                };
+                match mode {
+                    Mode::Add => format!("{c} = {target} + {}", new(i, c)),
+                    Mode::Set | Mode::InsertIfAbsent => format!("{c} = {}", new(i, c)),
+                }
+            })
+            .collect();
+        if let Some(v) = &self.v {
+            let target = if bare_target {
+                v.clone()
+            } else {
+                format!("{t}.{v}")
+            };
+            sets.push(format!("{v} = {target} + 1"));
+        }
+        sets.join(", ")
+    }
+
+    /// `RETURNING` list: keys, version (NULL without one), and for `Add` the totals.
+    fn returning_list(&self, mode: Mode, pg_agg: bool) -> String {
+        let mut r: Vec<String> = Vec::new();
+        for (i, (c, q)) in self.keys.iter().zip(&self.qkeys).enumerate() {
+            r.push(if pg_agg {
+                format!("{}.{q} AS wb_k{i}", self.t)
+            } else {
+                self.rx(c.ty, &format!("{}.{q}", self.t))
+            });
+        }
+        r.push(match &self.v {
+            Some(v) if pg_agg => format!("{}.{v} AS wb_v", self.t),
+            Some(v) => format!("{}.{v}", self.t),
+            None if pg_agg => "CAST(NULL AS int8) AS wb_v".to_owned(),
+            None => "NULL".to_owned(),
+        });
+        if mode == Mode::Add {
+            for (i, q) in self.qcols.iter().enumerate() {
+                r.push(if pg_agg {
+                    format!("{}.{q} AS wb_c{i}", self.t)
+                } else {
+                    format!("{}.{q}", self.t)
+                });
+            }
+        }
+        r.join(", ")
+    }
+
+    /// PostgreSQL: the one-row aggregate over `wb_written` (see `write`).
+    fn pg_aggregate(&self, mode: Mode, inner: String) -> String {
+        let mut aggs: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("array_agg({})", self.rx(c.ty, &format!("wb_k{i}"))))
+            .collect();
+        aggs.push("array_agg(wb_v)".to_owned());
+        if mode == Mode::Add {
+            aggs.extend((0..self.cols.len()).map(|i| format!("array_agg(wb_c{i})")));
+        }
+        format!(
+            "WITH wb_written AS ({inner}) SELECT {} FROM wb_written",
+            aggs.join(", ")
+        )
+    }
+
+    /// A multi-row write of `rows` (their keys distinct); `returning` adds
+    /// `RETURNING keys, version[, totals]` (not on MySQL), which PostgreSQL
+    /// answers as ONE row of arrays (see `ConnRef::fetch_arrays`).
+    ///
+    /// Upsert mappings insert or update; update-only mappings (and only
+    /// for `Add`/`Set`) update the rows that exist and touch no other.
+    pub(crate) fn write(
+        &self,
+        mode: Mode,
+        rows: &[&RowData],
+        returning: bool,
+        facts: &Facts,
+    ) -> Stmt {
+        if self.update_only && mode != Mode::InsertIfAbsent {
+            return self.update(mode, rows, returning);
+        }
+        let t = &self.t;
+        let pg = self.backend == Backend::Postgres;
+        let mut ph = Ph::new(self.backend);
+        let mut args = Vec::new();
+        let mut names: Vec<&str> = self.qkeys.iter().map(String::as_str).collect();
+        names.extend(self.qcols.iter().map(String::as_str));
+        if let Some(v) = &self.v {
+            names.push(v);
+        }
+        let one = if self.v.is_some() { ", 1" } else { "" };
+        let source = if pg {
+            let mut arrays = Vec::new();
+            let mut aliases = Vec::new();
+            let mut picks = Vec::new();
+            for (i, c) in self.keys.iter().enumerate() {
+                args.push(array_of(rows.iter().map(|r| &r.kvals[i]), c.ty));
+                arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+                aliases.push(format!("k{i}"));
+                picks.push(self.wx(c.ty, &format!("u.k{i}")));
+            }
+            for (i, c) in self.cols.iter().enumerate() {
+                args.push(array(rows, i, c.ty));
+                arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+                aliases.push(format!("c{i}"));
+                picks.push(self.wx(c.ty, &format!("u.c{i}")));
+            }
+            format!(
+                "SELECT {}{one} FROM UNNEST({}) AS u({})",
+                picks.join(", "),
+                arrays.join(", "),
+                aliases.join(", ")
             )
         } else {
-            // Only SQLite and MySQL get here: their placeholder is always `?`.
-            // Written straight into one buffer: this runs for every row.
-            let per_row = 1 + self.cols.len();
+            // SQLite and MySQL: their placeholder is always `?`. Written
+            // straight into one buffer: this runs for every row.
+            let plain = self
+                .keys
+                .iter()
+                .chain(&self.cols)
+                .all(|c| self.wx(c.ty, "?") == "?");
+            let per_row = self.keys.len() + self.cols.len();
             let mut src = String::with_capacity(8 + rows.len() * (per_row * 3 + 6));
             src.push_str("VALUES ");
             args.reserve(rows.len() * per_row);
             for (n, r) in rows.iter().enumerate() {
-                src.push_str(if n == 0 { "(?" } else { ", (?" });
-                args.push(Arg::Text(Some(r.key.to_string())));
-                for (i, c) in self.cols.iter().enumerate() {
-                    args.push(scalar(r.cols.get(i).unwrap_or(&SqlValue::Null), c.ty));
-                    src.push_str(", ?");
+                src.push_str(if n == 0 { "(" } else { ", (" });
+                let vals = self
+                    .keys
+                    .iter()
+                    .zip(&r.kvals)
+                    .chain(self.cols.iter().zip(&r.cols));
+                for (i, (c, v)) in vals.enumerate() {
+                    if i > 0 {
+                        src.push_str(", ");
+                    }
+                    args.push(scalar(v, c.ty));
+                    if plain {
+                        src.push('?');
+                    } else {
+                        src.push_str(&self.wx(c.ty, "?"));
+                    }
                 }
-                src.push_str(", 1)");
+                src.push_str(one);
+                src.push(')');
             }
             src
         };
-        let head = format!("INSERT INTO {t} ({k}, {cols}, {v}) {source}");
+        let head = format!("INSERT INTO {t} ({}) {source}", names.join(", "));
+        let conflict = self.qkeys.join(", ");
         let sql = match self.backend {
             Backend::MySql => {
-                let sets: Vec<String> = self
-                    .qcols
-                    .iter()
-                    .map(|c| match mode {
-                        Mode::Add => format!("{c} = {c} + VALUES({c})"),
-                        Mode::Set | Mode::InsertIfAbsent => format!("{c} = VALUES({c})"),
-                    })
-                    .collect();
+                let (alias, sets) = if facts.row_alias {
+                    (
+                        " AS wb_new",
+                        self.sets(mode, |_, c| format!("wb_new.{c}"), true),
+                    )
+                } else {
+                    ("", self.sets(mode, |_, c| format!("VALUES({c})"), true))
+                };
                 // InsertIfAbsent relies on the FOR UPDATE pre-read's gap lock (InnoDB, REPEATABLE READ).
-                format!(
-                    "{head} ON DUPLICATE KEY UPDATE {}, {v} = {v} + 1",
-                    sets.join(", ")
-                )
+                format!("{head}{alias} ON DUPLICATE KEY UPDATE {sets}")
             }
             Backend::Postgres | Backend::Sqlite => {
-                let excluded = if self.backend == Backend::Postgres {
-                    "EXCLUDED"
+                let excluded = if pg { "EXCLUDED" } else { "excluded" };
+                let returning = if returning {
+                    format!(" RETURNING {}", self.returning_list(mode, pg))
                 } else {
-                    "excluded"
+                    String::new()
                 };
                 match mode {
                     Mode::InsertIfAbsent => {
-                        format!("{head} ON CONFLICT ({k}) DO NOTHING{returning}")
+                        format!("{head} ON CONFLICT ({conflict}) DO NOTHING{returning}")
                     }
-                    Mode::Add | Mode::Set => {
-                        let sets: Vec<String> = self
-                            .qcols
-                            .iter()
-                            .map(|c| match mode {
-                                Mode::Add => format!("{c} = {t}.{c} + {excluded}.{c}"),
-                                _ => format!("{c} = {excluded}.{c}"),
-                            })
-                            .collect();
-                        format!(
-                            "{head} ON CONFLICT ({k}) DO UPDATE SET {}, {v} = {t}.{v} + 1{returning}",
-                            sets.join(", ")
-                        )
-                    }
+                    Mode::Add | Mode::Set => format!(
+                        "{head} ON CONFLICT ({conflict}) DO UPDATE SET {}{returning}",
+                        self.sets(mode, |_, c| format!("{excluded}.{c}"), false)
+                    ),
                 }
             }
         };
         // PostgreSQL sends a row per RETURNING row; aggregated, the whole
         // answer is one row of arrays (decoded in one go), in one row order.
-        let sql = if self.backend == Backend::Postgres && !returning.is_empty() {
-            let total = match (mode, self.qcols.first()) {
-                (Mode::Add, Some(c)) => format!(", array_agg({c})"),
-                _ => String::new(),
-            };
-            format!("WITH wb_written AS ({sql}) SELECT array_agg({k}), array_agg({v}){total} FROM wb_written")
+        let sql = if pg && returning {
+            self.pg_aggregate(mode, sql)
         } else {
             sql
         };
         Stmt { sql, args }
     }
 
+    /// Update-only: `UPDATE` the rows of `rows` that exist (`Add`: `c = c +
+    /// Δ`; `Set`: `c = new`), version + 1. Keys matching no row change
+    /// nothing; the caller learns which from RETURNING (PostgreSQL) or the
+    /// read-back (SQLite, MySQL).
+    fn update(&self, mode: Mode, rows: &[&RowData], returning: bool) -> Stmt {
+        let t = &self.t;
+        let mut ph = Ph::new(self.backend);
+        let mut args = Vec::new();
+        let sql = match self.backend {
+            Backend::Postgres => {
+                let mut arrays = Vec::new();
+                let mut aliases = Vec::new();
+                let mut on = Vec::new();
+                for ((i, c), q) in self.keys.iter().enumerate().zip(&self.qkeys) {
+                    args.push(array_of(rows.iter().map(|r| &r.kvals[i]), c.ty));
+                    arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+                    aliases.push(format!("k{i}"));
+                    on.push(format!(
+                        "{t}.{q} = {}",
+                        self.wx(c.ty, &format!("wb_src.k{i}"))
+                    ));
+                }
+                for (i, c) in self.cols.iter().enumerate() {
+                    args.push(array(rows, i, c.ty));
+                    arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+                    aliases.push(format!("c{i}"));
+                }
+                let sets = self.sets(
+                    mode,
+                    |i, _| {
+                        self.wx(
+                            self.cols.get(i).map_or(SqlType::BigInt, |c| c.ty),
+                            &format!("wb_src.c{i}"),
+                        )
+                    },
+                    false,
+                );
+                let sql = format!(
+                    "UPDATE {t} SET {sets} FROM UNNEST({}) AS wb_src({}) WHERE {}",
+                    arrays.join(", "),
+                    aliases.join(", "),
+                    on.join(" AND ")
+                );
+                if returning {
+                    let sql = format!("{sql} RETURNING {}", self.returning_list(mode, true));
+                    self.pg_aggregate(mode, sql)
+                } else {
+                    sql
+                }
+            }
+            Backend::Sqlite => {
+                let mut names: Vec<String> =
+                    (0..self.keys.len()).map(|i| format!("k{i}")).collect();
+                names.extend((0..self.cols.len()).map(|i| format!("c{i}")));
+                let mut src = String::new();
+                for (n, r) in rows.iter().enumerate() {
+                    src.push_str(if n == 0 { "(" } else { ", (" });
+                    let vals = self
+                        .keys
+                        .iter()
+                        .zip(&r.kvals)
+                        .chain(self.cols.iter().zip(&r.cols));
+                    for (i, (c, v)) in vals.enumerate() {
+                        src.push_str(if i == 0 { "?" } else { ", ?" });
+                        args.push(scalar(v, c.ty));
+                    }
+                    src.push(')');
+                }
+                let on: Vec<String> = self
+                    .qkeys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| format!("{t}.{q} = wb_src.k{i}"))
+                    .collect();
+                format!(
+                    "WITH wb_src({}) AS (VALUES {src}) UPDATE {t} SET {} FROM wb_src WHERE {}",
+                    names.join(", "),
+                    self.sets(mode, |i, _| format!("wb_src.c{i}"), false),
+                    on.join(" AND ")
+                )
+            }
+            Backend::MySql => {
+                // Keys are compared with bind parameters only: a parameter
+                // takes the collation of the column it meets, whatever it is.
+                let keys: Vec<&KeyVals> = rows.iter().map(|r| &r.kvals[..]).collect();
+                let lhs = self.key_tuple(&self.tkeys());
+                let mut sets = Vec::new();
+                for ((i, c), q) in self.cols.iter().enumerate().zip(&self.qcols) {
+                    let mut case = String::from("CASE");
+                    for r in rows {
+                        let k = self.key_placeholders(&r.kvals, &mut ph, &mut args);
+                        args.push(scalar(r.cols.get(i).unwrap_or(&SqlValue::Null), c.ty));
+                        case.push_str(&format!(" WHEN {lhs} = {k} THEN {}", self.wx(c.ty, "?")));
+                    }
+                    case.push_str(&format!(
+                        " ELSE {} END",
+                        match mode {
+                            Mode::Add => "0".to_owned(),
+                            _ => format!("{t}.{q}"),
+                        }
+                    ));
+                    sets.push(match mode {
+                        Mode::Add => format!("{t}.{q} = {t}.{q} + {case}"),
+                        _ => format!("{t}.{q} = {case}"),
+                    });
+                }
+                if let Some(v) = &self.v {
+                    sets.push(format!("{t}.{v} = {t}.{v} + 1"));
+                }
+                let filter = self.key_filter(&keys, &mut ph, &mut args);
+                format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "))
+            }
+        };
+        Stmt { sql, args }
+    }
+
     /// The stand-in for RETURNING on SQLite and MySQL: after a group's
     /// writes, in the same transaction, one statement per batch of keys
-    /// reads back the version (and for `Add` the total) of each key, by its
-    /// position in `keys` (0-based), so no key text travels back. The keys
-    /// are bound as ONE JSON array: no bind limit, one parameter to encode.
+    /// reads back the version (and for `Add` the totals) of each key, by
+    /// its position in `keys` (0-based), so no key travels back. The keys
+    /// are bound as ONE JSON array: no bind limit, one parameter to encode
+    /// (a single text key as a string; other keys as arrays of their
+    /// values, bytes in hex).
     ///
-    /// SQLite answers one text `pos,version[,total];..` (sqlx hands SQLite
+    /// SQLite answers one text `pos,version[,total..];..` (sqlx hands SQLite
     /// rows between threads one at a time, and JSON output costs SQLite more
-    /// than `group_concat`); MySQL answers rows `(pos, version[, total])`
-    /// from `JSON_TABLE` (MySQL 8.0.4+, MariaDB 10.6+). The keys drive the
-    /// join (`STRAIGHT_JOIN`, SQLite's `CROSS JOIN`): a fresh table's
-    /// statistics may otherwise make the planner scan the table instead.
-    pub(crate) fn read_back(&self, mode: Mode, keys: &[&Key]) -> Stmt {
-        let (t, k, v) = (&self.t, &self.k, &self.v);
-        let total = if mode == Mode::Add {
-            self.qcols.first()
-        } else {
-            None
+    /// than `group_concat`); MySQL answers rows `(pos, version[, totals])`
+    /// from `JSON_TABLE` (MySQL 8.0.4+, MariaDB 10.6+), whose text key
+    /// columns are declared with the table column's character set and
+    /// collation (`facts`): comparing two collations fails (error 1267). The
+    /// keys drive the join (`STRAIGHT_JOIN`, SQLite's `CROSS JOIN`): a fresh
+    /// table's statistics may otherwise make the planner scan the table.
+    pub(crate) fn read_back(&self, mode: Mode, keys: &[&KeyVals], facts: &Facts) -> Stmt {
+        let t = &self.t;
+        let totals = mode == Mode::Add;
+        let version = match &self.v {
+            Some(v) => format!("{t}.{v}"),
+            None => "NULL".to_owned(),
         };
-        let list: Vec<&str> = keys.iter().map(|k| &***k).collect();
-        let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned());
+        // One key column: a JSON array of its values; several: of arrays.
+        let single = self.keys.len() == 1;
+        let json = keys_json(keys, single);
         let sql = if self.backend == Backend::MySql {
-            let total = total.map(|c| format!(", {t}.{c}")).unwrap_or_default();
+            let total = if totals {
+                self.qcols.iter().map(|c| format!(", {t}.{c}")).collect()
+            } else {
+                String::new()
+            };
+            let mut defs = Vec::new();
+            let mut on = Vec::new();
+            for (i, (c, q)) in self.keys.iter().zip(&self.qkeys).enumerate() {
+                let path = if single {
+                    "$".to_owned()
+                } else {
+                    format!("$[{i}]")
+                };
+                let ty = match c.ty {
+                    SqlType::Text => {
+                        let (cs, coll) = facts
+                            .key_charsets
+                            .get(i)
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_else(|| ("utf8mb4".to_owned(), "utf8mb4_bin".to_owned()));
+                        format!("VARCHAR(768) CHARACTER SET {cs} COLLATE {coll}")
+                    }
+                    SqlType::Bytes | SqlType::Uuid => {
+                        "VARCHAR(2048) CHARACTER SET ascii".to_owned()
+                    }
+                    SqlType::Double => "DOUBLE".to_owned(),
+                    _ => "BIGINT".to_owned(),
+                };
+                defs.push(format!("k{i} {ty} PATH '{path}'"));
+                let src = format!("wb_keys.k{i}");
+                let src = match c.ty {
+                    SqlType::Bytes | SqlType::Uuid => format!("UNHEX({src})"),
+                    ty => self.wx(ty, &src),
+                };
+                on.push(format!("{t}.{q} = {src}"));
+            }
             format!(
-                "SELECT CAST(wb_keys.n AS SIGNED) - 1, {t}.{v}{total} FROM JSON_TABLE(?, '$[*]' \
-                 COLUMNS (n FOR ORDINALITY, k {} PATH '$')) AS wb_keys \
-                 STRAIGHT_JOIN {t} ON {t}.{k} = wb_keys.k",
-                self.key_type()
+                "SELECT CAST(wb_keys.n AS SIGNED) - 1, {version}{total} FROM JSON_TABLE(?, '$[*]' \
+                 COLUMNS (n FOR ORDINALITY, {})) AS wb_keys \
+                 STRAIGHT_JOIN {t} ON {}",
+                defs.join(", "),
+                on.join(" AND ")
             )
         } else {
-            let total = total
-                .map(|c| format!(" || ',' || ifnull({t}.{c}, '')"))
-                .unwrap_or_default();
+            let total: String = if totals {
+                self.qcols
+                    .iter()
+                    .map(|c| format!(" || ',' || ifnull({t}.{c}, '')"))
+                    .collect()
+            } else {
+                String::new()
+            };
+            let on: Vec<String> = self
+                .keys
+                .iter()
+                .zip(&self.qkeys)
+                .enumerate()
+                .map(|(i, (c, q))| {
+                    let x = if single {
+                        "wb_keys.value".to_owned()
+                    } else {
+                        format!("json_extract(wb_keys.value, '$[{i}]')")
+                    };
+                    let x = match c.ty {
+                        SqlType::Bytes | SqlType::Uuid => format!("unhex({x})"),
+                        _ => x,
+                    };
+                    format!("{t}.{q} = {x}")
+                })
+                .collect();
             format!(
-                "SELECT group_concat(wb_keys.key || ',' || ifnull({t}.{v}, ''){total}, ';') \
-                 FROM json_each(?) AS wb_keys CROSS JOIN {t} ON {t}.{k} = wb_keys.value"
+                "SELECT group_concat(wb_keys.key || ',' || ifnull({version}, ''){total}, ';') \
+                 FROM json_each(?) AS wb_keys CROSS JOIN {t} ON {}",
+                on.join(" AND ")
             )
         };
         Stmt {
@@ -400,7 +854,7 @@ impl Dialect {
         }
     }
 
-    pub(crate) fn delete(&self, keys: &[&Key]) -> Stmt {
+    pub(crate) fn delete(&self, keys: &[&KeyVals]) -> Stmt {
         let mut ph = Ph::new(self.backend);
         let mut args = Vec::new();
         let filter = self.key_filter(keys, &mut ph, &mut args);
@@ -410,9 +864,32 @@ impl Dialect {
         }
     }
 
-    /// Rows of `keys` (key, version, value columns); `lock` adds FOR UPDATE
-    /// where the backend has it (SQLite's writer already holds the database lock).
-    pub(crate) fn select(&self, keys: &[&Key], lock: bool) -> Stmt {
+    /// `key columns, version (NULL without one), value columns`, as read.
+    fn select_list(&self) -> String {
+        let t = &self.t;
+        let mut l: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&self.qkeys)
+            .map(|(c, q)| self.rx(c.ty, &format!("{t}.{q}")))
+            .collect();
+        l.push(match &self.v {
+            Some(v) => format!("{t}.{v}"),
+            None => "NULL".to_owned(),
+        });
+        l.extend(
+            self.cols
+                .iter()
+                .zip(&self.qcols)
+                .map(|(c, q)| self.rx(c.ty, &format!("{t}.{q}"))),
+        );
+        l.join(", ")
+    }
+
+    /// Rows of `keys` (key columns, version, value columns); `lock` adds
+    /// FOR UPDATE where the backend has it (SQLite's writer already holds
+    /// the database lock).
+    pub(crate) fn select(&self, keys: &[&KeyVals], lock: bool) -> Stmt {
         let mut ph = Ph::new(self.backend);
         let mut args = Vec::new();
         let filter = self.key_filter(keys, &mut ph, &mut args);
@@ -422,35 +899,35 @@ impl Dialect {
             ""
         };
         let sql = format!(
-            "SELECT {}, {}, {} FROM {} WHERE {filter} ORDER BY {}{lock}",
-            self.k,
-            self.v,
-            self.qcols.join(", "),
+            "SELECT {} FROM {} WHERE {filter} ORDER BY {}{lock}",
+            self.select_list(),
             self.t,
-            self.k
+            self.tkeys().join(", ")
         );
         Stmt { sql, args }
     }
 
-    /// One keyset page: rows with key > `after`, in key order.
-    pub(crate) fn page(&self, after: Option<&str>, limit: i64) -> Stmt {
+    /// One keyset page: rows with key > `after` (row comparison on
+    /// composite keys), in key order.
+    pub(crate) fn page(&self, after: Option<&KeyVals>, limit: i64) -> Stmt {
         let mut ph = Ph::new(self.backend);
         let mut args = Vec::new();
         let filter = match after {
             Some(a) => {
-                args.push(Arg::Text(Some(a.to_owned())));
-                format!(" WHERE {} > {}", self.k, ph.next())
+                let lhs = self.key_tuple(&self.tkeys());
+                format!(
+                    " WHERE {lhs} > {}",
+                    self.key_placeholders(a, &mut ph, &mut args)
+                )
             }
             None => String::new(),
         };
         args.push(Arg::Int(Some(limit)));
         let sql = format!(
-            "SELECT {}, {}, {} FROM {}{filter} ORDER BY {} LIMIT {}",
-            self.k,
-            self.v,
-            self.qcols.join(", "),
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {}",
+            self.select_list(),
             self.t,
-            self.k,
+            self.tkeys().join(", "),
             ph.next()
         );
         Stmt { sql, args }
@@ -622,6 +1099,16 @@ impl Dialect {
             (Backend::Sqlite, SqlType::Bytes) => "BLOB",
             (Backend::MySql, SqlType::Bytes) => "LONGBLOB",
             (_, SqlType::Bool) => "BOOLEAN",
+            (Backend::Postgres, SqlType::Uuid) => "UUID",
+            (Backend::MySql, SqlType::Uuid) => "BINARY(16)",
+            (Backend::Sqlite, SqlType::Uuid) => "BLOB",
+            (Backend::Postgres, SqlType::Timestamp) => "TIMESTAMPTZ",
+            (Backend::MySql, SqlType::Timestamp) => "DATETIME(6)",
+            (Backend::Sqlite, SqlType::Timestamp) => "INTEGER",
+            (Backend::Postgres, SqlType::Json) => "JSONB",
+            // MariaDB's JSON is LONGTEXT with a JSON_VALID check.
+            (Backend::MySql, SqlType::Json) => "JSON",
+            (Backend::Sqlite, SqlType::Json) => "TEXT",
         }
     }
 
@@ -630,6 +1117,18 @@ impl Dialect {
         match self.backend {
             Backend::MySql => "VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
             _ => "TEXT",
+        }
+    }
+
+    /// A key column's type: MySQL cannot index unbounded text or bytes.
+    fn key_column_type(&self, ty: SqlType) -> &'static str {
+        match (self.backend, ty) {
+            (Backend::MySql, SqlType::Text) => self.key_type(),
+            (Backend::MySql, SqlType::Bytes) => "VARBINARY(512)",
+            (Backend::MySql, SqlType::Json) => {
+                "VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            }
+            _ => self.type_name(ty),
         }
     }
 
@@ -680,21 +1179,34 @@ impl Dialect {
                     }
                     _ => String::new(),
                 };
+                let default = if c.merge == Merge::Counter {
+                    " DEFAULT 0"
+                } else {
+                    ""
+                };
                 format!(
-                    "{q} {}{}{integer}",
+                    "{q} {}{}{default}{integer}",
                     self.type_name(c.ty),
                     if c.nullable { "" } else { " NOT NULL" }
                 )
             })
             .collect();
+        let mut data: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&self.qkeys)
+            .map(|(c, q)| format!("{q} {} NOT NULL", self.key_column_type(c.ty)))
+            .collect();
+        data.extend(cols);
+        if let Some(v) = &self.v {
+            data.push(format!("{v} BIGINT NOT NULL"));
+        }
+        data.push(format!("PRIMARY KEY ({})", self.qkeys.join(", ")));
         vec![
             format!(
-                "CREATE TABLE IF NOT EXISTS {} ({} {} PRIMARY KEY, {}, {} BIGINT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {} ({})",
                 self.t,
-                self.k,
-                self.key_type(),
-                cols.join(", "),
-                self.v
+                data.join(", ")
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {} ({} {} PRIMARY KEY, {} BIGINT, {} BIGINT NOT NULL, \
@@ -762,6 +1274,113 @@ pub(crate) const DEAD_LETTER_COLUMNS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::schema::{Column, RowCodec, TableSpec};
+
+    struct Counters(Vec<Column>);
+    impl RowCodec for Counters {
+        fn columns(&self) -> &[Column] {
+            &self.0
+        }
+        fn to_row(&self, _: &[u8]) -> std::result::Result<Vec<SqlValue>, String> {
+            Err("delta".into())
+        }
+        fn from_row(&self, _: Vec<SqlValue>) -> std::result::Result<Vec<u8>, String> {
+            Err("delta".into())
+        }
+    }
+
+    fn posts(mode: WriteMode) -> Dialect {
+        let codec = Arc::new(Counters(vec![
+            Column::counter("views").unwrap(),
+            Column::counter("likes").unwrap(),
+        ]));
+        let spec = TableSpec::record("posts", codec)
+            .unwrap()
+            .key(crate::schema::TextKey::named("id").unwrap())
+            .version_column(None)
+            .unwrap()
+            .mode(mode);
+        Dialect::new(Backend::MySql, &WriterConfig::new("i").table(spec))
+    }
+
+    fn row(k: &str) -> RowData {
+        RowData {
+            key: Key::from(k),
+            kvals: vec![SqlValue::Text(k.to_owned())],
+            cols: vec![SqlValue::Int(1), SqlValue::Int(2)],
+        }
+    }
+
+    /// MySQL >= 8.0.19 gets the row alias, MariaDB and older MySQL VALUES().
+    #[test]
+    fn mysql_delta_upsert_per_server() {
+        let d = posts(WriteMode::Upsert);
+        let (a, b) = (row("a"), row("b"));
+        let alias = Facts {
+            row_alias: true,
+            key_charsets: Vec::new(),
+        };
+        let st = d.write(Mode::Add, &[&a, &b], false, &alias);
+        assert_eq!(
+            st.sql,
+            "INSERT INTO `posts` (`id`, `views`, `likes`) VALUES (?, ?, ?), (?, ?, ?) AS wb_new \
+             ON DUPLICATE KEY UPDATE `views` = `views` + wb_new.`views`, `likes` = `likes` + wb_new.`likes`"
+        );
+        let st = d.write(Mode::Add, &[&a], false, &Facts::default());
+        assert_eq!(
+            st.sql,
+            "INSERT INTO `posts` (`id`, `views`, `likes`) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE `views` = `views` + VALUES(`views`), `likes` = `likes` + VALUES(`likes`)"
+        );
+        assert_eq!(st.args.len(), 3);
+        assert!(crate::writer::mysql_has_row_alias("8.0.19"));
+        assert!(crate::writer::mysql_has_row_alias("8.4.3-commercial"));
+        assert!(!crate::writer::mysql_has_row_alias("8.0.18-log"));
+        assert!(!crate::writer::mysql_has_row_alias("5.7.44"));
+        assert!(!crate::writer::mysql_has_row_alias(
+            "10.11.6-MariaDB-0+deb12u1"
+        ));
+        assert!(!crate::writer::mysql_has_row_alias("11.4.2-MariaDB"));
+    }
+
+    /// The read-back declares the table's own collation for a text key.
+    #[test]
+    fn mysql_read_back_uses_the_key_collation() {
+        let d = posts(WriteMode::Upsert);
+        let facts = Facts {
+            row_alias: false,
+            key_charsets: vec![Some(("utf8mb4".into(), "utf8mb4_unicode_ci".into()))],
+        };
+        let k = [SqlValue::Text("a".into())];
+        let st = d.read_back(Mode::Add, &[&k[..]], &facts);
+        assert!(
+            st.sql.contains(
+                "k0 VARCHAR(768) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci PATH '$'"
+            ),
+            "{}",
+            st.sql
+        );
+    }
+
+    /// Update-only on MySQL compares keys with parameters only (no
+    /// collation mix) and never inserts.
+    #[test]
+    fn mysql_update_only_is_an_update() {
+        let d = posts(WriteMode::UpdateOnly);
+        let a = row("a");
+        let st = d.write(Mode::Add, &[&a], false, &Facts::default());
+        assert_eq!(
+            st.sql,
+            "UPDATE `posts` SET `posts`.`views` = `posts`.`views` + CASE WHEN `posts`.`id` = ? THEN ? ELSE 0 END, \
+             `posts`.`likes` = `posts`.`likes` + CASE WHEN `posts`.`id` = ? THEN ? ELSE 0 END \
+             WHERE `posts`.`id` IN (?)"
+        );
+        assert_eq!(st.args.len(), 5);
+    }
     /// `text` stays the only place in this crate that vouches for SQL.
     #[test]
     fn only_this_file_asserts_sql_is_safe() {

@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::flush::Flush;
 use crate::ident::Backend;
 use crate::schema::{SqlType, SqlValue};
-use crate::sql::{Dialect, Stmt};
+use crate::sql::{Dialect, Facts, Stmt};
 
 /// A row that failed permanently and was dead-lettered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +93,9 @@ pub(crate) struct Inner {
     /// Serialises claims made through this writer (and the implicit one
     /// of a first flush), so clones do not claim twice.
     claiming: tokio::sync::Mutex<()>,
+    /// What the server told at the first connection (MySQL: its version,
+    /// the key columns' collations); set once.
+    facts: std::sync::OnceLock<Facts>,
 }
 
 impl Inner {
@@ -102,6 +105,14 @@ impl Inner {
 
     pub(crate) fn cfg(&self) -> &WriterConfig {
         &self.cfg
+    }
+
+    /// The server facts (defaults until learnt: `Writer::flush` learns them first).
+    pub(crate) fn facts(&self) -> &Facts {
+        static NONE: std::sync::OnceLock<Facts> = std::sync::OnceLock::new();
+        self.facts
+            .get()
+            .unwrap_or_else(|| NONE.get_or_init(Facts::default))
     }
 
     /// The epoch this writer claimed (0 before any claim).
@@ -143,6 +154,30 @@ impl Inner {
 /// MySQL's key columns are `VARCHAR(512)`: characters, not bytes.
 const MYSQL_KEY_CHARS: usize = 512;
 
+/// A character set or collation name as the server reports it, safe to
+/// render into SQL text.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// MySQL 8.0.19 and later take `INSERT .. AS alias`; MariaDB (any version)
+/// and older MySQL do not. `version` is `SELECT VERSION()`.
+pub(crate) fn mysql_has_row_alias(version: &str) -> bool {
+    if version.to_ascii_lowercase().contains("mariadb") {
+        return false;
+    }
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    v >= (8, 0, 19)
+}
+
 impl Writer {
     /// Builds the pool and validates the configuration. The pool is lazy: no
     /// connection is made here, so a cache can open while its database is
@@ -154,6 +189,10 @@ impl Writer {
         let backend = Backend::from_url(url)?;
         let pool = Pool::connect(url, backend, &config)?;
         let dialect = Dialect::new(backend, &config);
+        let facts = std::sync::OnceLock::new();
+        if backend != Backend::MySql {
+            let _ = facts.set(Facts::default());
+        }
         Ok(Writer {
             inner: Arc::new(Inner {
                 pool,
@@ -162,8 +201,65 @@ impl Writer {
                 epoch: AtomicU64::new(0),
                 migrated: AtomicBool::new(false),
                 claiming: tokio::sync::Mutex::new(()),
+                facts,
             }),
         })
+    }
+
+    /// MySQL/MariaDB: learns, once, at the first connection, what the SQL
+    /// depends on: the server version (MySQL >= 8.0.19 takes the row alias
+    /// `INSERT .. AS new ON DUPLICATE KEY UPDATE c = c + new.c`; MariaDB and
+    /// older MySQL `c = c + VALUES(c)`) and the character set and collation
+    /// of each text key column (the read-back declares them: two
+    /// collations cannot be compared, error 1267). A no-op elsewhere.
+    pub(crate) async fn server_facts(&self) -> Result<()> {
+        if self.inner.facts.get().is_some() {
+            return Ok(());
+        }
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::sql("server version: connect"))?;
+        let rows = conn
+            .conn()
+            .fetch("SELECT VERSION()", Vec::new(), &[SqlType::Text])
+            .await
+            .map_err(Error::sql("server version"))?;
+        let version = match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Text(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let row_alias = mysql_has_row_alias(&version);
+        let d = &self.inner.dialect;
+        let mut key_charsets = Vec::new();
+        for c in d.key_columns() {
+            if c.ty != SqlType::Text {
+                key_charsets.push(None);
+                continue;
+            }
+            let Stmt { sql, args } = crate::check::mysql_charset(d, c.name.as_str());
+            let rows = conn
+                .conn()
+                .fetch(&sql, args, &[SqlType::Text, SqlType::Text])
+                .await
+                .map_err(Error::sql("key column collation"))?;
+            key_charsets.push(match rows.first().map(|r| (r.first(), r.get(1))) {
+                Some((Some(SqlValue::Text(cs)), Some(SqlValue::Text(coll))))
+                    if plain_name(cs) && plain_name(coll) =>
+                {
+                    Some((cs.clone(), coll.clone()))
+                }
+                _ => None,
+            });
+        }
+        tracing::debug!(%version, row_alias, ?key_charsets, "writebehind: MySQL server facts");
+        let _ = self.inner.facts.set(Facts {
+            row_alias,
+            key_charsets,
+        });
+        Ok(())
     }
 
     /// Whether the database can hold `key` in its key columns; the reason
@@ -171,6 +267,17 @@ impl Writer {
     /// acknowledged is later refused for its key: PostgreSQL text holds no
     /// NUL byte, MySQL's key columns hold 512 characters.
     pub fn check_key(&self, key: &str) -> std::result::Result<(), String> {
+        let vals = self.inner.key_values(key)?;
+        let text_key = matches!(&vals[..], [SqlValue::Text(k)] if k == key);
+        for v in &vals {
+            let SqlValue::Text(t) = v else { continue };
+            if self.backend() == Backend::Postgres && t.contains('\0') {
+                return Err("PostgreSQL text cannot hold a NUL byte".to_owned());
+            }
+        }
+        if !text_key {
+            return Ok(());
+        }
         match self.backend() {
             Backend::Postgres if key.contains('\0') => {
                 Err("PostgreSQL text cannot hold a NUL byte".to_owned())
@@ -197,10 +304,13 @@ impl Writer {
         &self.inner.cfg
     }
 
-    /// The pool, for the `NOTIFY` side of `notify.rs`.
-    #[cfg(feature = "postgres")]
+    /// The pool (the `NOTIFY` side of `notify.rs`, the schema check).
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    pub(crate) fn dialect(&self) -> &Dialect {
+        &self.inner.dialect
     }
 
     /// Creates the four tables if they do not exist (`K` is `TEXT` on
@@ -407,6 +517,7 @@ impl Writer {
         let position = i64::try_from(cut.position).map_err(|_| Error::PositionOutOfRange {
             position: cut.position,
         })?;
+        self.server_facts().await?;
         if self.inner.epoch() == 0 {
             let _one = self.inner.claiming.lock().await;
             if self.inner.epoch() == 0 {
@@ -445,11 +556,18 @@ impl Writer {
             .acquire()
             .await
             .map_err(Error::sql("load: connect"))?;
-        let per = d.rows_per_statement(self.inner.cfg.max_rows_per_statement, 1);
+        let per = d.rows_per_statement(self.inner.cfg.max_rows_per_statement, d.params_per_key());
         let types = d.select_types();
         let mut found: HashMap<Key, (Value, i64)> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(per) {
-            let refs: Vec<&Key> = chunk.iter().collect();
+            let mut kvals = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                kvals.push(self.inner.key_values(k).map_err(|message| Error::Codec {
+                    key: k.clone(),
+                    message,
+                })?);
+            }
+            let refs: Vec<&[SqlValue]> = kvals.iter().map(|k| &k[..]).collect();
             let Stmt { sql, args } = d.select(&refs, false);
             let rows = conn
                 .conn()
@@ -487,7 +605,7 @@ impl Writer {
             .acquire()
             .await
             .map_err(Error::sql("load_all: connect"))?;
-        let mut after: Option<Key> = None;
+        let mut after: Option<Vec<SqlValue>> = None;
         let mut total = 0u64;
         loop {
             let Stmt { sql, args } = d.page(after.as_deref(), limit);
@@ -501,7 +619,15 @@ impl Writer {
                 .into_iter()
                 .map(|r| self.inner.decode_row(r))
                 .collect::<Result<Vec<_>>>()?;
-            after = page.last().map(|(k, _, _)| k.clone());
+            after = match page.last() {
+                Some((k, _, _)) => {
+                    Some(self.inner.key_values(k).map_err(|message| Error::Codec {
+                        key: k.clone(),
+                        message,
+                    })?)
+                }
+                None => None,
+            };
             total += n as u64;
             if n > 0 {
                 f(page);

@@ -139,7 +139,7 @@ impl RowCodec for TestCodec {
                 };
                 match record(n, *s, *a, blob) {
                     Value::Bytes(b) => Ok(b.to_vec()),
-                    Value::Int(_) => Err("unreachable".into()),
+                    Value::Int(_) | Value::Ints(_) => Err("unreachable".into()),
                 }
             }
             other => Err(format!("unexpected row {other:?}")),
