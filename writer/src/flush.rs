@@ -386,11 +386,7 @@ impl<'a> Flush<'a> {
                     continue;
                 }
             };
-            let data = |cols| RowData {
-                key: key.clone(),
-                kvals: kvals.clone(),
-                cols,
-            };
+            let data = move |cols| RowData { key, kvals, cols };
             let expected = if versioned {
                 item.expected
             } else {
@@ -420,7 +416,7 @@ impl<'a> Flush<'a> {
                         if delta { ncols } else { 0 }
                     ),
                 ),
-                Change::Put(value) => match w.encode(&key, value) {
+                Change::Put(value) => match w.encode(&item.key, value) {
                     Err(e) => self.dead_letter(idx, e.to_string()),
                     Ok(cols) => {
                         let row = WRow {
@@ -438,7 +434,7 @@ impl<'a> Flush<'a> {
                 Change::Delete => match expected {
                     Expected::Any => deletes.push(delete_row(idx, data(Vec::new()))),
                     _ => {
-                        keyvals.insert(idx, kvals.clone());
+                        keyvals.insert(idx, data(Vec::new()).kvals);
                         conditional.push((idx, None));
                     }
                 },

@@ -142,9 +142,9 @@ fn array_of<'a>(it: impl Iterator<Item = &'a SqlValue>, ty: SqlType) -> Arg {
     }
 }
 
-/// Keys for a read-back: a JSON array of the key texts (`single_text`),
-/// else of arrays of the key values (bytes as hex).
-fn keys_json(keys: &[&KeyVals], single_text: bool) -> String {
+/// Keys for a read-back: a JSON array of the key values (`single`: one
+/// key column), else of arrays of them; bytes as hex.
+fn keys_json(keys: &[&KeyVals], single: bool) -> String {
     use serde_json::Value as J;
     fn one(v: &SqlValue) -> J {
         match v {
@@ -160,7 +160,7 @@ fn keys_json(keys: &[&KeyVals], single_text: bool) -> String {
     let list: Vec<J> = keys
         .iter()
         .map(|k| {
-            if single_text {
+            if single {
                 k.first().map_or(J::Null, one)
             } else {
                 J::Array(k.iter().map(one).collect())
@@ -767,8 +767,9 @@ impl Dialect {
             Some(v) => format!("{t}.{v}"),
             None => "NULL".to_owned(),
         };
-        let single_text = matches!(&self.keys[..], [c] if c.ty == SqlType::Text);
-        let json = keys_json(keys, single_text);
+        // One key column: a JSON array of its values; several: of arrays.
+        let single = self.keys.len() == 1;
+        let json = keys_json(keys, single);
         let sql = if self.backend == Backend::MySql {
             let total = if totals {
                 self.qcols.iter().map(|c| format!(", {t}.{c}")).collect()
@@ -778,7 +779,7 @@ impl Dialect {
             let mut defs = Vec::new();
             let mut on = Vec::new();
             for (i, (c, q)) in self.keys.iter().zip(&self.qkeys).enumerate() {
-                let path = if single_text {
+                let path = if single {
                     "$".to_owned()
                 } else {
                     format!("$[{i}]")
@@ -823,23 +824,24 @@ impl Dialect {
             } else {
                 String::new()
             };
-            let on: Vec<String> = if single_text {
-                vec![format!("{t}.{} = wb_keys.value", self.qkeys[0])]
-            } else {
-                self.keys
-                    .iter()
-                    .zip(&self.qkeys)
-                    .enumerate()
-                    .map(|(i, (c, q))| {
-                        let x = format!("json_extract(wb_keys.value, '$[{i}]')");
-                        let x = match c.ty {
-                            SqlType::Bytes | SqlType::Uuid => format!("unhex({x})"),
-                            _ => x,
-                        };
-                        format!("{t}.{q} = {x}")
-                    })
-                    .collect()
-            };
+            let on: Vec<String> = self
+                .keys
+                .iter()
+                .zip(&self.qkeys)
+                .enumerate()
+                .map(|(i, (c, q))| {
+                    let x = if single {
+                        "wb_keys.value".to_owned()
+                    } else {
+                        format!("json_extract(wb_keys.value, '$[{i}]')")
+                    };
+                    let x = match c.ty {
+                        SqlType::Bytes | SqlType::Uuid => format!("unhex({x})"),
+                        _ => x,
+                    };
+                    format!("{t}.{q} = {x}")
+                })
+                .collect();
             format!(
                 "SELECT group_concat(wb_keys.key || ',' || ifnull({version}, ''){total}, ';') \
                  FROM json_each(?) AS wb_keys CROSS JOIN {t} ON {}",
