@@ -356,6 +356,55 @@ impl Field for serde_json::Value {
     }
 }
 
+/// `#[serde(with = "...")]` for a `serde_json::Value` field of a record:
+/// the document as JSON text. The cache's log is bincode, which cannot read
+/// a `serde_json::Value` back (it needs `deserialize_any`); as text it can.
+/// The derive refuses a JSON field without a `with` of its own.
+#[cfg(feature = "json")]
+pub mod json_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Something `json_text` can carry: `serde_json::Value` or an `Option` of one.
+    pub trait Text: Sized {
+        /// As JSON text (`None`: absent).
+        fn to_text(&self) -> Option<String>;
+        /// From JSON text.
+        fn from_text(text: Option<String>) -> Result<Self, String>;
+    }
+
+    impl Text for serde_json::Value {
+        fn to_text(&self) -> Option<String> {
+            Some(self.to_string())
+        }
+
+        fn from_text(text: Option<String>) -> Result<Self, String> {
+            let text = text.ok_or("a JSON field holds no document")?;
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        }
+    }
+
+    impl Text for Option<serde_json::Value> {
+        fn to_text(&self) -> Option<String> {
+            self.as_ref().map(ToString::to_string)
+        }
+
+        fn from_text(text: Option<String>) -> Result<Self, String> {
+            text.map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+                .transpose()
+        }
+    }
+
+    /// Serializes the document as text.
+    pub fn serialize<T: Text, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        value.to_text().serialize(s)
+    }
+
+    /// Deserializes the document from text.
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        T::from_text(Option::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Field, Row, SqlValue};

@@ -151,11 +151,17 @@ pub(crate) struct FieldAttrs {
     pub(crate) merge: Option<(Merge, Span)>,
     /// `skip`.
     pub(crate) skip: Option<Span>,
+    /// The field has its own serde (de)serializer: `#[serde(with = "..")]`
+    /// or `#[serde(deserialize_with = "..")]`.
+    pub(crate) serde_with: bool,
 }
 
 impl FieldAttrs {
     pub(crate) fn parse(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
-        let mut f = FieldAttrs::default();
+        let mut f = FieldAttrs {
+            serde_with: has_serde_with(attrs),
+            ..FieldAttrs::default()
+        };
         for attr in attrs.iter().filter(|a| a.path().is_ident("writebehind")) {
             let parsed = attr.parse_nested_meta(|meta| match f.one(&meta) {
                 Ok(()) => Ok(()),
@@ -208,6 +214,21 @@ impl FieldAttrs {
             )))
         }
     }
+}
+
+/// Whether serde's own attributes give the field a (de)serializer of its
+/// own. Malformed serde attributes are serde's to report: read as "no".
+fn has_serde_with(attrs: &[Attribute]) -> bool {
+    let mut found = false;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("with") || meta.path.is_ident("deserialize_with") {
+                found = true;
+            }
+            skip_rest(&meta)
+        });
+    }
+    found
 }
 
 /// After a mistake in one item, skips the rest of it (`= value`, `(..)`)

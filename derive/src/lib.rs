@@ -100,6 +100,10 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `serde_json::Value` (feature `json`) | JSON |
 /// | `Option<T>` of one of these | the same, nullable |
 ///
+/// A `serde_json::Value` field needs `#[serde(with = "...")]` that writes
+/// it as text (the derive refuses it otherwise): the cache keeps records in
+/// a binary log (bincode), which cannot read a `serde_json::Value` back.
+///
 /// The type is read from its path (`uuid::Uuid` or an imported `Uuid`); a
 /// type alias or a newtype is not recognised. `u64` is refused (it does not
 /// fit a BIGINT), and so is any other type, with the list above.

@@ -226,6 +226,16 @@ fn field_column(
             return Err(Reported);
         }
     };
+    if field_type.kind == Kind::Json && !attrs.serde_with {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            "a serde_json::Value field needs #[serde(with = \"...\")] that writes it as text: the \
+             cache keeps records in a binary log (bincode), which cannot read back a \
+             serde_json::Value (it needs deserialize_any), so the record would be acknowledged \
+             and then fail at its flush; e.g. serde_with's JsonString",
+        ));
+        return Err(Reported);
+    }
     let merge = attrs.merge.map_or(Merge::Set, |(m, _)| m);
     if let Some((Merge::Counter, span)) = attrs.merge {
         if field_type.kind != Kind::Int {
@@ -402,6 +412,23 @@ mod tests {
         assert!(e.contains("`v-1` is not a plain SQL identifier"), "{e}");
         assert!(e.contains("unknown writebehind attribute `countr`"), "{e}");
         assert!(e.contains("`a b` is not a plain SQL identifier"), "{e}");
+    }
+
+    #[test]
+    fn a_json_field_with_its_own_serde_is_a_json_column() {
+        let m = model(
+            r#"#[writebehind(key(id))]
+            struct T {
+                #[serde(with = "json_text")] a: serde_json::Value,
+                #[serde(default, deserialize_with = "de", serialize_with = "se")] b: Option<Value>,
+            }"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<(Kind, bool)> = columns(&m)
+            .iter()
+            .map(|c| (c.ty.kind, c.ty.nullable))
+            .collect();
+        assert_eq!(kinds, [(Kind::Json, false), (Kind::Json, true)]);
     }
 
     #[test]

@@ -157,9 +157,12 @@ struct AllTypes {
     m: uuid::Uuid,
     n: time::OffsetDateTime,
     o: chrono::DateTime<chrono::Utc>,
+    // bincode (the cache's log) cannot read a serde_json::Value back: as text.
+    #[serde(with = "writebehind::__private::json_text")]
     p: serde_json::Value,
     q: Option<i64>,
     r: Option<uuid::Uuid>,
+    #[serde(with = "writebehind::__private::json_text")]
     s: Option<serde_json::Value>,
     t: std::option::Option<std::string::String>,
 }
