@@ -683,6 +683,34 @@ async fn every_schema_mismatch_is_one_typed_error_at_open(db: &Db) {
         "{e}"
     );
     db.drop_table(&table).await;
+
+    // An upsert mapping on a table with a NOT NULL column it does not write
+    // and that has no default: every insert would fail, so open refuses it;
+    // the same table takes an update-only mapping.
+    let table = db.table("posts_title_nn");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, title VARCHAR(200) NOT NULL, \
+         views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)"
+    ))
+    .await;
+    let e = open_err(db, &table, true).await;
+    assert_eq!(
+        fields(&e),
+        (
+            table.as_str(),
+            Some("title"),
+            "a column an insert may leave out (nullable or with a default), or an update-only mapping",
+            "NOT NULL without a default"
+        ),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder::<i64, PostCountersUpdateOnly>(db, dir.path(), &table)
+        .open()
+        .await
+        .unwrap();
+    cache.close().await.unwrap();
+    db.drop_table(&table).await;
 }
 
 /// Drop without close (a crash as far as the database is concerned),
@@ -776,6 +804,81 @@ suite!(
     every_schema_mismatch_is_one_typed_error_at_open,
     crash_and_reopen_on_a_mapped_table_keeps_every_add_once,
 );
+
+// ---- a database outage on a mapped table (PostgreSQL behind a proxy) ----
+
+#[cfg(feature = "postgres")]
+#[path = "../writer/tests/common/proxy.rs"]
+mod proxy;
+
+/// The failure path on the user's own table: PostgreSQL goes away while
+/// delta records keep coming; every add is acknowledged from the WAL, the
+/// flush rounds fail, are counted and back off, and once the database is
+/// back one flush brings every row to exactly what was added, the unmapped
+/// column untouched, nothing doubled.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_on_a_mapped_table_loses_and_doubles_nothing() {
+    use proxy::{via_proxy, Proxy};
+    use writebehind::RetryPolicy;
+    let db = Db::from_env("WB_POSTGRES_URL");
+    let table = db.table("posts_outage");
+    db.posts(
+        &table,
+        &[(1, "one", 0, 0), (2, "two", 5, 5), (3, "three", 0, 0)],
+    )
+    .await;
+    let (upstream, _) = via_proxy(&db.url, 0);
+    let proxy = Proxy::start(upstream).await;
+    let (_, proxied) = via_proxy(&db.url, proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = WriteBehind::<i64, PostCountersUpdateOnly>::builder(dir.path())
+        .database(&proxied)
+        .table(&table)
+        .create_tables(true)
+        .retry(RetryPolicy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            max_attempts: Some(3),
+            breaker_cooldown: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        })
+        .flush_interval(Duration::from_millis(50))
+        .wait_timeout(Duration::from_secs(20))
+        .open()
+        .await
+        .unwrap();
+    let add = |views, likes| PostCountersUpdateOnly { views, likes };
+    for _ in 0..10 {
+        cache.add(&1, add(1, 0)).await.unwrap();
+    }
+    cache.flush().await.unwrap();
+
+    proxy.set_down(true);
+    for i in 0..90i64 {
+        cache.add(&(i % 3 + 1), add(1, i % 2)).await.unwrap();
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while cache.stats().flush_failures == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no flush failed while the database was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.set_down(false);
+    cache.flush().await.unwrap();
+    cache.close().await.unwrap();
+    let rows = db.post_rows(&table).await;
+    // i % 3 picks the post, i % 2 the like: each post gets 30 views and
+    // 15 likes, the first the 10 views from before the outage too.
+    assert_eq!(rows[&1], (Some("one".into()), 40, 15));
+    assert_eq!(rows[&2], (Some("two".into()), 35, 20));
+    assert_eq!(rows[&3], (Some("three".into()), 30, 15));
+    assert_eq!(rows.len(), 3);
+    db.drop_table(&table).await;
+}
 
 // ---- without a database, or SQLite only ----
 

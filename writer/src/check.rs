@@ -5,7 +5,7 @@
 use crate::db::Arg;
 use crate::error::{Error, Result};
 use crate::ident::Backend;
-use crate::schema::{SqlType, SqlValue};
+use crate::schema::{SqlType, SqlValue, WriteMode};
 use crate::sql::{Dialect, Stmt};
 use crate::writer::Writer;
 
@@ -30,6 +30,9 @@ struct DbColumn {
     ty: String,
     /// The type as shown in errors (MySQL `COLUMN_TYPE`).
     shown: String,
+    /// An insert may leave it out: nullable, with a default, or filled by
+    /// the database (identity, auto-increment, generated).
+    optional: bool,
 }
 
 /// The type name the mapping expects, as shown in [`Error::Schema`]: the
@@ -194,6 +197,29 @@ impl Writer {
                 Some(_) => {}
             }
         }
+        // An upsert inserts the rows it does not find with the mapped
+        // columns only: a column it leaves out must be able to stay out, or
+        // every insert fails (and its writes are dead-lettered).
+        if matches!(self.config().table.mode, WriteMode::Upsert) {
+            let version = self.config().table.version_column.as_ref();
+            let is_mapped = |name: &str| {
+                d.key_columns()
+                    .iter()
+                    .chain(d.columns())
+                    .map(|c| c.name.as_str())
+                    .chain(version.map(|v| v.as_str()))
+                    .any(|m| m.eq_ignore_ascii_case(name))
+            };
+            if let Some(c) = columns.iter().find(|c| !c.optional && !is_mapped(&c.name)) {
+                return Err(schema_err(
+                    Some(&c.name),
+                    "a column an insert may leave out (nullable or with a default), \
+                     or an update-only mapping"
+                        .to_owned(),
+                    "NOT NULL without a default".to_owned(),
+                ));
+            }
+        }
         let mut want: Vec<String> = d
             .key_columns()
             .iter()
@@ -240,16 +266,24 @@ impl Writer {
         let sql = match d.backend {
             Backend::Postgres => {
                 "SELECT column_name::text, data_type::text, \
-                 CASE WHEN data_type = 'USER-DEFINED' THEN udt_name::text ELSE data_type::text END \
+                 CASE WHEN data_type = 'USER-DEFINED' THEN udt_name::text ELSE data_type::text END, \
+                 CASE WHEN is_nullable = 'YES' OR column_default IS NOT NULL OR is_identity = 'YES' \
+                 OR is_generated <> 'NEVER' THEN 'y' ELSE 'n' END \
                  FROM information_schema.columns \
                  WHERE table_schema = current_schema() AND table_name = $1"
             }
             Backend::MySql => {
-                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR), CAST(COLUMN_TYPE AS CHAR) \
+                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
+                 CAST(CASE WHEN IS_NULLABLE = 'YES' OR COLUMN_DEFAULT IS NOT NULL \
+                 OR EXTRA LIKE '%auto_increment%' OR EXTRA LIKE '%GENERATED%' THEN 'y' ELSE 'n' END AS CHAR) \
                  FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
             }
-            Backend::Sqlite => "SELECT name, type, type FROM pragma_table_info(?)",
+            Backend::Sqlite => {
+                "SELECT name, type, type, \
+                 CASE WHEN \"notnull\" = 0 OR dflt_value IS NOT NULL OR pk > 0 THEN 'y' ELSE 'n' END \
+                 FROM pragma_table_info(?)"
+            }
         };
         let rows = self
             .query_rows(
@@ -257,13 +291,13 @@ impl Writer {
                     sql: sql.to_owned(),
                     args: vec![table],
                 },
-                &[SqlType::Text, SqlType::Text, SqlType::Text],
+                &[SqlType::Text, SqlType::Text, SqlType::Text, SqlType::Text],
             )
             .await?;
         Ok(rows
             .into_iter()
             .filter_map(|r| match &r[..] {
-                [SqlValue::Text(name), SqlValue::Text(ty), SqlValue::Text(shown)] => {
+                [SqlValue::Text(name), SqlValue::Text(ty), SqlValue::Text(shown), optional] => {
                     let (ty, shown) = if d.backend == Backend::Postgres {
                         // USER-DEFINED types (citext) compare by their name.
                         (shown.to_ascii_lowercase(), ty.clone())
@@ -274,12 +308,14 @@ impl Writer {
                         name: name.clone(),
                         ty,
                         shown,
+                        optional: *optional != SqlValue::Text("n".into()),
                     })
                 }
-                [SqlValue::Text(name), SqlValue::Null, _] => Some(DbColumn {
+                [SqlValue::Text(name), SqlValue::Null, _, optional] => Some(DbColumn {
                     name: name.clone(),
                     ty: String::new(),
                     shown: String::new(),
+                    optional: *optional != SqlValue::Text("n".into()),
                 }),
                 _ => None,
             })
