@@ -8,8 +8,8 @@
 //! - **writebehind flush**: the cache's flush alone: the coalesced batches the raw baseline
 //!   replays, added to a cache whose flusher never runs on its own, then `flush()`ed one by
 //!   one; only the `flush()` calls are timed. Its "vs raw" is the flush-throughput ratio.
-//! - **raw batched**: the same batches as one `UPDATE … SET views = views + Δv, likes = likes
-//!   + Δl` per chunk, one transaction per batch (PostgreSQL `UPDATE … FROM UNNEST(…)`, SQLite
+//! - **raw batched**: the same batches as one `UPDATE … SET views = views + Δv,
+//!   likes = likes + Δl` per chunk, one transaction per batch (PostgreSQL `UPDATE … FROM UNNEST(…)`, SQLite
 //!   `WITH src AS (VALUES …) UPDATE … FROM src`, MySQL/MariaDB a multi-row `INSERT … ON
 //!   DUPLICATE KEY UPDATE views = views + VALUES(views)` that never inserts).
 //! - **write-through**: one `UPDATE … SET views = views + 1, likes = likes + ? WHERE id = ?`
