@@ -11,6 +11,9 @@
 //!
 //! Every contender writes its own table; at the end each table's total is checked against the
 //! increments made (exit 1 if any differs). Tables are dropped afterwards.
+//!
+//! `--shape posts` runs the same on a table of the user's own shape through a delta record
+//! (`bench_posts.rs`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -33,12 +36,29 @@ use writebehind::redact_url as redact;
 
 use crate::workload::{self, durability_name, parse_dist, DbArgs, Dist, Picker};
 
+#[path = "bench_posts.rs"]
+mod posts;
+
+/// The table the workload writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// The cache's own counter table: `(id, value, version)`, one counter per row.
+    Counters,
+    /// The user's `posts(id BIGINT PRIMARY KEY, title, views, likes)`, pre-filled, written
+    /// through a derived delta record (views +1 per write, likes +1 per tenth).
+    Posts,
+}
+
 /// Arguments of `writebehind bench`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The database (default: an SQLite file in a temporary directory).
     #[command(flatten)]
     db: DbArgs,
+    /// The table: `counters` (the cache's own) or `posts` (the user's, through a delta record).
+    #[arg(long, value_enum, default_value = "counters")]
+    shape: Shape,
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
@@ -112,12 +132,19 @@ struct Outcome {
     vs_write_through: Option<f64>,
     /// Throughput divided by the raw batched baseline's at the same batch size.
     vs_raw_batched: Option<f64>,
+    /// `--shape posts`: the table's likes total (`db_total` is its views total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_likes: Option<i64>,
+    /// `--shape posts`: what the read-back found wrong (rows, counts, titles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mismatch: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Report {
     database: String,
     backend: &'static str,
+    shape: Shape,
     keys: u64,
     dist: String,
     writers: u64,
@@ -413,7 +440,14 @@ async fn bench(args: Args) -> Result<ExitCode, String> {
             .map_or(0, |d| d.as_millis() % 1_000_000)
     );
     let mut tables = Vec::new();
-    let result = contenders(&args, &scratch.0, &url, backend, &pool, &tag, &mut tables).await;
+    let result = match args.shape {
+        Shape::Counters => {
+            contenders(&args, &scratch.0, &url, backend, &pool, &tag, &mut tables).await
+        }
+        Shape::Posts => {
+            posts::contenders(&args, &scratch.0, &url, backend, &pool, &tag, &mut tables).await
+        }
+    };
     for t in &tables {
         let _ = exec(&pool, &format!("DROP TABLE IF EXISTS {t}")).await;
     }
@@ -433,7 +467,7 @@ async fn bench(args: Args) -> Result<ExitCode, String> {
         if r.contender != "write-through" {
             r.vs_write_through = wt.filter(|w| *w > 0.0).map(|w| r.increments_per_sec / w);
         }
-        if r.contender == "writebehind" {
+        if r.contender.starts_with("writebehind") {
             r.vs_raw_batched = r
                 .batch
                 .and_then(|b| raw.get(&b))
@@ -449,6 +483,7 @@ async fn bench(args: Args) -> Result<ExitCode, String> {
             "sqlite (temporary file)".into()
         },
         backend: backend.name(),
+        shape: args.shape,
         keys: args.keys,
         dist: args.dist.to_string(),
         writers: args.writers,
@@ -471,6 +506,15 @@ async fn bench(args: Args) -> Result<ExitCode, String> {
     }
     if !ok {
         for r in report.results.iter().filter(|r| !r.totals_match) {
+            if let Some(m) = &r.mismatch {
+                eprintln!(
+                    "error: {} ({}) made {} writes but its table is wrong: {m}",
+                    r.contender,
+                    r.durability.as_deref().unwrap_or("-"),
+                    r.increments
+                );
+                continue;
+            }
             eprintln!(
                 "error: {} ({}) made {} increments but its table holds {}",
                 r.contender,
@@ -488,7 +532,9 @@ fn report_points(rep: &Report) -> Vec<chart::Series> {
     let mut series: Vec<chart::Series> = Vec::new();
     for r in &rep.results {
         let name = match r.contender {
-            "writebehind" => format!("writebehind {}", r.durability.as_deref().unwrap_or("")),
+            "writebehind" | "writebehind flush" => {
+                format!("{} {}", r.contender, r.durability.as_deref().unwrap_or(""))
+            }
             other => other.to_owned(),
         };
         let Some(batch) = r.batch else {
@@ -524,9 +570,13 @@ fn report_points(rep: &Report) -> Vec<chart::Series> {
 
 fn print_table(rep: &Report) {
     println!(
-        "writebehind bench: {} ({}), {} keys {}, {} writers, flush interval {} ms, {}",
+        "writebehind bench: {} ({}), {}{} keys {}, {} writers, flush interval {} ms, {}",
         rep.database,
         rep.backend,
+        match rep.shape {
+            Shape::Counters => "",
+            Shape::Posts => "posts table (views, likes), ",
+        },
         rep.keys,
         rep.dist,
         rep.writers,
@@ -538,7 +588,7 @@ fn print_table(rep: &Report) {
         }
     );
     println!(
-        "{:<14} {:<14} {:>7} {:>10} {:>8} {:>12} {:>10} {:>10} {:>9} {:>11} {:>7} {:>7} {:>6}",
+        "{:<17} {:<14} {:>7} {:>10} {:>8} {:>12} {:>10} {:>10} {:>9} {:>11} {:>7} {:>7} {:>6}",
         "contender",
         "durability",
         "batch",
@@ -563,7 +613,7 @@ fn print_table(rep: &Report) {
             }
         };
         println!(
-            "{:<14} {:<14} {:>7} {:>10} {:>8.2} {:>12.0} {:>10} {:>10} {:>9.4} {:>11.0} {:>7} {:>7} {:>6}",
+            "{:<17} {:<14} {:>7} {:>10} {:>8.2} {:>12.0} {:>10} {:>10} {:>9.4} {:>11.0} {:>7} {:>7} {:>6}",
             r.contender,
             r.durability.as_deref().unwrap_or("-"),
             r.batch.map_or_else(|| "-".into(), |b| b.to_string()),
@@ -580,6 +630,10 @@ fn print_table(rep: &Report) {
         );
     }
     println!("latency: per increment; `/b` = per batch statement (raw batched). vs WT / vs raw: throughput ratios.");
+    if rep.shape == Shape::Posts {
+        println!("increments: writes of (views +1, likes +1 per tenth); total ok: every row's views, likes and title read back as written.");
+        println!("writebehind flush: the cache's flush() alone on the raw batches (`/b` per flush); its vs raw is the flush-throughput ratio.");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -746,6 +800,8 @@ async fn writebehind_run(
         totals_match: db_total == increments as i64,
         vs_write_through: None,
         vs_raw_batched: None,
+        db_likes: None,
+        mismatch: None,
     };
     Ok((o, stats.flushes, per_writer))
 }
@@ -850,6 +906,8 @@ async fn raw_run(
         totals_match: db_total == increments as i64,
         vs_write_through: None,
         vs_raw_batched: None,
+        db_likes: None,
+        mismatch: None,
     })
 }
 
@@ -929,6 +987,8 @@ async fn write_through_run(
         totals_match: db_total == increments as i64,
         vs_write_through: None,
         vs_raw_batched: None,
+        db_likes: None,
+        mismatch: None,
     })
 }
 

@@ -118,3 +118,71 @@ fn bad_options_are_one_line_errors() {
         "error: database URL oracle://x is not sqlite://, postgres:// or mysql://\n"
     );
 }
+
+#[test]
+fn tiny_sqlite_posts_bench_checks_every_row_and_reports_the_ratios() {
+    let out = Command::new(env!("CARGO_BIN_EXE_writebehind"))
+        .args([
+            "bench",
+            "--shape",
+            "posts",
+            "--ops",
+            "3000",
+            "--keys",
+            "200",
+            "--writers",
+            "2",
+            "--durability",
+            "buffered:5ms",
+            "--batch",
+            "500",
+            "--flush-interval-ms",
+            "20",
+            "--baseline-secs",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["backend"], "sqlite");
+    assert_eq!(v["shape"], "posts");
+    // The read-back of every row (views, likes, title) passed for every contender.
+    assert_eq!(v["totals_match"], true);
+    let results = v["results"].as_array().unwrap();
+    let one = |c: &str| {
+        let mut it = results.iter().filter(|r| r["contender"] == c);
+        let r = it.next().unwrap_or_else(|| panic!("no {c} in {stdout}"));
+        assert!(it.next().is_none(), "two {c}");
+        r
+    };
+    for r in results {
+        assert_eq!(r["totals_match"], true, "{r}");
+        assert!(r.get("mismatch").is_none(), "{r}");
+        assert_eq!(r["db_total"], r["increments"], "{r}");
+        // One like per tenth write of each writer.
+        let likes = r["db_likes"].as_i64().unwrap();
+        assert!(
+            likes > 0 && likes <= r["increments"].as_i64().unwrap() / 10,
+            "{r}"
+        );
+    }
+    let wb = one("writebehind");
+    assert_eq!(wb["increments"], 3000);
+    assert_eq!(wb["db_likes"], 300);
+    assert!(wb["vs_write_through"].as_f64().unwrap() > 0.0, "{wb}");
+    assert!(wb["vs_raw_batched"].as_f64().unwrap() > 0.0, "{wb}");
+    // The flush-throughput ratio: the cache's flush() on the raw baseline's batches.
+    let flush = one("writebehind flush");
+    assert_eq!(flush["increments"], 3000);
+    assert_eq!(flush["latency_of"], "batch");
+    assert_eq!(flush["sql_rows"], one("raw batched")["sql_rows"]);
+    assert!(flush["vs_raw_batched"].as_f64().unwrap() > 0.0, "{flush}");
+    assert_eq!(one("raw batched")["increments"], 3000);
+    let wt = one("write-through");
+    assert_eq!(wt["sql_rows"], wt["increments"]);
+    assert_eq!(results.len(), 4);
+}
