@@ -210,6 +210,26 @@ async fn last_message(
     }
 }
 
+/// The first message on `subject` at or after stream sequence `seq`.
+async fn next_on(
+    n: &Names,
+    stream: &Stream,
+    subject: &str,
+    seq: u64,
+) -> Result<Option<jetstream::message::StreamMessage>> {
+    let got = stream
+        .raw_message_builder()
+        .sequence(seq)
+        .next_by_subject(subject.to_owned())
+        .send()
+        .await;
+    match got {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(n.error(format!("reading {subject} at {seq}: {e}"))),
+    }
+}
+
 /// The floor: the highest any owner recorded (each a flush position the
 /// database holds); records below it may be gone.
 async fn floor(n: &Names, stream: &Stream, owners: &Owners) -> Result<Lsn> {
@@ -295,19 +315,7 @@ async fn history(n: &Names, s: &Session, owners: &Owners) -> Result<History> {
     let mut seq = 1;
     let mut messages = 0;
     let mut left_out = 0u64;
-    loop {
-        let got = s
-            .stream
-            .raw_message_builder()
-            .sequence(seq)
-            .next_by_subject(subject.clone())
-            .send()
-            .await;
-        let m = match got {
-            Ok(m) => m,
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => break,
-            Err(e) => return Err(n.error(format!("reading {subject} at {seq}: {e}"))),
-        };
+    while let Some(m) = next_on(n, &s.stream, &subject, seq).await? {
         seq = m.sequence + 1;
         messages += 1;
         let epoch = owner::epoch_of(&m);

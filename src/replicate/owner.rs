@@ -89,18 +89,7 @@ pub(crate) async fn owners(n: &Names, stream: &Stream) -> Result<Owners> {
     let subject = n.owner_subject();
     let mut claims = Vec::new();
     let mut seq = 1;
-    loop {
-        let got = stream
-            .raw_message_builder()
-            .sequence(seq)
-            .next_by_subject(subject.clone())
-            .send()
-            .await;
-        let m = match got {
-            Ok(m) => m,
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => break,
-            Err(e) => return Err(n.error(format!("reading {subject} at {seq}: {e}"))),
-        };
+    while let Some(m) = super::next_on(n, stream, &subject, seq).await? {
         seq = m.sequence + 1;
         claims.push(parse(n, &m)?);
     }
