@@ -26,6 +26,8 @@
 //! | `writebehind_clean_bytes` | gauge | Bytes held by clean entries (key plus value, 8 per counter) |
 //! | `writebehind_dirty_entries` | gauge | Unflushed entries |
 //! | `writebehind_dirty_bytes` | gauge | Bytes held by unflushed entries |
+//! | `writebehind_max_dirty_entries` | gauge | The dirty-entry limit (`Builder::max_dirty_entries`), set at open |
+//! | `writebehind_max_dirty_bytes` | gauge | The dirty-byte limit (`Builder::max_dirty_bytes`), set at open |
 //! | `writebehind_clean_entries` | gauge | Clean entries cached for reads |
 //! | `writebehind_oldest_unflushed_seconds` | gauge | Age of the oldest write not yet in the database (0 without a database) |
 //! | `writebehind_wal_bytes` | gauge | WAL bytes on disk (segments and checkpoints) |
@@ -122,6 +124,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "writebehind_dirty_bytes",
         "gauge",
         "Bytes held by unflushed entries",
+    ),
+    (
+        "writebehind_max_dirty_entries",
+        "gauge",
+        "The dirty-entry limit, set at open",
+    ),
+    (
+        "writebehind_max_dirty_bytes",
+        "gauge",
+        "The dirty-byte limit, set at open",
     ),
     (
         "writebehind_clean_entries",
@@ -343,6 +355,15 @@ fn describe() {
             _ => describe_gauge!(name, help),
         }
     }
+}
+
+/// The dirty limits, set once at open: what the dirty figures are drawn
+/// against (backpressure starts there).
+pub(crate) fn set_limits(instance: &str, limits: &writebehind_core::Limits) {
+    metrics::gauge!("writebehind_max_dirty_entries", "instance" => instance.to_owned())
+        .set(limits.max_dirty_entries as f64);
+    metrics::gauge!("writebehind_max_dirty_bytes", "instance" => instance.to_owned())
+        .set(limits.max_dirty_bytes as f64);
 }
 
 impl Metrics {

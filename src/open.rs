@@ -94,6 +94,7 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     };
     span.record("instance", instance.as_str());
     let metrics = Metrics::register(&instance);
+    crate::metrics::set_limits(&instance, cfg.limits());
     // Started first, so its connection is made while recovery runs; it
     // reaches the state once that exists.
     let target: Arc<OnceLock<Weak<Shared>>> = Arc::default();

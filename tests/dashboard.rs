@@ -74,6 +74,8 @@ fn every_panel_queries_a_series_the_library_exports() {
         "writebehind_oldest_unflushed_seconds",
         "writebehind_dirty_entries",
         "writebehind_dirty_bytes",
+        "writebehind_max_dirty_entries",
+        "writebehind_max_dirty_bytes",
         "writebehind_flushes_total",
         "writebehind_flush_failures_total",
         "writebehind_retries_total",

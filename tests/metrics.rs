@@ -120,6 +120,9 @@ async fn the_prometheus_endpoint_serves_every_metric_with_the_stats_values() {
     assert!(v("writebehind_checkpoints_total") >= 1.0);
     // Gauges after close: nothing dirty, nothing old.
     assert_eq!(v("writebehind_dirty_entries"), 0.0);
+    // The limits the dirty figures are drawn against: the defaults here.
+    assert_eq!(v("writebehind_max_dirty_entries"), 1_000_000.0);
+    assert_eq!(v("writebehind_max_dirty_bytes"), (256u64 << 20) as f64);
     assert_eq!(v("writebehind_dirty_bytes"), 0.0);
     assert_eq!(v("writebehind_oldest_unflushed_seconds"), 0.0);
     assert!(v("writebehind_clean_entries") > 0.0);
