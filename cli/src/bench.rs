@@ -277,6 +277,32 @@ fn key_text(k: u64) -> String {
     format!("k{k}")
 }
 
+/// A writer task: its latencies and how many writes it made.
+type WriterTask<E> = tokio::task::JoinHandle<Result<(Histogram<u64>, u64), E>>;
+
+/// Waits for every writer task: their latencies merged, each one's count,
+/// and the failure if one failed (`what` names its operation).
+async fn join_writers<E: std::fmt::Display>(
+    tasks: Vec<WriterTask<E>>,
+    what: &str,
+) -> (Histogram<u64>, Vec<u64>, Option<String>) {
+    let mut hist = histogram();
+    let mut counts = Vec::new();
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((h, n))) => {
+                // Same bounds, saturating: adding cannot fail.
+                let _ = hist.add(&h);
+                counts.push(n);
+            }
+            Ok(Err(e)) => failure = Some(format!("{what} failed: {e}")),
+            Err(e) => failure = Some(format!("writer task failed: {e}")),
+        }
+    }
+    (hist, counts, failure)
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 ns .. 1 h, 3 significant digits: cannot fail for these bounds.
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
@@ -753,19 +779,7 @@ async fn writebehind_run(
             Ok::<_, writebehind::Error>((h, n))
         }));
     }
-    let mut hist = histogram();
-    let mut per_writer = Vec::new();
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok((h, n))) => {
-                let _ = hist.add(&h);
-                per_writer.push(n);
-            }
-            Ok(Err(e)) => failure = Some(format!("writebehind add failed: {e}")),
-            Err(e) => failure = Some(format!("writer task failed: {e}")),
-        }
-    }
+    let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
     progress.finish();
     if let Some(f) = failure {
         let _ = cache.close().await;
@@ -951,19 +965,8 @@ async fn write_through_run(
             Ok::<_, sqlx::Error>((h, n))
         }));
     }
-    let mut hist = histogram();
-    let mut increments = 0;
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok((h, n))) => {
-                let _ = hist.add(&h);
-                increments += n;
-            }
-            Ok(Err(e)) => failure = Some(format!("write-through upsert failed: {e}")),
-            Err(e) => failure = Some(format!("writer task failed: {e}")),
-        }
-    }
+    let (hist, per_writer, failure) = join_writers(tasks, "write-through upsert").await;
+    let increments: u64 = per_writer.iter().sum();
     let seconds = start.elapsed().as_secs_f64();
     progress.finish();
     if let Some(f) = failure {

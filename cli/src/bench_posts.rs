@@ -311,19 +311,7 @@ async fn writebehind_run(
             Ok::<_, writebehind::Error>((h, n))
         }));
     }
-    let mut hist = histogram();
-    let mut per_writer = Vec::new();
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok((h, n))) => {
-                let _ = hist.add(&h);
-                per_writer.push(n);
-            }
-            Ok(Err(e)) => failure = Some(format!("writebehind add failed: {e}")),
-            Err(e) => failure = Some(format!("writer task failed: {e}")),
-        }
-    }
+    let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
     progress.finish();
     if let Some(f) = failure {
         let _ = cache.close().await;
@@ -583,19 +571,7 @@ async fn write_through_run(
             Ok::<_, sqlx::Error>((h, n))
         }));
     }
-    let mut hist = histogram();
-    let mut per_writer = Vec::new();
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok((h, n))) => {
-                let _ = hist.add(&h);
-                per_writer.push(n);
-            }
-            Ok(Err(e)) => failure = Some(format!("write-through update failed: {e}")),
-            Err(e) => failure = Some(format!("writer task failed: {e}")),
-        }
-    }
+    let (hist, per_writer, failure) = join_writers(tasks, "write-through update").await;
     let seconds = start.elapsed().as_secs_f64();
     progress.finish();
     if let Some(f) = failure {

@@ -36,7 +36,9 @@ struct DbColumn {
 }
 
 /// The type name the mapping expects, as shown in [`Error::Schema`]: the
-/// type `create_tables` declares.
+/// type `create_tables` declares (`Dialect::type_name`), except that MySQL's
+/// text and bytes are named by their family, since any text or blob type
+/// passes the check, not only the LONGTEXT/LONGBLOB it creates.
 pub(crate) fn expected_name(backend: Backend, ty: SqlType) -> &'static str {
     match (backend, ty) {
         (_, SqlType::BigInt) => "BIGINT",
