@@ -200,3 +200,12 @@ pub fn local_dead_letters(dir: impl AsRef<std::path::Path>) -> Result<Vec<LocalD
     let path = dir.as_ref().join(open::DEAD_LETTER_FILE);
     Ok(writebehind_writer::read_local_dead_letters(&path)?)
 }
+
+// The README's and the guide's Rust blocks compile as doc tests, so the
+// first code a user copies stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+struct GuideDoctests;
