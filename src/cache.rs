@@ -66,6 +66,22 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     /// Sets `key` to `value`. Returns the write's LSN once the WAL has it
     /// under the cache's durability.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// cache.put("stock:sku-1", &12).await?;
+    /// assert_eq!(cache.get("stock:sku-1").await?, Some(12));
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn put<Q: KeyText + ?Sized>(&self, key: &Q, value: &V) -> Result<Lsn> {
         let change = Change::Put(value.to_value()?);
         write::write_async(&self.shared, &key.key_text(), change, None).await
@@ -83,6 +99,23 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     }
 
     /// Removes `key`.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// cache.put("session:9", &1).await?;
+    /// cache.delete("session:9").await?;
+    /// assert_eq!(cache.get("session:9").await?, None);
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn delete<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<Lsn> {
         write::write_async(&self.shared, &key.key_text(), Change::Delete, None).await
     }
@@ -116,6 +149,23 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     /// The latest acknowledged value of `key`, loading it from the database
     /// on a miss (read-through) when a database is set.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// assert_eq!(cache.get("never-written").await?, None);
+    /// cache.add("page:home", 5).await?;
+    /// assert_eq!(cache.get("page:home").await?, Some(5)); // this cache's own writes at once
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get<Q: KeyText + ?Sized>(&self, key: &Q) -> Result<Option<V>> {
         let value = read::get(&self.shared, &key.key_text()).await?;
         value.as_ref().map(V::from_value).transpose()
@@ -168,6 +218,23 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// Waits until every write acknowledged before this call is in the
     /// database, within the wait bound. Without a database, waits until
     /// the WAL is on disk.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// cache.add("page:home", 1).await?;
+    /// cache.flush().await?; // the add is in the database now
+    /// assert_eq!(cache.stats().dirty_entries, 0);
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn flush(&self) -> Result<()> {
         self.shared.usable()?;
         let target = self.shared.wal().last_lsn();
@@ -180,6 +247,23 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// Waits until the write at `lsn` (returned by a write) is in the
     /// database, within the wait bound: write-through for the writes that
     /// need it.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// let lsn = cache.add("quota:alice", -1).await?;
+    /// cache.flushed(lsn).await?; // write-through for this one write
+    /// assert!(cache.stats().flushed_lsn >= lsn);
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn flushed(&self, lsn: Lsn) -> Result<()> {
         self.shared.usable()?;
         match self.shared.pipeline() {
@@ -196,6 +280,20 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// within the close timeout, writes a checkpoint, syncs the WAL, and
     /// returns every error met. What could not be flushed stays safe in the
     /// WAL for the next open.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// cache.add("page:home", 1).await?;
+    /// cache.close().await // flushed, checkpointed, synced; or every error that kept it from that
+    /// # }
+    /// ```
     pub async fn close(self) -> Result<()> {
         crate::shutdown::close(&self.shared, &self.life).await
     }
@@ -210,6 +308,24 @@ impl<K: CacheKey, V: Delta> WriteBehind<K, V> {
     ///
     /// `add` of a record with a column that is not a counter is refused
     /// with [`Error::Config`] before anything is written.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> writebehind::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// # let cache = writebehind::WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+    /// #     .database(format!("sqlite://{}", dir.path().join("app.db").display()))
+    /// #     .create_tables(true)
+    /// #     .open()
+    /// #     .await?;
+    /// let lsn = cache.add("page:home", 1).await?; // acknowledged once the WAL has it
+    /// cache.add("page:home", 2).await?; // coalesces: one row update at the next flush
+    /// assert_eq!(cache.get("page:home").await?, Some(3));
+    /// assert!(cache.add("page:home", 1).await? > lsn);
+    /// cache.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn add<Q: KeyText + ?Sized>(&self, key: &Q, delta: V) -> Result<Lsn> {
         let change = delta.to_change()?;
         write::write_async(&self.shared, &key.key_text(), change, None).await

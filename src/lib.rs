@@ -34,6 +34,110 @@
 //! behind the cache's back (never an unflushed write), and
 //! [`Builder::refresh_ahead`] keeps hot keys' readers off the database
 //! across their [`clean_ttl`](Builder::clean_ttl).
+//!
+//! The guide, the durability and failure semantics, replication, operations
+//! and benchmarks are in the repository's `docs/` directory; the words used
+//! here (cut, flush round, progress row, owner epoch, …) are defined in its
+//! `docs/concepts.md`.
+//!
+//! # Opening a cache
+//!
+//! [`WriteBehind::builder`] takes the WAL directory (made if missing); every
+//! setting has a default (the [`Builder`] methods state theirs), and
+//! [`Builder::open`] recovers what the directory holds before it returns.
+//! Without [`Builder::database`] the cache keeps everything in its WAL.
+//!
+//! ```
+//! use std::time::Duration;
+//! use writebehind::{Durability, WriteBehind};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> writebehind::Result<()> {
+//! let dir = tempfile::tempdir().expect("a temporary directory");
+//! let db = format!("sqlite://{}", dir.path().join("app.db").display());
+//!
+//! let cache = WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+//!     .database(db.clone())
+//!     .create_tables(true) // the counter table and the bookkeeping tables
+//!     .durability(Durability::Fsync) // the default: acknowledged once fdatasynced
+//!     .flush_interval(Duration::from_millis(200))
+//!     .open()
+//!     .await?;
+//!
+//! cache.add("page:home", 1).await?;
+//! cache.add("page:home", 2).await?; // coalesces with the add above
+//! assert_eq!(cache.get("page:home").await?, Some(3));
+//! cache.close().await?; // flushes the rest and returns every error
+//!
+//! // Opening the same directory again recovers it: the count is in the
+//! // database now, and reads go through to it.
+//! let cache = WriteBehind::<String, i64>::builder(dir.path().join("wal"))
+//!     .database(db)
+//!     .open()
+//!     .await?;
+//! assert_eq!(cache.get("page:home").await?, Some(3));
+//! cache.close().await
+//! # }
+//! ```
+//!
+//! # Counters on your own table
+//!
+//! A delta record: two counter columns of an existing `posts` table, the
+//! title left alone. `update_only` because the rows exist: a flush is one
+//! `UPDATE posts SET views = views + Δ, likes = likes + Δ` per batch of posts.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use writebehind::{Record, WriteBehind};
+//!
+//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Record)]
+//! #[writebehind(table = "posts", key(id), update_only)]
+//! struct PostCounters {
+//!     #[writebehind(counter)]
+//!     views: i64,
+//!     #[writebehind(counter)]
+//!     likes: i64,
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let db = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+//! // The service's table, made by plain SQL before the cache opens.
+//! let pool = sqlx::SqlitePool::connect(&db).await?;
+//! sqlx::query(
+//!     "CREATE TABLE posts (id BIGINT PRIMARY KEY, title TEXT NOT NULL, \
+//!      views BIGINT NOT NULL DEFAULT 0, likes BIGINT NOT NULL DEFAULT 0)",
+//! )
+//! .execute(&pool)
+//! .await?;
+//! sqlx::query("INSERT INTO posts (id, title) VALUES (42, 'Hello')")
+//!     .execute(&pool)
+//!     .await?;
+//!
+//! let cache = WriteBehind::<i64, PostCounters>::builder(dir.path().join("wal"))
+//!     .database(db)
+//!     .create_tables(true) // the bookkeeping tables; posts is checked, not changed
+//!     .open()
+//!     .await?;
+//! cache.add(&42, PostCounters { views: 1, likes: 0 }).await?;
+//! cache.add(&42, PostCounters { views: 1, likes: 1 }).await?;
+//! // The row plus the pending deltas.
+//! assert_eq!(cache.get(&42).await?, Some(PostCounters { views: 2, likes: 1 }));
+//! cache.close().await?;
+//!
+//! let (title, views, likes): (String, i64, i64) =
+//!     sqlx::query_as("SELECT title, views, likes FROM posts WHERE id = 42")
+//!         .fetch_one(&pool)
+//!         .await?;
+//! assert_eq!((title.as_str(), views, likes), ("Hello", 2, 1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # A service's `main`
+//!
+//! `examples/readme.rs`, with its data under `./data`:
 #![doc = ""]
 #![doc = "```no_run"]
 #![doc = include_str!("../examples/readme.rs")]
@@ -96,3 +200,12 @@ pub fn local_dead_letters(dir: impl AsRef<std::path::Path>) -> Result<Vec<LocalD
     let path = dir.as_ref().join(open::DEAD_LETTER_FILE);
     Ok(writebehind_writer::read_local_dead_letters(&path)?)
 }
+
+// The README's and the guide's Rust blocks compile as doc tests, so the
+// first code a user copies stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+struct GuideDoctests;
