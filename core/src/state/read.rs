@@ -32,7 +32,7 @@ pub struct Read {
     /// What the read sees now.
     pub lookup: Lookup,
     /// The answer is a clean copy near or just past its TTL: serve it and
-    /// start one background load (only with [`Limits::refresh`]).
+    /// start one background load (only with [`Limits::refresh`](crate::Limits::refresh)).
     pub refresh: bool,
 }
 
