@@ -7,11 +7,15 @@ use crate::{Error, Result};
 
 const FILE: &str = "instance.id";
 
-/// Refuses an id that is not 1 to 64 letters, digits or `-` (it names a
-/// progress row and a NATS subject token).
+/// Whether `id` is 1 to 64 letters, digits or `-` (it names a progress row
+/// and a NATS subject token). One rule for a configured id and a stored one.
+fn valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Refuses an id that is not [`valid`].
 pub(crate) fn check(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    if !valid(id) {
         return Err(Error::Config(format!(
             "instance id {:?} must be 1 to 64 letters, digits or '-'",
             id.chars().take(80).collect::<String>()
@@ -31,10 +35,7 @@ pub(crate) fn id(dir: &Path, explicit: Option<&str>) -> Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let id = s.trim();
-            if id.is_empty()
-                || id.len() > 64
-                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
+            if !valid(id) {
                 return Err(Error::Config(format!(
                     "{} holds no valid instance id",
                     path.display()
@@ -65,5 +66,27 @@ pub(crate) fn id(dir: &Path, explicit: Option<&str>) -> Result<String> {
             Ok(id)
         }
         Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_id_is_held_to_the_rule_of_a_configured_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let stored = |text: &str| {
+            std::fs::write(dir.path().join(FILE), text).unwrap_or_else(|e| panic!("{e}"));
+            id(dir.path(), None)
+        };
+        for bad in ["", "a_b", "é", &"x".repeat(65)] {
+            assert!(matches!(check(bad), Err(Error::Config(_))), "{bad:?}");
+            assert!(matches!(stored(bad), Err(Error::Config(_))), "{bad:?}");
+        }
+        for good in ["a-1", &"x".repeat(64)] {
+            assert!(check(good).is_ok(), "{good:?}");
+            assert_eq!(stored(good).ok().as_deref(), Some(good));
+        }
     }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::coalesce::change_payload;
-use crate::snapshot::SnapshotLayer;
+use crate::error::{Error, Result};
+use crate::snapshot::{Snapshot, SnapshotLayer};
+use crate::types::{Change, Cut, Expected, FlushItem, ItemOutcome, Lsn, Value};
 
 fn k(s: &str) -> Key {
     Key::from(s)

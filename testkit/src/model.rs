@@ -3,15 +3,21 @@
 //! its durable entries, and the log of directory operations not yet made
 //! durable. [`crate::fuse`] maps kernel requests onto these methods; a cut is
 //! [`Model::cut`].
+//!
+//! Here: the tree, its nodes and handles. By job: `ops` (what programs see: names and
+//! bytes) and `durable` (what reaches the disk: fsyncs, and what a cut leaves).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use fuser::{Errno, FileType};
 
-use crate::{Cut, CutReport, CutStats, FileCut};
+use crate::CutReport;
+
+mod durable;
+mod ops;
 
 /// The page size of the model: what a torn cut keeps or drops as a unit.
 pub const PAGE: u64 = 4096;
@@ -206,224 +212,6 @@ impl Model {
         )
     }
 
-    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Res<u64> {
-        let d = self.dir(parent)?;
-        if name == "." {
-            return Ok(parent);
-        }
-        if name == ".." {
-            return Ok(d.parent);
-        }
-        d.entries.get(name).copied().ok_or(Errno::ENOENT)
-    }
-
-    /// Records a directory operation and applies it to the visible entries.
-    fn dir_op(&mut self, changes: Vec<(u64, OsString, Option<u64>)>) -> Res<()> {
-        for (dir, name, to) in &changes {
-            let d = self.dir_mut(*dir)?;
-            match to {
-                Some(ino) => d.entries.insert(name.clone(), *ino),
-                None => d.entries.remove(name),
-            };
-            self.node_mut(*dir)?.touch();
-        }
-        self.log.push(DirOp { changes });
-        Ok(())
-    }
-
-    /// Creates `name` in `parent` (a file, or with `dir` a directory).
-    pub(crate) fn create(
-        &mut self,
-        parent: u64,
-        name: &OsStr,
-        mode: u16,
-        uid: u32,
-        gid: u32,
-        dir: bool,
-    ) -> Res<u64> {
-        if self.dir(parent)?.entries.contains_key(name) {
-            return Err(Errno::EEXIST);
-        }
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        let node = if dir {
-            Model::new_dir(mode, uid, gid, parent)
-        } else {
-            Model::new_file(mode, uid, gid, Vec::new())
-        };
-        self.nodes.insert(ino, node);
-        self.dir_op(vec![(parent, name.to_owned(), Some(ino))])?;
-        Ok(ino)
-    }
-
-    /// Removes `name` from `parent`: a file (`dir` false) or an empty directory.
-    pub(crate) fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
-        let ino = self.lookup(parent, name)?;
-        match (&self.node(ino)?.kind, dir) {
-            (Kind::Dir(_), false) => return Err(Errno::EISDIR),
-            (Kind::File(_), true) => return Err(Errno::ENOTDIR),
-            (Kind::Dir(d), true) if !d.entries.is_empty() => return Err(Errno::ENOTEMPTY),
-            _ => {}
-        }
-        self.node_mut(ino)?.ctime = SystemTime::now();
-        self.dir_op(vec![(parent, name.to_owned(), None)])
-    }
-
-    pub(crate) fn rename(
-        &mut self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        noreplace: bool,
-    ) -> Res<()> {
-        let ino = self.lookup(parent, name)?;
-        let is_dir = matches!(self.node(ino)?.kind, Kind::Dir(_));
-        if let Some(&old) = self.dir(newparent)?.entries.get(newname) {
-            if old == ino {
-                return Ok(());
-            }
-            if noreplace {
-                return Err(Errno::EEXIST);
-            }
-            match (&self.node(old)?.kind, is_dir) {
-                (Kind::Dir(_), false) => return Err(Errno::EISDIR),
-                (Kind::File(_), true) => return Err(Errno::ENOTDIR),
-                (Kind::Dir(d), true) if !d.entries.is_empty() => return Err(Errno::ENOTEMPTY),
-                _ => {}
-            }
-        }
-        if is_dir {
-            // Not into itself or below it.
-            let mut up = newparent;
-            while up != ROOT {
-                if up == ino {
-                    return Err(Errno::EINVAL);
-                }
-                up = self.dir(up)?.parent;
-            }
-            self.dir_mut(ino)?.parent = newparent;
-        }
-        self.dir_op(vec![
-            (parent, name.to_owned(), None),
-            (newparent, newname.to_owned(), Some(ino)),
-        ])
-    }
-
-    pub(crate) fn readdir(&self, ino: u64) -> Res<Vec<(u64, FileType, OsString)>> {
-        let d = self.dir(ino)?;
-        let mut out = vec![
-            (ino, FileType::Directory, OsString::from(".")),
-            (d.parent, FileType::Directory, OsString::from("..")),
-        ];
-        for (name, &child) in &d.entries {
-            out.push((child, self.node(child)?.file_type(), name.clone()));
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn read(&self, ino: u64, offset: u64, size: u32) -> Res<&[u8]> {
-        let f = self.file(ino)?;
-        let len = f.data.len() as u64;
-        let from = offset.min(len) as usize;
-        let to = offset.saturating_add(u64::from(size)).min(len) as usize;
-        Ok(&f.data[from..to])
-    }
-
-    pub(crate) fn write(&mut self, ino: u64, offset: u64, buf: &[u8]) -> Res<u32> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= 1 << 40)
-            .ok_or(Errno::EFBIG)?;
-        let f = self.file_mut(ino)?;
-        let old = f.data.len() as u64;
-        if end > old {
-            f.data.resize(end as usize, 0);
-            // A hole before `offset` reads as zeros it did not hold durably.
-            f.dirty.extend(pages(old, offset));
-        }
-        f.data[offset as usize..end as usize].copy_from_slice(buf);
-        f.dirty.extend(pages(offset, end));
-        self.node_mut(ino)?.touch();
-        Ok(buf.len() as u32)
-    }
-
-    pub(crate) fn set_len(&mut self, ino: u64, len: u64) -> Res<()> {
-        if len > 1 << 40 {
-            return Err(Errno::EFBIG);
-        }
-        let f = self.file_mut(ino)?;
-        let old = f.data.len() as u64;
-        f.data.resize(len as usize, 0);
-        f.dirty.extend(pages(old.min(len), old.max(len)));
-        self.node_mut(ino)?.touch();
-        Ok(())
-    }
-
-    pub(crate) fn set_mode(&mut self, ino: u64, mode: u16) -> Res<()> {
-        let n = self.node_mut(ino)?;
-        n.mode = mode & 0o7777;
-        n.ctime = SystemTime::now();
-        Ok(())
-    }
-
-    /// fsync/fdatasync of a file: its data and size become durable.
-    pub(crate) fn fsync(&mut self, ino: u64) -> Res<()> {
-        let f = match &mut self.node_mut(ino)?.kind {
-            Kind::File(f) => f,
-            Kind::Dir(_) => return self.fsyncdir(ino),
-        };
-        f.durable.resize(f.data.len(), 0);
-        let len = f.data.len() as u64;
-        for &p in &f.dirty {
-            let (from, to) = (p * PAGE, ((p + 1) * PAGE).min(len));
-            if from < to {
-                f.durable[from as usize..to as usize]
-                    .copy_from_slice(&f.data[from as usize..to as usize]);
-            }
-        }
-        f.dirty.clear();
-        Ok(())
-    }
-
-    /// fsync of a directory: every pending operation that touched it becomes
-    /// durable (the whole operation: both sides of a rename).
-    pub(crate) fn fsyncdir(&mut self, ino: u64) -> Res<()> {
-        self.dir(ino)?;
-        let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut self.log)
-            .into_iter()
-            .partition(|op| op.changes.iter().any(|(d, _, _)| *d == ino));
-        self.log = later;
-        for op in now {
-            self.apply_durably(op);
-        }
-        self.gc();
-        Ok(())
-    }
-
-    fn apply_durably(&mut self, op: DirOp) {
-        for (dir, name, to) in op.changes {
-            if let Ok(d) = self.dir_mut(dir) {
-                match to {
-                    Some(ino) => d.durable.insert(name, ino),
-                    None => d.durable.remove(&name),
-                };
-            }
-        }
-    }
-
-    /// Makes everything durable (a clean unmount, `sync`).
-    pub(crate) fn sync_all(&mut self) {
-        for op in std::mem::take(&mut self.log) {
-            self.apply_durably(op);
-        }
-        let inos: Vec<u64> = self.nodes.keys().copied().collect();
-        for ino in inos {
-            let _ = self.fsync(ino);
-        }
-        self.gc();
-    }
-
     pub(crate) fn open_handle(&mut self, ino: u64) -> Res<u64> {
         self.node(ino)?;
         let fh = self.next_fh;
@@ -482,119 +270,6 @@ impl Model {
         out
     }
 
-    /// The power cut: the visible state becomes the durable one (with `Torn`,
-    /// after a random part of what was pending reached the disk). Every open
-    /// handle becomes stale.
-    pub(crate) fn cut(&mut self, how: Cut) -> CutReport {
-        let mut rng = match how {
-            Cut::Torn { seed } => Some(fastrand::Rng::with_seed(seed)),
-            Cut::DropUnsynced => None,
-        };
-        let mut stats = CutStats::default();
-        self.handles.clear();
-
-        // Directory operations: a prefix of the log reached the journal.
-        let log = std::mem::take(&mut self.log);
-        let keep_ops = rng.as_mut().map_or(0, |r| r.usize(0..=log.len()));
-        stats.dir_ops_kept = keep_ops as u64;
-        stats.dir_ops_dropped = (log.len() - keep_ops) as u64;
-        for op in log.into_iter().take(keep_ops) {
-            self.apply_durably(op);
-        }
-
-        // File pages: each unsynced page independently reached the disk or not.
-        let keep_share = rng.as_mut().map_or(0.0, |r| r.f64());
-        let mut kept_by_ino = BTreeMap::new();
-        let mut inos: Vec<u64> = self.nodes.keys().copied().collect();
-        inos.sort_unstable();
-        for ino in inos {
-            let Some(Node {
-                kind: Kind::File(f),
-                ..
-            }) = self.nodes.get_mut(&ino)
-            else {
-                continue;
-            };
-            let mut kept = Vec::new();
-            let mut dropped = Vec::new();
-            for &p in &f.dirty {
-                if rng.as_mut().is_some_and(|r| r.f64() < keep_share) {
-                    kept.push(p);
-                } else {
-                    dropped.push(p);
-                }
-            }
-            let (len, durable_len) = (f.data.len() as u64, f.durable.len() as u64);
-            let page_bytes = |p: u64| ((p + 1) * PAGE).min(len.max(durable_len)) - p * PAGE;
-            stats.pages_kept += kept.len() as u64;
-            stats.pages_dropped += dropped.len() as u64;
-            stats.bytes_kept += kept.iter().map(|&p| page_bytes(p)).sum::<u64>();
-            stats.bytes_dropped += dropped.iter().map(|&p| page_bytes(p)).sum::<u64>();
-            let new_len = if len < durable_len {
-                // An unsynced truncation: its size change reached the disk or not.
-                if rng.as_mut().is_some_and(|r| r.bool()) {
-                    len
-                } else {
-                    durable_len
-                }
-            } else {
-                let reach = kept.iter().map(|&p| (p + 1) * PAGE).max().unwrap_or(0);
-                durable_len.max(reach.min(len))
-            };
-            f.durable.resize(new_len as usize, 0);
-            let upto = new_len.min(len);
-            for &p in &kept {
-                let (from, to) = (p * PAGE, ((p + 1) * PAGE).min(upto));
-                if from < to {
-                    f.durable[from as usize..to as usize]
-                        .copy_from_slice(&f.data[from as usize..to as usize]);
-                }
-            }
-            f.data = f.durable.clone();
-            f.dirty.clear();
-            if !kept.is_empty() || !dropped.is_empty() {
-                kept_by_ino.insert(ino, (kept, dropped, new_len));
-            }
-        }
-
-        // The visible entries are the durable ones; what they no longer reach is gone.
-        for n in self.nodes.values_mut() {
-            if let Kind::Dir(d) = &mut n.kind {
-                d.entries = d.durable.clone();
-            }
-        }
-        let paths = self.durable_paths();
-        // Directory parents follow the durable tree.
-        for (&ino, path) in &paths {
-            let parent = path
-                .parent()
-                .and_then(|pp| paths.iter().find(|(_, q)| q.as_path() == pp))
-                .map_or(ROOT, |(&i, _)| i);
-            if let Ok(d) = self.dir_mut(ino) {
-                d.parent = parent;
-            }
-        }
-        let before = self.nodes.len();
-        self.nodes
-            .retain(|ino, _| *ino == ROOT || paths.contains_key(ino));
-        let gone = before - self.nodes.len();
-        stats.nodes_vanished = gone as u64;
-        let files = kept_by_ino
-            .into_iter()
-            .filter_map(|(ino, (kept_pages, dropped_pages, len))| {
-                Some(FileCut {
-                    path: paths.get(&ino)?.clone(),
-                    kept_pages,
-                    dropped_pages,
-                    len,
-                })
-            })
-            .collect();
-        let report = CutReport { stats, files };
-        self.last_cut = Some(report.clone());
-        report
-    }
-
     /// Every node reachable over the durable entries, for saving: (path, node), parents first.
     pub(crate) fn durable_tree(&self) -> Vec<(PathBuf, &Node)> {
         let mut out: Vec<(PathBuf, &Node)> = self
@@ -615,7 +290,10 @@ impl Model {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::ffi::OsStr;
+
     use super::*;
+    use crate::Cut;
 
     fn file(m: &mut Model, name: &str) -> u64 {
         m.create(ROOT, OsStr::new(name), 0o600, 0, 0, false)

@@ -1,0 +1,167 @@
+//! What every contender shares: a scratch directory, the key sequence of each writer, the
+//! writer tasks and their latencies, the quota and the progress bar.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::workload::{Dist, Picker};
+
+/// A scratch directory removed on drop (WAL directories, the default SQLite file).
+pub(super) struct Scratch(pub(super) PathBuf);
+
+impl Scratch {
+    pub(super) fn new() -> Result<Scratch, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p =
+            std::env::temp_dir().join(format!("writebehind-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)
+            .map_err(|e| format!("cannot create scratch directory {}: {e}", p.display()))?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Key generator of one writer: the same seed gives the same sequence in every contender.
+pub(super) struct Keys {
+    rng: StdRng,
+    picker: Picker,
+}
+
+impl Keys {
+    pub(super) fn new(dist: Dist, keys: u64, writer: u64) -> Result<Keys, String> {
+        Ok(Keys {
+            rng: StdRng::seed_from_u64(0x5EED_0000 + writer),
+            picker: Picker::new(keys, dist).map_err(|e| format!("--dist: {e}"))?,
+        })
+    }
+
+    pub(super) fn next_key(&mut self) -> u64 {
+        self.picker.pick(&mut self.rng)
+    }
+}
+
+pub(super) fn key_text(k: u64) -> String {
+    format!("k{k}")
+}
+
+/// A writer task: its latencies and how many writes it made.
+pub(super) type WriterTask<E> = tokio::task::JoinHandle<Result<(Histogram<u64>, u64), E>>;
+
+/// Waits for every writer task: their latencies merged, each one's count,
+/// and the failure if one failed (`what` names its operation).
+pub(super) async fn join_writers<E: std::fmt::Display>(
+    tasks: Vec<WriterTask<E>>,
+    what: &str,
+) -> (Histogram<u64>, Vec<u64>, Option<String>) {
+    let mut hist = histogram();
+    let mut counts = Vec::new();
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((h, n))) => {
+                // Same bounds, saturating: adding cannot fail.
+                let _ = hist.add(&h);
+                counts.push(n);
+            }
+            Ok(Err(e)) => failure = Some(format!("{what} failed: {e}")),
+            Err(e) => failure = Some(format!("writer task failed: {e}")),
+        }
+    }
+    (hist, counts, failure)
+}
+
+pub(super) fn histogram() -> Histogram<u64> {
+    // 1 ns .. 1 h, 3 significant digits: cannot fail for these bounds.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+pub(super) fn micros(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1_000.0
+    }
+}
+
+/// How long a writer keeps going.
+#[derive(Clone, Copy)]
+pub(super) enum Quota {
+    Ops(u64),
+    Until(Instant),
+}
+
+impl Quota {
+    pub(super) fn more(self, done: u64) -> bool {
+        match self {
+            Quota::Ops(n) => done < n,
+            // Checking the clock every 64 increments keeps it off the hot path.
+            Quota::Until(t) => done & 63 != 0 || Instant::now() < t,
+        }
+    }
+}
+
+/// A progress bar on a terminal, nothing in a pipe.
+pub(super) struct Progress {
+    bar: ProgressBar,
+    pub(super) done: Arc<AtomicU64>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub(super) fn start(label: String, total: Option<u64>) -> Progress {
+        let bar = if std::io::stderr().is_terminal() {
+            match total {
+                Some(n) => {
+                    let b = ProgressBar::new(n);
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{msg:<34} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+                    ) {
+                        b.set_style(style.progress_chars("=> "));
+                    }
+                    b
+                }
+                None => {
+                    let b = ProgressBar::new_spinner();
+                    if let Ok(style) = ProgressStyle::with_template("{msg:<34} {spinner} {pos}") {
+                        b.set_style(style);
+                    }
+                    b
+                }
+            }
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_message(label);
+        let done = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let (bar, done) = (bar.clone(), done.clone());
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        Progress { bar, done, ticker }
+    }
+
+    pub(super) fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
