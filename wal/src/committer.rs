@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::frame::{encode_segment_header, SEGMENT_HEADER_LEN};
 use crate::io::{write_all, Io, IoFile};
-use crate::ticket::Progress;
+use crate::progress::{Poisoned, Progress};
 use crate::watermark::{self, WatermarkFile};
 use crate::{segment_name, Durability, Files, Lsn, SegMeta};
 
@@ -47,9 +47,6 @@ pub(crate) enum Msg {
     /// Write what is queued before this, then exit.
     Shutdown,
 }
-
-/// Marker: the log is poisoned (the details went to [`Progress::poison`]).
-pub(crate) struct Poisoned;
 
 struct SyncState {
     file: Arc<dyn IoFile>,

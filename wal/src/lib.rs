@@ -36,10 +36,13 @@ mod frame;
 pub mod fs;
 pub mod inspect;
 pub mod io;
+mod progress;
 pub mod reader;
 mod recovery;
 pub mod replica;
+mod replica_acks;
 mod ticket;
+mod waiters;
 pub mod watermark;
 
 pub use checkpoint::Checkpoint;
@@ -53,8 +56,8 @@ pub use ticket::{Append, AppendFuture};
 use committer::{CommitCell, Committer, Msg};
 use frame::PendingFrame;
 use io::write_all;
+use progress::Progress;
 use reader::{Event, ScanState};
-use ticket::Progress;
 
 /// Log sequence number. The first record ever gets 1; 0 means "nothing".
 pub type Lsn = u64;
