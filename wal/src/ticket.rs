@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::committer::CommitCell;
+use crate::commit_cell::CommitCell;
 use crate::progress::Progress;
 use crate::{Lsn, ReplicaAcks, Result};
 
