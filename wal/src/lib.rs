@@ -20,6 +20,9 @@
 
 use std::time::Duration;
 
+// The path of a record: `wal` (append) → `commit_cell` (who commits) → `committer` (the
+// group write, segment rotation) → `syncer` (fdatasync) → `progress` (watermarks; waits
+// through `waiters`) → `ticket` (the caller's `Append`). Opening: `builder` → `recovery`.
 mod builder;
 pub mod checkpoint;
 mod checkpoint_files;
