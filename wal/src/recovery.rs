@@ -4,13 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint;
-use crate::frame::{
-    decode_segment_header, encode_segment_header, FLAG_ZERO_TAIL, SEGMENT_HEADER_LEN,
-};
+use crate::frame::{decode_segment_header, FLAG_ZERO_TAIL, SEGMENT_HEADER_LEN};
 use crate::io::{write_all, Io};
 use crate::reader::{DamageReason, Event, ScanState};
-use crate::{parse_lsn_name, watermark, Error, Files, Lsn, Result, SegMeta, SEGMENT_SUFFIX};
+use crate::segment::{self, parse_lsn_name, Files, SegMeta, SEGMENT_SUFFIX};
+use crate::{checkpoint, checkpoint_files, watermark, Error, Lsn, Result};
 
 /// The newest valid checkpoint found at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +70,23 @@ pub struct Recovery {
     pub next_lsn: Lsn,
 }
 
+impl Recovery {
+    /// Logs what open found: a torn tail or skipped ranges at warn, the rest at info.
+    pub(crate) fn log(&self, dir: &Path) {
+        if let Some(t) = &self.torn_tail {
+            tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes_cut = t.bytes_cut,
+                saved_to = %t.saved_to.display(), reason = %t.reason, "WAL torn tail cut");
+        }
+        for s in &self.skipped {
+            tracing::warn!(segment = %s.segment.display(), offset = s.offset, len = s.len,
+                reason = %s.reason, "WAL salvage skipped damaged range");
+        }
+        tracing::info!(dir = %dir.display(), records = self.records, bytes = self.bytes,
+            first_lsn = ?self.first_lsn, last_lsn = ?self.last_lsn, next_lsn = self.next_lsn,
+            checkpoint = ?self.checkpoint.as_ref().map(|c| c.lsn), "WAL opened");
+    }
+}
+
 pub(crate) struct Recovered {
     pub(crate) files: Files,
     /// The last segment, if it can be appended to.
@@ -100,13 +115,12 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) -> Result<Recovered> {
     let names = io.list(dir).map_err(io_err("list", dir))?;
     let mut segs: Vec<(Lsn, String)> = Vec::new();
-    let mut ckpts: Vec<(Lsn, String)> = Vec::new();
     let mut removed_tmp = false;
     for name in &names {
         if let Some(lsn) = parse_lsn_name(name, SEGMENT_SUFFIX) {
             segs.push((lsn, name.clone()));
-        } else if let Some(lsn) = checkpoint::parse_file_name(name) {
-            ckpts.push((lsn, name.clone()));
+        } else if checkpoint::parse_file_name(name).is_some() {
+            // Read below, newest first.
         } else if name.ends_with(checkpoint::TMP_SUFFIX) {
             // A checkpoint that never got renamed: by construction not the newest valid one.
             let p = dir.join(name);
@@ -118,33 +132,27 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
         io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
     }
     segs.sort_unstable();
-    ckpts.sort_unstable();
     let wm = watermark::read(io, dir, &names)?;
 
     let mut files = Files::default();
     let mut checkpoint_info = None;
-    for (lsn, name) in ckpts.iter().rev() {
-        let p = dir.join(name);
-        let bytes = io.read(&p).map_err(io_err("read", &p))?;
-        files.ckpts.push((*lsn, p.clone(), bytes.len() as u64));
+    for (lsn, name) in checkpoint_files::newest_first(&names) {
         if checkpoint_info.is_some() {
+            // Older than the one in use: only its size counts (the next checkpoint removes it).
+            let p = dir.join(name);
+            let bytes = io.read(&p).map_err(io_err("read", &p))?;
+            files.ckpts.push((lsn, p, bytes.len() as u64));
             continue;
         }
-        match checkpoint::decode(&bytes) {
-            Ok(c) if c.lsn == *lsn => {
-                checkpoint_info = Some(CheckpointInfo {
-                    lsn: c.lsn,
-                    path: p,
-                    bytes: bytes.len() as u64,
-                })
-            }
-            Ok(c) => {
-                tracing::warn!(path = %p.display(), lsn = c.lsn, "checkpoint LSN does not match its name; ignored")
-            }
-            Err(reason) => {
-                tracing::warn!(path = %p.display(), reason, "invalid checkpoint ignored")
-            }
+        let found = checkpoint_files::read(io, dir, lsn, name)?;
+        if let Some(c) = &found.valid {
+            checkpoint_info = Some(CheckpointInfo {
+                lsn: c.lsn,
+                path: found.path.clone(),
+                bytes: found.bytes,
+            });
         }
+        files.ckpts.push((lsn, found.path, found.bytes));
     }
     files.ckpts.reverse();
     let ckpt_lsn = checkpoint_info.as_ref().map(|c| c.lsn);
@@ -189,11 +197,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
             {
                 // Torn during rotation: keep the copy, start the segment afresh.
                 let saved_to = save_aside(io, dir, name, 0, &data, &names)?;
-                let f = io.create(&path).map_err(io_err("create", &path))?;
-                write_all(f.as_ref(), &encode_segment_header(*name_lsn, new_flags))
-                    .map_err(io_err("write", &path))?;
-                f.sync_data().map_err(io_err("fsync", &path))?;
-                io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
+                segment::create(io, dir, &path, *name_lsn, new_flags)?;
                 rep.torn_tail = Some(TornTail {
                     segment: path.clone(),
                     offset: 0,

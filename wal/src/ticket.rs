@@ -1,17 +1,13 @@
-//! Progress shared between appenders, waiters and the committer, and the `Append` ticket.
+//! The `Append` ticket and its future.
 
-use std::collections::BinaryHeap;
 use std::future::{Future, IntoFuture};
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
-use parking_lot::Mutex;
-
-use crate::committer::CommitCell;
-use crate::{Error, Lsn, ReplicaAcks, Result};
+use crate::commit_cell::CommitCell;
+use crate::progress::Progress;
+use crate::{Lsn, ReplicaAcks, Result};
 
 /// What a `Replicated` ticket waits for after the local write.
 #[derive(Debug)]
@@ -19,281 +15,6 @@ pub(crate) struct ReplicaTicket {
     pub(crate) acks: ReplicaAcks,
     pub(crate) since: std::time::Instant,
     pub(crate) deadline: std::time::Instant,
-}
-
-/// The I/O failure that poisoned the log, kept so affected tickets can report it.
-#[derive(Debug)]
-pub(crate) struct PoisonInfo {
-    op: &'static str,
-    path: PathBuf,
-    kind: std::io::ErrorKind,
-    message: String,
-    /// Tickets with an LSN in this range had their data in the failed operation.
-    affected: (Lsn, Lsn),
-}
-
-/// A parked waiter: woken when its watermark reaches `lsn`. Ordered by LSN (min-heap).
-#[derive(Debug)]
-struct Waiter {
-    lsn: Lsn,
-    seq: u64,
-    waker: Waker,
-}
-
-impl PartialEq for Waiter {
-    fn eq(&self, o: &Self) -> bool {
-        (self.lsn, self.seq) == (o.lsn, o.seq)
-    }
-}
-impl Eq for Waiter {}
-impl PartialOrd for Waiter {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Waiter {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // Reversed: BinaryHeap is a max-heap and we pop the smallest LSN first.
-        (o.lsn, o.seq).cmp(&(self.lsn, self.seq))
-    }
-}
-
-#[derive(Debug, Default)]
-struct WaitState {
-    poison: Option<PoisonInfo>,
-    on_written: BinaryHeap<Waiter>,
-    on_durable: BinaryHeap<Waiter>,
-    seq: u64,
-}
-
-/// Wakes a thread blocked in [`Progress::wait`].
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Written/durable watermarks plus the poison and close flags.
-///
-/// Waiters (blocking or async) register a `Waker` keyed by LSN; the committer wakes exactly
-/// the ones a new watermark satisfies, each once, outside the lock (no thundering herd).
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    written: AtomicU64,
-    durable: AtomicU64,
-    poisoned: AtomicBool,
-    closed: AtomicBool,
-    waiters: AtomicUsize,
-    /// Records in the last group written: more than one means appenders overlap.
-    last_group: AtomicU64,
-    state: Mutex<WaitState>,
-}
-
-impl Progress {
-    pub(crate) fn new(initial: Lsn) -> Self {
-        let p = Progress::default();
-        p.written.store(initial, SeqCst);
-        p.durable.store(initial, SeqCst);
-        p
-    }
-
-    pub(crate) fn written(&self) -> Lsn {
-        self.written.load(SeqCst)
-    }
-
-    pub(crate) fn durable(&self) -> Lsn {
-        self.durable.load(SeqCst)
-    }
-
-    pub(crate) fn is_poisoned(&self) -> bool {
-        self.poisoned.load(SeqCst)
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
-    }
-
-    /// Notes how many records the group just written held.
-    pub(crate) fn note_group(&self, records: u64) {
-        // Every async appender reads this line: store only on a change, so steady groups do
-        // not invalidate it in their caches.
-        if self.last_group.load(Relaxed) != records {
-            self.last_group.store(records, Relaxed);
-        }
-    }
-
-    /// Whether the last group held records of more than one appender: others are appending
-    /// too, so an async appender lets them queue before it leads.
-    pub(crate) fn shared_groups(&self) -> bool {
-        self.last_group.load(Relaxed) > 1
-    }
-
-    /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
-    /// (after releasing the commit lock).
-    pub(crate) fn store_written(&self, written: Lsn) {
-        self.written.fetch_max(written, SeqCst);
-    }
-
-    /// Publishes a new durable watermark (which implies written) without waking anyone.
-    pub(crate) fn store_durable(&self, durable: Lsn) {
-        self.written.fetch_max(durable, SeqCst);
-        self.durable.fetch_max(durable, SeqCst);
-    }
-
-    /// Wakes every waiter the current watermarks satisfy.
-    pub(crate) fn wake_ready(&self) {
-        self.wake(false);
-    }
-
-    /// Publishes a new durable watermark (which implies written) and wakes whoever it satisfies.
-    pub(crate) fn set_durable(&self, durable: Lsn) {
-        self.written.fetch_max(durable, SeqCst);
-        self.durable.fetch_max(durable, SeqCst);
-        self.wake(false);
-    }
-
-    pub(crate) fn poison(
-        &self,
-        op: &'static str,
-        path: PathBuf,
-        err: &std::io::Error,
-        affected: (Lsn, Lsn),
-    ) {
-        let mut st = self.state.lock();
-        if st.poison.is_none() {
-            st.poison = Some(PoisonInfo {
-                op,
-                path,
-                kind: err.kind(),
-                message: err.to_string(),
-                affected,
-            });
-        }
-        self.poisoned.store(true, SeqCst);
-        drop(st);
-        self.wake(true);
-    }
-
-    pub(crate) fn close(&self) {
-        self.closed.store(true, SeqCst);
-        self.wake(true);
-    }
-
-    fn wake(&self, all: bool) {
-        // Pairs with `register`: a waiter bumps the count before its final re-check.
-        if self.waiters.load(SeqCst) == 0 {
-            return;
-        }
-        let (w, d) = (self.written(), self.durable());
-        let mut ready = Vec::new();
-        {
-            let mut guard = self.state.lock();
-            let st = &mut *guard;
-            for (heap, mark) in [(&mut st.on_written, w), (&mut st.on_durable, d)] {
-                while heap.peek().is_some_and(|x| all || x.lsn <= mark) {
-                    if let Some(x) = heap.pop() {
-                        ready.push(x.waker);
-                    }
-                }
-            }
-            self.waiters
-                .store(st.on_written.len() + st.on_durable.len(), SeqCst);
-        }
-        ready.into_iter().for_each(Waker::wake);
-    }
-
-    /// Whether the ticket for `lsn` is resolved (without taking the state lock).
-    pub(crate) fn resolved(&self, lsn: Lsn, need_durable: bool) -> bool {
-        let mark = if need_durable {
-            self.durable()
-        } else {
-            self.written()
-        };
-        mark >= lsn || self.is_poisoned() || self.is_closed()
-    }
-
-    /// `Some(result)` once the ticket for `lsn` is resolved.
-    fn check(&self, lsn: Lsn, need_durable: bool) -> Option<Result<Lsn>> {
-        let mark = if need_durable {
-            self.durable()
-        } else {
-            self.written()
-        };
-        if mark >= lsn {
-            return Some(Ok(lsn));
-        }
-        if self.is_poisoned() {
-            return Some(Err(self.poison_error(lsn)));
-        }
-        if self.is_closed() {
-            return Some(Err(Error::Closed));
-        }
-        None
-    }
-
-    pub(crate) fn poison_error(&self, lsn: Lsn) -> Error {
-        let st = self.state.lock();
-        match &st.poison {
-            Some(p) if p.affected.0 <= lsn && lsn <= p.affected.1 => Error::Io {
-                op: p.op,
-                path: p.path.clone(),
-                source: std::io::Error::new(p.kind, p.message.clone()),
-            },
-            _ => Error::Poisoned,
-        }
-    }
-
-    /// Registers `waker`; returns false (and registers nothing) if already resolved.
-    fn register(&self, lsn: Lsn, need_durable: bool, waker: &Waker) -> bool {
-        let mut st = self.state.lock();
-        self.waiters.fetch_add(1, SeqCst);
-        if self.resolved(lsn, need_durable) {
-            self.waiters.fetch_sub(1, SeqCst);
-            return false;
-        }
-        st.seq += 1;
-        let w = Waiter {
-            lsn,
-            seq: st.seq,
-            waker: waker.clone(),
-        };
-        if need_durable {
-            st.on_durable.push(w);
-        } else {
-            st.on_written.push(w);
-        }
-        true
-    }
-
-    /// Blocks until `lsn` is written (or durable) or the log failed.
-    pub(crate) fn wait(&self, lsn: Lsn, need_durable: bool) -> Result<Lsn> {
-        if let Some(r) = self.check(lsn, need_durable) {
-            return r;
-        }
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-        if self.register(lsn, need_durable, &waker) {
-            // Spurious unparks are possible: re-check until resolved.
-            while !self.resolved(lsn, need_durable) {
-                std::thread::park();
-            }
-        }
-        self.check(lsn, need_durable).unwrap_or(Err(Error::Closed))
-    }
-
-    fn poll_ticket(&self, lsn: Lsn, need_durable: bool, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
-        if let Some(r) = self.check(lsn, need_durable) {
-            return Poll::Ready(r);
-        }
-        if self.register(lsn, need_durable, cx.waker()) {
-            return Poll::Pending;
-        }
-        Poll::Ready(self.check(lsn, need_durable).unwrap_or(Err(Error::Closed)))
-    }
 }
 
 /// The ticket `append` returns: the record's LSN is assigned; [`Append::wait`] (blocking) or
@@ -316,13 +37,15 @@ impl Append {
 
     /// Blocks until the record is durable per its mode; returns its LSN. After an I/O failure:
     /// the original I/O error if this record was part of the failed write or fsync, otherwise
-    /// [`Error::Poisoned`]; [`Error::Closed`] if the log shut down first.
+    /// [`Error::Poisoned`](crate::Error::Poisoned); [`Error::Closed`](crate::Error::Closed)
+    /// if the log shut down first.
     ///
     /// If nobody is committing, the calling thread writes (and fdatasyncs) the queued group
     /// itself instead of waiting for the committer thread to be scheduled.
     ///
     /// A `Replicated` record then waits for the replica's acknowledgement, within the
-    /// replica's wait bound ([`Error::ReplicaTimeout`], [`Error::ReplicaStopped`]).
+    /// replica's wait bound ([`Error::ReplicaTimeout`](crate::Error::ReplicaTimeout),
+    /// [`Error::ReplicaStopped`](crate::Error::ReplicaStopped)).
     pub fn wait(self) -> Result<Lsn> {
         if !self.progress.resolved(self.lsn, self.need_durable) {
             self.commit.try_lead();
@@ -366,6 +89,8 @@ impl IntoFuture for Append {
             ticket: self,
             yielded: false,
             led: false,
+            parked: None,
+            replica_parked: None,
         }
     }
 }
@@ -385,6 +110,9 @@ pub struct AppendFuture {
     ticket: Append,
     yielded: bool,
     led: bool,
+    /// The wakers parked on the log's and on the replica's watermark (see `Mark::poll`).
+    parked: Option<Waker>,
+    replica_parked: Option<Waker>,
 }
 
 impl Future for AppendFuture {
@@ -410,10 +138,18 @@ impl Future for AppendFuture {
                 self.ticket.commit.try_lead();
             }
         }
-        match self.ticket.progress.poll_ticket(lsn, need_durable, cx) {
-            Poll::Ready(Ok(lsn)) => match &self.ticket.replica {
+        let this = &mut *self;
+        match this
+            .ticket
+            .progress
+            .poll_ticket(lsn, need_durable, &mut this.parked, cx)
+        {
+            Poll::Ready(Ok(lsn)) => match &this.ticket.replica {
                 None => Poll::Ready(Ok(lsn)),
-                Some(r) => r.acks.poll_ticket(lsn, r.since, r.deadline, cx),
+                Some(r) => {
+                    r.acks
+                        .poll_ticket(lsn, r.since, r.deadline, &mut this.replica_parked, cx)
+                }
             },
             other => other,
         }
