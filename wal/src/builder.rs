@@ -9,13 +9,14 @@ use parking_lot::Mutex;
 
 use crate::commit_cell::CommitCell;
 use crate::committer::Committer;
-use crate::progress::Progress;
 use crate::segment::{self, segment_name, SegMeta};
 use crate::syncer::{SyncStart, Syncer};
 use crate::wal::AppendState;
+use crate::watermarks::Watermarks;
 use crate::{
-    frame, recovery, watermark, Durability, Error, Io, Recovery, ReplicaAcks, ReplicaSink, Result,
-    StdIo, Wal, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE, SEGMENT_HEADER_LEN,
+    frame, recovery, sync_watermark, Durability, Error, Io, Recovery, ReplicaAcks, ReplicaSink,
+    Result, StdIo, Wal, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    SEGMENT_HEADER_LEN,
 };
 
 /// Configures and opens a [`Wal`].
@@ -111,7 +112,7 @@ impl WalBuilder {
     /// Zero-fill the active segment a little ahead of its last record (about 1 MiB), so a
     /// write lands on allocated blocks and its fdatasync commits no file-size or allocation
     /// change: about 1.3–1.5× faster fdatasyncs on ext4 here. Segments written this way carry
-    /// [`FLAG_ZERO_TAIL`](crate::FLAG_ZERO_TAIL), so the zeros after the last record read as a clean end; a
+    /// [`FLAG_PREALLOCATED`](crate::FLAG_PREALLOCATED), so the zeros after the last record read as a clean end; a
     /// clean close cuts them. Turn it off on copy-on-write file systems (btrfs, ZFS), where
     /// an overwrite allocates anyway and the zeros are extra writes. Default `true` (where the
     /// [`Io`] supports it).
@@ -158,7 +159,7 @@ impl WalBuilder {
                  application's data: `chmod 700` it");
         }
         let new_flags = if self.preallocate && io.zero_extends() {
-            frame::FLAG_ZERO_TAIL
+            frame::FLAG_PREALLOCATED
         } else {
             0
         };
@@ -167,12 +168,12 @@ impl WalBuilder {
         let report = rec.report;
         let next_lsn = report.next_lsn;
 
-        let (file, seg_path, seg_first, seg_len, zero_tail) = match rec.active {
+        let (file, seg_path, seg_first, seg_len, preallocated) = match rec.active {
             Some(a) if a.next == next_lsn => {
                 let f = io
                     .open_append(&a.path)
                     .map_err(|e| Error::io("open", &a.path, e))?;
-                (f, a.path, a.first, a.len, a.zero_tail && new_flags != 0)
+                (f, a.path, a.first, a.len, a.preallocated && new_flags != 0)
             }
             _ => {
                 let path = dir.join(segment_name(next_lsn));
@@ -191,12 +192,12 @@ impl WalBuilder {
             .map_err(|e| Error::io("fsync", &seg_path, e))?;
         // The whole active segment is synced now: say so durably (this also gives a log from
         // before the watermark existed one).
-        let wm = watermark::create(io.as_ref(), &dir, seg_first, seg_len)?;
+        let wm = sync_watermark::create(io.as_ref(), &dir, seg_first, seg_len)?;
 
         report.log(&dir);
 
         let last = next_lsn - 1;
-        let progress = Arc::new(Progress::new(last));
+        let watermarks = Arc::new(Watermarks::new(last));
         let files = Arc::new(Mutex::new(files));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
         let (syncer, syncer_thread) = Syncer::start(
@@ -208,14 +209,14 @@ impl WalBuilder {
                 wm,
                 last,
             },
-            progress.clone(),
+            watermarks.clone(),
         )
         .map_err(|e| Error::io("spawn syncer", &dir, e))?;
         let committer = Committer {
             io: io.clone(),
             dir: dir.clone(),
             rx,
-            progress: progress.clone(),
+            watermarks: watermarks.clone(),
             files: files.clone(),
             segment_size: self.segment_size,
             max_delay: self.max_delay,
@@ -223,7 +224,7 @@ impl WalBuilder {
             seg_path,
             seg_len,
             new_flags,
-            zero_tail,
+            preallocated,
             zeroed_end: seg_len,
             syncer,
             syncer_thread: Some(syncer_thread),
@@ -252,7 +253,7 @@ impl WalBuilder {
                 appended: false,
             }),
             last_assigned: AtomicU64::new(last),
-            progress,
+            watermarks,
             commit,
             files,
             committer: Mutex::new(Some(handle)),

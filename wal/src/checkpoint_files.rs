@@ -74,7 +74,7 @@ impl Wal {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(&name);
         io::put_file(self.io.as_ref(), &tmp, &path, &[bytes], |e| {
-            self.progress.poison("fsync", tmp.clone(), e, (0, 0));
+            self.watermarks.poison("fsync", tmp.clone(), e, (0, 0));
         })?;
         self.sync_dir()?;
         let mut files = self.files.lock();

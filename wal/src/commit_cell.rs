@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
 
 use crate::committer::{Committer, Msg};
-use crate::progress::{Poisoned, Progress};
+use crate::watermarks::{Poisoned, Watermarks};
 use crate::{Durability, Lsn};
 
 /// The committer's state behind a lock: whoever holds it commits. That is an appender
@@ -20,7 +20,7 @@ use crate::{Durability, Lsn};
 /// while someone else held the lock, and records whose tickets nobody waits on.
 pub(crate) struct CommitCell {
     state: Mutex<Option<Committer>>,
-    progress: Arc<Progress>,
+    watermarks: Arc<Watermarks>,
     /// To see, after letting go of the lock, whether followers left records behind.
     rx: Receiver<Msg>,
     /// Set (under its lock) to get the committer thread going.
@@ -44,7 +44,7 @@ impl std::fmt::Debug for CommitCell {
 impl CommitCell {
     pub(crate) fn new(c: Committer) -> Arc<CommitCell> {
         Arc::new(CommitCell {
-            progress: c.progress.clone(),
+            watermarks: c.watermarks.clone(),
             rx: c.rx.clone(),
             state: Mutex::new(Some(c)),
             kick: Mutex::new(false),
@@ -94,13 +94,13 @@ impl CommitCell {
         let Some(c) = g.as_mut().filter(|c| !c.finished) else {
             return Err(Poisoned);
         };
-        if c.progress.is_poisoned() {
+        if c.watermarks.is_poisoned() {
             return Err(Poisoned);
         }
         if let Some(ck) = jump {
             c.rotate(ck + 1)?;
             c.syncer.skip_to(ck);
-            c.progress.set_durable(ck);
+            c.watermarks.set_durable(ck);
         }
         let (now, mut want_sync, mut shutdown) = (Instant::now(), true, false);
         c.offer = false;
@@ -116,7 +116,7 @@ impl CommitCell {
                 break;
             }
         }
-        let r = r.and_then(|()| c.flush(true));
+        let r = r.and_then(|()| c.write_group(true));
         c.offer = true;
         r
     }
@@ -124,7 +124,7 @@ impl CommitCell {
     /// After a group, outside the lock: wake whoever it satisfied (one may lead the next
     /// group at once), and hand records followers queued meanwhile to the committer thread.
     fn let_go(&self) {
-        self.progress.wake_ready();
+        self.watermarks.wake_ready();
         fence(SeqCst);
         if !self.rx.is_empty() {
             self.kick();
@@ -197,7 +197,7 @@ impl CommitCell {
                 }
             }
         }
-        self.progress.wake_ready();
+        self.watermarks.wake_ready();
         let Some(mut c) = self.state.lock().take() else {
             return;
         };
@@ -209,9 +209,9 @@ impl CommitCell {
             }
         }
         // A failure here poisons (tickets see it); nothing else to do with it.
-        if !c.progress.is_poisoned() && c.cut_zeros().is_ok() {
+        if !c.watermarks.is_poisoned() && c.cut_zeros().is_ok() {
             let _ = c.syncer.finish();
         }
-        c.progress.close();
+        c.watermarks.close();
     }
 }

@@ -21,9 +21,9 @@ use parking_lot::Mutex;
 
 use crate::frame::SEGMENT_HEADER_LEN;
 use crate::io::{write_all, Io, IoFile};
-use crate::progress::{Poisoned, Progress};
 use crate::segment::{self, segment_name, Files, SegMeta};
 use crate::syncer::Syncer;
+use crate::watermarks::{Poisoned, Watermarks};
 use crate::{Durability, Lsn};
 
 /// Stop growing a group past this many bytes: bounds the buffer and the latency of one write.
@@ -52,17 +52,17 @@ pub(crate) struct Committer {
     pub(crate) io: Arc<dyn Io>,
     pub(crate) dir: PathBuf,
     pub(crate) rx: Receiver<Msg>,
-    pub(crate) progress: Arc<Progress>,
+    pub(crate) watermarks: Arc<Watermarks>,
     pub(crate) files: Arc<Mutex<Files>>,
     pub(crate) segment_size: u64,
     pub(crate) max_delay: Option<Duration>,
     pub(crate) file: Arc<dyn IoFile>,
     pub(crate) seg_path: PathBuf,
     pub(crate) seg_len: u64,
-    /// Header flags of new segments ([`crate::FLAG_ZERO_TAIL`] or 0).
+    /// Header flags of new segments ([`crate::FLAG_PREALLOCATED`] or 0).
     pub(crate) new_flags: u32,
     /// The active segment may be zero-extended (its header says so).
-    pub(crate) zero_tail: bool,
+    pub(crate) preallocated: bool,
     /// Its file size: the end of the preallocated zeros (`seg_len` when there are none).
     pub(crate) zeroed_end: u64,
     pub(crate) syncer: Arc<Syncer>,
@@ -82,7 +82,7 @@ impl Committer {
     /// Takes every queued message (one group), writes it, fdatasyncs if anyone needs it.
     /// `Ok(false)` once shut down or disconnected.
     pub(crate) fn run_group(&mut self) -> Result<bool, Poisoned> {
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             return Err(Poisoned);
         }
         let now = Instant::now();
@@ -113,7 +113,7 @@ impl Committer {
             got_any = true;
             self.take(m, now, &mut want_sync, &mut shutdown)?;
         }
-        self.flush(want_sync)?;
+        self.write_group(want_sync)?;
         if let Some(d) = self.sync_deadline.take() {
             if !want_sync {
                 // The syncer thread runs the timer: appends waiting only for the write keep
@@ -137,7 +137,7 @@ impl Committer {
                 if pending + frame.len() as u64 > self.segment_size
                     && pending > SEGMENT_HEADER_LEN as u64
                 {
-                    self.flush(false)?;
+                    self.write_group(false)?;
                     self.rotate(lsn)?;
                 }
                 if self.buf.is_empty() {
@@ -166,11 +166,11 @@ impl Committer {
 
     /// Writes the group buffer with one write (looping only over short writes), publishes it,
     /// and hands the fdatasync (if wanted) to the syncer.
-    pub(crate) fn flush(&mut self, sync: bool) -> Result<(), Poisoned> {
+    pub(crate) fn write_group(&mut self, sync: bool) -> Result<(), Poisoned> {
         if !self.buf.is_empty() {
             self.zero_ahead(self.seg_len + self.buf.len() as u64);
             if let Err(e) = write_all(self.file.as_ref(), &self.buf) {
-                self.progress.poison(
+                self.watermarks.poison(
                     "write",
                     self.seg_path.clone(),
                     &e,
@@ -179,7 +179,8 @@ impl Committer {
                 return Err(Poisoned);
             }
             self.seg_len += self.buf.len() as u64;
-            self.progress.note_group(self.buf_last - self.buf_first + 1);
+            self.watermarks
+                .note_group(self.buf_last - self.buf_first + 1);
             if let Some(sink) = self.replica.as_ref().filter(|_| self.offer) {
                 // Copied: the buffer is reused for the next group.
                 sink.offer(crate::Group {
@@ -193,7 +194,7 @@ impl Committer {
                 active.len = self.seg_len;
             }
             self.syncer.written(self.buf_last, self.seg_len);
-            self.progress.store_written(self.buf_last);
+            self.watermarks.store_written(self.buf_last);
         }
         if sync {
             // Someone waits for this fdatasync: run it here, without a thread hop. Records
@@ -206,7 +207,7 @@ impl Committer {
     /// Keeps zeros preallocated past `upto` in a flagged segment, so the data lands on
     /// allocated blocks. Best effort: if it fails the log just appends (warned once).
     fn zero_ahead(&mut self, upto: u64) {
-        if !self.zero_tail || upto + ZERO_LOW <= self.zeroed_end {
+        if !self.preallocated || upto + ZERO_LOW <= self.zeroed_end {
             return;
         }
         let to = (upto + ZERO_AHEAD).min(self.segment_size);
@@ -215,12 +216,12 @@ impl Committer {
         }
         match self.file.zero_extend(to) {
             Ok(true) => self.zeroed_end = to,
-            Ok(false) => self.zero_tail = false,
+            Ok(false) => self.preallocated = false,
             Err(e) => {
                 // Zeros past the data are a clean end even if only some were written.
                 tracing::warn!(segment = %self.seg_path.display(), error = %e,
                     "WAL preallocation failed; appending without it");
-                self.zero_tail = false;
+                self.preallocated = false;
             }
         }
     }
@@ -247,14 +248,14 @@ impl Committer {
         let path = self.dir.join(segment_name(first_lsn));
         let io = self.io.clone();
         let dir = self.dir.clone();
-        let progress = self.progress.clone();
+        let watermarks = self.watermarks.clone();
         let p2 = path.clone();
         let flags = self.new_flags;
         self.syncer.switch_file(first_lsn, move || {
             match segment::create(io.as_ref(), &dir, &p2, first_lsn, flags) {
                 Ok(f) => Ok((f, p2)),
                 Err(f) => {
-                    progress.poison(f.op, f.path, &f.source, (first_lsn, first_lsn));
+                    watermarks.poison(f.op, f.path, &f.source, (first_lsn, first_lsn));
                     Err(Poisoned)
                 }
             }
@@ -263,7 +264,7 @@ impl Committer {
         self.file = self.syncer.file();
         self.seg_path = path.clone();
         self.seg_len = SEGMENT_HEADER_LEN as u64;
-        self.zero_tail = flags & crate::frame::FLAG_ZERO_TAIL != 0;
+        self.preallocated = flags & crate::frame::FLAG_PREALLOCATED != 0;
         self.zeroed_end = self.seg_len;
         self.files.lock().segs.push(SegMeta {
             first: first_lsn,

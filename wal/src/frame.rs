@@ -3,7 +3,7 @@
 //! Segment header (32 bytes): magic `WBWALSEG` (8) | format version u32 | flags u32 |
 //! first LSN u64 | CRC32C of the preceding 24 bytes u32 | reserved u32 (0).
 //!
-//! Flags: bit 0 ([`FLAG_ZERO_TAIL`]) says the file is zero-filled ahead of its last record, so
+//! Flags: bit 0 ([`FLAG_PREALLOCATED`]) says the file is zero-filled ahead of its last record, so
 //! an all-zero run from a frame boundary to the end of the file is where the data ends, not a
 //! torn tail. Other bits are 0; readers ignore them.
 //!
@@ -25,7 +25,7 @@ pub const FRAME_HEADER_LEN: usize = 20;
 /// Record frame version written by this crate.
 pub const FRAME_VERSION: u8 = 1;
 /// Segment flag: zeros after the last record are preallocated space.
-pub const FLAG_ZERO_TAIL: u32 = 1;
+pub const FLAG_PREALLOCATED: u32 = 1;
 /// Largest payload `append` accepts (16 MiB).
 pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
 
@@ -44,8 +44,8 @@ pub(crate) fn encode_segment_header(first_lsn: Lsn, flags: u32) -> [u8; SEGMENT_
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
     pub(crate) first: Lsn,
-    /// [`FLAG_ZERO_TAIL`] is set.
-    pub(crate) zero_tail: bool,
+    /// [`FLAG_PREALLOCATED`] is set.
+    pub(crate) preallocated: bool,
 }
 
 /// Decodes a segment header, or says why it is invalid.
@@ -68,7 +68,7 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, &'sta
     }
     Ok(SegmentHeader {
         first: lsn,
-        zero_tail: u32_at(h, 12) & FLAG_ZERO_TAIL != 0,
+        preallocated: u32_at(h, 12) & FLAG_PREALLOCATED != 0,
     })
 }
 
@@ -231,16 +231,16 @@ mod tests {
             decode_segment_header(&h),
             Ok(SegmentHeader {
                 first: 42,
-                zero_tail: false
+                preallocated: false
             })
         );
-        let z = encode_segment_header(42, FLAG_ZERO_TAIL);
+        let z = encode_segment_header(42, FLAG_PREALLOCATED);
         assert_eq!(&z[12..16], &[1, 0, 0, 0]);
         assert_eq!(
             decode_segment_header(&z),
             Ok(SegmentHeader {
                 first: 42,
-                zero_tail: true
+                preallocated: true
             })
         );
     }

@@ -27,7 +27,7 @@ impl Wal {
         if st.tx.is_none() {
             return Err(Error::Closed);
         }
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             return Err(Error::Poisoned);
         }
         let last = st.next_lsn - 1;
@@ -74,8 +74,8 @@ impl Wal {
         let jump = checkpoint.map(|(c, _)| c);
         let records = spans.iter().map(|s| (s.lsn, &frames[s.range.clone()]));
         if self.commit.import(jump, records).is_err() {
-            return Err(if self.progress.is_poisoned() {
-                self.progress.poison_error(new_last)
+            return Err(if self.watermarks.is_poisoned() {
+                self.watermarks.poison_error(new_last)
             } else {
                 Error::Closed
             });

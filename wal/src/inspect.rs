@@ -139,7 +139,7 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
     ckpts.sort_unstable();
     // Recovery's rule: past the sync watermark of the last segment, the
     // first damage is a torn tail even with intact frames after it.
-    let wm = crate::watermark::read(&crate::StdIo, dir, &names)?;
+    let wm = crate::sync_watermark::read(&crate::StdIo, dir, &names)?;
 
     let mut rep = DirReport::default();
     let mut newest_valid_ckpt = None;

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 // The path of a record: `wal` (append) → `commit_cell` (who commits) → `committer` (the
-// group write, segment rotation) → `syncer` (fdatasync) → `progress` (watermarks; waits
+// group write, segment rotation) → `syncer` (fdatasync) → `watermarks` (written and durable LSNs; waits
 // through `waiters`) → `ticket` (the caller's `Append`). Opening: `builder` → `recovery`.
 mod builder;
 pub mod checkpoint;
@@ -35,23 +35,23 @@ pub mod fs;
 mod import;
 pub mod inspect;
 pub mod io;
-mod progress;
 pub mod reader;
 mod recovery;
 mod replay;
 pub mod replica;
 mod replica_acks;
 mod segment;
+pub mod sync_watermark;
 mod syncer;
 mod ticket;
 mod waiters;
 mod wal;
-pub mod watermark;
+mod watermarks;
 
 pub use builder::WalBuilder;
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
-pub use frame::{FLAG_ZERO_TAIL, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
+pub use frame::{FLAG_PREALLOCATED, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
 pub use io::{Io, StdIo};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
 pub use replay::Replay;

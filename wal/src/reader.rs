@@ -6,7 +6,7 @@
 //! anywhere after that offset, the damage is *inside* the log (corruption, or an LSN gap);
 //! if none does, the damage runs to the end of the file, which in the last segment is a
 //! *torn tail* (an interrupted write or zero-filled space) and anywhere else is corruption.
-//! One exception: in a segment whose header carries [`crate::FLAG_ZERO_TAIL`], an
+//! One exception: in a segment whose header carries [`crate::FLAG_PREALLOCATED`], an
 //! all-zero run from a frame boundary to the end of the file is the preallocated space after
 //! the last record, a clean end.
 
@@ -82,7 +82,7 @@ pub(crate) struct ScanState {
     expected: Lsn,
     done: bool,
     /// The segment is zero-filled ahead of its records.
-    zero_tail: bool,
+    preallocated: bool,
     /// The scan ended at such a zero run.
     ended_on_zeros: bool,
 }
@@ -94,7 +94,7 @@ impl ScanState {
             pos: SEGMENT_HEADER_LEN,
             expected: h.first,
             done: false,
-            zero_tail: h.zero_tail,
+            preallocated: h.preallocated,
             ended_on_zeros: false,
         }
     }
@@ -105,7 +105,7 @@ impl ScanState {
     }
 
     /// Where the data ends if the scan stopped at preallocated zeros (they are not damage).
-    pub(crate) fn zero_tail_at(&self) -> Option<usize> {
+    pub(crate) fn preallocated_from(&self) -> Option<usize> {
         self.ended_on_zeros.then_some(self.pos)
     }
 
@@ -153,7 +153,7 @@ impl ScanState {
                     resync: Some(f.end as u64),
                 }))
             }
-            Err(_) if self.zero_tail && buf[pos..].iter().all(|&b| b == 0) => {
+            Err(_) if self.preallocated && buf[pos..].iter().all(|&b| b == 0) => {
                 self.done = true;
                 self.ended_on_zeros = true;
                 None
@@ -248,7 +248,7 @@ pub fn read_segment(bytes: &[u8], salvage: bool) -> crate::Result<SegmentContent
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::frame::{encode_frame, encode_segment_header, FLAG_ZERO_TAIL};
+    use crate::frame::{encode_frame, encode_segment_header, FLAG_PREALLOCATED};
 
     fn segment(first: Lsn, n: u64) -> Vec<u8> {
         segment_with(first, n, 0)
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn preallocated_zeros_end_a_flagged_segment_cleanly() {
-        let mut s = segment_with(1, 2, FLAG_ZERO_TAIL);
+        let mut s = segment_with(1, 2, FLAG_PREALLOCATED);
         let valid = s.len() as u64;
         s.extend([0u8; 100]);
         let c = read_segment(&s, false).unwrap();

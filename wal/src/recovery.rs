@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::frame::{decode_segment_header, FLAG_ZERO_TAIL, SEGMENT_HEADER_LEN};
+use crate::frame::{decode_segment_header, FLAG_PREALLOCATED, SEGMENT_HEADER_LEN};
 use crate::io::{write_all, Io};
 use crate::reader::{DamageReason, Event, ScanState};
 use crate::segment::{self, parse_lsn_name, Files, SegMeta, SEGMENT_SUFFIX};
-use crate::{checkpoint, checkpoint_files, watermark, Error, Lsn, Result};
+use crate::{checkpoint, checkpoint_files, sync_watermark, Error, Lsn, Result};
 
 /// The newest valid checkpoint found at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +103,8 @@ pub(crate) struct Active {
     pub(crate) len: u64,
     /// The LSN its next record would carry.
     pub(crate) next: Lsn,
-    /// Its header has [`crate::FLAG_ZERO_TAIL`]: it may be zero-extended.
-    pub(crate) zero_tail: bool,
+    /// Its header has [`crate::FLAG_PREALLOCATED`]: it may be zero-extended.
+    pub(crate) preallocated: bool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -132,7 +132,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
         io.sync_dir(dir).map_err(io_err("fsync dir", dir))?;
     }
     segs.sort_unstable();
-    let wm = watermark::read(io, dir, &names)?;
+    let wm = sync_watermark::read(io, dir, &names)?;
 
     let mut files = Files::default();
     let mut checkpoint_info = None;
@@ -219,7 +219,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
                     first: *name_lsn,
                     len,
                     next: *name_lsn,
-                    zero_tail: new_flags & FLAG_ZERO_TAIL != 0,
+                    preallocated: new_flags & FLAG_PREALLOCATED != 0,
                 });
                 continue;
             }
@@ -333,7 +333,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
             });
         }
         let mut len = data.len() as u64;
-        if let Some(end) = st.zero_tail_at() {
+        if let Some(end) = st.preallocated_from() {
             // Preallocated space, not damage. The active segment is cut back to its data so
             // appends resume at the end of the file.
             len = end as u64;
@@ -372,7 +372,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
                 first,
                 len,
                 next,
-                zero_tail: header.zero_tail,
+                preallocated: header.preallocated,
             });
         }
     }

@@ -1,6 +1,6 @@
 //! The fdatasync side of group commit: [`Syncer`] fdatasyncs the active segment on the
 //! caller's thread when a waiter needs it now, and on its own thread for the `Buffered`
-//! timer, and keeps the sync watermark file (see [`crate::watermark`]) in step.
+//! timer, and keeps the sync watermark file (see [`crate::sync_watermark`]) in step.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::frame::SEGMENT_HEADER_LEN;
 use crate::io::IoFile;
-use crate::progress::{Poisoned, Progress};
-use crate::watermark::{self, WatermarkFile};
+use crate::sync_watermark::{self, WatermarkFile};
+use crate::watermarks::{Poisoned, Watermarks};
 use crate::Lsn;
 
 struct SyncState {
@@ -44,10 +44,10 @@ struct SyncState {
 pub(crate) struct Syncer {
     st: Mutex<SyncState>,
     cv: Condvar,
-    progress: Arc<Progress>,
+    watermarks: Arc<Watermarks>,
 }
 
-/// The watermark is fsynced at most this often while it changes (see [`crate::watermark`]).
+/// The watermark is fsynced at most this often while it changes (see [`crate::sync_watermark`]).
 const WATERMARK_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the syncer starts with: the active segment and the watermark file.
@@ -63,7 +63,7 @@ pub(crate) struct SyncStart {
 impl Syncer {
     pub(crate) fn start(
         init: SyncStart,
-        progress: Arc<Progress>,
+        watermarks: Arc<Watermarks>,
     ) -> std::io::Result<(Arc<Syncer>, JoinHandle<()>)> {
         let s = Arc::new(Syncer {
             st: Mutex::new(SyncState {
@@ -83,7 +83,7 @@ impl Syncer {
                 deadline: None,
             }),
             cv: Condvar::new(),
-            progress,
+            watermarks,
         });
         let s2 = s.clone();
         let h = std::thread::Builder::new()
@@ -119,13 +119,13 @@ impl Syncer {
                         if ok.is_err() {
                             return;
                         }
-                        MutexGuard::unlocked(&mut st, || self.progress.set_durable(d));
+                        MutexGuard::unlocked(&mut st, || self.watermarks.set_durable(d));
                     }
                     Err(e) => {
                         // Never retried: the kernel may have dropped the dirty pages.
                         st.failed = true;
                         self.cv.notify_all();
-                        self.progress
+                        self.watermarks
                             .poison("fsync", st.path.clone(), &e, (from, target));
                     }
                 }
@@ -141,7 +141,7 @@ impl Syncer {
                     st.wm_synced_at = Instant::now();
                     if let Err(e) = r {
                         st.failed = true;
-                        self.progress.poison("fsync", wm.path.clone(), &e, (0, 0));
+                        self.watermarks.poison("fsync", wm.path.clone(), &e, (0, 0));
                         return;
                     }
                 }
@@ -164,10 +164,13 @@ impl Syncer {
     /// write poisons the log.
     fn note_synced(&self, st: &mut MutexGuard<'_, SyncState>, off: u64) -> Result<(), Poisoned> {
         let Some(wm) = &st.wm else { return Ok(()) };
-        if let Err(e) = wm.file.write_at(&watermark::encode(st.seg_first, off), 0) {
+        if let Err(e) = wm
+            .file
+            .write_at(&sync_watermark::encode(st.seg_first, off), 0)
+        {
             let path = wm.path.clone();
             st.failed = true;
-            self.progress.poison("write", path, &e, (0, 0));
+            self.watermarks.poison("write", path, &e, (0, 0));
             return Err(Poisoned);
         }
         if st.wm_due.is_none() {
@@ -221,7 +224,7 @@ impl Syncer {
                 // later fsync of this file would succeed over dropped pages.
                 st.failed = true;
                 let range = (st.durable + 1, st.written);
-                self.progress.poison("fsync", st.path.clone(), &e, range);
+                self.watermarks.poison("fsync", st.path.clone(), &e, range);
                 return Err(Poisoned);
             }
             st.durable = st.written;
@@ -231,7 +234,7 @@ impl Syncer {
             let off = st.written_off;
             self.note_synced(st, off)?;
             // Woken by the commit-lock holder once it lets go.
-            self.progress.store_durable(d);
+            self.watermarks.store_durable(d);
         }
         Ok(())
     }
@@ -265,7 +268,7 @@ impl Syncer {
         st.wm_due = None;
         if let Err(e) = wm.file.sync_data() {
             st.failed = true;
-            self.progress.poison("fsync", wm.path.clone(), &e, (0, 0));
+            self.watermarks.poison("fsync", wm.path.clone(), &e, (0, 0));
             return Err(Poisoned);
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use crate::commit_cell::CommitCell;
-use crate::progress::Progress;
+use crate::watermarks::Watermarks;
 use crate::{Lsn, ReplicaAcks, Result};
 
 /// What a `Replicated` ticket waits for after the local write.
@@ -24,7 +24,7 @@ pub(crate) struct ReplicaTicket {
 pub struct Append {
     pub(crate) lsn: Lsn,
     pub(crate) need_durable: bool,
-    pub(crate) progress: Arc<Progress>,
+    pub(crate) watermarks: Arc<Watermarks>,
     pub(crate) commit: Arc<CommitCell>,
     pub(crate) replica: Option<ReplicaTicket>,
 }
@@ -47,10 +47,10 @@ impl Append {
     /// replica's wait bound ([`Error::ReplicaTimeout`](crate::Error::ReplicaTimeout),
     /// [`Error::ReplicaStopped`](crate::Error::ReplicaStopped)).
     pub fn wait(self) -> Result<Lsn> {
-        if !self.progress.resolved(self.lsn, self.need_durable) {
+        if !self.watermarks.resolved(self.lsn, self.need_durable) {
             self.commit.try_lead();
         }
-        let lsn = self.progress.wait(self.lsn, self.need_durable)?;
+        let lsn = self.watermarks.wait(self.lsn, self.need_durable)?;
         match &self.replica {
             None => Ok(lsn),
             Some(r) => r.acks.wait(lsn, r.deadline),
@@ -59,7 +59,7 @@ impl Append {
 
     /// Whether `wait` would return without blocking.
     pub fn is_ready(&self) -> bool {
-        match self.progress.check(self.lsn, self.need_durable) {
+        match self.watermarks.check(self.lsn, self.need_durable) {
             Some(Ok(_)) => self
                 .replica
                 .as_ref()
@@ -74,7 +74,7 @@ impl Drop for Append {
     fn drop(&mut self) {
         // Nobody will lead for this record (a cancelled future, a dropped ticket): leave it
         // to the committer thread rather than in the queue.
-        if !self.progress.resolved(self.lsn, false) {
+        if !self.watermarks.resolved(self.lsn, false) {
             self.commit.kick();
         }
     }
@@ -125,8 +125,8 @@ impl Future for AppendFuture {
             // Under load, yield once before leading: the executor runs the other appenders
             // first, their records join this group, and one write serves them all instead of
             // a write (a syscall of several µs) per record or two. A lone appender skips it.
-            if self.ticket.progress.shared_groups()
-                && !self.ticket.progress.resolved(lsn, need_durable)
+            if self.ticket.watermarks.shared_groups()
+                && !self.ticket.watermarks.resolved(lsn, need_durable)
             {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -134,14 +134,14 @@ impl Future for AppendFuture {
         }
         if !self.led {
             self.led = true;
-            if !self.ticket.progress.resolved(lsn, need_durable) {
+            if !self.ticket.watermarks.resolved(lsn, need_durable) {
                 self.ticket.commit.try_lead();
             }
         }
         let this = &mut *self;
         match this
             .ticket
-            .progress
+            .watermarks
             .poll_ticket(lsn, need_durable, &mut this.parked, cx)
         {
             Poll::Ready(Ok(lsn)) => match &this.ticket.replica {

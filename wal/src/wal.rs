@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use crate::commit_cell::CommitCell;
 use crate::committer::Msg;
 use crate::frame::PendingFrame;
-use crate::progress::Progress;
 use crate::segment::Files;
+use crate::watermarks::Watermarks;
 use crate::{ticket, Append, Durability, Error, Io, Lsn, ReplicaAcks, Result, MAX_PAYLOAD_LEN};
 
 #[derive(Debug)]
@@ -35,7 +35,7 @@ pub struct Wal {
     pub(crate) durability: Durability,
     pub(crate) append: Mutex<AppendState>,
     pub(crate) last_assigned: AtomicU64,
-    pub(crate) progress: Arc<Progress>,
+    pub(crate) watermarks: Arc<Watermarks>,
     pub(crate) commit: Arc<CommitCell>,
     pub(crate) files: Arc<Mutex<Files>>,
     pub(crate) committer: Mutex<Option<JoinHandle<()>>>,
@@ -71,7 +71,7 @@ impl Wal {
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             return Err(Error::Poisoned);
         }
         let replica = match (durability, &self.replica) {
@@ -113,7 +113,7 @@ impl Wal {
         Ok(Append {
             lsn,
             need_durable: durability == Durability::Fsync,
-            progress: self.progress.clone(),
+            watermarks: self.watermarks.clone(),
             commit: self.commit.clone(),
             replica,
         })
@@ -140,7 +140,7 @@ impl Wal {
     }
 
     fn stopped_error(&self) -> Error {
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             Error::Poisoned
         } else {
             Error::Closed
@@ -159,17 +159,17 @@ impl Wal {
 
     /// The last LSN known fdatasynced.
     pub fn durable_lsn(&self) -> Lsn {
-        self.progress.durable()
+        self.watermarks.durable()
     }
 
     /// Makes everything appended so far durable; returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             return Err(Error::Poisoned);
         }
         let target = self.last_lsn();
-        if self.progress.durable() >= target {
-            return Ok(self.progress.durable());
+        if self.watermarks.durable() >= target {
+            return Ok(self.watermarks.durable());
         }
         {
             let st = self.append.lock();
@@ -181,14 +181,14 @@ impl Wal {
             }
         }
         self.commit.try_lead();
-        self.progress.wait(target, true)?;
-        Ok(self.progress.durable())
+        self.watermarks.wait(target, true)?;
+        Ok(self.watermarks.durable())
     }
 
     /// A directory fsync failure poisons the log: the state of its entries is unknown.
     pub(crate) fn sync_dir(&self) -> Result<()> {
         self.io.sync_dir(&self.dir).map_err(|e| {
-            self.progress
+            self.watermarks
                 .poison("fsync dir", self.dir.clone(), &e, (0, 0));
             Error::io("fsync dir", &self.dir, e)
         })
@@ -202,7 +202,7 @@ impl Wal {
 
     /// Whether a failed write or fsync has poisoned the log.
     pub fn is_poisoned(&self) -> bool {
-        self.progress.is_poisoned()
+        self.watermarks.is_poisoned()
     }
 
     /// The log directory.
@@ -216,7 +216,7 @@ impl Wal {
         let stopped = self.shutdown();
         synced?;
         stopped?;
-        if self.progress.is_poisoned() {
+        if self.watermarks.is_poisoned() {
             return Err(Error::Poisoned);
         }
         Ok(())
@@ -233,7 +233,7 @@ impl Wal {
         let handle = self.committer.lock().take();
         if let Some(h) = handle {
             if h.join().is_err() {
-                self.progress.close();
+                self.watermarks.close();
                 tracing::error!(dir = %self.dir.display(), "WAL committer thread panicked");
                 return Err(Error::Closed);
             }

@@ -419,7 +419,7 @@ fn crash_during_concurrent_appends_keeps_every_fsync_ack() {
 /// error once, so the fsync that follows would "succeed" over dropped pages: the failure must
 /// poison, and none of the old segment's tickets may resolve as durable.
 #[test]
-fn failed_fsync_cutting_the_zero_tail_at_rotation_poisons() {
+fn failed_fsync_cutting_the_preallocated_zeros_at_rotation_poisons() {
     let fs = FaultyIo::new();
     let (wal, _) = open(&fs);
     wal.hold_committer_thread(true);
@@ -448,9 +448,9 @@ fn failed_fsync_cutting_the_zero_tail_at_rotation_poisons() {
     assert_eq!(replay_lsns(&wal), (1..rec.next_lsn).collect::<Vec<_>>());
 }
 
-/// The zero tail is cut and fsynced at a clean close too: a failure there is reported.
+/// The preallocated zeros are cut and fsynced at a clean close too: a failure there is reported.
 #[test]
-fn failed_fsync_cutting_the_zero_tail_at_close_is_reported() {
+fn failed_fsync_cutting_the_preallocated_zeros_at_close_is_reported() {
     let fs = FaultyIo::new();
     let (wal, _) = open(&fs);
     assert_eq!(wal.append(0, b"one").unwrap().wait().unwrap(), 1);

@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use writebehind_wal::io::{CrashMode, FaultyIo};
 use writebehind_wal::replica::encode_frames;
 use writebehind_wal::{
-    watermark, Durability, Error, Record, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    sync_watermark, Durability, Error, Record, Wal, WalBuilder, FRAME_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 
 const SEG: &str = "/w/00000000000000000001.wal";
@@ -51,7 +52,7 @@ fn crashed_log(synced: u64, total: u64, damage: impl FnOnce(&mut Vec<u8>)) -> Fa
     assert_eq!(wal.durable_lsn(), synced);
     let mut seg = fs.read_file(Path::new(SEG)).unwrap();
     assert!(seg.len() > offset_of(total + 1), "preallocated");
-    let wm_path = PathBuf::from("/w").join(watermark::FILE_NAME);
+    let wm_path = PathBuf::from("/w").join(sync_watermark::FILE_NAME);
     let wm = fs.read_file(&wm_path).unwrap();
     fs.crash(CrashMode::LoseUnsynced);
     drop(wal);
@@ -143,7 +144,7 @@ fn a_segment_ending_before_its_watermark_is_corruption() {
 #[test]
 fn without_a_watermark_the_old_rule_holds() {
     let fs = crashed_log(3, 8, |s| s[offset_of(5)..offset_of(6)].fill(0));
-    let wm_path = PathBuf::from("/w").join(watermark::FILE_NAME);
+    let wm_path = PathBuf::from("/w").join(sync_watermark::FILE_NAME);
     fs.write_file(&wm_path, b"");
     assert!(matches!(open(&fs), Err(Error::Corrupt { .. })));
     let fs = crashed_log(3, 8, |s| s[offset_of(5)..].fill(0));

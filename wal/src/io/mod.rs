@@ -41,7 +41,7 @@ pub trait IoFile: Send + Sync + Debug {
     /// Writes all of `buf` at `offset`, without moving where the next
     /// [`write`](Self::write) goes (the sync watermark file is rewritten in place this way).
     /// The default says `Unsupported`; the log then keeps no watermark (see
-    /// [`crate::watermark`]).
+    /// [`crate::sync_watermark`]).
     fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -71,7 +71,7 @@ pub trait Io: Send + Sync + Debug {
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Whether files from [`create`](Self::create) and [`open_append`](Self::open_append)
-    /// support [`IoFile::zero_extend`]. Segments get [`crate::FLAG_ZERO_TAIL`] only then.
+    /// support [`IoFile::zero_extend`]. Segments get [`crate::FLAG_PREALLOCATED`] only then.
     fn zero_extends(&self) -> bool {
         false
     }

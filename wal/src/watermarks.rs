@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::waiters::Mark;
 use crate::{Error, Lsn, Result};
 
-/// Marker: the log is poisoned (the details went to [`Progress::poison`]).
+/// Marker: the log is poisoned (the details went to [`Watermarks::poison`]).
 pub(crate) struct Poisoned;
 
 /// The I/O failure that poisoned the log, kept so affected tickets can report it.
@@ -29,7 +29,7 @@ struct PoisonInfo {
 /// Waiters (blocking or async) park on the watermark they need; the committer wakes exactly
 /// the ones a new watermark satisfies, each once, outside the lock (no thundering herd).
 #[derive(Debug)]
-pub(crate) struct Progress {
+pub(crate) struct Watermarks {
     written: Mark,
     durable: Mark,
     poisoned: AtomicBool,
@@ -38,9 +38,9 @@ pub(crate) struct Progress {
     last_group: AtomicU64,
 }
 
-impl Progress {
+impl Watermarks {
     pub(crate) fn new(initial: Lsn) -> Self {
-        Progress {
+        Watermarks {
             written: Mark::new(initial),
             durable: Mark::new(initial),
             poisoned: AtomicBool::new(false),
@@ -80,7 +80,7 @@ impl Progress {
         self.last_group.load(Relaxed) > 1
     }
 
-    /// Publishes a new written watermark; the caller calls [`Progress::wake_ready`] later
+    /// Publishes a new written watermark; the caller calls [`Watermarks::wake_ready`] later
     /// (after releasing the commit lock).
     pub(crate) fn store_written(&self, written: Lsn) {
         self.written.raise(written);
