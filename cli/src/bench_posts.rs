@@ -282,7 +282,7 @@ async fn writebehind_run(
     let interval = Duration::from_millis(args.flush_interval_ms);
     let cache = open_cache(dir, url, table, mode, interval, batch).await?;
     let quota_total = args.duration.is_none().then_some(args.ops);
-    let progress = Progress::start(format!("writebehind {mode} batch {batch}"), quota_total);
+    let progress = ProgressLine::start(format!("writebehind {mode} batch {batch}"), quota_total);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..args.writers {
@@ -358,7 +358,7 @@ async fn flush_run(
     let hour = Duration::from_secs(3_600);
     let cache = open_cache(dir, url, table, mode, hour, usize::MAX).await?;
     let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
-    let progress = Progress::start(format!("writebehind flush, batch {batch}"), Some(rows));
+    let progress = ProgressLine::start(format!("writebehind flush, batch {batch}"), Some(rows));
     let mut hist = histogram();
     let mut flushing = Duration::ZERO;
     for b in batches {
@@ -495,7 +495,7 @@ async fn raw_run(
         _ => Raw::Any(pool.clone()),
     };
     let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
-    let progress = Progress::start(format!("raw batched, batch {batch}"), Some(rows));
+    let progress = ProgressLine::start(format!("raw batched, batch {batch}"), Some(rows));
     let mut hist = histogram();
     let mut seconds = 0.0;
     for b in batches {
@@ -539,7 +539,7 @@ async fn write_through_run(
         backend.placeholder(1),
         backend.placeholder(2)
     ));
-    let progress = Progress::start("write-through".into(), None);
+    let progress = ProgressLine::start("write-through".into(), None);
     let start = Instant::now();
     let limit = args
         .duration

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use writebehind::WriteBehind;
 
-use super::harness::{histogram, join_writers, key_text, micros, Keys, Progress, Quota};
+use super::harness::{histogram, join_writers, key_text, micros, Keys, ProgressLine, Quota};
 use super::report::Outcome;
 use super::sql::{exec, sql_text, total, Backend, ROWS_PER_STATEMENT};
 use super::{Args, Mode};
@@ -105,7 +105,7 @@ pub(super) async fn writebehind_run(
         .await
         .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))?;
     let quota_total = args.duration.is_none().then_some(args.ops);
-    let progress = Progress::start(format!("writebehind {mode} batch {batch}"), quota_total);
+    let progress = ProgressLine::start(format!("writebehind {mode} batch {batch}"), quota_total);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..args.writers {
@@ -226,7 +226,7 @@ pub(super) async fn raw_run(
     let batches = coalesced_batches(args, window, per_writer)?;
     let increments: u64 = per_writer.iter().sum();
     let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
-    let progress = Progress::start(format!("raw batched, batch {batch}"), Some(rows));
+    let progress = ProgressLine::start(format!("raw batched, batch {batch}"), Some(rows));
     let mut hist = histogram();
     let start = Instant::now();
     for b in &batches {
@@ -284,7 +284,7 @@ pub(super) async fn write_through_run(
 ) -> Result<Outcome, String> {
     baseline_table(pool, backend, table).await?;
     let sql = sql_text(&backend.upsert(table, 1));
-    let progress = Progress::start("write-through".into(), None);
+    let progress = ProgressLine::start("write-through".into(), None);
     let start = Instant::now();
     let limit = args
         .duration

@@ -116,14 +116,14 @@ impl Quota {
 }
 
 /// A progress bar on a terminal, nothing in a pipe.
-pub(super) struct Progress {
+pub(super) struct ProgressLine {
     bar: ProgressBar,
     pub(super) done: Arc<AtomicU64>,
     ticker: tokio::task::JoinHandle<()>,
 }
 
-impl Progress {
-    pub(super) fn start(label: String, total: Option<u64>) -> Progress {
+impl ProgressLine {
+    pub(super) fn start(label: String, total: Option<u64>) -> ProgressLine {
         let bar = if std::io::stderr().is_terminal() {
             match total {
                 Some(n) => {
@@ -157,7 +157,7 @@ impl Progress {
                 }
             })
         };
-        Progress { bar, done, ticker }
+        ProgressLine { bar, done, ticker }
     }
 
     pub(super) fn finish(self) {
