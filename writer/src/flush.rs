@@ -56,62 +56,146 @@ enum Written {
 
 /// RETURNING rows `(key columns, version[, totals])` aligned with `chunk`
 /// by the key columns' values (not by key text: two texts may name one row).
+/// The rows of `chunk` come from one round, so their key hashes differ.
 fn by_position(
     w: &Inner,
     chunk: &[WRow],
     rows: impl IntoIterator<Item = Vec<SqlValue>>,
 ) -> ReadBack {
     let nk = w.dialect().key_columns().len();
-    let mut pos: HashMap<u64, Vec<usize>> = HashMap::with_capacity(chunk.len());
+    let mut pos: KeyMap<usize> = KeyMap::with_capacity_and_hasher(chunk.len(), Default::default());
     for (i, r) in chunk.iter().enumerate() {
-        pos.entry(key_hash(&r.data.kvals)).or_default().push(i);
+        pos.entry(key_hash(&r.data.kvals)).or_insert(i);
     }
     let mut back = vec![None; chunk.len()];
     for mut row in rows {
         if row.len() < nk + 1 {
             continue;
         }
-        let mut rest = row.split_off(nk);
-        let totals = rest.split_off(1);
-        let version = match rest.first() {
-            Some(SqlValue::Int(v)) => Some(*v),
-            _ => None,
-        };
-        let totals: Vec<i64> = totals
-            .into_iter()
-            .filter_map(|t| match t {
-                SqlValue::Int(t) => Some(t),
-                _ => None,
-            })
-            .collect();
+        let rest = row.split_off(nk);
         let found = pos
             .get(&key_hash(&row))
-            .and_then(|c| c.iter().find(|&&i| chunk[i].data.kvals == row));
-        if let Some(&i) = found {
-            back[i] = Some(Back { version, totals });
+            .copied()
+            .filter(|&i| chunk[i].data.kvals == row);
+        if let Some(i) = found {
+            back[i] = Some(back_of(rest));
         }
     }
     back
 }
 
-/// A hash of a row's key values.
-fn key_hash(kvals: &[SqlValue]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for v in kvals {
-        match v {
-            SqlValue::Null => 0u8.hash(&mut h),
-            SqlValue::Int(i) => (1u8, i).hash(&mut h),
-            SqlValue::Float(f) => (2u8, f.to_bits()).hash(&mut h),
-            SqlValue::Text(s) => (3u8, s).hash(&mut h),
-            SqlValue::Bytes(b) => (4u8, b).hash(&mut h),
-            SqlValue::Bool(b) => (5u8, b).hash(&mut h),
-            SqlValue::Uuid(b) => (6u8, b).hash(&mut h),
-            SqlValue::Timestamp(t) => (7u8, t).hash(&mut h),
-            SqlValue::Json(s) => (8u8, s).hash(&mut h),
+/// RETURNING rows `(position, version[, totals])`, positions 1-based in
+/// the statement's rows (PostgreSQL's `WITH ORDINALITY`).
+fn by_ordinal(n: usize, rows: impl IntoIterator<Item = Vec<SqlValue>>) -> ReadBack {
+    let mut back = vec![None; n];
+    for mut row in rows {
+        if row.len() < 2 {
+            continue;
+        }
+        let rest = row.split_off(1);
+        let slot = match row.first() {
+            Some(SqlValue::Int(p)) => usize::try_from(*p - 1).ok().and_then(|i| back.get_mut(i)),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            *slot = Some(back_of(rest));
         }
     }
-    h.finish()
+    back
+}
+
+/// `(version, totals..)` of a returned row.
+fn back_of(mut rest: Vec<SqlValue>) -> Back {
+    let totals = rest.split_off(1.min(rest.len()));
+    let version = match rest.first() {
+        Some(SqlValue::Int(v)) => Some(*v),
+        _ => None,
+    };
+    let totals = totals
+        .into_iter()
+        .filter_map(|t| match t {
+            SqlValue::Int(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    Back { version, totals }
+}
+
+/// A map keyed by [`key_hash`], which is already mixed: no second hash.
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Mixed>>;
+
+/// Passes a [`key_hash`] through.
+#[derive(Default)]
+struct Mixed(u64);
+
+impl std::hash::Hasher for Mixed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(K);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A hash of a row's key values: cheap (a flush hashes every key twice)
+/// and good enough to bucket; equal hashes are compared by value.
+fn key_hash(kvals: &[SqlValue]) -> u64 {
+    let mut h: u64 = 0;
+    let mut mix = |tag: u64, x: u64| {
+        h = (h.rotate_left(5) ^ tag ^ x).wrapping_mul(K);
+    };
+    let bytes = |b: &[u8]| {
+        let mut x: u64 = b.len() as u64;
+        for c in b.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            x = (x.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        x
+    };
+    for v in kvals {
+        match v {
+            SqlValue::Null => mix(0, 0),
+            SqlValue::Int(i) => mix(1, *i as u64),
+            SqlValue::Float(f) => mix(2, f.to_bits()),
+            SqlValue::Text(s) => mix(3, bytes(s.as_bytes())),
+            SqlValue::Bytes(b) => mix(4, bytes(b)),
+            SqlValue::Bool(b) => mix(5, u64::from(*b)),
+            SqlValue::Uuid(b) => mix(6, bytes(b)),
+            SqlValue::Timestamp(t) => mix(7, *t as u64),
+            SqlValue::Json(s) => mix(8, bytes(s.as_bytes())),
+        }
+    }
+    // Spread the high bits into the low ones the table indexes by.
+    h ^ (h >> 29)
+}
+
+/// Key order for a round: by the key columns' values where they compare
+/// (the index's order), else by key text. Concurrent flushers lock rows in
+/// the same order (fewer deadlocks).
+fn key_order(a: &WRow, b: &WRow) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    for (x, y) in a.data.kvals.iter().zip(&b.data.kvals) {
+        let o = match (x, y) {
+            (SqlValue::Int(x), SqlValue::Int(y))
+            | (SqlValue::Timestamp(x), SqlValue::Timestamp(y)) => x.cmp(y),
+            (SqlValue::Text(x), SqlValue::Text(y)) => x.cmp(y),
+            (SqlValue::Bytes(x), SqlValue::Bytes(y)) => x.cmp(y),
+            (SqlValue::Uuid(x), SqlValue::Uuid(y)) => x.cmp(y),
+            _ => return a.data.key.cmp(&b.data.key),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    a.data.key.cmp(&b.data.key)
 }
 
 /// Splits rows into rounds in which no key (its column values) appears
@@ -119,7 +203,7 @@ fn key_hash(kvals: &[SqlValue]) -> u64 {
 /// counted by the hash of their key values: equal keys always land in
 /// different rounds; a hash collision only costs an extra statement.
 fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
-    let mut count: HashMap<u64, usize> = HashMap::with_capacity(rows.len());
+    let mut count: KeyMap<usize> = KeyMap::with_capacity_and_hasher(rows.len(), Default::default());
     let mut round = Vec::with_capacity(rows.len());
     let mut last = 0;
     for r in &rows {
@@ -604,8 +688,7 @@ impl<'a> Flush<'a> {
         }
         let w = self.w;
         let d = w.dialect();
-        // Key order: concurrent flushers lock rows in the same order (fewer deadlocks).
-        rows.sort_by(|a, b| a.data.key.cmp(&b.data.key));
+        rows.sort_unstable_by(key_order);
         let per_row = if group == Group::Delete {
             d.params_per_key()
         } else {
@@ -652,12 +735,12 @@ impl<'a> Flush<'a> {
             }
         }
         if let (Group::Write(mode), false) = (group, unread.is_empty()) {
-            let written: Vec<WRow> = unread
+            let written: Vec<&WRow> = unread
                 .iter()
-                .flat_map(|&(lo, hi)| rows[lo..hi].iter().cloned())
+                .flat_map(|&(lo, hi)| rows[lo..hi].iter())
                 .collect();
             let back = self.read_back(mode, &written).await?;
-            self.record(group, &written, Some(back), &mut lost);
+            self.record(group, written, Some(back), &mut lost);
         }
         Ok(lost)
     }
@@ -711,6 +794,13 @@ impl<'a> Flush<'a> {
                 };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
                 let st = d.write(mode, &data, returning, w.facts());
+                if returning && d.returns_positions(mode) {
+                    let rows = self
+                        .fetch_arrays(st, &d.ordinal_types(mode), "write")
+                        .await?;
+                    self.rows += rows.len() as u64;
+                    return Ok(Written::Returned(by_ordinal(chunk.len(), rows)));
+                }
                 if returning && d.backend == Backend::Postgres {
                     let types = d.returning_types(mode);
                     let rows = self.fetch_arrays(st, &types, "write").await?;
@@ -742,7 +832,7 @@ impl<'a> Flush<'a> {
 
     /// Versions (and totals) of `rows`, just written in this transaction,
     /// by position: SQLite and MySQL's stand-in for RETURNING.
-    async fn read_back(&mut self, mode: Mode, rows: &[WRow]) -> Result<ReadBack> {
+    async fn read_back(&mut self, mode: Mode, rows: &[&WRow]) -> Result<ReadBack> {
         let w = self.w;
         let d = w.dialect();
         let ntotals = if mode == Mode::Add {
@@ -829,10 +919,10 @@ impl<'a> Flush<'a> {
         Ok(back)
     }
 
-    fn record(
+    fn record<'r>(
         &mut self,
         group: Group,
-        chunk: &[WRow],
+        chunk: impl IntoIterator<Item = &'r WRow>,
         back: Option<ReadBack>,
         lost: &mut Vec<WRow>,
     ) {

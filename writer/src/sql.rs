@@ -484,6 +484,51 @@ impl Dialect {
         r.join(", ")
     }
 
+    /// PostgreSQL update-only `RETURNING`: the source row's position, the
+    /// version (NULL without one), and for `Add` the totals.
+    fn returning_ordinal(&self, mode: Mode) -> String {
+        let mut r = vec!["wb_src.wb_n AS wb_p".to_owned()];
+        r.push(match &self.v {
+            Some(v) => format!("{}.{v} AS wb_v", self.t),
+            None => "CAST(NULL AS int8) AS wb_v".to_owned(),
+        });
+        if mode == Mode::Add {
+            for (i, q) in self.qcols.iter().enumerate() {
+                r.push(format!("{}.{q} AS wb_c{i}", self.t));
+            }
+        }
+        r.join(", ")
+    }
+
+    /// The one-row aggregate of `returning_ordinal`'s rows.
+    fn pg_aggregate_ordinal(&self, mode: Mode, inner: String) -> String {
+        let mut aggs = vec!["array_agg(wb_p)".to_owned(), "array_agg(wb_v)".to_owned()];
+        if mode == Mode::Add {
+            aggs.extend((0..self.cols.len()).map(|i| format!("array_agg(wb_c{i})")));
+        }
+        format!(
+            "WITH wb_written AS ({inner}) SELECT {} FROM wb_written",
+            aggs.join(", ")
+        )
+    }
+
+    /// Whether a write's RETURNING names rows by position (`returning_ordinal`)
+    /// rather than by key: PostgreSQL's update-only writes.
+    pub(crate) fn returns_positions(&self, mode: Mode) -> bool {
+        self.backend == Backend::Postgres && self.update_only && mode != Mode::InsertIfAbsent
+    }
+
+    /// Types of a position-named returned row: position, version and, for
+    /// `Add`, the totals.
+    pub(crate) fn ordinal_types(&self, mode: Mode) -> Vec<SqlType> {
+        let n = if mode == Mode::Add {
+            self.cols.len()
+        } else {
+            0
+        };
+        vec![SqlType::BigInt; 2 + n]
+    }
+
     /// PostgreSQL: the one-row aggregate over `wb_written` (see `write`).
     fn pg_aggregate(&self, mode: Mode, inner: String) -> String {
         let mut aggs: Vec<String> = self
@@ -655,6 +700,13 @@ impl Dialect {
                     arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
                     aliases.push(format!("c{i}"));
                 }
+                // Rows come back by their position: no key to send back and match.
+                let ordinality = if returning {
+                    aliases.push("wb_n".to_owned());
+                    " WITH ORDINALITY"
+                } else {
+                    ""
+                };
                 let sets = self.sets(
                     mode,
                     |i, _| {
@@ -666,14 +718,14 @@ impl Dialect {
                     false,
                 );
                 let sql = format!(
-                    "UPDATE {t} SET {sets} FROM UNNEST({}) AS wb_src({}) WHERE {}",
+                    "UPDATE {t} SET {sets} FROM UNNEST({}){ordinality} AS wb_src({}) WHERE {}",
                     arrays.join(", "),
                     aliases.join(", "),
                     on.join(" AND ")
                 );
                 if returning {
-                    let sql = format!("{sql} RETURNING {}", self.returning_list(mode, true));
-                    self.pg_aggregate(mode, sql)
+                    let sql = format!("{sql} RETURNING {}", self.returning_ordinal(mode));
+                    self.pg_aggregate_ordinal(mode, sql)
                 } else {
                     sql
                 }
