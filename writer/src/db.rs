@@ -448,6 +448,28 @@ impl ConnRef<'_> {
         args: Vec<Arg>,
         types: &[SqlType],
     ) -> Result<Vec<Vec<SqlValue>>, sqlx::Error> {
+        let columns = self.fetch_columns(sql, args, types).await?;
+        let n = columns.first().map_or(0, Vec::len);
+        let mut iters: Vec<_> = columns.into_iter().map(Vec::into_iter).collect();
+        Ok((0..n)
+            .map(|_| {
+                iters
+                    .iter_mut()
+                    .map(|it| it.next().unwrap_or(SqlValue::Null))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// [`fetch_arrays`](Self::fetch_arrays) as the columns it read, one
+    /// vector per entry of `types` (no row is built).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub(crate) async fn fetch_columns(
+        self,
+        sql: &str,
+        args: Vec<Arg>,
+        types: &[SqlType],
+    ) -> Result<Vec<Vec<SqlValue>>, sqlx::Error> {
         match self {
             #[cfg(feature = "postgres")]
             ConnRef::Pg(c) => {
@@ -479,16 +501,7 @@ impl ConnRef<'_> {
                         SqlType::Bool => wrap(row.try_get(i)?, |v| Ok(SqlValue::Bool(v)))?,
                     });
                 }
-                let n = columns.first().map_or(0, Vec::len);
-                let mut iters: Vec<_> = columns.into_iter().map(Vec::into_iter).collect();
-                Ok((0..n)
-                    .map(|_| {
-                        iters
-                            .iter_mut()
-                            .map(|it| it.next().unwrap_or(SqlValue::Null))
-                            .collect()
-                    })
-                    .collect())
+                Ok(columns)
             }
             #[allow(unreachable_patterns)]
             _ => Err(sqlx::Error::Protocol(

@@ -36,7 +36,7 @@ const READ_BACK_BYTES: usize = 4 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Back {
     version: Option<i64>,
-    totals: Vec<i64>,
+    totals: Arc<[i64]>,
 }
 
 /// What the database holds after a write, aligned with the written rows.
@@ -84,21 +84,28 @@ fn by_position(
     back
 }
 
-/// RETURNING rows `(position, version[, totals])`, positions 1-based in
-/// the statement's rows (PostgreSQL's `WITH ORDINALITY`).
-fn by_ordinal(n: usize, rows: impl IntoIterator<Item = Vec<SqlValue>>) -> ReadBack {
-    let mut back = vec![None; n];
-    for mut row in rows {
-        if row.len() < 2 {
-            continue;
-        }
-        let rest = row.split_off(1);
-        let slot = match row.first() {
-            Some(SqlValue::Int(p)) => usize::try_from(*p - 1).ok().and_then(|i| back.get_mut(i)),
-            _ => None,
-        };
+/// RETURNING columns `(position, version[, totals..])`, positions 1-based
+/// in the statement's rows (PostgreSQL's `WITH ORDINALITY`).
+fn by_ordinal(n: usize, columns: Vec<Vec<SqlValue>>) -> ReadBack {
+    let mut back: ReadBack = vec![None; n];
+    let mut cols = columns.into_iter();
+    let (Some(positions), versions) = (cols.next(), cols.next().unwrap_or_default()) else {
+        return back;
+    };
+    let totals: Vec<Vec<SqlValue>> = cols.collect();
+    let int = |v: Option<&SqlValue>| match v {
+        Some(SqlValue::Int(i)) => Some(*i),
+        _ => None,
+    };
+    for (j, p) in positions.iter().enumerate() {
+        let slot = int(Some(p))
+            .and_then(|p| usize::try_from(p - 1).ok())
+            .and_then(|i| back.get_mut(i));
         if let Some(slot) = slot {
-            *slot = Some(back_of(rest));
+            *slot = Some(Back {
+                version: int(versions.get(j)),
+                totals: totals.iter().filter_map(|c| int(c.get(j))).collect(),
+            });
         }
     }
     back
@@ -203,17 +210,24 @@ fn key_order(a: &WRow, b: &WRow) -> std::cmp::Ordering {
 /// counted by the hash of their key values: equal keys always land in
 /// different rounds; a hash collision only costs an extra statement.
 fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
-    let mut count: KeyMap<usize> = KeyMap::with_capacity_and_hasher(rows.len(), Default::default());
-    let mut round = Vec::with_capacity(rows.len());
-    let mut last = 0;
-    for r in &rows {
-        let n = count.entry(key_hash(&r.data.kvals)).or_insert(0);
-        round.push(*n);
-        last = last.max(*n);
-        *n += 1;
-    }
-    if last == 0 {
+    // Sorted hashes, not a hash map: a flush's keys are mostly distinct,
+    // and a map of them costs a cache miss per key.
+    let mut hashes: Vec<(u64, usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (key_hash(&r.data.kvals), i))
+        .collect();
+    hashes.sort_unstable();
+    if hashes.windows(2).all(|w| w[0].0 != w[1].0) {
         return vec![rows];
+    }
+    let mut round = vec![0usize; rows.len()];
+    let mut last = 0;
+    for (j, &(h, i)) in hashes.iter().enumerate() {
+        if j > 0 && hashes[j - 1].0 == h {
+            round[i] = round[hashes[j - 1].1] + 1;
+            last = last.max(round[i]);
+        }
     }
     let mut out: Vec<Vec<WRow>> = (0..=last).map(|_| Vec::new()).collect();
     for (r, n) in rows.into_iter().zip(round) {
@@ -335,6 +349,21 @@ impl<'a> Flush<'a> {
         self.tx()?
             .conn()
             .fetch_arrays(&sql, args, types)
+            .await
+            .map_err(Error::sql(self.context(ctx)))
+    }
+
+    async fn fetch_columns(
+        &mut self,
+        st: Stmt,
+        types: &[SqlType],
+        ctx: &str,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        self.statements += 1;
+        let Stmt { sql, args } = st;
+        self.tx()?
+            .conn()
+            .fetch_columns(&sql, args, types)
             .await
             .map_err(Error::sql(self.context(ctx)))
     }
@@ -795,11 +824,11 @@ impl<'a> Flush<'a> {
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
                 let st = d.write(mode, &data, returning, w.facts());
                 if returning && d.returns_positions(mode) {
-                    let rows = self
-                        .fetch_arrays(st, &d.ordinal_types(mode), "write")
+                    let cols = self
+                        .fetch_columns(st, &d.ordinal_types(mode), "write")
                         .await?;
-                    self.rows += rows.len() as u64;
-                    return Ok(Written::Returned(by_ordinal(chunk.len(), rows)));
+                    self.rows += cols.first().map_or(0, Vec::len) as u64;
+                    return Ok(Written::Returned(by_ordinal(chunk.len(), cols)));
                 }
                 if returning && d.backend == Backend::Postgres {
                     let types = d.returning_types(mode);
@@ -864,7 +893,10 @@ impl<'a> Flush<'a> {
                     .ok()
                     .and_then(|p| back.get_mut(lo + p).filter(|_| p < hi - lo))
                     .ok_or_else(|| bad(format!("read back: position {pos} out of range")))?;
-                *slot = Some(Back { version, totals });
+                *slot = Some(Back {
+                    version,
+                    totals: Arc::from(totals),
+                });
                 Ok::<(), Error>(())
             };
             if d.backend == Backend::Sqlite {
@@ -941,9 +973,7 @@ impl<'a> Flush<'a> {
                 Some(Back { version, totals }) => ItemOutcome::Written {
                     version,
                     value: match mode {
-                        Mode::Add if delta && !totals.is_empty() => {
-                            Some(Value::Ints(Arc::from(totals)))
-                        }
+                        Mode::Add if delta && !totals.is_empty() => Some(Value::Ints(totals)),
                         Mode::Add => totals.first().map(|t| Value::Int(*t)),
                         Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),
                     },
@@ -1098,5 +1128,72 @@ impl<'a> Flush<'a> {
             });
         }
         crate::local::append(&path, &lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(idx: usize, key: &str, k: i64) -> WRow {
+        WRow {
+            idx,
+            data: RowData {
+                key: Key::from(key),
+                kvals: vec![SqlValue::Int(k)],
+                cols: Vec::new(),
+            },
+            report: Value::Int(0),
+            version_after: None,
+        }
+    }
+
+    /// Two texts of one key value land in different rounds, in cut order.
+    #[test]
+    fn rounds_split_equal_key_values() {
+        let rows = vec![
+            row(0, "1", 1),
+            row(1, "2", 2),
+            row(2, "01", 1),
+            row(3, "001", 1),
+        ];
+        let idx: Vec<Vec<usize>> = rounds(rows)
+            .iter()
+            .map(|r| r.iter().map(|w| w.idx).collect())
+            .collect();
+        assert_eq!(idx, vec![vec![0, 1], vec![2], vec![3]]);
+        let one = rounds(vec![row(0, "1", 1), row(1, "2", 2)]);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].len(), 2);
+    }
+
+    /// Positions map returned columns to rows; rows not returned stay `None`.
+    #[test]
+    fn ordinals_align_returned_columns() {
+        let cols = vec![
+            vec![SqlValue::Int(3), SqlValue::Int(1), SqlValue::Int(9)],
+            vec![SqlValue::Null, SqlValue::Null, SqlValue::Null],
+            vec![SqlValue::Int(30), SqlValue::Int(10), SqlValue::Int(90)],
+            vec![SqlValue::Int(31), SqlValue::Int(11), SqlValue::Int(91)],
+        ];
+        let back = by_ordinal(3, cols);
+        let want = |a: i64, b: i64| {
+            Some(Back {
+                version: None,
+                totals: Arc::from(vec![a, b]),
+            })
+        };
+        assert_eq!(back, vec![want(10, 11), None, want(30, 31)]);
+        assert_eq!(by_ordinal(2, Vec::new()), vec![None, None]);
+    }
+
+    /// Integer keys sort by value, not by text.
+    #[test]
+    fn key_order_follows_key_values() {
+        let mut rows = vec![row(0, "10", 10), row(1, "9", 9), row(2, "100", 100)];
+        rows.sort_unstable_by(key_order);
+        let keys: Vec<&str> = rows.iter().map(|r| &*r.data.key).collect();
+        assert_eq!(keys, vec!["9", "10", "100"]);
     }
 }
