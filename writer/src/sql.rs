@@ -293,9 +293,6 @@ impl Dialect {
     pub(crate) fn rows_per_statement(&self, configured: Option<usize>, per_row: usize) -> usize {
         let (default, cap) = match self.backend {
             Backend::Postgres => (5_000, usize::MAX),
-            // Update-only statements on MySQL match keys in a CASE per
-            // column: keep them short.
-            Backend::MySql if self.update_only => (500, MYSQL_MAX_PARAMS / per_row.max(1)),
             Backend::MySql => (2_000, MYSQL_MAX_PARAMS / per_row.max(1)),
             Backend::Sqlite => (5_000, SQLITE_MAX_PARAMS / per_row.max(1)),
         };
@@ -304,11 +301,7 @@ impl Dialect {
 
     /// Bind parameters per written row on the VALUES backends.
     pub(crate) fn params_per_row(&self) -> usize {
-        if self.update_only && self.backend == Backend::MySql {
-            self.keys.len() * (1 + self.cols.len()) + self.cols.len()
-        } else {
-            self.keys.len() + self.cols.len()
-        }
+        self.keys.len() + self.cols.len()
     }
 
     /// Bind parameters per key in a key filter.

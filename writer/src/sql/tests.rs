@@ -91,21 +91,26 @@ fn mysql_read_back_uses_the_key_collation() {
     );
 }
 
-/// Update-only on MySQL compares keys with parameters only (no
-/// collation mix) and never inserts.
+/// Update-only on MySQL joins the rows as a derived table whose text key
+/// carries the column's collation, and never inserts.
 #[test]
 fn mysql_update_only_is_an_update() {
     let d = posts(WriteMode::UpdateOnly);
-    let a = row("a");
-    let st = d.write(Mode::Add, &[&a], false, &Facts::default());
+    let (a, b) = (row("a"), row("b"));
+    let facts = Facts {
+        row_alias: false,
+        key_charsets: vec![Some(("utf8mb4".into(), "utf8mb4_unicode_ci".into()))],
+    };
+    let st = d.write(Mode::Add, &[&a, &b], false, &facts);
     assert_eq!(
         st.sql,
-        "UPDATE `posts` SET `posts`.`views` = `posts`.`views` + CASE WHEN `posts`.`id` = ? THEN ? ELSE 0 END, \
-         `posts`.`likes` = `posts`.`likes` + CASE WHEN `posts`.`id` = ? THEN ? ELSE 0 END \
-         WHERE `posts`.`id` IN (?)"
+        "UPDATE `posts` JOIN (SELECT CAST(? AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_unicode_ci AS k0, \
+         ? AS c0, ? AS c1 UNION ALL SELECT ?, ?, ?) AS wb_src ON `posts`.`id` = wb_src.k0 \
+         SET `posts`.`views` = `posts`.`views` + wb_src.c0, `posts`.`likes` = `posts`.`likes` + wb_src.c1"
     );
-    assert_eq!(st.args.len(), 5);
+    assert_eq!(st.args.len(), 6);
 }
+
 /// `text` stays the only place in this crate that vouches for SQL.
 #[test]
 fn only_this_file_asserts_sql_is_safe() {

@@ -5,7 +5,7 @@ use super::{
     array, array_of, pg_array_type, scalar, Dialect, Facts, KeyVals, Mode, Ph, RowData, Stmt,
 };
 use crate::ident::Backend;
-use crate::schema::{SqlType, SqlValue};
+use crate::schema::SqlType;
 
 impl Dialect {
     /// `SET` items of a write: `c = <new>` or `c = t.c + <new>`, then the version.
@@ -143,7 +143,7 @@ impl Dialect {
         facts: &Facts,
     ) -> Stmt {
         if self.update_only && mode != Mode::InsertIfAbsent {
-            return self.update(mode, rows, returning);
+            return self.update(mode, rows, returning, facts);
         }
         let t = &self.t;
         let pg = self.backend == Backend::Postgres;
@@ -259,7 +259,7 @@ impl Dialect {
     /// Δ`; `Set`: `c = new`), version + 1. Keys matching no row change
     /// nothing; the caller learns which from RETURNING (PostgreSQL) or the
     /// read-back (SQLite, MySQL).
-    fn update(&self, mode: Mode, rows: &[&RowData], returning: bool) -> Stmt {
+    fn update(&self, mode: Mode, rows: &[&RowData], returning: bool, facts: &Facts) -> Stmt {
         let t = &self.t;
         let mut ph = Ph::new(self.backend);
         let mut args = Vec::new();
@@ -344,35 +344,72 @@ impl Dialect {
                 )
             }
             Backend::MySql => {
-                // Keys are compared with bind parameters only: a parameter
-                // takes the collation of the column it meets, whatever it is.
-                let keys: Vec<&KeyVals> = rows.iter().map(|r| &r.kvals[..]).collect();
-                let lhs = self.key_tuple(&self.tkeys());
-                let mut sets = Vec::new();
-                for ((i, c), q) in self.cols.iter().enumerate().zip(&self.qcols) {
-                    let mut case = String::from("CASE");
-                    for r in rows {
-                        let k = self.key_placeholders(&r.kvals, &mut ph, &mut args);
-                        args.push(scalar(r.cols.get(i).unwrap_or(&SqlValue::Null), c.ty));
-                        case.push_str(&format!(" WHEN {lhs} = {k} THEN {}", self.wx(c.ty, "?")));
-                    }
-                    case.push_str(&format!(
-                        " ELSE {} END",
-                        match mode {
-                            Mode::Add => "0".to_owned(),
-                            _ => format!("{t}.{q}"),
-                        }
-                    ));
-                    sets.push(match mode {
-                        Mode::Add => format!("{t}.{q} = {t}.{q} + {case}"),
-                        _ => format!("{t}.{q} = {case}"),
+                // The rows as a derived table joined by key. Its first row
+                // gives each text key the table column's character set and
+                // collation (`facts`): two collations cannot be compared
+                // (error 1267).
+                let per_row = self.keys.len() + self.cols.len();
+                let mut src = String::with_capacity(rows.len() * (per_row * 3 + 18));
+                args.reserve(rows.len() * per_row);
+                for (n, r) in rows.iter().enumerate() {
+                    src.push_str(if n == 0 {
+                        "SELECT "
+                    } else {
+                        " UNION ALL SELECT "
                     });
+                    let keys = self.keys.iter().zip(&r.kvals).enumerate();
+                    for (i, (c, v)) in keys {
+                        if i > 0 {
+                            src.push_str(", ");
+                        }
+                        args.push(scalar(v, c.ty));
+                        let x = self.wx(c.ty, "?");
+                        if n > 0 {
+                            src.push_str(&x);
+                            continue;
+                        }
+                        let x = match (c.ty, facts.key_charsets.get(i).cloned().flatten()) {
+                            (SqlType::Text, Some((cs, coll))) => {
+                                format!("CAST({x} AS CHAR CHARACTER SET {cs}) COLLATE {coll}")
+                            }
+                            _ => x,
+                        };
+                        src.push_str(&format!("{x} AS k{i}"));
+                    }
+                    for (i, (c, v)) in self.cols.iter().zip(&r.cols).enumerate() {
+                        args.push(scalar(v, c.ty));
+                        let x = self.wx(c.ty, "?");
+                        if n > 0 {
+                            src.push_str(", ");
+                            src.push_str(&x);
+                        } else {
+                            src.push_str(&format!(", {x} AS c{i}"));
+                        }
+                    }
                 }
+                let on: Vec<String> = self
+                    .qkeys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| format!("{t}.{q} = wb_src.k{i}"))
+                    .collect();
+                let mut sets: Vec<String> = self
+                    .qcols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| match mode {
+                        Mode::Add => format!("{t}.{q} = {t}.{q} + wb_src.c{i}"),
+                        _ => format!("{t}.{q} = wb_src.c{i}"),
+                    })
+                    .collect();
                 if let Some(v) = &self.v {
                     sets.push(format!("{t}.{v} = {t}.{v} + 1"));
                 }
-                let filter = self.key_filter(&keys, &mut ph, &mut args);
-                format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "))
+                format!(
+                    "UPDATE {t} JOIN ({src}) AS wb_src ON {} SET {}",
+                    on.join(" AND "),
+                    sets.join(", ")
+                )
             }
         };
         Stmt { sql, args }
