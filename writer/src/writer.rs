@@ -198,7 +198,8 @@ impl Writer {
         &self.inner.cfg
     }
 
-    /// The pool (the `NOTIFY` side of `notify.rs`, the schema check).
+    /// The pool (the `NOTIFY` side of `notify.rs`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
     }
