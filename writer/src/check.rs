@@ -247,11 +247,7 @@ impl Writer {
     }
 
     async fn query_rows(&self, st: Stmt, types: &[SqlType]) -> Result<Vec<Vec<SqlValue>>> {
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(Error::sql("check_schema: connect"))?;
+        let mut conn = self.connect_for("check_schema").await?;
         let Stmt { sql, args } = st;
         conn.conn()
             .fetch(&sql, args, types)

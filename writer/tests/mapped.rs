@@ -62,6 +62,7 @@ suite!(
     schema_check_names_table_column_expected_and_found,
     tables_created_from_the_mapping_pass_the_check,
     case_insensitive_key_collation_reads_back,
+    update_only_with_a_case_insensitive_text_key,
     bookkeeping_tables_take_the_prefix,
 );
 
@@ -951,6 +952,61 @@ mod cases {
                 Some((Value::Bytes(Arc::from(want.as_bytes())), 0))
             )]
         );
+        w.close().await;
+    }
+
+    /// Update-only on a text key whose column has its own collation: the
+    /// rows join by key (MySQL compares them in the column's collation).
+    pub async fn update_only_with_a_case_insensitive_text_key(fx: &Fixture) {
+        let t = fx.name("tposts");
+        let key_type = match fx.backend {
+            Backend::MySql => "VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+            _ => "TEXT",
+        };
+        sql(
+            fx,
+            &format!(
+                "CREATE TABLE {} (k {key_type} PRIMARY KEY, views BIGINT NOT NULL, likes BIGINT NOT NULL)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        sql(
+            fx,
+            &format!(
+                "INSERT INTO {} (k, views, likes) VALUES ('Straße', 5, 0), ('b', 0, 1)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        let spec = TableSpec::record(&t, post_counters())
+            .unwrap()
+            .key(TextKey::named("k").unwrap())
+            .version_column(None)
+            .unwrap()
+            .mode(WriteMode::UpdateOnly);
+        let w = open(fx, spec).await;
+        let r = w
+            .flush(&cut(
+                1,
+                vec![
+                    item("Straße", cols(&[1, 2]), Expected::Any),
+                    item("none", cols(&[1, 1]), Expected::Any),
+                    item("b", cols(&[3, 0]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.outcomes,
+            vec![
+                unversioned(ints(&[6, 2])),
+                ItemOutcome::DeadLettered,
+                unversioned(ints(&[3, 1])),
+            ]
+        );
+        assert_eq!(r.dead_letters.len(), 1);
+        assert_eq!(r.dead_letters[0].key, key("none"));
         w.close().await;
     }
 

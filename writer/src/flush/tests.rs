@@ -1,0 +1,74 @@
+//! Rounds, positions and key order.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use writebehind_core::{Key, Value};
+
+use super::chunks::{key_order, rounds};
+use super::readback::{by_ordinal, Back};
+use crate::rows::WRow;
+use crate::schema::SqlValue;
+use crate::sql::RowData;
+
+fn row(idx: usize, key: &str, k: i64) -> WRow {
+    WRow {
+        idx,
+        data: RowData {
+            key: Key::from(key),
+            kvals: vec![SqlValue::Int(k)],
+            cols: Vec::new(),
+        },
+        report: Value::Int(0),
+        version_after: None,
+    }
+}
+
+/// Two texts of one key value land in different rounds, in cut order.
+#[test]
+fn rounds_split_equal_key_values() {
+    let rows = vec![
+        row(0, "1", 1),
+        row(1, "2", 2),
+        row(2, "01", 1),
+        row(3, "001", 1),
+    ];
+    let idx: Vec<Vec<usize>> = rounds(rows)
+        .iter()
+        .map(|r| r.iter().map(|w| w.idx).collect())
+        .collect();
+    assert_eq!(idx, vec![vec![0, 1], vec![2], vec![3]]);
+    let one = rounds(vec![row(0, "1", 1), row(1, "2", 2)]);
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].len(), 2);
+}
+
+/// Positions map returned columns to rows; rows not returned stay `None`.
+#[test]
+fn ordinals_align_returned_columns() {
+    let cols = vec![
+        vec![SqlValue::Int(3), SqlValue::Int(1), SqlValue::Int(9)],
+        vec![SqlValue::Null, SqlValue::Null, SqlValue::Null],
+        vec![SqlValue::Int(30), SqlValue::Int(10), SqlValue::Int(90)],
+        vec![SqlValue::Int(31), SqlValue::Int(11), SqlValue::Int(91)],
+    ];
+    let back = by_ordinal(3, cols);
+    let want = |a: i64, b: i64| {
+        Some(Back {
+            version: None,
+            totals: Arc::from(vec![a, b]),
+        })
+    };
+    assert_eq!(back, vec![want(10, 11), None, want(30, 31)]);
+    assert_eq!(by_ordinal(2, Vec::new()), vec![None, None]);
+}
+
+/// Integer keys sort by value, not by text.
+#[test]
+fn key_order_follows_key_values() {
+    let mut rows = [row(0, "10", 10), row(1, "9", 9), row(2, "100", 100)];
+    rows.sort_unstable_by(key_order);
+    let keys: Vec<&str> = rows.iter().map(|r| &*r.data.key).collect();
+    assert_eq!(keys, vec!["9", "10", "100"]);
+}
