@@ -1,9 +1,9 @@
-//! One flush transaction: the progress row, the change groups in chunks,
+//! One flush transaction: the progress row, the statement kinds in chunks,
 //! bad rows isolated by halving and dead-lettered, the logs, the commit.
 //!
 //! This file: the transaction from lock to commit. By job: `items.rs` (a
-//! cut's items into write groups, conditional ones on locked rows),
-//! `chunks.rs` (a group as statements, bad rows isolated), `readback.rs`
+//! cut's items into statement kinds, conditional ones on locked rows),
+//! `chunks.rs` (a statement kind as statements, bad rows isolated), `readback.rs`
 //! (what the written rows hold afterwards: outcomes), `logs.rs` (conflict
 //! and dead-letter rows).
 
@@ -25,7 +25,7 @@ use crate::sql::{Mode, Stmt};
 use crate::writer::{DeadLetter, FlushReport, Inner};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Group {
+enum StmtKind {
     Write(Mode),
     Delete,
 }
@@ -276,13 +276,13 @@ impl<'a> Flush<'a> {
 
         let cut = self.cut;
         let mut g = self.classify();
-        self.run_group(Group::Write(Mode::Add), std::mem::take(&mut g.adds))
+        self.run_kind(StmtKind::Write(Mode::Add), std::mem::take(&mut g.adds))
             .await?;
         let mut pending = self.decide_conditional(&mut g).await?;
 
         let lost = self
-            .run_group(
-                Group::Write(Mode::InsertIfAbsent),
+            .run_kind(
+                StmtKind::Write(Mode::InsertIfAbsent),
                 std::mem::take(&mut g.inserts),
             )
             .await?;
@@ -300,9 +300,9 @@ impl<'a> Flush<'a> {
 
         self.settle_conflicts(pending, &mut g.sets, &mut g.deletes);
 
-        self.run_group(Group::Write(Mode::Set), std::mem::take(&mut g.sets))
+        self.run_kind(StmtKind::Write(Mode::Set), std::mem::take(&mut g.sets))
             .await?;
-        self.run_group(Group::Delete, std::mem::take(&mut g.deletes))
+        self.run_kind(StmtKind::Delete, std::mem::take(&mut g.deletes))
             .await?;
         self.write_logs().await?;
         self.exec(

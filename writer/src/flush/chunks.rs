@@ -1,11 +1,11 @@
-//! A write group as statements: rounds in which no key appears twice,
-//! chunks of a round in key order, a failing chunk halved until its bad row
+//! The rows of one statement kind as statements: passes in which no key appears twice,
+//! chunks of a pass in key order, a failing chunk halved until its bad row
 //! is alone, and the one statement per chunk.
 
 use std::collections::HashMap;
 
-use super::readback::{by_ordinal, by_position, Written};
-use super::{Flush, Group, SAVEPOINT};
+use super::readback::{by_key_columns, by_ordinal, Written};
+use super::{Flush, StmtKind, SAVEPOINT};
 use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::rows::WRow;
@@ -68,7 +68,7 @@ pub(super) fn key_hash(kvals: &[SqlValue]) -> u64 {
     h ^ (h >> 29)
 }
 
-/// Key order for a round: by the key columns' values where they compare
+/// Key order for a pass: by the key columns' values where they compare
 /// (the index's order), else by key text. Concurrent flushers lock rows in
 /// the same order (fewer deadlocks).
 pub(super) fn key_order(a: &WRow, b: &WRow) -> std::cmp::Ordering {
@@ -89,11 +89,11 @@ pub(super) fn key_order(a: &WRow, b: &WRow) -> std::cmp::Ordering {
     a.data.key.cmp(&b.data.key)
 }
 
-/// Splits rows into rounds in which no key (its column values) appears
+/// Splits rows into passes in which no key (its column values) appears
 /// twice: a multi-row upsert must not touch one row twice. Rows are
 /// counted by the hash of their key values: equal keys always land in
-/// different rounds; a hash collision only costs an extra statement.
-pub(super) fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
+/// different passes; a hash collision only costs an extra statement.
+pub(super) fn passes(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
     // Sorted hashes, not a hash map: a flush's keys are mostly distinct,
     // and a map of them costs a cache miss per key.
     let mut hashes: Vec<(u64, usize)> = rows
@@ -105,41 +105,41 @@ pub(super) fn rounds(rows: Vec<WRow>) -> Vec<Vec<WRow>> {
     if hashes.windows(2).all(|w| w[0].0 != w[1].0) {
         return vec![rows];
     }
-    let mut round = vec![0usize; rows.len()];
+    let mut pass = vec![0usize; rows.len()];
     let mut last = 0;
     for (j, &(h, i)) in hashes.iter().enumerate() {
         if j > 0 && hashes[j - 1].0 == h {
-            round[i] = round[hashes[j - 1].1] + 1;
-            last = last.max(round[i]);
+            pass[i] = pass[hashes[j - 1].1] + 1;
+            last = last.max(pass[i]);
         }
     }
     let mut out: Vec<Vec<WRow>> = (0..=last).map(|_| Vec::new()).collect();
-    for (r, n) in rows.into_iter().zip(round) {
+    for (r, n) in rows.into_iter().zip(pass) {
         out[n].push(r);
     }
     out
 }
 
 impl Flush<'_> {
-    /// Runs a group in rounds in which no key appears twice.
-    pub(super) async fn run_group(&mut self, group: Group, rows: Vec<WRow>) -> Result<Vec<WRow>> {
+    /// Runs a statement kind in passes in which no key appears twice.
+    pub(super) async fn run_kind(&mut self, kind: StmtKind, rows: Vec<WRow>) -> Result<Vec<WRow>> {
         let mut lost = Vec::new();
-        for round in rounds(rows) {
-            lost.extend(self.run_round(group, round).await?);
+        for pass in passes(rows) {
+            lost.extend(self.run_pass(kind, pass).await?);
         }
         Ok(lost)
     }
 
-    /// Runs a round in chunks, isolating permanently failing rows. Returns
+    /// Runs a pass in chunks, isolating permanently failing rows. Returns
     /// the rows an `InsertIfAbsent` did not insert (the key existed).
-    async fn run_round(&mut self, group: Group, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
+    async fn run_pass(&mut self, kind: StmtKind, mut rows: Vec<WRow>) -> Result<Vec<WRow>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let w = self.w;
         let d = w.dialect();
         rows.sort_unstable_by(key_order);
-        let per_row = if group == Group::Delete {
+        let per_row = if kind == StmtKind::Delete {
             d.params_per_key()
         } else {
             d.params_per_row()
@@ -151,15 +151,15 @@ impl Flush<'_> {
             .collect();
         stack.reverse();
         let mut lost = Vec::new();
-        // Written without RETURNING and to be read back after the group.
+        // Written without RETURNING and to be read back after the statement kind.
         let mut unread: Vec<(usize, usize)> = Vec::new();
         while let Some((lo, hi)) = stack.pop() {
-            match self.run_chunk(group, &rows[lo..hi]).await {
+            match self.run_chunk(kind, &rows[lo..hi]).await {
                 Ok(Written::Returned(back)) => {
-                    self.record(group, &rows[lo..hi], Some(back), &mut lost)
+                    self.record(kind, &rows[lo..hi], Some(back), &mut lost)
                 }
                 Ok(Written::ReadLater) => unread.push((lo, hi)),
-                Ok(Written::Done) => self.record(group, &rows[lo..hi], None, &mut lost),
+                Ok(Written::Done) => self.record(kind, &rows[lo..hi], None, &mut lost),
                 Err(e)
                     if e.is_row_error() && d.backend == Backend::Postgres && !self.savepoints =>
                 {
@@ -184,19 +184,19 @@ impl Flush<'_> {
                 Err(e) => return Err(e),
             }
         }
-        if let (Group::Write(mode), false) = (group, unread.is_empty()) {
+        if let (StmtKind::Write(mode), false) = (kind, unread.is_empty()) {
             let written: Vec<&WRow> = unread
                 .iter()
                 .flat_map(|&(lo, hi)| rows[lo..hi].iter())
                 .collect();
             let back = self.read_back(mode, &written).await?;
-            self.record(group, written, Some(back), &mut lost);
+            self.record(kind, written, Some(back), &mut lost);
         }
         Ok(lost)
     }
 
     /// One statement, undone alone on failure.
-    async fn run_chunk(&mut self, group: Group, chunk: &[WRow]) -> Result<Written> {
+    async fn run_chunk(&mut self, kind: StmtKind, chunk: &[WRow]) -> Result<Written> {
         let d = self.w.dialect();
         // PostgreSQL aborts the whole transaction on an error; SQLite and
         // InnoDB undo just the failed statement, so only PostgreSQL needs a savepoint.
@@ -204,7 +204,7 @@ impl Flush<'_> {
         if savepoint {
             self.raw(&format!("SAVEPOINT {SAVEPOINT}")).await?;
         }
-        let result = self.chunk_statement(group, chunk).await;
+        let result = self.chunk_statement(kind, chunk).await;
         if savepoint {
             match &result {
                 Ok(_) => self.raw(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?,
@@ -219,24 +219,24 @@ impl Flush<'_> {
         result
     }
 
-    async fn chunk_statement(&mut self, group: Group, chunk: &[WRow]) -> Result<Written> {
+    async fn chunk_statement(&mut self, kind: StmtKind, chunk: &[WRow]) -> Result<Written> {
         let w = self.w;
         let d = w.dialect();
-        match group {
-            Group::Delete => {
+        match kind {
+            StmtKind::Delete => {
                 let keys: Vec<&[SqlValue]> = chunk.iter().map(|r| &r.data.kvals[..]).collect();
                 let n = self.exec(d.delete(&keys), "delete").await?;
                 self.rows += n;
                 Ok(Written::Done)
             }
-            Group::Write(mode) => {
+            StmtKind::Write(mode) => {
                 let report = w.cfg().report_values;
                 // Update-only writes must learn which keys matched a row.
                 let must_read = mode == Mode::InsertIfAbsent || d.update_only();
                 // RETURNING where it is cheap: PostgreSQL always; SQLite only
                 // to learn which rows an InsertIfAbsent inserted, since its
                 // RETURNING costs as much as the write (the rest is read back
-                // after the group); MySQL has none with ON DUPLICATE KEY.
+                // after the statement kind); MySQL has none with ON DUPLICATE KEY.
                 let returning = match d.backend {
                     Backend::MySql => false,
                     Backend::Sqlite => mode == Mode::InsertIfAbsent,
@@ -259,7 +259,7 @@ impl Flush<'_> {
                         _ if d.update_only() => rows.len() as u64,
                         _ => chunk.len() as u64,
                     };
-                    return Ok(Written::Returned(by_position(w, chunk, rows)));
+                    return Ok(Written::Returned(by_key_columns(w, chunk, rows)));
                 }
                 if returning {
                     let rows = self.fetch(st, &d.returning_types(mode), "write").await?;
@@ -267,7 +267,7 @@ impl Flush<'_> {
                         Mode::InsertIfAbsent => rows.len() as u64,
                         _ => chunk.len() as u64,
                     };
-                    return Ok(Written::Returned(by_position(w, chunk, rows)));
+                    return Ok(Written::Returned(by_key_columns(w, chunk, rows)));
                 }
                 self.exec(st, "write").await?;
                 self.rows += chunk.len() as u64;

@@ -1,4 +1,4 @@
-//! A cut's items sorted into write groups: counter adds, unconditional puts
+//! A cut's items sorted into statement kinds: counter adds, unconditional puts
 //! and deletes, and the conditional ones, decided on their rows read locked.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ pub(super) struct Groups {
 pub(super) type Pending = (usize, Option<WRow>, Option<DbRow>);
 
 impl Flush<'_> {
-    /// Sorts the cut's items into groups; an item whose key or change the
+    /// Sorts the cut's items by statement kind; an item whose key or change the
     /// table cannot take is dead-lettered.
     pub(super) fn classify(&mut self) -> Groups {
         let w = self.w;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use writebehind_core::{ItemOutcome, Value};
 
 use super::chunks::{key_hash, KeyMap};
-use super::{Flush, Group, NO_ROW};
+use super::{Flush, StmtKind, NO_ROW};
 use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::rows::WRow;
@@ -36,7 +36,7 @@ pub(super) type ReadBack = Vec<Option<Back>>;
 pub(super) enum Written {
     /// From the statement itself (RETURNING).
     Returned(ReadBack),
-    /// To be read back after the group, in the same transaction.
+    /// To be read back after the statement kind, in the same transaction.
     ReadLater,
     /// Not at all (deletes; `report_values(false)`).
     Done,
@@ -44,8 +44,8 @@ pub(super) enum Written {
 
 /// RETURNING rows `(key columns, version[, totals])` aligned with `chunk`
 /// by the key columns' values (not by key text: two texts may name one row).
-/// The rows of `chunk` come from one round, so their key hashes differ.
-pub(super) fn by_position(
+/// The rows of `chunk` come from one pass, so their key hashes differ.
+pub(super) fn by_key_columns(
     w: &Inner,
     chunk: &[WRow],
     rows: impl IntoIterator<Item = Vec<SqlValue>>,
@@ -211,12 +211,12 @@ impl Flush<'_> {
 
     pub(super) fn record<'r>(
         &mut self,
-        group: Group,
+        kind: StmtKind,
         chunk: impl IntoIterator<Item = &'r WRow>,
         back: Option<ReadBack>,
         lost: &mut Vec<WRow>,
     ) {
-        let Group::Write(mode) = group else {
+        let StmtKind::Write(mode) = kind else {
             for r in chunk {
                 self.outcomes[r.idx] = Some(ItemOutcome::Deleted);
             }

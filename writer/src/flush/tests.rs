@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use writebehind_core::{Key, Value};
 
-use super::chunks::{key_order, rounds};
+use super::chunks::{key_order, passes};
 use super::readback::{by_ordinal, Back};
 use crate::rows::WRow;
 use crate::schema::SqlValue;
@@ -25,21 +25,21 @@ fn row(idx: usize, key: &str, k: i64) -> WRow {
     }
 }
 
-/// Two texts of one key value land in different rounds, in cut order.
+/// Two texts of one key value land in different passes, in cut order.
 #[test]
-fn rounds_split_equal_key_values() {
+fn passes_split_equal_key_values() {
     let rows = vec![
         row(0, "1", 1),
         row(1, "2", 2),
         row(2, "01", 1),
         row(3, "001", 1),
     ];
-    let idx: Vec<Vec<usize>> = rounds(rows)
+    let idx: Vec<Vec<usize>> = passes(rows)
         .iter()
         .map(|r| r.iter().map(|w| w.idx).collect())
         .collect();
     assert_eq!(idx, vec![vec![0, 1], vec![2], vec![3]]);
-    let one = rounds(vec![row(0, "1", 1), row(1, "2", 2)]);
+    let one = passes(vec![row(0, "1", 1), row(1, "2", 2)]);
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].len(), 2);
 }
