@@ -100,7 +100,6 @@ impl Compactor {
         })
         .map_err(|e| Error::Codec(e.to_string()))?;
         wal.write_checkpoint(lsn, &data)?;
-        #[cfg(feature = "nats")]
         if let Some(r) = sh.replica() {
             r.checkpointed(lsn);
         }

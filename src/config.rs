@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use writebehind_core::{Limits, Refresh as RefreshAhead};
-use writebehind_wal::Durability;
+use writebehind_wal::{Durability, ReplicatedLog};
 use writebehind_writer::{Conflict, ConflictPolicy, RetryPolicy};
 
-use crate::cache::WriteBehind;
 use crate::key::CacheKey;
 use crate::value::CacheValue;
 use crate::{Error, Result};
@@ -59,38 +58,8 @@ pub(crate) struct Config {
     broadcast_invalidations: bool,
     /// `None`: the id in the directory's `instance.id`, made at first open.
     instance_id: Option<String>,
-    #[cfg(feature = "nats")]
-    replication: Option<Replication>,
-}
-
-/// Where and how the WAL is replicated (NATS JetStream).
-#[cfg(feature = "nats")]
-#[derive(Clone, Debug)]
-pub(crate) struct Replication {
-    url: String,
-    stream: String,
-    replicas: usize,
-    subject_prefix: String,
-}
-
-#[cfg(feature = "nats")]
-impl Replication {
-    /// The NATS server(s), comma-separated.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-    /// The JetStream stream holding every instance's log.
-    pub(crate) fn stream(&self) -> &str {
-        &self.stream
-    }
-    /// Its replica count.
-    pub(crate) fn replicas(&self) -> usize {
-        self.replicas
-    }
-    /// The subjects' first token: `<prefix>.<instance>.wal` carries the log.
-    pub(crate) fn subject_prefix(&self) -> &str {
-        &self.subject_prefix
-    }
+    /// Where the WAL is replicated to, if anywhere.
+    replication: Option<Arc<dyn ReplicatedLog>>,
 }
 
 impl Config {
@@ -182,8 +151,7 @@ impl Config {
     pub(crate) fn instance_id(&self) -> Option<&str> {
         self.instance_id.as_deref()
     }
-    #[cfg(feature = "nats")]
-    pub(crate) fn replication(&self) -> Option<&Replication> {
+    pub(crate) fn replication(&self) -> Option<&Arc<dyn ReplicatedLog>> {
         self.replication.as_ref()
     }
 
@@ -192,31 +160,8 @@ impl Config {
         if let Some(id) = &self.instance_id {
             crate::instance::check(id)?;
         }
-        #[cfg(feature = "nats")]
         if let Some(r) = &self.replication {
-            if r.replicas == 0 || r.replicas > 5 {
-                return Err(Error::Config(format!(
-                    "replicate_replicas must be 1 to 5, not {}",
-                    r.replicas
-                )));
-            }
-            let token = |s: &str| {
-                !s.is_empty()
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            };
-            if !token(&r.stream) {
-                return Err(Error::Config(format!(
-                    "stream name {:?} must be letters, digits, '-' or '_'",
-                    r.stream
-                )));
-            }
-            if !token(&r.subject_prefix) {
-                return Err(Error::Config(format!(
-                    "subject prefix {:?} must be letters, digits, '-' or '_'",
-                    r.subject_prefix
-                )));
-            }
+            r.check()?;
         }
         if self.durability == Durability::Replicated && !self.replicates() {
             return Err(Error::Config(
@@ -258,14 +203,11 @@ impl Config {
 
     /// Whether the WAL is replicated.
     pub(crate) fn replicates(&self) -> bool {
-        #[cfg(feature = "nats")]
-        return self.replication.is_some();
-        #[cfg(not(feature = "nats"))]
-        false
+        self.replication.is_some()
     }
 }
 
-/// Opens a [`WriteBehind`]. Every setter documents its default.
+/// Opens a [`WriteBehind`](crate::WriteBehind). Every setter documents its default.
 #[must_use]
 pub struct Builder<K, V> {
     pub(crate) cfg: Config,
@@ -303,7 +245,6 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 notify: None,
                 broadcast_invalidations: false,
                 instance_id: None,
-                #[cfg(feature = "nats")]
                 replication: None,
             },
             _types: PhantomData,
@@ -492,8 +433,8 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
-    /// The bound on every wait for the database: [`flush`](WriteBehind::flush),
-    /// [`flushed`](WriteBehind::flushed) and counter reads that wait for a
+    /// The bound on every wait for the database: [`flush`](crate::WriteBehind::flush),
+    /// [`flushed`](crate::WriteBehind::flushed) and counter reads that wait for a
     /// flush of their key to settle. When it passes, the call returns
     /// [`Error::FlushTimeout`](crate::Error::FlushTimeout) (or
     /// [`Error::Unsettled`](crate::Error::Unsettled)) naming the flusher's
@@ -536,8 +477,8 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
-    /// Send [`invalidate`](WriteBehind::invalidate) and
-    /// [`invalidate_prefix`](WriteBehind::invalidate_prefix) to the other
+    /// Send [`invalidate`](crate::WriteBehind::invalidate) and
+    /// [`invalidate_prefix`](crate::WriteBehind::invalidate_prefix) to the other
     /// instances too, over the [`notify`](Self::notify) channel (PostgreSQL):
     /// they drop their clean copies, never their dirty entries. Needs
     /// `notify` (refused at open without it). Default: off.
@@ -558,53 +499,18 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
         self
     }
 
-    /// Replicate every WAL group to NATS JetStream at `url` (for example
-    /// `nats://127.0.0.1:4222`; several servers comma-separated), on the
+    /// Replicate every WAL group to `log`: NATS JetStream with the feature
+    /// `nats` (`writebehind::nats::JetStream::new(url)`, on the
     /// subject `wb.<instance>.wal` of the stream `WRITEBEHIND`, deduplicated
-    /// by message id. [`Durability::Replicated`] writes then wait for
-    /// JetStream's acknowledgement (within the backpressure wait); other
-    /// modes replicate behind, and catch up when NATS returns. The stream is
-    /// trimmed below the flushed position. Default: no replication.
-    #[cfg(feature = "nats")]
-    pub fn replicate(mut self, url: impl Into<String>) -> Self {
-        let r = self.cfg.replication.get_or_insert_with(|| Replication {
-            url: String::new(),
-            stream: "WRITEBEHIND".into(),
-            replicas: 1,
-            subject_prefix: "wb".into(),
-        });
-        r.url = url.into();
-        self
-    }
-
-    /// The JetStream stream name (created when absent). Default: `WRITEBEHIND`.
-    /// Only with [`replicate`](Self::replicate).
-    #[cfg(feature = "nats")]
-    pub fn replicate_stream(mut self, name: impl Into<String>) -> Self {
-        if let Some(r) = &mut self.cfg.replication {
-            r.stream = name.into();
-        }
-        self
-    }
-
-    /// Replicas of a stream this cache creates (3 in production). Default: 1.
-    /// Only with [`replicate`](Self::replicate).
-    #[cfg(feature = "nats")]
-    pub fn replicate_replicas(mut self, n: usize) -> Self {
-        if let Some(r) = &mut self.cfg.replication {
-            r.replicas = n;
-        }
-        self
-    }
-
-    /// The first token of the subjects: the log goes to
-    /// `<prefix>.<instance>.wal`, and the stream takes `<prefix>.>`.
-    /// Default: `wb`. Only with [`replicate`](Self::replicate).
-    #[cfg(feature = "nats")]
-    pub fn replicate_subject_prefix(mut self, prefix: impl Into<String>) -> Self {
-        if let Some(r) = &mut self.cfg.replication {
-            r.subject_prefix = prefix.into();
-        }
+    /// by message id; its stream, replicas and subject prefix are set on it).
+    /// [`Durability::Replicated`] writes then wait for the replica's
+    /// acknowledgement (within the backpressure wait); other modes
+    /// replicate behind, and catch up when the replica returns. Each open
+    /// claims the instance on the replica (fencing earlier owners) and
+    /// reconciles the local WAL with it. The replica is trimmed below the
+    /// flushed position. Default: no replication.
+    pub fn replicate(mut self, log: impl ReplicatedLog + 'static) -> Self {
+        self.cfg.replication = Some(Arc::new(log));
         self
     }
 
@@ -612,17 +518,5 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     pub fn io(mut self, io: Arc<dyn writebehind_wal::io::Io>) -> Self {
         self.cfg.io = Some(io);
         self
-    }
-
-    /// Opens the cache inside the current tokio runtime: recovers the WAL,
-    /// connects to the database (if set) and starts the flusher.
-    pub async fn open(self) -> Result<WriteBehind<K, V>> {
-        WriteBehind::open(self.cfg).await
-    }
-
-    /// Opens the cache from a plain thread, with a small runtime of its own
-    /// for the flusher. Must not be called from inside a tokio runtime.
-    pub fn open_blocking(self) -> Result<WriteBehind<K, V>> {
-        WriteBehind::open_blocking(self.cfg)
     }
 }

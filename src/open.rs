@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
+use writebehind_wal::{RebuildSource, Rebuilt, Replica, ReplicatedLog, StdIo};
 use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer, WriterConfig};
 
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
-use crate::config::Config;
+use crate::config::{Builder, Config};
 use crate::key::{CacheKey, TypedKey};
 use crate::lock::DirLock;
 use crate::metrics::Metrics;
@@ -24,6 +25,20 @@ use crate::{recovery, Error, Result};
 /// The local dead-letter file: rows the database refused and could not
 /// even store in its dead-letter table.
 pub(crate) const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+impl<K: CacheKey, V: CacheValue> Builder<K, V> {
+    /// Opens the cache inside the current tokio runtime: recovers the WAL,
+    /// connects to the database (if set) and starts the flusher.
+    pub async fn open(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open(self.cfg).await
+    }
+
+    /// Opens the cache from a plain thread, with a small runtime of its own
+    /// for the flusher. Must not be called from inside a tokio runtime.
+    pub fn open_blocking(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open_blocking(self.cfg)
+    }
+}
 
 impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     pub(crate) async fn open(cfg: Config) -> Result<Self> {
@@ -115,27 +130,23 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
         _ => None,
     };
-    #[cfg(feature = "nats")]
-    let (replica, took_over, rebuilt) = match replication(&cfg).await? {
-        Some((r, t, b)) => (Some(r), t, b),
+    let (replica, took_over, rebuilt) = match cfg.replication() {
+        Some(log) => {
+            let (r, t, b) = replication(&cfg, log.as_ref()).await?;
+            (Some(r), t, b)
+        }
         None => (None, None, None),
     };
-    #[cfg(feature = "nats")]
     let sink = replica
         .as_ref()
         .map(|r| -> recovery::Replica { (r.clone(), r.acks().clone(), replica_timeout(&cfg)) });
-    #[cfg(not(feature = "nats"))]
-    let sink = None;
-    #[cfg_attr(not(feature = "nats"), allow(unused_mut))]
     let mut opened = recovery::open(&cfg, sink)?;
-    #[cfg(feature = "nats")]
     if let Some(r) = rebuilt {
         opened.report.rebuilt_records = Some(r.records);
         opened.report.rebuilt_checkpoint = r.checkpoint;
     }
-    #[cfg(feature = "nats")]
     if let Some(rep) = &replica {
-        reconcile(&cfg, rep, took_over, &mut opened)?;
+        reconcile(&cfg, rep.as_ref(), took_over, &mut opened)?;
     }
     metrics.recovered(
         &instance,
@@ -168,7 +179,6 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         metrics,
         recovery: opened.report,
         lock,
-        #[cfg(feature = "nats")]
         replica,
     }));
     // Set once, here: the listener's callback reads it.
@@ -193,11 +203,14 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         checkpointer,
         listener,
     ));
-    #[cfg(feature = "nats")]
     if let Some(r) = shared.replica() {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = crate::replicate::spawn(&shared, r, stop_rx);
-        life.set_replicator(stop, task);
+        let weak = Arc::downgrade(&shared);
+        let panicked = Box::new(move || {
+            if let Some(sh) = weak.upgrade() {
+                sh.supervisor().panicked();
+            }
+        });
+        r.clone().start(shared.wal_handle(), panicked)?;
     }
     Ok(WriteBehind {
         shared,
@@ -206,9 +219,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     })
 }
 
-/// How long a `Replicated` write waits for JetStream: the backpressure
-/// wait (a write that may not wait for room waits this long for NATS).
-#[cfg(feature = "nats")]
+/// How long a `Replicated` write waits for the replica: the backpressure
+/// wait (a write that may not wait for room waits this long for it).
 fn replica_timeout(cfg: &Config) -> Duration {
     match cfg.backpressure() {
         crate::Backpressure::Wait(d) => d,
@@ -216,37 +228,36 @@ fn replica_timeout(cfg: &Config) -> Duration {
     }
 }
 
-/// With replication on: the instance id, the claim on the stream and
-/// what it holds, the rebuild of an empty WAL directory opened with an
-/// explicit id, and the WAL's replica sink.
-#[cfg(feature = "nats")]
+/// How long an open that cannot go on without the replica (a rebuild, a
+/// `Replicated` cache) keeps trying to reach it.
+const REPLICA_PATIENCE: Duration = Duration::from_secs(30);
+
+/// With replication on: the instance's replica, its claim and what it
+/// holds, and the rebuild of an empty WAL directory opened with an explicit
+/// id.
 async fn replication(
     cfg: &Config,
-) -> Result<
-    Option<(
-        Arc<crate::replicate::Replicator>,
-        Option<crate::replicate::TakeOver>,
-        Option<crate::replicate::Rebuilt>,
-    )>,
-> {
-    let Some(r) = cfg.replication() else {
-        return Ok(None);
-    };
-    crate::replicate::servers(r.url())?;
-    let empty = crate::replicate::is_empty_log(cfg.dir())?;
+    log: &dyn ReplicatedLog,
+) -> Result<(
+    Arc<dyn Replica>,
+    Option<Box<dyn RebuildSource>>,
+    Option<Rebuilt>,
+)> {
+    let empty = writebehind_wal::is_empty_log(&StdIo, cfg.dir())?;
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let rebuilding = empty && cfg.instance_id().is_some();
-    // Without the stream a `Replicated` cache cannot know what a power cut
+    let replica = log.replica(&instance)?;
+    // Without the replica a `Replicated` cache cannot know what a power cut
     // took from its local tail, and an empty directory with an explicit id
-    // must not start from nothing: both wait for NATS (a cluster electing
-    // a leader answers within seconds), then refuse. Other modes go on.
+    // must not start from nothing: both wait for it (a cluster electing a
+    // leader answers within seconds), then refuse. Other modes go on.
     let must = rebuilding || cfg.durability() == crate::Durability::Replicated;
     let patience = if must {
-        crate::replicate::OPEN_PATIENCE
+        REPLICA_PATIENCE
     } else {
         Duration::ZERO
     };
-    let took = match crate::replicate::take_over(r, &instance, 0, patience).await {
+    let took = match replica.take_over(patience).await.map_err(Error::from) {
         Ok(t) => Some(t),
         Err(Error::Replication { url, reason }) if must => {
             return Err(Error::Replication {
@@ -265,42 +276,42 @@ async fn replication(
         Err(e) => return Err(e),
     };
     let rebuilt = match &took {
-        Some(t) if rebuilding => Some(crate::replicate::rebuild(cfg, &instance, &t.history)?),
+        Some(t) if rebuilding => {
+            let r = writebehind_wal::rebuild::rebuild(&StdIo, cfg.dir(), t.as_ref())?;
+            tracing::info!(instance, checkpoint = ?r.checkpoint, records = r.records,
+                "WAL rebuilt from the replica");
+            Some(r)
+        }
         _ => None,
     };
-    let rep = crate::replicate::Replicator::new(r, &instance)?;
-    if let Some(t) = &took {
-        rep.set_claim(t.claim);
-    }
-    Ok(Some((rep, took, rebuilt)))
+    Ok((replica, took, rebuilt))
 }
 
-/// Appends what the stream holds past the local end before any new write
-/// gets an LSN; without the stream, says where a later claim starts.
-#[cfg(feature = "nats")]
+/// Appends what the replica holds past the local end before any new write
+/// gets an LSN; without the replica, says where a later claim starts.
 fn reconcile(
     cfg: &Config,
-    rep: &crate::replicate::Replicator,
-    took: Option<crate::replicate::TakeOver>,
+    rep: &dyn Replica,
+    took: Option<Box<dyn RebuildSource>>,
     opened: &mut recovery::Opened,
 ) -> Result<()> {
     let local = opened.wal.last_lsn();
     let Some(t) = took else {
-        rep.defer_claim(local + 1, 0);
+        rep.defer_claim(local + 1);
         return Ok(());
     };
-    opened.report.stream_epoch = Some(t.claim.epoch);
-    let stream = t.history.last();
+    opened.report.stream_epoch = rep.epoch();
+    let stream = t.last_lsn();
     if stream <= local {
         return Ok(());
     }
-    let (frames, records) = t.history.frames_from(local + 1)?;
+    let (frames, records) = t.frames_from(local + 1)?;
     if records > 0 {
         opened.import(cfg, &frames, records)?;
     }
     let now = opened.wal.last_lsn();
     if now < stream {
-        // The stream covers LSNs it no longer holds (trimmed below a
+        // The replica covers LSNs it no longer holds (trimmed below a
         // flush) and the local WAL lost them too: giving them out again
         // would mix two histories.
         return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {

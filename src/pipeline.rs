@@ -455,14 +455,14 @@ impl Pipeline {
         }
         // The database never holds a flush whose start the stream lacks:
         // an adopt would find the progress row past the stream's end.
-        #[cfg(feature = "nats")]
         if let Some(r) = sh.replica() {
-            r.wait_for(cut.position, self.wait_timeout)
+            r.acks()
+                .wait_async(cut.position, Instant::now() + self.wait_timeout)
                 .await
                 .map_err(|e| match r.fenced() {
                     // Fenced on the stream: as permanent as in the database.
-                    Some(epoch) => r.fenced_error(epoch),
-                    None => e,
+                    Some(fenced) => fenced.into(),
+                    None => Error::Wal(e),
                 })?;
         }
         let started = Instant::now();
@@ -517,7 +517,6 @@ impl Pipeline {
         });
         sh.room().made();
         sh.compactor().flushed();
-        #[cfg(feature = "nats")]
         if let Some(r) = sh.replica() {
             r.flushed(cut.position);
         }

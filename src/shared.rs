@@ -3,10 +3,11 @@
 //! own file.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use writebehind_core::{Lsn, State};
-use writebehind_wal::Wal;
+use writebehind_wal::{Replica, Wal};
 
 use crate::backpressure::Room;
 use crate::checkpoint::Compactor;
@@ -23,7 +24,8 @@ use crate::{Error, Result};
 pub(crate) struct Shared {
     cfg: Config,
     state: State,
-    wal: Wal,
+    /// Shared with the replica's task, which reads it back.
+    wal: Arc<Wal>,
     /// The flush pipeline, when a database is set.
     pipeline: Option<Pipeline>,
     room: Room,
@@ -41,8 +43,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Released when the last part holding this goes.
     lock: Option<DirLock>,
-    #[cfg(feature = "nats")]
-    replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
+    /// The WAL's replica, when replicated.
+    replica: Option<Arc<dyn Replica>>,
 }
 
 /// The parts [`Shared::new`] composes.
@@ -55,8 +57,7 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
     pub(crate) recovery: RecoveryReport,
     pub(crate) lock: Option<DirLock>,
-    #[cfg(feature = "nats")]
-    pub(crate) replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
+    pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
 impl Shared {
@@ -69,7 +70,7 @@ impl Shared {
         Shared {
             cfg: p.cfg,
             state: p.state,
-            wal: p.wal,
+            wal: Arc::new(p.wal),
             pipeline: p.pipeline,
             room: Room::default(),
             compactor: p.compactor,
@@ -83,7 +84,6 @@ impl Shared {
             recovery: p.recovery,
             closed: AtomicBool::new(false),
             lock: p.lock,
-            #[cfg(feature = "nats")]
             replica: p.replica,
         }
     }
@@ -104,9 +104,13 @@ impl Shared {
         self.pipeline.as_ref()
     }
 
-    /// The NATS replication, when on.
-    #[cfg(feature = "nats")]
-    pub(crate) fn replica(&self) -> Option<&std::sync::Arc<crate::replicate::Replicator>> {
+    /// A handle on the WAL that does not keep it open.
+    pub(crate) fn wal_handle(&self) -> Weak<Wal> {
+        Arc::downgrade(&self.wal)
+    }
+
+    /// The WAL's replica, when replicated.
+    pub(crate) fn replica(&self) -> Option<&Arc<dyn Replica>> {
         self.replica.as_ref()
     }
 
@@ -180,11 +184,8 @@ impl Shared {
         }
         // A newer owner claimed the instance on the stream: nothing written
         // here would be kept.
-        #[cfg(feature = "nats")]
-        if let Some(r) = &self.replica {
-            if let Some(epoch) = r.fenced() {
-                return Err(r.fenced_error(epoch));
-            }
+        if let Some(fenced) = self.replica.as_ref().and_then(|r| r.fenced()) {
+            return Err(fenced.into());
         }
         Ok(())
     }
@@ -192,13 +193,10 @@ impl Shared {
     /// A write's or wait's error, as [`Error::Fenced`] once a newer owner
     /// claimed the instance on the stream (the replica's watermark closed).
     pub(crate) fn owned(&self, e: Error) -> Error {
-        #[cfg(feature = "nats")]
-        if let Some(r) = &self.replica {
-            if let Some(epoch) = r.fenced() {
-                return r.fenced_error(epoch);
-            }
+        match self.replica.as_ref().and_then(|r| r.fenced()) {
+            Some(fenced) => fenced.into(),
+            None => e,
         }
-        e
     }
 
     /// `wal.sync()`, timed.

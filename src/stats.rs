@@ -263,13 +263,10 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
     let c = sh.counters();
     let wal = sh.wal();
     let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
-    #[cfg(feature = "nats")]
     let (replicates, replica) = match sh.replica() {
         Some(r) => (true, r.counts(wal.last_lsn())),
-        None => (false, Default::default()),
+        None => (false, writebehind_wal::ReplicaCounts::default()),
     };
-    #[cfg(not(feature = "nats"))]
-    let (replicates, replica) = (false, ReplicaFigures::default());
     Stats {
         writes: c.get(Count::Writes),
         adds: c.get(Count::Adds),
@@ -320,7 +317,7 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         } else {
             0
         },
-        replication_lag: replica.lag_seconds,
+        replication_lag: replica.lag,
         replication_failures: replica.failures,
         replication_messages: replica.messages,
         replication_duplicates: replica.duplicates,
@@ -328,20 +325,6 @@ pub(crate) fn collect(sh: &Shared) -> Stats {
         replication_checkpoints: replica.checkpoints,
         last_replication_error: replica.last_error,
     }
-}
-
-/// What [`collect`] shows without replication.
-#[cfg(not(feature = "nats"))]
-#[derive(Default)]
-struct ReplicaFigures {
-    acked: u64,
-    lag_seconds: Duration,
-    failures: u64,
-    messages: u64,
-    duplicates: u64,
-    purges: u64,
-    checkpoints: u64,
-    last_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -37,8 +37,10 @@ pub mod fs;
 pub mod inspect;
 pub mod io;
 pub mod reader;
+pub mod rebuild;
 mod recovery;
 pub mod replica;
+pub mod replication;
 mod ticket;
 pub mod watermark;
 
@@ -46,8 +48,10 @@ pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
 pub use frame::{FLAG_ZERO_TAIL, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
 pub use io::{Io, StdIo};
+pub use rebuild::{is_empty_log, RebuildSource, Rebuilt};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
 pub use replica::{Group, ReplicaAcks, ReplicaSink, ReplicaWait};
+pub use replication::{Replica, ReplicaCounts, ReplicaError, ReplicatedLog};
 pub use ticket::{Append, AppendFuture};
 
 use committer::{CommitCell, Committer, Msg};
