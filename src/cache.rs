@@ -59,7 +59,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     /// Counters and gauges of this cache.
     pub fn stats(&self) -> Stats {
-        crate::stats::collect(&self.shared)
+        self.shared.stats()
     }
 
     // ---- writes ----

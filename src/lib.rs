@@ -52,6 +52,7 @@ mod cache;
 mod checkpoint;
 mod config;
 mod error;
+mod events;
 mod instance;
 mod key;
 mod lock;

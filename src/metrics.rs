@@ -64,7 +64,6 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use parking_lot::Mutex;
 
-use crate::shared::Shared;
 use crate::stats::Stats;
 
 /// Every metric: name, kind, meaning (the table above, for tools and tests).
@@ -475,21 +474,17 @@ impl Metrics {
     }
 }
 
-/// Publishes counts (as increments since the last call) and gauges.
+/// Publishes counts (as increments since the last call) and gauges, from
+/// the figures `collect` returns.
 /// Called by the checkpoint thread every 200 ms, after every flush and at
-/// close, so two calls may overlap.
-pub(crate) fn publish(sh: &Shared) {
-    publish_with(sh.metrics(), || crate::stats::collect(sh));
-}
-
-/// [`publish`] with the figures `collect` returns. They are collected under
+/// close, so two calls may overlap. They are collected under
 /// the lock of what was last published: calls then publish in the order
 /// their figures were taken, so `last` never goes back. (Collected before
 /// the lock, a call that took older figures could publish after a newer
 /// one; its `last` then went back, and the next call counted the
 /// difference again: 91 invalidation evictions for 90, and a hit-ratio
 /// gauge from other figures than the hit and miss counters.)
-fn publish_with(m: &Metrics, collect: impl FnOnce() -> Stats) {
+pub(crate) fn publish_with(m: &Metrics, collect: impl FnOnce() -> Stats) {
     let mut last = m.published.lock();
     let s = collect();
     let inc = |c: &Counter, now: u64, before: u64| {

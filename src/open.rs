@@ -10,6 +10,7 @@ use tracing::Instrument;
 use writebehind_wal::{RebuildSource, Rebuilt, Replica, ReplicatedLog, StdIo};
 use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer, WriterConfig};
 
+use crate::backpressure::Room;
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
 use crate::config::{Builder, Config};
@@ -163,6 +164,7 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 opened.wal.last_lsn(),
                 // The epoch taken on the stream: the database's is at least it.
                 opened.report.stream_epoch.unwrap_or(0),
+                replica.clone(),
             );
             p.at_open().await?;
             Some(p)
@@ -170,17 +172,42 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         None => None,
     };
     let (compactor, wake_checkpoint) = Compactor::new(opened.wal.disk_usage());
+    let compactor = Arc::new(compactor);
+    let room = Arc::new(Room::default());
+    // What a finished flush sets going: room for waiting writes, the
+    // compactor's count, the replica's trim; the metrics below.
+    if let Some(p) = &pipeline {
+        let (r, c) = (room.clone(), compactor.clone());
+        p.on_flushed(move |_| {
+            r.made();
+            c.flushed();
+        });
+        if let Some(rep) = &replica {
+            let rep = rep.clone();
+            p.on_flushed(move |f| rep.flushed(f.position));
+        }
+    }
     let shared = Arc::new(Shared::new(Parts {
         cfg,
         state: opened.state,
         wal: opened.wal,
         pipeline,
+        room,
         compactor,
         metrics,
         recovery: opened.report,
         lock,
         replica,
     }));
+    if let Some(p) = shared.pipeline() {
+        let weak = Arc::downgrade(&shared);
+        p.on_flushed(move |f| {
+            if let Some(sh) = weak.upgrade() {
+                sh.metrics().flushed(f.items, f.elapsed);
+                sh.publish_metrics();
+            }
+        });
+    }
     // Set once, here: the listener's callback reads it.
     let _first = target.set(Arc::downgrade(&shared));
     if let Some(l) = &listener {

@@ -13,10 +13,11 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use writebehind_core::{Cut, ItemOutcome, Lsn};
-use writebehind_wal::Durability;
+use writebehind_wal::{Durability, Replica};
 use writebehind_writer::{ErrorClass, Retrier, Writer};
 
 use crate::config::{Config, ConflictHook};
+use crate::events::{FlushEvents, Flushed};
 use crate::log::{self, LogEntry};
 use crate::shared::Shared;
 use crate::supervise::{call_hook, panic_message};
@@ -99,6 +100,10 @@ pub(crate) struct Pipeline {
     wait_timeout: Duration,
     dir: std::path::PathBuf,
     tally: Tally,
+    /// The WAL's replica: a flush waits until it holds the flush's start.
+    replica: Option<Arc<dyn Replica>>,
+    /// Told of each finished flush.
+    events: FlushEvents,
 }
 
 impl Pipeline {
@@ -113,6 +118,7 @@ impl Pipeline {
         flushed: Lsn,
         wal_last: Lsn,
         at_least: u64,
+        replica: Option<Arc<dyn Replica>>,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
             flushed,
@@ -137,7 +143,14 @@ impl Pipeline {
             wait_timeout: cfg.wait_timeout(),
             dir: cfg.dir().to_path_buf(),
             tally: Tally::default(),
+            replica,
+            events: FlushEvents::default(),
         }
+    }
+
+    /// `observer` is told of every flush the database commits from now on.
+    pub(crate) fn on_flushed(&self, observer: impl Fn(&Flushed) + Send + Sync + 'static) {
+        self.events.subscribe(observer);
     }
 
     pub(crate) fn writer(&self) -> &Writer {
@@ -455,7 +468,7 @@ impl Pipeline {
         }
         // The database never holds a flush whose start the stream lacks:
         // an adopt would find the progress row past the stream's end.
-        if let Some(r) = sh.replica() {
+        if let Some(r) = &self.replica {
             r.acks()
                 .wait_async(cut.position, Instant::now() + self.wait_timeout)
                 .await
@@ -490,7 +503,6 @@ impl Pipeline {
         self.cut_epoch.fetch_add(1, Ordering::AcqRel);
         sh.unflushed().cut_done();
         let elapsed = started.elapsed();
-        sh.metrics().flushed(cut.items.len(), elapsed);
         // Not waited on: a lost end marker only makes the next open ask the
         // database's progress row, which says the cut is already there.
         let end = log::encode(&LogEntry::FlushEnd {
@@ -515,11 +527,11 @@ impl Pipeline {
             s.last_error = None;
             s.last_permanent = false;
         });
-        sh.room().made();
-        sh.compactor().flushed();
-        if let Some(r) = sh.replica() {
-            r.flushed(cut.position);
-        }
+        self.events.announce(&Flushed {
+            position: cut.position,
+            items: cut.items.len(),
+            elapsed,
+        });
         span.in_scope(|| {
             tracing::debug!(
                 rows = report.rows,
@@ -534,7 +546,6 @@ impl Pipeline {
         if self.notify {
             self.announce(&cut, &report.outcomes).instrument(span).await;
         }
-        crate::metrics::publish(sh);
         Ok(())
     }
 
@@ -795,7 +806,7 @@ mod tests {
                 let w = Writer::connect(url, writebehind_writer::WriterConfig::new("i"))
                     .await
                     .unwrap();
-                let p = Pipeline::new(cfg, w, false, 0, 0, at_least);
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, None);
                 p.at_open().await.unwrap();
                 let epoch = p.owner_epoch();
                 p.writer().close().await;

@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
 use crate::read::Loads;
 use crate::recovery::RecoveryReport;
-use crate::stats::{Counters, LoadTimes};
+use crate::stats::{Count, Counters, LoadTimes, Stats};
 use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
@@ -28,8 +28,8 @@ pub(crate) struct Shared {
     wal: Arc<Wal>,
     /// The flush pipeline, when a database is set.
     pipeline: Option<Pipeline>,
-    room: Room,
-    compactor: Compactor,
+    room: Arc<Room>,
+    compactor: Arc<Compactor>,
     counters: Counters,
     loads: Loads,
     load_times: LoadTimes,
@@ -53,7 +53,8 @@ pub(crate) struct Parts {
     pub(crate) state: State,
     pub(crate) wal: Wal,
     pub(crate) pipeline: Option<Pipeline>,
-    pub(crate) compactor: Compactor,
+    pub(crate) room: Arc<Room>,
+    pub(crate) compactor: Arc<Compactor>,
     pub(crate) metrics: Metrics,
     pub(crate) recovery: RecoveryReport,
     pub(crate) lock: Option<DirLock>,
@@ -72,7 +73,7 @@ impl Shared {
             state: p.state,
             wal: Arc::new(p.wal),
             pipeline: p.pipeline,
-            room: Room::default(),
+            room: p.room,
             compactor: p.compactor,
             counters: Counters::default(),
             loads: Loads::default(),
@@ -206,5 +207,82 @@ impl Shared {
         self.metrics
             .fsync_waited(started.elapsed(), what, self.cfg.dir());
         Ok(lsn)
+    }
+
+    /// Publishes the metrics (counts as increments since the last call,
+    /// and gauges).
+    pub(crate) fn publish_metrics(&self) {
+        crate::metrics::publish_with(&self.metrics, || self.stats());
+    }
+
+    /// The figures of [`WriteBehind::stats`](crate::WriteBehind::stats).
+    pub(crate) fn stats(&self) -> Stats {
+        let sh = self;
+        let core = sh.state().stats();
+        let c = sh.counters();
+        let wal = sh.wal();
+        let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
+        let (replicates, replica) = match sh.replica() {
+            Some(r) => (true, r.counts(wal.last_lsn())),
+            None => (false, writebehind_wal::ReplicaCounts::default()),
+        };
+        Stats {
+            writes: c.get(Count::Writes),
+            adds: c.get(Count::Adds),
+            puts: c.get(Count::Puts),
+            deletes: c.get(Count::Deletes),
+            reads: c.get(Count::Reads),
+            hits: core.hits,
+            misses: core.misses,
+            loads: c.get(Count::Loads),
+            load_latency: sh.load_times().snapshot(),
+            refreshes: c.get(Count::Refreshes),
+            refresh_failures: c.get(Count::RefreshFailures),
+            dirty_entries: core.dirty_entries,
+            dirty_bytes: core.dirty_bytes,
+            clean_entries: core.clean_entries,
+            clean_bytes: core.clean_bytes,
+            capacity_evictions: core.capacity_evictions,
+            ttl_evictions: core.ttl_evictions,
+            invalidation_evictions: core.invalidation_evictions,
+            oldest_unflushed: sh.unflushed().age(sh.epoch()),
+            last_lsn: wal.last_lsn(),
+            durable_lsn: wal.durable_lsn(),
+            flushed_lsn: flush.flushed_lsn,
+            wal_bytes: wal.disk_usage(),
+            wal_segments: wal.segment_count(),
+            flushes: flush.flushes,
+            rows_flushed: flush.rows,
+            flush_failures: flush.failures,
+            retries: flush.retries,
+            conflicts: flush.conflicts,
+            dead_letters: flush.dead_letters,
+            backpressure_waits: sh.room().waits(),
+            backpressure_rejections: sh.room().rejections(),
+            checkpoints: sh.compactor().checkpoints(),
+            recovery_records: sh.recovery().records_replayed,
+            recovery_time: sh.recovery().elapsed,
+            notifications: flush.notifications,
+            invalidations: c.get(Count::Invalidations),
+            invalidation_broadcasts: c.get(Count::InvalidationBroadcasts),
+            panics: sh.supervisor().panics() + flush.hook_panics,
+            checkpoint_failures: sh.supervisor().errors(),
+            last_flush_error: flush.last_error,
+            owner_epoch: flush.owner_epoch,
+            fenced: flush.fenced,
+            replicated_lsn: replica.acked,
+            replication_lag_lsns: if replicates {
+                wal.last_lsn().saturating_sub(replica.acked)
+            } else {
+                0
+            },
+            replication_lag: replica.lag,
+            replication_failures: replica.failures,
+            replication_messages: replica.messages,
+            replication_duplicates: replica.duplicates,
+            replication_purges: replica.purges,
+            replication_checkpoints: replica.checkpoints,
+            last_replication_error: replica.last_error,
+        }
     }
 }

@@ -162,7 +162,7 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     if let Some(e) = stop_replication(sh).await {
         errors.push(e);
     }
-    crate::metrics::publish(sh);
+    sh.publish_metrics();
     if errors.is_empty() {
         tracing::info!("closed");
         Ok(())
