@@ -15,11 +15,12 @@ use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
 use crate::config::{Builder, Config};
 use crate::key::{CacheKey, TypedKey};
-use crate::lock::DirLock;
-use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::lock::{DirLock, LockedWal};
+use crate::metrics::{Metrics, Unflushed};
+use crate::pipeline::{FlushParts, Pipeline};
 use crate::shared::{Parts, Shared};
 use crate::shutdown::Lifetime;
+use crate::supervise::Supervisor;
 use crate::value::CacheValue;
 use crate::{recovery, Error, Result};
 
@@ -154,6 +155,11 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         opened.report.records_replayed,
         opened.report.elapsed,
     );
+    let state = Arc::new(opened.state);
+    let wal = Arc::new(LockedWal::new(opened.wal, lock));
+    let metrics = Arc::new(metrics);
+    let unflushed = Arc::new(Unflushed::default());
+    let supervisor = Arc::new(Supervisor::default());
     let pipeline = match writer {
         Some(writer) => {
             let p = Pipeline::new(
@@ -161,17 +167,26 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 writer,
                 notify,
                 opened.flushed,
-                opened.wal.last_lsn(),
+                wal.last_lsn(),
                 // The epoch taken on the stream: the database's is at least it.
                 opened.report.stream_epoch.unwrap_or(0),
                 replica.clone(),
+                FlushParts {
+                    state: state.clone(),
+                    wal: wal.clone(),
+                    unflushed: unflushed.clone(),
+                    metrics: metrics.clone(),
+                },
             );
             p.at_open().await?;
-            Some(p)
+            if opened.report.dirty_entries > 0 || opened.report.in_flight.is_some() {
+                unflushed.recovered();
+            }
+            Some(Arc::new(p))
         }
         None => None,
     };
-    let (compactor, wake_checkpoint) = Compactor::new(opened.wal.disk_usage());
+    let (compactor, wake_checkpoint) = Compactor::new(wal.disk_usage());
     let compactor = Arc::new(compactor);
     let room = Arc::new(Room::default());
     // What a finished flush sets going: room for waiting writes, the
@@ -187,16 +202,20 @@ async fn open_in<K: CacheKey, V: CacheValue>(
             p.on_flushed(move |f| rep.flushed(f.position));
         }
     }
+    let flusher = pipeline
+        .clone()
+        .map(|p| (p, cfg.flush_interval(), supervisor.clone()));
     let shared = Arc::new(Shared::new(Parts {
         cfg,
-        state: opened.state,
-        wal: opened.wal,
+        state,
+        wal,
         pipeline,
         room,
         compactor,
         metrics,
+        unflushed,
+        supervisor,
         recovery: opened.report,
-        lock,
         replica,
     }));
     if let Some(p) = shared.pipeline() {
@@ -219,8 +238,13 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let flusher = shared.pipeline().is_some().then(|| {
-        tokio::runtime::Handle::current().spawn(crate::pipeline::run(shared.clone(), shutdown_rx))
+    let flusher = flusher.map(|(p, interval, supervisor)| {
+        tokio::runtime::Handle::current().spawn(crate::pipeline::run(
+            p,
+            interval,
+            supervisor,
+            shutdown_rx,
+        ))
     });
     let checkpointer = crate::checkpoint::spawn(&shared, wake_checkpoint)?;
     let life = Arc::new(Lifetime::new(

@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
-use writebehind_core::Lsn;
+use writebehind_core::{Lsn, State};
 use writebehind_wal::Replica;
 use writebehind_writer::{Retrier, Writer};
 
 use crate::config::{Config, ConflictHook};
 use crate::events::{FlushEvents, Flushed};
-use crate::shared::Shared;
+use crate::lock::LockedWal;
+use crate::metrics::{Metrics, Unflushed};
 use crate::supervise::panic_message;
+use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
 mod at_open;
@@ -102,6 +104,16 @@ pub(crate) struct Pipeline {
     replica: Option<Arc<dyn Replica>>,
     /// Told of each finished flush.
     events: FlushEvents,
+    /// What a round cuts from, logs to and times.
+    parts: FlushParts,
+}
+
+/// What the pipeline works on, handed to it when it is built.
+pub(crate) struct FlushParts {
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: Arc<LockedWal>,
+    pub(crate) unflushed: Arc<Unflushed>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -117,6 +129,7 @@ impl Pipeline {
         wal_last: Lsn,
         at_least: u64,
         replica: Option<Arc<dyn Replica>>,
+        parts: FlushParts,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
             flushed,
@@ -143,6 +156,7 @@ impl Pipeline {
             tally: Tally::default(),
             replica,
             events: FlushEvents::default(),
+            parts,
         }
     }
 
@@ -248,7 +262,7 @@ impl Pipeline {
     /// Waits until the write at `lsn` is in the database, within the wait
     /// bound. A permanent failure of a round that ran during the wait is
     /// returned at once; a transient one only when the bound passes.
-    pub(crate) async fn wait_flushed(&self, sh: &Shared, lsn: Lsn) -> Result<()> {
+    pub(crate) async fn wait_flushed(&self, lsn: Lsn) -> Result<()> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.wait_timeout;
         let mut rx = self.status.subscribe();
@@ -257,7 +271,7 @@ impl Pipeline {
             {
                 let s = rx.borrow_and_update();
                 // Nothing dirty (in flight included) means everything is flushed.
-                if s.flushed >= lsn || sh.state().dirty_entries() == 0 {
+                if s.flushed >= lsn || self.parts.state.dirty_entries() == 0 {
                     return Ok(());
                 }
                 self.check_owner()?;
@@ -348,17 +362,21 @@ impl Drop for StopGuard<'_> {
 /// until shutdown. Each round runs under `catch_unwind`: a panic is logged,
 /// counted and handed to waiters like any failure, and the loop goes on.
 /// After a failure the next round waits for a growing pause.
-pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let Some(p) = sh.pipeline() else { return };
+pub(crate) async fn run(
+    p: Arc<Pipeline>,
+    interval: Duration,
+    supervisor: Arc<Supervisor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut guard = StopGuard {
-        pipeline: p,
+        pipeline: &p,
         normal: false,
     };
     let mut failures: u32 = 0;
     loop {
         if failures == 0 {
             tokio::select! {
-                _ = tokio::time::sleep(sh.cfg().flush_interval()) => {}
+                _ = tokio::time::sleep(interval) => {}
                 _ = p.wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
@@ -371,7 +389,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        match AssertUnwindSafe(p.round(&sh)).catch_unwind().await {
+        match AssertUnwindSafe(p.round()).catch_unwind().await {
             Ok(Ok(())) => failures = 0,
             // Fenced: no round will ever succeed, so none is tried again.
             // Waiters were told by `round`; `close` finds the loop ended.
@@ -382,7 +400,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 failures = failures.saturating_add(1);
                 let message = panic_message(&*panic);
                 tracing::error!(dir = %p.dir.display(), %message, "a flush round panicked; the cut stays in flight and is retried");
-                sh.supervisor().panicked();
+                supervisor.panicked();
                 p.failed(
                     &Arc::new(Error::Stopped {
                         task: "flush round",
@@ -417,7 +435,17 @@ mod tests {
                 let w = Writer::connect(url, writebehind_writer::WriterConfig::new("i"))
                     .await
                     .unwrap();
-                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, None);
+                let wal_dir = tempfile::tempdir().unwrap();
+                let (wal, _) = writebehind_wal::WalBuilder::new(wal_dir.path())
+                    .open()
+                    .unwrap();
+                let parts = FlushParts {
+                    state: Arc::new(State::new(cfg.limits().clone())),
+                    wal: Arc::new(LockedWal::new(wal, None)),
+                    unflushed: Arc::default(),
+                    metrics: Arc::new(Metrics::register("i")),
+                };
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, None, parts);
                 p.at_open().await.unwrap();
                 let epoch = p.owner_epoch();
                 p.writer().close().await;

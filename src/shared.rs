@@ -7,12 +7,12 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use writebehind_core::{Lsn, State};
-use writebehind_wal::{Replica, Wal};
+use writebehind_wal::{ReadBack, Replica, Wal};
 
 use crate::backpressure::Room;
 use crate::checkpoint::Compactor;
 use crate::config::Config;
-use crate::lock::DirLock;
+use crate::lock::LockedWal;
 use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
 use crate::read::Loads;
@@ -23,26 +23,25 @@ use crate::{Error, Result};
 
 pub(crate) struct Shared {
     cfg: Config,
-    state: State,
-    /// Shared with the replica's task, which reads it back.
-    wal: Arc<Wal>,
+    state: Arc<State>,
+    /// With the directory lock. Shared with the flusher, and with the
+    /// replica's task, which reads it back.
+    wal: Arc<LockedWal>,
     /// The flush pipeline, when a database is set.
-    pipeline: Option<Pipeline>,
+    pipeline: Option<Arc<Pipeline>>,
     room: Arc<Room>,
     compactor: Arc<Compactor>,
     counters: Counters,
     loads: Loads,
     load_times: LoadTimes,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Times of the oldest unflushed writes.
-    unflushed: Unflushed,
+    unflushed: Arc<Unflushed>,
     /// When the cache opened: the zero of `unflushed`'s timestamps.
     epoch: Instant,
-    supervisor: Supervisor,
+    supervisor: Arc<Supervisor>,
     recovery: RecoveryReport,
     closed: AtomicBool,
-    /// Released when the last part holding this goes.
-    lock: Option<DirLock>,
     /// The WAL's replica, when replicated.
     replica: Option<Arc<dyn Replica>>,
 }
@@ -50,28 +49,24 @@ pub(crate) struct Shared {
 /// The parts [`Shared::new`] composes.
 pub(crate) struct Parts {
     pub(crate) cfg: Config,
-    pub(crate) state: State,
-    pub(crate) wal: Wal,
-    pub(crate) pipeline: Option<Pipeline>,
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: Arc<LockedWal>,
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
     pub(crate) room: Arc<Room>,
     pub(crate) compactor: Arc<Compactor>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) unflushed: Arc<Unflushed>,
+    pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) recovery: RecoveryReport,
-    pub(crate) lock: Option<DirLock>,
     pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
 impl Shared {
     pub(crate) fn new(p: Parts) -> Shared {
-        let unflushed = Unflushed::default();
-        if p.pipeline.is_some() && (p.recovery.dirty_entries > 0 || p.recovery.in_flight.is_some())
-        {
-            unflushed.recovered();
-        }
         Shared {
             cfg: p.cfg,
             state: p.state,
-            wal: Arc::new(p.wal),
+            wal: p.wal,
             pipeline: p.pipeline,
             room: p.room,
             compactor: p.compactor,
@@ -79,12 +74,11 @@ impl Shared {
             loads: Loads::default(),
             load_times: LoadTimes::default(),
             metrics: p.metrics,
-            unflushed,
+            unflushed: p.unflushed,
             epoch: Instant::now(),
-            supervisor: Supervisor::default(),
+            supervisor: p.supervisor,
             recovery: p.recovery,
             closed: AtomicBool::new(false),
-            lock: p.lock,
             replica: p.replica,
         }
     }
@@ -102,12 +96,13 @@ impl Shared {
     }
 
     pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
-        self.pipeline.as_ref()
+        self.pipeline.as_deref()
     }
 
     /// A handle on the WAL that does not keep it open.
-    pub(crate) fn wal_handle(&self) -> Weak<Wal> {
-        Arc::downgrade(&self.wal)
+    pub(crate) fn wal_handle(&self) -> Weak<dyn ReadBack> {
+        let weak: Weak<LockedWal> = Arc::downgrade(&self.wal);
+        weak
     }
 
     /// The WAL's replica, when replicated.
@@ -168,9 +163,7 @@ impl Shared {
     /// The last handle is going: an open of the same directory in this
     /// process may wait for the background work to let go of it.
     pub(crate) fn letting_go(&self) {
-        if let Some(lock) = &self.lock {
-            lock.releasing();
-        }
+        self.wal.releasing();
     }
 
     /// Refuses work on a closed cache, and on a poisoned log: after a failed

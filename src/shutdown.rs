@@ -118,7 +118,7 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     }
     if let Some(p) = sh.pipeline() {
         let deadline = sh.cfg().close_timeout();
-        match tokio::time::timeout(deadline, p.flush_all(sh)).await {
+        match tokio::time::timeout(deadline, p.flush_all()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => errors.push(e),
             Err(_) => errors.push(Error::FlushTimeout {

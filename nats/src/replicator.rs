@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
 use writebehind_wal::replication::BoxFuture;
 use writebehind_wal::{
-    Group, Lsn, RebuildSource, Replica, ReplicaAcks, ReplicaCounts, ReplicaSink, Wal,
+    Group, Lsn, ReadBack, RebuildSource, Replica, ReplicaAcks, ReplicaCounts, ReplicaSink,
 };
 
 use crate::history::take_over;
@@ -52,7 +52,7 @@ pub(crate) struct Replicator {
     /// A newer owner's epoch, once this one was fenced (0: not fenced).
     fenced: AtomicU64,
     /// The local WAL, read back for what the queue dropped (set at start).
-    log: OnceLock<Weak<Wal>>,
+    log: OnceLock<Weak<dyn ReadBack>>,
     /// The publishing task and its stop signal, once started.
     task: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
@@ -114,7 +114,7 @@ impl Replicator {
     }
 
     /// The local WAL, while the cache holds it.
-    pub(crate) fn log(&self) -> Option<Arc<Wal>> {
+    pub(crate) fn log(&self) -> Option<Arc<dyn ReadBack>> {
         self.log.get().and_then(Weak::upgrade)
     }
 
@@ -209,7 +209,11 @@ impl Replica for Replicator {
 
     /// Starts the publishing task, supervised: a panic or an error is
     /// logged, counted and handed to every waiter (their waits fail at once).
-    fn start(self: Arc<Self>, log: Weak<Wal>, panicked: Box<dyn Fn() + Send + Sync>) -> Result<()> {
+    fn start(
+        self: Arc<Self>,
+        log: Weak<dyn ReadBack>,
+        panicked: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<()> {
         let Some(rx) = self.rx.lock().take() else {
             return Ok(());
         };
@@ -240,7 +244,7 @@ impl Replica for Replicator {
             if ended.is_err() {
                 task.abort();
             }
-            let last = self.log().map_or(0, |w| w.last_lsn());
+            let last = self.log().map_or(0, |log| log.wal().last_lsn());
             let acked = self.acks.acked();
             self.acks.close("the cache is closed");
             match ended {

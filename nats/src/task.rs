@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use writebehind_wal::replica::parse_frames;
-use writebehind_wal::{Group, Lsn, Wal};
+use writebehind_wal::{Group, Lsn, ReadBack, Wal};
 
 use crate::history::tail;
 use crate::owner::{self, Claim};
@@ -79,7 +79,7 @@ pub(crate) struct Cursor {
 
 pub(crate) async fn run(
     rep: &Arc<Replicator>,
-    weak: &Weak<Wal>,
+    weak: &Weak<dyn ReadBack>,
     mut rx: mpsc::Receiver<Group>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -128,7 +128,7 @@ pub(crate) async fn run(
 /// One connection's worth of publishing; `Ok` only at shutdown.
 pub(crate) async fn session(
     rep: &Arc<Replicator>,
-    weak: &Weak<Wal>,
+    weak: &Weak<dyn ReadBack>,
     rx: &mut mpsc::Receiver<Group>,
     shutdown: &mut watch::Receiver<bool>,
     cur: &mut Cursor,
@@ -159,7 +159,7 @@ pub(crate) async fn session(
     // Stored before this check, while still the owner: they count.
     confirm(&s, rep, cur, false).await?;
     let tail = tail(n, &s, &owners).await?;
-    let local = weak.upgrade().map(|wal| wal.last_lsn());
+    let local = weak.upgrade().map(|log| log.wal().last_lsn());
     // The stream's acknowledgement never counts for a record the local
     // WAL does not hold (open reconciled them; this is a guard).
     let tail = match local {
@@ -186,8 +186,8 @@ pub(crate) async fn session(
         publish(&s, rep, cur, m.first, m.last, m.payload, true).await?;
     }
     cur.next = cur.next.max(tail + 1);
-    if let Some(wal) = weak.upgrade() {
-        catch_up(&s, rep, &wal, cur, max).await?;
+    if let Some(log) = weak.upgrade() {
+        catch_up(&s, rep, log.wal(), cur, max).await?;
     }
     loop {
         if s.lost.load(Ordering::Acquire)
@@ -395,7 +395,7 @@ pub(crate) async fn publish_frames(
 pub(crate) async fn take_group(
     s: &Session,
     rep: &Replicator,
-    weak: &Weak<Wal>,
+    weak: &Weak<dyn ReadBack>,
     cur: &mut Cursor,
     g: Group,
     max: usize,
@@ -404,10 +404,10 @@ pub(crate) async fn take_group(
         return Ok(());
     }
     if g.first > cur.next {
-        let Some(wal) = weak.upgrade() else {
+        let Some(log) = weak.upgrade() else {
             return Ok(());
         };
-        catch_up_to(s, rep, &wal, cur, max, Some(g.first)).await?;
+        catch_up_to(s, rep, log.wal(), cur, max, Some(g.first)).await?;
         if g.first > cur.next {
             return Err(rep.names.error(format!(
                 "LSN {}..{} is neither in the local WAL nor in a checkpoint; the stream cannot be completed",

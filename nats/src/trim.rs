@@ -8,7 +8,7 @@ use std::sync::Weak;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use writebehind_wal::{Lsn, Wal};
+use writebehind_wal::{Lsn, ReadBack, Wal};
 
 use crate::owner;
 use crate::replicator::Replicator;
@@ -214,19 +214,19 @@ pub(crate) fn keep_from(
 pub(crate) async fn maintain(
     s: &Session,
     rep: &Replicator,
-    weak: &Weak<Wal>,
+    weak: &Weak<dyn ReadBack>,
     cur: &mut Cursor,
     max: usize,
 ) -> Result<()> {
-    let Some(wal) = weak.upgrade() else {
+    let Some(log) = weak.upgrade() else {
         return Ok(());
     };
     if rep.dropped.load(Ordering::Acquire) && cur.in_flight.len() < WINDOW {
-        catch_up(s, rep, &wal, cur, max).await?;
+        catch_up(s, rep, log.wal(), cur, max).await?;
     }
     let ckpt = rep.checkpoint_at.load(Ordering::Acquire);
     if ckpt > cur.checkpoint {
-        match wal.load_checkpoint().map_err(Error::Wal)? {
+        match log.wal().load_checkpoint().map_err(Error::Wal)? {
             Some(cp) if cp.lsn > cur.checkpoint && cp.lsn < cur.next => {
                 put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
             }
@@ -240,7 +240,7 @@ pub(crate) async fn maintain(
     let flushed = rep
         .trim_to
         .load(Ordering::Acquire)
-        .min(wal.durable_lsn() + 1);
+        .min(log.wal().durable_lsn() + 1);
     if flushed > cur.floor && flushed <= rep.acks.acked() {
         // The checkpoint in the object store predates this flush: a
         // rebuild starts from the floor instead.
@@ -253,12 +253,12 @@ pub(crate) async fn maintain(
 pub(crate) async fn drain(
     s: &Session,
     rep: &Replicator,
-    weak: &Weak<Wal>,
+    weak: &Weak<dyn ReadBack>,
     cur: &mut Cursor,
     max: usize,
 ) -> Result<()> {
-    if let Some(wal) = weak.upgrade() {
-        catch_up(s, rep, &wal, cur, max).await?;
+    if let Some(log) = weak.upgrade() {
+        catch_up(s, rep, log.wal(), cur, max).await?;
     }
     while !cur.in_flight.is_empty() {
         let acked = next_ack(&mut cur.in_flight).await;

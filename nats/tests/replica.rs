@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use writebehind_nats::{JetStream, ReplicaError};
 use writebehind_wal::rebuild::rebuild;
 use writebehind_wal::{
-    is_empty_log, Durability, Error, Rebuilt, Replica, ReplicatedLog, StdIo, Wal, WalBuilder,
+    is_empty_log, Durability, Error, ReadBack, Rebuilt, Replica, ReplicatedLog, StdIo, Wal,
+    WalBuilder,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -43,10 +44,8 @@ async fn open(dir: &Path, log: &JetStream, instance: &str) -> (Arc<Wal>, Arc<dyn
         .open()
         .unwrap();
     let wal = Arc::new(wal);
-    replica
-        .clone()
-        .start(Arc::downgrade(&wal), Box::new(|| {}))
-        .unwrap();
+    let log: Weak<dyn ReadBack> = Arc::downgrade(&wal) as Weak<Wal>;
+    replica.clone().start(log, Box::new(|| {})).unwrap();
     (wal, replica)
 }
 

@@ -15,18 +15,17 @@ use writebehind_writer::ErrorClass;
 use super::Pipeline;
 use crate::events::Flushed;
 use crate::log::{self, LogEntry};
-use crate::shared::Shared;
 use crate::supervise::call_hook;
 use crate::{Error, Result};
 
 impl Pipeline {
     /// Flushes until nothing is dirty (used by `close`).
-    pub(crate) async fn flush_all(&self, sh: &Shared) -> Result<()> {
+    pub(crate) async fn flush_all(&self) -> Result<()> {
         loop {
-            self.round(sh)
+            self.round()
                 .await
                 .map_err(|e| self.fenced_error().unwrap_or(Error::Flush(e)))?;
-            if !sh.state().has_in_flight() && sh.state().dirty_entries() == 0 {
+            if !self.parts.state.has_in_flight() && self.parts.state.dirty_entries() == 0 {
                 return Ok(());
             }
         }
@@ -35,8 +34,8 @@ impl Pipeline {
     /// One round: finish the cut in flight (after a failure or a crash),
     /// else take a new one; write it with retries; complete it. A failure
     /// is logged, counted and handed to waiters before it is returned.
-    pub(crate) async fn round(&self, sh: &Shared) -> std::result::Result<(), Arc<Error>> {
-        let error = match self.round_inner(sh).await {
+    pub(crate) async fn round(&self) -> std::result::Result<(), Arc<Error>> {
+        let error = match self.round_inner().await {
             Ok(()) => return Ok(()),
             Err(Error::Fenced {
                 ours, owner_epoch, ..
@@ -57,22 +56,23 @@ impl Pipeline {
         Err(error)
     }
 
-    async fn round_inner(&self, sh: &Shared) -> Result<()> {
+    async fn round_inner(&self) -> Result<()> {
         self.check_owner()?;
         if let Some(e) = self.refused.get() {
             return Err(Error::Flush(e.clone()));
         }
         let _one = self.one_round.lock().await;
         self.prepare().await?;
-        let cut = match sh.state().in_flight() {
+        let cut = match self.parts.state.in_flight() {
             Some(cut) => cut,
-            None => match self.take_cut(sh)? {
+            None => match self.take_cut()? {
                 Some((cut, begin)) => {
                     // The cut's start must be on disk before the database
                     // can hold it, or a crash could replay it as unflushed.
                     let started = Instant::now();
                     begin.await?;
-                    sh.metrics()
+                    self.parts
+                        .metrics
                         .fsync_waited(started.elapsed(), "flush start", &self.dir);
                     cut
                 }
@@ -81,8 +81,12 @@ impl Pipeline {
         };
         // A cut taken in an earlier round (whose wait for its start record
         // failed or was cancelled) must have that record on disk too.
-        if sh.wal().durable_lsn() < cut.position {
-            sh.sync_wal("flush start")?;
+        if self.parts.wal.durable_lsn() < cut.position {
+            let started = Instant::now();
+            self.parts.wal.sync()?;
+            self.parts
+                .metrics
+                .fsync_waited(started.elapsed(), "flush start", &self.dir);
         }
         // The database never holds a flush whose start the stream lacks:
         // an adopt would find the progress row past the stream's end.
@@ -117,16 +121,21 @@ impl Pipeline {
             })
             .instrument(span.clone())
             .await?;
-        sh.state().complete_cut(&report.outcomes)?;
+        self.parts.state.complete_cut(&report.outcomes)?;
         self.cut_epoch.fetch_add(1, Ordering::AcqRel);
-        sh.unflushed().cut_done();
+        self.parts.unflushed.cut_done();
         let elapsed = started.elapsed();
         // Not waited on: a lost end marker only makes the next open ask the
         // database's progress row, which says the cut is already there.
         let end = log::encode(&LogEntry::FlushEnd {
             position: cut.position,
         })
-        .and_then(|p| Ok(sh.wal().append_with(log::KIND, &p, Durability::None)?));
+        .and_then(|p| {
+            Ok(self
+                .parts
+                .wal
+                .append_with(log::KIND, &p, Durability::None)?)
+        });
         if let Err(e) = end {
             tracing::warn!(error = %e, position = cut.position, "could not log the end of a committed flush; the next open asks the database instead");
         }
@@ -226,19 +235,20 @@ impl Pipeline {
     }
 
     /// Takes a cut under every shard lock, logging its start at its position.
-    fn take_cut(&self, sh: &Shared) -> Result<Option<(Cut, writebehind_wal::Append)>> {
-        if sh.state().dirty_entries() == 0 {
+    fn take_cut(&self) -> Result<Option<(Cut, writebehind_wal::Append)>> {
+        if self.parts.state.dirty_entries() == 0 {
             return Ok(None);
         }
         let payload = log::encode(&LogEntry::FlushBegin)?;
-        let mut all = sh.state().lock_all();
-        let begin = sh
-            .wal()
+        let mut all = self.parts.state.lock_all();
+        let begin = self
+            .parts
+            .wal
             .append_with(log::KIND, &payload, Durability::Fsync)?;
         let cut = all.take_cut(begin.lsn())?;
         // Under every shard lock: no read is between its lookup and this.
         self.cut_epoch.fetch_add(1, Ordering::AcqRel);
-        sh.unflushed().cut_taken();
+        self.parts.unflushed.cut_taken();
         Ok(Some((cut, begin)))
     }
 

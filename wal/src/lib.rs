@@ -51,7 +51,7 @@ pub use io::{Io, StdIo};
 pub use rebuild::{is_empty_log, RebuildSource, Rebuilt};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
 pub use replica::{Group, ReplicaAcks, ReplicaSink, ReplicaWait};
-pub use replication::{Replica, ReplicaCounts, ReplicaError, ReplicatedLog};
+pub use replication::{ReadBack, Replica, ReplicaCounts, ReplicaError, ReplicatedLog};
 pub use ticket::{Append, AppendFuture};
 
 use committer::{CommitCell, Committer, Msg};

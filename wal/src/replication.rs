@@ -20,6 +20,20 @@ use crate::{Error, Lsn, ReplicaAcks, ReplicaSink, Wal};
 /// A future a replica returns (its traits stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The local log as a replica reads it back (what its queue dropped, a checkpoint to
+/// store). An owner may wrap the log with what must live exactly as long (its directory
+/// lock): a replica holds it only through a `Weak` and only while reading.
+pub trait ReadBack: Send + Sync {
+    /// The log.
+    fn wal(&self) -> &Wal;
+}
+
+impl ReadBack for Wal {
+    fn wal(&self) -> &Wal {
+        self
+    }
+}
+
 /// A replicated log's settings: where it is, and the [`Replica`] of an instance.
 pub trait ReplicatedLog: Send + Sync + Debug {
     /// Where the replica is (for errors and logs).
@@ -63,7 +77,7 @@ pub trait Replica: ReplicaSink {
     /// fail at once).
     fn start(
         self: Arc<Self>,
-        log: Weak<Wal>,
+        log: Weak<dyn ReadBack>,
         panicked: Box<dyn Fn() + Send + Sync>,
     ) -> Result<(), ReplicaError>;
     /// Replicates what is left and stops, within `bound`. An error names what the replica
