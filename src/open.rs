@@ -170,12 +170,12 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 wal.last_lsn(),
                 // The epoch taken on the stream: the database's is at least it.
                 opened.report.stream_epoch.unwrap_or(0),
-                replica.clone(),
                 FlushParts {
                     state: state.clone(),
                     wal: wal.clone(),
                     unflushed: unflushed.clone(),
                     metrics: metrics.clone(),
+                    replica: replica.clone(),
                 },
             );
             p.at_open().await?;

@@ -100,8 +100,6 @@ pub(crate) struct Pipeline {
     wait_timeout: Duration,
     dir: std::path::PathBuf,
     tally: Tally,
-    /// The WAL's replica: a flush waits until it holds the flush's start.
-    replica: Option<Arc<dyn Replica>>,
     /// Told of each finished flush.
     events: FlushEvents,
     /// What a round cuts from, logs to and times.
@@ -114,6 +112,8 @@ pub(crate) struct FlushParts {
     pub(crate) wal: Arc<LockedWal>,
     pub(crate) unflushed: Arc<Unflushed>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The WAL's replica: a flush waits until it holds the flush's start.
+    pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
 impl Pipeline {
@@ -128,7 +128,6 @@ impl Pipeline {
         flushed: Lsn,
         wal_last: Lsn,
         at_least: u64,
-        replica: Option<Arc<dyn Replica>>,
         parts: FlushParts,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
@@ -154,7 +153,6 @@ impl Pipeline {
             wait_timeout: cfg.wait_timeout(),
             dir: cfg.dir().to_path_buf(),
             tally: Tally::default(),
-            replica,
             events: FlushEvents::default(),
             parts,
         }
@@ -444,8 +442,9 @@ mod tests {
                     wal: Arc::new(LockedWal::new(wal, None)),
                     unflushed: Arc::default(),
                     metrics: Arc::new(Metrics::register("i")),
+                    replica: None,
                 };
-                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, None, parts);
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, parts);
                 p.at_open().await.unwrap();
                 let epoch = p.owner_epoch();
                 p.writer().close().await;

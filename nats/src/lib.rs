@@ -32,8 +32,9 @@
 //! WAL is durable, so a reconcile never finds a hole there.
 //!
 //! This crate depends on the WAL's public seam only (`writebehind-wal`: the
-//! [`ReplicatedLog`] and [`Replica`](writebehind_wal::Replica) traits, frame
-//! encoding, checkpoint files, [`RebuildSource`](writebehind_wal::RebuildSource));
+//! [`ReplicatedLog`] and [`Replica`] traits, frame encoding, checkpoint
+//! files, [`RebuildSource`](writebehind_wal::RebuildSource) and
+//! [`ReadBack`](writebehind_wal::ReadBack));
 //! a cache takes it through its builder:
 //!
 //! ```no_run

@@ -90,7 +90,7 @@ impl Pipeline {
         }
         // The database never holds a flush whose start the stream lacks:
         // an adopt would find the progress row past the stream's end.
-        if let Some(r) = &self.replica {
+        if let Some(r) = &self.parts.replica {
             r.acks()
                 .wait_async(cut.position, Instant::now() + self.wait_timeout)
                 .await
