@@ -106,10 +106,12 @@ async fn measure(
     b = match &mode.nats {
         None => b.durability(Durability::Fsync),
         Some((url, replicas)) => b
-            .replicate(url)
-            .replicate_stream(&tag)
-            .replicate_subject_prefix(&tag)
-            .replicate_replicas(*replicas)
+            .replicate(
+                writebehind::nats::JetStream::new(url.as_str())
+                    .stream(&tag)
+                    .subject_prefix(&tag)
+                    .replicas(*replicas),
+            )
             .durability(Durability::Replicated),
     };
     let cache = b.open().await?;

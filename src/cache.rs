@@ -59,7 +59,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
 
     /// Counters and gauges of this cache.
     pub fn stats(&self) -> Stats {
-        crate::stats::collect(&self.shared)
+        self.shared.stats()
     }
 
     // ---- writes ----
@@ -240,7 +240,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
         let target = self.shared.wal().last_lsn();
         match self.shared.pipeline() {
             None => self.shared.sync_wal("flush").map(drop),
-            Some(p) => p.wait_flushed(&self.shared, target).await,
+            Some(p) => p.wait_flushed(target).await,
         }
     }
 
@@ -270,7 +270,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
             None => Err(Error::Config(
                 "no database is set: nothing is flushed".into(),
             )),
-            Some(p) => p.wait_flushed(&self.shared, lsn).await,
+            Some(p) => p.wait_flushed(lsn).await,
         }
     }
 

@@ -100,7 +100,6 @@ impl Compactor {
         })
         .map_err(|e| Error::Codec(e.to_string()))?;
         wal.write_checkpoint(lsn, &data)?;
-        #[cfg(feature = "nats")]
         if let Some(r) = sh.replica() {
             r.checkpointed(lsn);
         }
@@ -174,7 +173,7 @@ fn run(weak: Weak<Shared>, wake: Receiver<()>) {
 fn turn(sh: &Shared) {
     let c = sh.compactor();
     let (due, usage) = c.due(sh);
-    crate::metrics::publish(sh);
+    sh.publish_metrics();
     if due {
         if let Err(e) = c.checkpoint(sh) {
             tracing::error!(

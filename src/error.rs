@@ -264,6 +264,36 @@ fn join(errors: &[Error]) -> String {
         .join("; ")
 }
 
+/// A replica's errors, as the cache reports them.
+impl From<writebehind_wal::ReplicaError> for Error {
+    fn from(e: writebehind_wal::ReplicaError) -> Self {
+        use writebehind_wal::ReplicaError as R;
+        match e {
+            R::Replication { url, reason } => Error::Replication { url, reason },
+            R::Fenced {
+                instance,
+                ours,
+                owner_epoch,
+            } => Error::Fenced {
+                instance,
+                ours,
+                owner_epoch,
+            },
+            R::Config(reason) => Error::Config(reason),
+            R::Stopped { reason } => Error::Stopped {
+                task: "replication task",
+                reason,
+            },
+            R::Wal(e) => Error::Wal(e),
+            // A variant added later, as the replica worded it.
+            other => Error::Stopped {
+                task: "replication task",
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<writebehind_writer::Error> for Error {
     fn from(e: writebehind_writer::Error) -> Self {
         match e {

@@ -156,6 +156,7 @@ mod cache;
 mod checkpoint;
 mod config;
 mod error;
+mod events;
 mod instance;
 mod key;
 mod lock;
@@ -165,8 +166,6 @@ mod open;
 mod pipeline;
 mod read;
 mod recovery;
-#[cfg(feature = "nats")]
-mod replicate;
 mod shared;
 mod shutdown;
 mod stats;
@@ -187,6 +186,9 @@ pub use stats::{LoadLatency, Stats};
 pub use value::{CacheValue, Delta, Mapping, Record};
 
 pub use writebehind_core::{Change, Lsn, Refresh as RefreshAhead, Value};
+/// Replication to NATS JetStream (`Builder::replicate(nats::JetStream::new(url))`).
+#[cfg(feature = "nats")]
+pub use writebehind_nats as nats;
 pub use writebehind_wal::Durability;
 pub use writebehind_writer::{
     redact_url, Column, Conflict, ConflictPolicy, ErrorClass, Ident, LocalDeadLetter, Merge,

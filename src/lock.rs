@@ -14,6 +14,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use writebehind_wal::{ReadBack, Wal};
 
 use crate::{Error, Result};
 
@@ -88,5 +89,42 @@ impl DirLock {
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
         }
+    }
+}
+
+/// The WAL with its directory's lock. Whoever still holds the log (the
+/// flusher, the replica's task while it reads it back) holds the
+/// directory; the log goes first (its committer writes what was queued),
+/// then the lock.
+pub(crate) struct LockedWal {
+    wal: Wal,
+    lock: Option<DirLock>,
+}
+
+impl LockedWal {
+    /// `lock` is `None` on a test file system, which is private anyway.
+    pub(crate) fn new(wal: Wal, lock: Option<DirLock>) -> LockedWal {
+        LockedWal { wal, lock }
+    }
+
+    /// The owner is closing or was dropped (see [`DirLock::releasing`]).
+    pub(crate) fn releasing(&self) {
+        if let Some(lock) = &self.lock {
+            lock.releasing();
+        }
+    }
+}
+
+impl std::ops::Deref for LockedWal {
+    type Target = Wal;
+
+    fn deref(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+impl ReadBack for LockedWal {
+    fn wal(&self) -> &Wal {
+        &self.wal
     }
 }

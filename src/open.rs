@@ -7,23 +7,40 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
+use writebehind_wal::{RebuildSource, Rebuilt, Replica, ReplicatedLog, StdIo};
 use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer, WriterConfig};
 
+use crate::backpressure::Room;
 use crate::cache::WriteBehind;
 use crate::checkpoint::Compactor;
-use crate::config::Config;
+use crate::config::{Builder, Config};
 use crate::key::{CacheKey, TypedKey};
-use crate::lock::DirLock;
-use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::lock::{DirLock, LockedWal};
+use crate::metrics::{Metrics, Unflushed};
+use crate::pipeline::{FlushParts, Pipeline};
 use crate::shared::{Parts, Shared};
 use crate::shutdown::Lifetime;
+use crate::supervise::Supervisor;
 use crate::value::CacheValue;
 use crate::{recovery, Error, Result};
 
 /// The local dead-letter file: rows the database refused and could not
 /// even store in its dead-letter table.
 pub(crate) const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+impl<K: CacheKey, V: CacheValue> Builder<K, V> {
+    /// Opens the cache inside the current tokio runtime: recovers the WAL,
+    /// connects to the database (if set) and starts the flusher.
+    pub async fn open(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open(self.cfg).await
+    }
+
+    /// Opens the cache from a plain thread, with a small runtime of its own
+    /// for the flusher. Must not be called from inside a tokio runtime.
+    pub fn open_blocking(self) -> Result<WriteBehind<K, V>> {
+        WriteBehind::open_blocking(self.cfg)
+    }
+}
 
 impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     pub(crate) async fn open(cfg: Config) -> Result<Self> {
@@ -115,33 +132,34 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
         _ => None,
     };
-    #[cfg(feature = "nats")]
-    let (replica, took_over, rebuilt) = match replication(&cfg).await? {
-        Some((r, t, b)) => (Some(r), t, b),
+    let (replica, took_over, rebuilt) = match cfg.replication() {
+        Some(log) => {
+            let (r, t, b) = replication(&cfg, log.as_ref()).await?;
+            (Some(r), t, b)
+        }
         None => (None, None, None),
     };
-    #[cfg(feature = "nats")]
     let sink = replica
         .as_ref()
         .map(|r| -> recovery::Replica { (r.clone(), r.acks().clone(), replica_timeout(&cfg)) });
-    #[cfg(not(feature = "nats"))]
-    let sink = None;
-    #[cfg_attr(not(feature = "nats"), allow(unused_mut))]
     let mut opened = recovery::open(&cfg, sink)?;
-    #[cfg(feature = "nats")]
     if let Some(r) = rebuilt {
         opened.report.rebuilt_records = Some(r.records);
         opened.report.rebuilt_checkpoint = r.checkpoint;
     }
-    #[cfg(feature = "nats")]
     if let Some(rep) = &replica {
-        reconcile(&cfg, rep, took_over, &mut opened)?;
+        reconcile(&cfg, rep.as_ref(), took_over, &mut opened)?;
     }
     metrics.recovered(
         &instance,
         opened.report.records_replayed,
         opened.report.elapsed,
     );
+    let state = Arc::new(opened.state);
+    let wal = Arc::new(LockedWal::new(opened.wal, lock));
+    let metrics = Arc::new(metrics);
+    let unflushed = Arc::new(Unflushed::default());
+    let supervisor = Arc::new(Supervisor::default());
     let pipeline = match writer {
         Some(writer) => {
             let p = Pipeline::new(
@@ -149,28 +167,66 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 writer,
                 notify,
                 opened.flushed,
-                opened.wal.last_lsn(),
+                wal.last_lsn(),
                 // The epoch taken on the stream: the database's is at least it.
                 opened.report.stream_epoch.unwrap_or(0),
+                FlushParts {
+                    state: state.clone(),
+                    wal: wal.clone(),
+                    unflushed: unflushed.clone(),
+                    metrics: metrics.clone(),
+                    replica: replica.clone(),
+                },
             );
             p.at_open().await?;
-            Some(p)
+            if opened.report.dirty_entries > 0 || opened.report.in_flight.is_some() {
+                unflushed.recovered();
+            }
+            Some(Arc::new(p))
         }
         None => None,
     };
-    let (compactor, wake_checkpoint) = Compactor::new(opened.wal.disk_usage());
+    let (compactor, wake_checkpoint) = Compactor::new(wal.disk_usage());
+    let compactor = Arc::new(compactor);
+    let room = Arc::new(Room::default());
+    // What a finished flush sets going: room for waiting writes, the
+    // compactor's count, the replica's trim; the metrics below.
+    if let Some(p) = &pipeline {
+        let (r, c) = (room.clone(), compactor.clone());
+        p.on_flushed(move |_| {
+            r.made();
+            c.flushed();
+        });
+        if let Some(rep) = &replica {
+            let rep = rep.clone();
+            p.on_flushed(move |f| rep.flushed(f.position));
+        }
+    }
+    let flusher = pipeline
+        .clone()
+        .map(|p| (p, cfg.flush_interval(), supervisor.clone()));
     let shared = Arc::new(Shared::new(Parts {
         cfg,
-        state: opened.state,
-        wal: opened.wal,
+        state,
+        wal,
         pipeline,
+        room,
         compactor,
         metrics,
+        unflushed,
+        supervisor,
         recovery: opened.report,
-        lock,
-        #[cfg(feature = "nats")]
         replica,
     }));
+    if let Some(p) = shared.pipeline() {
+        let weak = Arc::downgrade(&shared);
+        p.on_flushed(move |f| {
+            if let Some(sh) = weak.upgrade() {
+                sh.metrics().flushed(f.items, f.elapsed);
+                sh.publish_metrics();
+            }
+        });
+    }
     // Set once, here: the listener's callback reads it.
     let _first = target.set(Arc::downgrade(&shared));
     if let Some(l) = &listener {
@@ -182,8 +238,13 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let flusher = shared.pipeline().is_some().then(|| {
-        tokio::runtime::Handle::current().spawn(crate::pipeline::run(shared.clone(), shutdown_rx))
+    let flusher = flusher.map(|(p, interval, supervisor)| {
+        tokio::runtime::Handle::current().spawn(crate::pipeline::run(
+            p,
+            interval,
+            supervisor,
+            shutdown_rx,
+        ))
     });
     let checkpointer = crate::checkpoint::spawn(&shared, wake_checkpoint)?;
     let life = Arc::new(Lifetime::new(
@@ -193,11 +254,14 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         checkpointer,
         listener,
     ));
-    #[cfg(feature = "nats")]
     if let Some(r) = shared.replica() {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = crate::replicate::spawn(&shared, r, stop_rx);
-        life.set_replicator(stop, task);
+        let weak = Arc::downgrade(&shared);
+        let panicked = Box::new(move || {
+            if let Some(sh) = weak.upgrade() {
+                sh.supervisor().panicked();
+            }
+        });
+        r.clone().start(shared.wal_handle(), panicked)?;
     }
     Ok(WriteBehind {
         shared,
@@ -206,9 +270,8 @@ async fn open_in<K: CacheKey, V: CacheValue>(
     })
 }
 
-/// How long a `Replicated` write waits for JetStream: the backpressure
-/// wait (a write that may not wait for room waits this long for NATS).
-#[cfg(feature = "nats")]
+/// How long a `Replicated` write waits for the replica: the backpressure
+/// wait (a write that may not wait for room waits this long for it).
 fn replica_timeout(cfg: &Config) -> Duration {
     match cfg.backpressure() {
         crate::Backpressure::Wait(d) => d,
@@ -216,37 +279,36 @@ fn replica_timeout(cfg: &Config) -> Duration {
     }
 }
 
-/// With replication on: the instance id, the claim on the stream and
-/// what it holds, the rebuild of an empty WAL directory opened with an
-/// explicit id, and the WAL's replica sink.
-#[cfg(feature = "nats")]
+/// How long an open that cannot go on without the replica (a rebuild, a
+/// `Replicated` cache) keeps trying to reach it.
+const REPLICA_PATIENCE: Duration = Duration::from_secs(30);
+
+/// With replication on: the instance's replica, its claim and what it
+/// holds, and the rebuild of an empty WAL directory opened with an explicit
+/// id.
 async fn replication(
     cfg: &Config,
-) -> Result<
-    Option<(
-        Arc<crate::replicate::Replicator>,
-        Option<crate::replicate::TakeOver>,
-        Option<crate::replicate::Rebuilt>,
-    )>,
-> {
-    let Some(r) = cfg.replication() else {
-        return Ok(None);
-    };
-    crate::replicate::servers(r.url())?;
-    let empty = crate::replicate::is_empty_log(cfg.dir())?;
+    log: &dyn ReplicatedLog,
+) -> Result<(
+    Arc<dyn Replica>,
+    Option<Box<dyn RebuildSource>>,
+    Option<Rebuilt>,
+)> {
+    let empty = writebehind_wal::is_empty_log(&StdIo, cfg.dir())?;
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let rebuilding = empty && cfg.instance_id().is_some();
-    // Without the stream a `Replicated` cache cannot know what a power cut
+    let replica = log.replica(&instance)?;
+    // Without the replica a `Replicated` cache cannot know what a power cut
     // took from its local tail, and an empty directory with an explicit id
-    // must not start from nothing: both wait for NATS (a cluster electing
-    // a leader answers within seconds), then refuse. Other modes go on.
+    // must not start from nothing: both wait for it (a cluster electing a
+    // leader answers within seconds), then refuse. Other modes go on.
     let must = rebuilding || cfg.durability() == crate::Durability::Replicated;
     let patience = if must {
-        crate::replicate::OPEN_PATIENCE
+        REPLICA_PATIENCE
     } else {
         Duration::ZERO
     };
-    let took = match crate::replicate::take_over(r, &instance, 0, patience).await {
+    let took = match replica.take_over(patience).await.map_err(Error::from) {
         Ok(t) => Some(t),
         Err(Error::Replication { url, reason }) if must => {
             return Err(Error::Replication {
@@ -265,42 +327,42 @@ async fn replication(
         Err(e) => return Err(e),
     };
     let rebuilt = match &took {
-        Some(t) if rebuilding => Some(crate::replicate::rebuild(cfg, &instance, &t.history)?),
+        Some(t) if rebuilding => {
+            let r = writebehind_wal::rebuild::rebuild(&StdIo, cfg.dir(), t.as_ref())?;
+            tracing::info!(instance, checkpoint = ?r.checkpoint, records = r.records,
+                "WAL rebuilt from the replica");
+            Some(r)
+        }
         _ => None,
     };
-    let rep = crate::replicate::Replicator::new(r, &instance)?;
-    if let Some(t) = &took {
-        rep.set_claim(t.claim);
-    }
-    Ok(Some((rep, took, rebuilt)))
+    Ok((replica, took, rebuilt))
 }
 
-/// Appends what the stream holds past the local end before any new write
-/// gets an LSN; without the stream, says where a later claim starts.
-#[cfg(feature = "nats")]
+/// Appends what the replica holds past the local end before any new write
+/// gets an LSN; without the replica, says where a later claim starts.
 fn reconcile(
     cfg: &Config,
-    rep: &crate::replicate::Replicator,
-    took: Option<crate::replicate::TakeOver>,
+    rep: &dyn Replica,
+    took: Option<Box<dyn RebuildSource>>,
     opened: &mut recovery::Opened,
 ) -> Result<()> {
     let local = opened.wal.last_lsn();
     let Some(t) = took else {
-        rep.defer_claim(local + 1, 0);
+        rep.defer_claim(local + 1);
         return Ok(());
     };
-    opened.report.stream_epoch = Some(t.claim.epoch);
-    let stream = t.history.last();
+    opened.report.stream_epoch = rep.epoch();
+    let stream = t.last_lsn();
     if stream <= local {
         return Ok(());
     }
-    let (frames, records) = t.history.frames_from(local + 1)?;
+    let (frames, records) = t.frames_from(local + 1)?;
     if records > 0 {
         opened.import(cfg, &frames, records)?;
     }
     let now = opened.wal.last_lsn();
     if now < stream {
-        // The stream covers LSNs it no longer holds (trimmed below a
+        // The replica covers LSNs it no longer holds (trimmed below a
         // flush) and the local WAL lost them too: giving them out again
         // would mix two histories.
         return Err(Error::Wal(writebehind_wal::Error::ReplicaGap {

@@ -4,26 +4,27 @@
 //! progress check); the rest of the crate calls its methods.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
-use tracing::Instrument;
-use writebehind_core::{Cut, ItemOutcome, Lsn};
-use writebehind_wal::Durability;
-use writebehind_writer::{ErrorClass, Retrier, Writer};
+use writebehind_core::{Lsn, State};
+use writebehind_wal::Replica;
+use writebehind_writer::{Retrier, Writer};
 
 use crate::config::{Config, ConflictHook};
-use crate::log::{self, LogEntry};
-use crate::shared::Shared;
-use crate::supervise::{call_hook, panic_message};
+use crate::events::{FlushEvents, Flushed};
+use crate::lock::LockedWal;
+use crate::metrics::{Metrics, Unflushed};
+use crate::supervise::panic_message;
+use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
-/// How long `open` waits for the database before going on without it.
-const OPEN_PROBE: Duration = Duration::from_secs(2);
+mod at_open;
+mod round;
 
 /// Where the flusher stands, watched by waiters.
 #[derive(Clone, Debug, Default)]
@@ -99,6 +100,20 @@ pub(crate) struct Pipeline {
     wait_timeout: Duration,
     dir: std::path::PathBuf,
     tally: Tally,
+    /// Told of each finished flush.
+    events: FlushEvents,
+    /// What a round cuts from, logs to and times.
+    parts: FlushParts,
+}
+
+/// What the pipeline works on, handed to it when it is built.
+pub(crate) struct FlushParts {
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: Arc<LockedWal>,
+    pub(crate) unflushed: Arc<Unflushed>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The WAL's replica: a flush waits until it holds the flush's start.
+    pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
 impl Pipeline {
@@ -113,6 +128,7 @@ impl Pipeline {
         flushed: Lsn,
         wal_last: Lsn,
         at_least: u64,
+        parts: FlushParts,
     ) -> Pipeline {
         let (status, _) = watch::channel(FlushStatus {
             flushed,
@@ -137,7 +153,14 @@ impl Pipeline {
             wait_timeout: cfg.wait_timeout(),
             dir: cfg.dir().to_path_buf(),
             tally: Tally::default(),
+            events: FlushEvents::default(),
+            parts,
         }
+    }
+
+    /// `observer` is told of every flush the database commits from now on.
+    pub(crate) fn on_flushed(&self, observer: impl Fn(&Flushed) + Send + Sync + 'static) {
+        self.events.subscribe(observer);
     }
 
     pub(crate) fn writer(&self) -> &Writer {
@@ -232,85 +255,12 @@ impl Pipeline {
         self.status.borrow().last_error.clone()
     }
 
-    /// What open asks of the database, each within [`OPEN_PROBE`]: the
-    /// tables (when asked for), the data table against the mapping, and the
-    /// progress check. A database that does not answer leaves them to the
-    /// first round; a permanent failure (a table that does not fit the
-    /// mapping: [`Error::Schema`]) or a progress row ahead of the WAL
-    /// refuses the open.
-    pub(crate) async fn at_open(&self) -> Result<()> {
-        if self.create_tables {
-            match tokio::time::timeout(OPEN_PROBE, self.writer.create_tables()).await {
-                Ok(Ok(())) => self.tables_ready.store(true, Ordering::Release),
-                Ok(Err(e)) if e.class() == ErrorClass::Transient => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "database unreachable at open; the tables are created before the first flush");
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    tracing::warn!(dir = %self.dir.display(), "database did not answer at open; the tables are created before the first flush");
-                }
-            }
-        }
-        if !self.create_tables || self.tables_ready.load(Ordering::Acquire) {
-            match tokio::time::timeout(OPEN_PROBE, self.writer.check_schema()).await {
-                Ok(Ok(())) => self.schema_checked.store(true, Ordering::Release),
-                Ok(Err(e)) if e.class() == ErrorClass::Transient => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "could not check the table at open; checked before the first flush");
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    tracing::warn!(dir = %self.dir.display(), "the database did not answer the table check at open; checked before the first flush");
-                }
-            }
-        }
-        let Some(wal_last) = *self.unchecked.lock() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(OPEN_PROBE, self.writer.progress()).await {
-            Ok(Ok(progress)) => self.compare_progress(progress, wal_last)?,
-            Ok(Err(e)) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not read this instance's flush progress at open; checked before the first flush");
-                return Ok(());
-            }
-            Err(_) => {
-                tracing::warn!(dir = %self.dir.display(), "the database did not answer at open; flush progress is checked before the first flush");
-                return Ok(());
-            }
-        }
-        // Claimed only after the check passed: a WAL the database is ahead
-        // of (a restored copy) must not fence the owner that is running.
-        match tokio::time::timeout(OPEN_PROBE, self.writer.claim(self.at_least)).await {
-            Ok(Ok(epoch)) => {
-                tracing::info!(dir = %self.dir.display(), epoch, "claimed the instance in the database");
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not claim the instance at open; claimed before the first flush");
-            }
-            Err(_) => {
-                tracing::warn!(dir = %self.dir.display(), "the database did not answer the claim at open; claimed before the first flush");
-            }
-        }
-        Ok(())
-    }
-
-    fn compare_progress(&self, progress: Option<Lsn>, wal_last: Lsn) -> Result<()> {
-        if let Some(database) = progress.filter(|&p| p > wal_last) {
-            return Err(Error::ProgressAhead {
-                dir: self.dir.clone(),
-                database,
-                wal: wal_last,
-            });
-        }
-        *self.unchecked.lock() = None;
-        Ok(())
-    }
-
     // ---- waiting ----
 
     /// Waits until the write at `lsn` is in the database, within the wait
     /// bound. A permanent failure of a round that ran during the wait is
     /// returned at once; a transient one only when the bound passes.
-    pub(crate) async fn wait_flushed(&self, sh: &Shared, lsn: Lsn) -> Result<()> {
+    pub(crate) async fn wait_flushed(&self, lsn: Lsn) -> Result<()> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.wait_timeout;
         let mut rx = self.status.subscribe();
@@ -319,7 +269,7 @@ impl Pipeline {
             {
                 let s = rx.borrow_and_update();
                 // Nothing dirty (in flight included) means everything is flushed.
-                if s.flushed >= lsn || sh.state().dirty_entries() == 0 {
+                if s.flushed >= lsn || self.parts.state.dirty_entries() == 0 {
                     return Ok(());
                 }
                 self.check_owner()?;
@@ -386,323 +336,6 @@ impl Pipeline {
     pub(crate) fn wait_timeout(&self) -> Duration {
         self.wait_timeout
     }
-
-    // ---- rounds ----
-
-    /// Flushes until nothing is dirty (used by `close`).
-    pub(crate) async fn flush_all(&self, sh: &Shared) -> Result<()> {
-        loop {
-            self.round(sh)
-                .await
-                .map_err(|e| self.fenced_error().unwrap_or(Error::Flush(e)))?;
-            if !sh.state().has_in_flight() && sh.state().dirty_entries() == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    /// One round: finish the cut in flight (after a failure or a crash),
-    /// else take a new one; write it with retries; complete it. A failure
-    /// is logged, counted and handed to waiters before it is returned.
-    pub(crate) async fn round(&self, sh: &Shared) -> std::result::Result<(), Arc<Error>> {
-        let error = match self.round_inner(sh).await {
-            Ok(()) => return Ok(()),
-            Err(Error::Fenced {
-                ours, owner_epoch, ..
-            }) => {
-                // Logged, counted and handed to waiters once, by `fence`.
-                self.fence(ours, owner_epoch);
-                let instance = self.writer.config().instance().to_owned();
-                return Err(Arc::new(self.fenced_error().unwrap_or(Error::Fenced {
-                    instance,
-                    ours,
-                    owner_epoch,
-                })));
-            }
-            Err(Error::Flush(e)) => e,
-            Err(e) => Arc::new(e),
-        };
-        self.failed(&error, true);
-        Err(error)
-    }
-
-    async fn round_inner(&self, sh: &Shared) -> Result<()> {
-        self.check_owner()?;
-        if let Some(e) = self.refused.get() {
-            return Err(Error::Flush(e.clone()));
-        }
-        let _one = self.one_round.lock().await;
-        self.prepare().await?;
-        let cut = match sh.state().in_flight() {
-            Some(cut) => cut,
-            None => match self.take_cut(sh)? {
-                Some((cut, begin)) => {
-                    // The cut's start must be on disk before the database
-                    // can hold it, or a crash could replay it as unflushed.
-                    let started = Instant::now();
-                    begin.await?;
-                    sh.metrics()
-                        .fsync_waited(started.elapsed(), "flush start", &self.dir);
-                    cut
-                }
-                None => return Ok(()),
-            },
-        };
-        // A cut taken in an earlier round (whose wait for its start record
-        // failed or was cancelled) must have that record on disk too.
-        if sh.wal().durable_lsn() < cut.position {
-            sh.sync_wal("flush start")?;
-        }
-        // The database never holds a flush whose start the stream lacks:
-        // an adopt would find the progress row past the stream's end.
-        #[cfg(feature = "nats")]
-        if let Some(r) = sh.replica() {
-            r.wait_for(cut.position, self.wait_timeout)
-                .await
-                .map_err(|e| match r.fenced() {
-                    // Fenced on the stream: as permanent as in the database.
-                    Some(epoch) => r.fenced_error(epoch),
-                    None => e,
-                })?;
-        }
-        let started = Instant::now();
-        let from = self.status.borrow().flushed + 1;
-        let span = tracing::info_span!(
-            "flush",
-            dir = %self.dir.display(),
-            batch = cut.items.len(),
-            lsn_from = from,
-            lsn_to = cut.position,
-        );
-        let attempt = AtomicU32::new(0);
-        let report = self
-            .retrier
-            .run(|| {
-                let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
-                self.writer
-                    .flush(&cut)
-                    .inspect(|r| self.note_attempt(r))
-                    .instrument(tracing::debug_span!("attempt", n))
-            })
-            .instrument(span.clone())
-            .await?;
-        sh.state().complete_cut(&report.outcomes)?;
-        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
-        sh.unflushed().cut_done();
-        let elapsed = started.elapsed();
-        sh.metrics().flushed(cut.items.len(), elapsed);
-        // Not waited on: a lost end marker only makes the next open ask the
-        // database's progress row, which says the cut is already there.
-        let end = log::encode(&LogEntry::FlushEnd {
-            position: cut.position,
-        })
-        .and_then(|p| Ok(sh.wal().append_with(log::KIND, &p, Durability::None)?));
-        if let Err(e) = end {
-            tracing::warn!(error = %e, position = cut.position, "could not log the end of a committed flush; the next open asks the database instead");
-        }
-        let t = &self.tally;
-        t.flushes.fetch_add(1, Ordering::Relaxed);
-        t.rows.fetch_add(report.rows, Ordering::Relaxed);
-        t.conflicts
-            .fetch_add(report.conflicts.len() as u64, Ordering::Relaxed);
-        t.dead_letters
-            .fetch_add(report.dead_letters.len() as u64, Ordering::Relaxed);
-        t.hook_panics
-            .fetch_add(report.resolver_panics, Ordering::Relaxed);
-        self.call_conflict_hook(&report.conflicts);
-        self.status.send_modify(|s| {
-            s.flushed = s.flushed.max(cut.position);
-            s.last_error = None;
-            s.last_permanent = false;
-        });
-        sh.room().made();
-        sh.compactor().flushed();
-        #[cfg(feature = "nats")]
-        if let Some(r) = sh.replica() {
-            r.flushed(cut.position);
-        }
-        span.in_scope(|| {
-            tracing::debug!(
-                rows = report.rows,
-                conflicts = report.conflicts.len(),
-                dead_letters = report.dead_letters.len(),
-                already_applied = report.already_applied,
-                attempts = attempt.load(Ordering::Relaxed),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "flushed"
-            );
-        });
-        if self.notify {
-            self.announce(&cut, &report.outcomes).instrument(span).await;
-        }
-        crate::metrics::publish(sh);
-        Ok(())
-    }
-
-    /// Before the first flush: the tables (when asked for) and the progress
-    /// check, both through the same retries as flushes.
-    async fn prepare(&self) -> Result<()> {
-        if self.create_tables && !self.tables_ready.load(Ordering::Acquire) {
-            self.retrier
-                .run(|| {
-                    self.writer
-                        .create_tables()
-                        .inspect(|r| self.note_attempt(r))
-                })
-                .await?;
-            self.tables_ready.store(true, Ordering::Release);
-        }
-        if !self.schema_checked.load(Ordering::Acquire) {
-            let checked = self
-                .retrier
-                .run(|| self.writer.check_schema().inspect(|r| self.note_attempt(r)))
-                .await;
-            if let Err(e) = checked {
-                let e: Error = e.into();
-                if matches!(e, Error::Schema { .. }) {
-                    tracing::error!(error = %e, "flushing refused: the table does not fit the mapping");
-                }
-                return Err(e);
-            }
-            self.schema_checked.store(true, Ordering::Release);
-        }
-        let unchecked = *self.unchecked.lock();
-        if let Some(wal_last) = unchecked {
-            let progress = self
-                .retrier
-                .run(|| self.writer.progress().inspect(|r| self.note_attempt(r)))
-                .await?;
-            if let Err(e) = self.compare_progress(progress, wal_last) {
-                tracing::error!(error = %e, "flushing refused");
-                let e = Arc::new(e);
-                let refused = self.refused.get_or_init(|| e).clone();
-                return Err(Error::Flush(refused));
-            }
-            tracing::info!(dir = %self.dir.display(), "flush progress checked against the database");
-        }
-        // Nothing is flushed before this cache owns the instance. (A writer
-        // that has not claimed would claim on its own in `flush`, but
-        // without `at_least`.)
-        if self.writer.claimed_epoch().is_none() {
-            let epoch = self
-                .retrier
-                .run(|| {
-                    self.writer
-                        .claim(self.at_least)
-                        .inspect(|r| self.note_attempt(r))
-                })
-                .await?;
-            tracing::info!(dir = %self.dir.display(), epoch, "claimed the instance in the database");
-        }
-        Ok(())
-    }
-
-    /// Takes a cut under every shard lock, logging its start at its position.
-    fn take_cut(&self, sh: &Shared) -> Result<Option<(Cut, writebehind_wal::Append)>> {
-        if sh.state().dirty_entries() == 0 {
-            return Ok(None);
-        }
-        let payload = log::encode(&LogEntry::FlushBegin)?;
-        let mut all = sh.state().lock_all();
-        let begin = sh
-            .wal()
-            .append_with(log::KIND, &payload, Durability::Fsync)?;
-        let cut = all.take_cut(begin.lsn())?;
-        // Under every shard lock: no read is between its lookup and this.
-        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
-        sh.unflushed().cut_taken();
-        Ok(Some((cut, begin)))
-    }
-
-    /// A failed attempt inside a round: waiters see its cause.
-    fn note_attempt<T>(&self, r: &writebehind_writer::Result<T>) {
-        if let Err(e) = r {
-            let failure = Arc::new(Error::DatabaseFailure {
-                message: e.to_string(),
-                class: e.class(),
-            });
-            self.status.send_modify(|s| s.last_error = Some(failure));
-        }
-    }
-
-    /// A round failed: log, count, tell the waiters.
-    fn failed(&self, error: &Arc<Error>, log: bool) {
-        let permanent = error.class() != Some(ErrorClass::Transient);
-        if log {
-            tracing::warn!(
-                dir = %self.dir.display(),
-                class = ?error.class(),
-                %error,
-                "flush round failed; the writes stay in the WAL and the flusher retries after a pause"
-            );
-        }
-        self.status.send_modify(|s| {
-            s.failures += 1;
-            s.last_error = Some(error.clone());
-            s.last_permanent = permanent;
-        });
-    }
-
-    /// The flusher task is gone: every waiter gets `error` from now on.
-    pub(crate) fn stop(&self, error: Error) {
-        let error = Arc::new(error);
-        self.status.send_modify(|s| s.stopped = Some(error));
-    }
-
-    fn call_conflict_hook(&self, conflicts: &[writebehind_writer::Conflict]) {
-        let Some(hook) = &self.on_conflict else {
-            return;
-        };
-        for conflict in conflicts {
-            if let Err(message) = call_hook(|| hook(conflict)) {
-                tracing::error!(key = %conflict.key, %message, "the on_conflict hook panicked; the conflict stays recorded in the conflicts table");
-                self.tally.hook_panics.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Tells the other instances which keys changed, so they drop their
-    /// clean copies. Best-effort: a failure leaves their copies to the TTL.
-    async fn announce(&self, cut: &Cut, outcomes: &[ItemOutcome]) {
-        // Only rows this flush changed; conflicts and dead letters changed nothing.
-        let keys: Vec<_> = cut
-            .items
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(item, outcome)| match outcome {
-                ItemOutcome::Written { version, .. } => Some((item.key.clone(), *version)),
-                ItemOutcome::Deleted => Some((item.key.clone(), None)),
-                _ => None,
-            })
-            .collect();
-        match self.writer.notify_flushed(&keys).await {
-            Ok(n) => {
-                self.tally
-                    .notifications
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(
-                keys = keys.len(),
-                error = %e,
-                "could not announce flushed keys to other instances; their clean copies stay until the clean TTL"
-            ),
-        }
-    }
-
-    /// The pause before the next round after `failures` failed in a row:
-    /// exponential from the retry policy's first delay to its cap, with
-    /// jitter, so even permanent failures never spin.
-    fn pause_after(&self, failures: u32) -> Duration {
-        let p = self.retrier.policy();
-        let first = p.min_delay.max(Duration::from_millis(10));
-        let cap = p.max_delay.max(first);
-        let base = first
-            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-            .min(cap);
-        // Half fixed, half random: spread instances, keep a floor.
-        let half = base / 2;
-        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
-    }
 }
 
 /// Marks the pipeline stopped when the flusher task ends other than by
@@ -727,17 +360,21 @@ impl Drop for StopGuard<'_> {
 /// until shutdown. Each round runs under `catch_unwind`: a panic is logged,
 /// counted and handed to waiters like any failure, and the loop goes on.
 /// After a failure the next round waits for a growing pause.
-pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let Some(p) = sh.pipeline() else { return };
+pub(crate) async fn run(
+    p: Arc<Pipeline>,
+    interval: Duration,
+    supervisor: Arc<Supervisor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut guard = StopGuard {
-        pipeline: p,
+        pipeline: &p,
         normal: false,
     };
     let mut failures: u32 = 0;
     loop {
         if failures == 0 {
             tokio::select! {
-                _ = tokio::time::sleep(sh.cfg().flush_interval()) => {}
+                _ = tokio::time::sleep(interval) => {}
                 _ = p.wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
@@ -750,7 +387,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        match AssertUnwindSafe(p.round(&sh)).catch_unwind().await {
+        match AssertUnwindSafe(p.round()).catch_unwind().await {
             Ok(Ok(())) => failures = 0,
             // Fenced: no round will ever succeed, so none is tried again.
             // Waiters were told by `round`; `close` finds the loop ended.
@@ -761,7 +398,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 failures = failures.saturating_add(1);
                 let message = panic_message(&*panic);
                 tracing::error!(dir = %p.dir.display(), %message, "a flush round panicked; the cut stays in flight and is retried");
-                sh.supervisor().panicked();
+                supervisor.panicked();
                 p.failed(
                     &Arc::new(Error::Stopped {
                         task: "flush round",
@@ -796,7 +433,18 @@ mod tests {
                 let w = Writer::connect(url, writebehind_writer::WriterConfig::new("i"))
                     .await
                     .unwrap();
-                let p = Pipeline::new(cfg, w, false, 0, 0, at_least);
+                let wal_dir = tempfile::tempdir().unwrap();
+                let (wal, _) = writebehind_wal::WalBuilder::new(wal_dir.path())
+                    .open()
+                    .unwrap();
+                let parts = FlushParts {
+                    state: Arc::new(State::new(cfg.limits().clone())),
+                    wal: Arc::new(LockedWal::new(wal, None)),
+                    unflushed: Arc::default(),
+                    metrics: Arc::new(Metrics::register("i")),
+                    replica: None,
+                };
+                let p = Pipeline::new(cfg, w, false, 0, 0, at_least, parts);
                 p.at_open().await.unwrap();
                 let epoch = p.owner_epoch();
                 p.writer().close().await;

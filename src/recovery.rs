@@ -140,7 +140,6 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
 impl Opened {
     /// Appends `frames` (what the replica holds past the local end) to the
     /// WAL, durably, and replays them into the state.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn import(&mut self, cfg: &Config, frames: &[u8], records: u64) -> Result<()> {
         let from = self.wal.last_lsn() + 1;
         self.wal.import(None, frames)?;

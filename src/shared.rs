@@ -3,87 +3,82 @@
 //! own file.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use writebehind_core::{Lsn, State};
-use writebehind_wal::Wal;
+use writebehind_wal::{ReadBack, Replica, Wal};
 
 use crate::backpressure::Room;
 use crate::checkpoint::Compactor;
 use crate::config::Config;
-use crate::lock::DirLock;
+use crate::lock::LockedWal;
 use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
 use crate::read::Loads;
 use crate::recovery::RecoveryReport;
-use crate::stats::{Counters, LoadTimes};
+use crate::stats::{Count, Counters, LoadTimes, Stats};
 use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
 pub(crate) struct Shared {
     cfg: Config,
-    state: State,
-    wal: Wal,
+    state: Arc<State>,
+    /// With the directory lock. Shared with the flusher, and with the
+    /// replica's task, which reads it back.
+    wal: Arc<LockedWal>,
     /// The flush pipeline, when a database is set.
-    pipeline: Option<Pipeline>,
-    room: Room,
-    compactor: Compactor,
+    pipeline: Option<Arc<Pipeline>>,
+    room: Arc<Room>,
+    compactor: Arc<Compactor>,
     counters: Counters,
     loads: Loads,
     load_times: LoadTimes,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Times of the oldest unflushed writes.
-    unflushed: Unflushed,
+    unflushed: Arc<Unflushed>,
     /// When the cache opened: the zero of `unflushed`'s timestamps.
     epoch: Instant,
-    supervisor: Supervisor,
+    supervisor: Arc<Supervisor>,
     recovery: RecoveryReport,
     closed: AtomicBool,
-    /// Released when the last part holding this goes.
-    lock: Option<DirLock>,
-    #[cfg(feature = "nats")]
-    replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
+    /// The WAL's replica, when replicated.
+    replica: Option<Arc<dyn Replica>>,
 }
 
 /// The parts [`Shared::new`] composes.
 pub(crate) struct Parts {
     pub(crate) cfg: Config,
-    pub(crate) state: State,
-    pub(crate) wal: Wal,
-    pub(crate) pipeline: Option<Pipeline>,
-    pub(crate) compactor: Compactor,
-    pub(crate) metrics: Metrics,
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: Arc<LockedWal>,
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
+    pub(crate) room: Arc<Room>,
+    pub(crate) compactor: Arc<Compactor>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) unflushed: Arc<Unflushed>,
+    pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) recovery: RecoveryReport,
-    pub(crate) lock: Option<DirLock>,
-    #[cfg(feature = "nats")]
-    pub(crate) replica: Option<std::sync::Arc<crate::replicate::Replicator>>,
+    pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
 impl Shared {
     pub(crate) fn new(p: Parts) -> Shared {
-        let unflushed = Unflushed::default();
-        if p.pipeline.is_some() && (p.recovery.dirty_entries > 0 || p.recovery.in_flight.is_some())
-        {
-            unflushed.recovered();
-        }
         Shared {
             cfg: p.cfg,
             state: p.state,
             wal: p.wal,
             pipeline: p.pipeline,
-            room: Room::default(),
+            room: p.room,
             compactor: p.compactor,
             counters: Counters::default(),
             loads: Loads::default(),
             load_times: LoadTimes::default(),
             metrics: p.metrics,
-            unflushed,
+            unflushed: p.unflushed,
             epoch: Instant::now(),
-            supervisor: Supervisor::default(),
+            supervisor: p.supervisor,
             recovery: p.recovery,
             closed: AtomicBool::new(false),
-            lock: p.lock,
-            #[cfg(feature = "nats")]
             replica: p.replica,
         }
     }
@@ -101,12 +96,17 @@ impl Shared {
     }
 
     pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
-        self.pipeline.as_ref()
+        self.pipeline.as_deref()
     }
 
-    /// The NATS replication, when on.
-    #[cfg(feature = "nats")]
-    pub(crate) fn replica(&self) -> Option<&std::sync::Arc<crate::replicate::Replicator>> {
+    /// A handle on the WAL that does not keep it open.
+    pub(crate) fn wal_handle(&self) -> Weak<dyn ReadBack> {
+        let weak: Weak<LockedWal> = Arc::downgrade(&self.wal);
+        weak
+    }
+
+    /// The WAL's replica, when replicated.
+    pub(crate) fn replica(&self) -> Option<&Arc<dyn Replica>> {
         self.replica.as_ref()
     }
 
@@ -163,9 +163,7 @@ impl Shared {
     /// The last handle is going: an open of the same directory in this
     /// process may wait for the background work to let go of it.
     pub(crate) fn letting_go(&self) {
-        if let Some(lock) = &self.lock {
-            lock.releasing();
-        }
+        self.wal.releasing();
     }
 
     /// Refuses work on a closed cache, and on a poisoned log: after a failed
@@ -180,11 +178,8 @@ impl Shared {
         }
         // A newer owner claimed the instance on the stream: nothing written
         // here would be kept.
-        #[cfg(feature = "nats")]
-        if let Some(r) = &self.replica {
-            if let Some(epoch) = r.fenced() {
-                return Err(r.fenced_error(epoch));
-            }
+        if let Some(fenced) = self.replica.as_ref().and_then(|r| r.fenced()) {
+            return Err(fenced.into());
         }
         Ok(())
     }
@@ -192,13 +187,10 @@ impl Shared {
     /// A write's or wait's error, as [`Error::Fenced`] once a newer owner
     /// claimed the instance on the stream (the replica's watermark closed).
     pub(crate) fn owned(&self, e: Error) -> Error {
-        #[cfg(feature = "nats")]
-        if let Some(r) = &self.replica {
-            if let Some(epoch) = r.fenced() {
-                return r.fenced_error(epoch);
-            }
+        match self.replica.as_ref().and_then(|r| r.fenced()) {
+            Some(fenced) => fenced.into(),
+            None => e,
         }
-        e
     }
 
     /// `wal.sync()`, timed.
@@ -208,5 +200,82 @@ impl Shared {
         self.metrics
             .fsync_waited(started.elapsed(), what, self.cfg.dir());
         Ok(lsn)
+    }
+
+    /// Publishes the metrics (counts as increments since the last call,
+    /// and gauges).
+    pub(crate) fn publish_metrics(&self) {
+        crate::metrics::publish_with(&self.metrics, || self.stats());
+    }
+
+    /// The figures of [`WriteBehind::stats`](crate::WriteBehind::stats).
+    pub(crate) fn stats(&self) -> Stats {
+        let sh = self;
+        let core = sh.state().stats();
+        let c = sh.counters();
+        let wal = sh.wal();
+        let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
+        let (replicates, replica) = match sh.replica() {
+            Some(r) => (true, r.counts(wal.last_lsn())),
+            None => (false, writebehind_wal::ReplicaCounts::default()),
+        };
+        Stats {
+            writes: c.get(Count::Writes),
+            adds: c.get(Count::Adds),
+            puts: c.get(Count::Puts),
+            deletes: c.get(Count::Deletes),
+            reads: c.get(Count::Reads),
+            hits: core.hits,
+            misses: core.misses,
+            loads: c.get(Count::Loads),
+            load_latency: sh.load_times().snapshot(),
+            refreshes: c.get(Count::Refreshes),
+            refresh_failures: c.get(Count::RefreshFailures),
+            dirty_entries: core.dirty_entries,
+            dirty_bytes: core.dirty_bytes,
+            clean_entries: core.clean_entries,
+            clean_bytes: core.clean_bytes,
+            capacity_evictions: core.capacity_evictions,
+            ttl_evictions: core.ttl_evictions,
+            invalidation_evictions: core.invalidation_evictions,
+            oldest_unflushed: sh.unflushed().age(sh.epoch()),
+            last_lsn: wal.last_lsn(),
+            durable_lsn: wal.durable_lsn(),
+            flushed_lsn: flush.flushed_lsn,
+            wal_bytes: wal.disk_usage(),
+            wal_segments: wal.segment_count(),
+            flushes: flush.flushes,
+            rows_flushed: flush.rows,
+            flush_failures: flush.failures,
+            retries: flush.retries,
+            conflicts: flush.conflicts,
+            dead_letters: flush.dead_letters,
+            backpressure_waits: sh.room().waits(),
+            backpressure_rejections: sh.room().rejections(),
+            checkpoints: sh.compactor().checkpoints(),
+            recovery_records: sh.recovery().records_replayed,
+            recovery_time: sh.recovery().elapsed,
+            notifications: flush.notifications,
+            invalidations: c.get(Count::Invalidations),
+            invalidation_broadcasts: c.get(Count::InvalidationBroadcasts),
+            panics: sh.supervisor().panics() + flush.hook_panics,
+            checkpoint_failures: sh.supervisor().errors(),
+            last_flush_error: flush.last_error,
+            owner_epoch: flush.owner_epoch,
+            fenced: flush.fenced,
+            replicated_lsn: replica.acked,
+            replication_lag_lsns: if replicates {
+                wal.last_lsn().saturating_sub(replica.acked)
+            } else {
+                0
+            },
+            replication_lag: replica.lag,
+            replication_failures: replica.failures,
+            replication_messages: replica.messages,
+            replication_duplicates: replica.duplicates,
+            replication_purges: replica.purges,
+            replication_checkpoints: replica.checkpoints,
+            last_replication_error: replica.last_error,
+        }
     }
 }

@@ -21,9 +21,6 @@ pub(crate) struct Lifetime {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     /// Drops the clean copies of keys other instances flush.
     listener: Mutex<Option<writebehind_writer::Listener>>,
-    /// The NATS replication task and its stop signal.
-    #[cfg(feature = "nats")]
-    replicator: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Lifetime {
@@ -41,20 +38,6 @@ impl Lifetime {
             checkpointer: Mutex::new(Some(checkpointer)),
             runtime: Mutex::new(None),
             listener: Mutex::new(listener),
-            #[cfg(feature = "nats")]
-            replicator: Mutex::new(None),
-        }
-    }
-
-    /// Hands over the replication task.
-    #[cfg(feature = "nats")]
-    pub(crate) fn set_replicator(
-        &self,
-        stop: watch::Sender<bool>,
-        task: Option<tokio::task::JoinHandle<()>>,
-    ) {
-        if let Some(task) = task {
-            *self.replicator.lock() = Some((stop, task));
         }
     }
 
@@ -95,9 +78,8 @@ impl Drop for Lifetime {
         if let Some(task) = self.flusher.lock().take() {
             task.abort();
         }
-        #[cfg(feature = "nats")]
-        if let Some((_, task)) = self.replicator.lock().take() {
-            task.abort();
+        if let Some(r) = self.shared.replica() {
+            r.abort();
         }
         drop(self.listener.lock().take());
         if let Some(rt) = self.runtime.lock().take() {
@@ -136,7 +118,7 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     }
     if let Some(p) = sh.pipeline() {
         let deadline = sh.cfg().close_timeout();
-        match tokio::time::timeout(deadline, p.flush_all(sh)).await {
+        match tokio::time::timeout(deadline, p.flush_all()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => errors.push(e),
             Err(_) => errors.push(Error::FlushTimeout {
@@ -177,11 +159,10 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     if let Err(e) = sh.sync_wal("close") {
         errors.push(e);
     }
-    #[cfg(feature = "nats")]
-    if let Some(e) = stop_replication(sh, life).await {
+    if let Some(e) = stop_replication(sh).await {
         errors.push(e);
     }
-    crate::metrics::publish(sh);
+    sh.publish_metrics();
     if errors.is_empty() {
         tracing::info!("closed");
         Ok(())
@@ -191,39 +172,14 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
     }
 }
 
-/// Lets the replication task publish what is left (within the close
-/// timeout, at most 10 s: NATS may be down), then stops it. What it could
-/// not publish is in the local WAL and goes at the next open.
-#[cfg(feature = "nats")]
-async fn stop_replication(sh: &Arc<Shared>, life: &Lifetime) -> Option<Error> {
+/// Lets the replica publish what is left (within the close timeout, at
+/// most 10 s: it may be down), then stops it. What it could not publish is
+/// in the local WAL and goes at the next open.
+async fn stop_replication(sh: &Arc<Shared>) -> Option<Error> {
     let r = sh.replica()?;
-    let (stop, mut task) = life.replicator.lock().take()?;
     let bound = sh
         .cfg()
         .close_timeout()
         .min(std::time::Duration::from_secs(10));
-    // Fails only when the task already ended: then there is nothing to stop.
-    let _stopping = stop.send(true);
-    let ended = tokio::time::timeout(bound, &mut task).await;
-    if ended.is_err() {
-        task.abort();
-    }
-    let last = sh.wal().last_lsn();
-    let acked = r.acks().acked();
-    r.acks().close("the cache is closed");
-    match ended {
-        Ok(Err(e)) if !e.is_cancelled() => Some(Error::Stopped {
-            task: "replication task",
-            reason: e.to_string(),
-        }),
-        _ if acked < last => Some(Error::Replication {
-            url: r.url().to_owned(),
-            reason: format!(
-                "LSN {}..={last} not replicated at close{}; they stay in the local WAL and are published at the next open",
-                acked + 1,
-                r.acks().last_error().map(|e| format!(" ({e})")).unwrap_or_default()
-            ),
-        }),
-        _ => None,
-    }
+    r.stop(bound).await.err().map(Error::from)
 }

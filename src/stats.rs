@@ -3,8 +3,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::shared::Shared;
-
 /// What the write and read paths count (the flush pipeline, backpressure
 /// and compaction count their own).
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +55,7 @@ impl LoadTimes {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> LoadLatency {
+    pub(crate) fn snapshot(&self) -> LoadLatency {
         LoadLatency {
             counts: self
                 .buckets
@@ -256,92 +254,6 @@ impl Stats {
             self.hits as f64 / total as f64
         }
     }
-}
-
-pub(crate) fn collect(sh: &Shared) -> Stats {
-    let core = sh.state().stats();
-    let c = sh.counters();
-    let wal = sh.wal();
-    let flush = sh.pipeline().map(|p| p.counts()).unwrap_or_default();
-    #[cfg(feature = "nats")]
-    let (replicates, replica) = match sh.replica() {
-        Some(r) => (true, r.counts(wal.last_lsn())),
-        None => (false, Default::default()),
-    };
-    #[cfg(not(feature = "nats"))]
-    let (replicates, replica) = (false, ReplicaFigures::default());
-    Stats {
-        writes: c.get(Count::Writes),
-        adds: c.get(Count::Adds),
-        puts: c.get(Count::Puts),
-        deletes: c.get(Count::Deletes),
-        reads: c.get(Count::Reads),
-        hits: core.hits,
-        misses: core.misses,
-        loads: c.get(Count::Loads),
-        load_latency: sh.load_times().snapshot(),
-        refreshes: c.get(Count::Refreshes),
-        refresh_failures: c.get(Count::RefreshFailures),
-        dirty_entries: core.dirty_entries,
-        dirty_bytes: core.dirty_bytes,
-        clean_entries: core.clean_entries,
-        clean_bytes: core.clean_bytes,
-        capacity_evictions: core.capacity_evictions,
-        ttl_evictions: core.ttl_evictions,
-        invalidation_evictions: core.invalidation_evictions,
-        oldest_unflushed: sh.unflushed().age(sh.epoch()),
-        last_lsn: wal.last_lsn(),
-        durable_lsn: wal.durable_lsn(),
-        flushed_lsn: flush.flushed_lsn,
-        wal_bytes: wal.disk_usage(),
-        wal_segments: wal.segment_count(),
-        flushes: flush.flushes,
-        rows_flushed: flush.rows,
-        flush_failures: flush.failures,
-        retries: flush.retries,
-        conflicts: flush.conflicts,
-        dead_letters: flush.dead_letters,
-        backpressure_waits: sh.room().waits(),
-        backpressure_rejections: sh.room().rejections(),
-        checkpoints: sh.compactor().checkpoints(),
-        recovery_records: sh.recovery().records_replayed,
-        recovery_time: sh.recovery().elapsed,
-        notifications: flush.notifications,
-        invalidations: c.get(Count::Invalidations),
-        invalidation_broadcasts: c.get(Count::InvalidationBroadcasts),
-        panics: sh.supervisor().panics() + flush.hook_panics,
-        checkpoint_failures: sh.supervisor().errors(),
-        last_flush_error: flush.last_error,
-        owner_epoch: flush.owner_epoch,
-        fenced: flush.fenced,
-        replicated_lsn: replica.acked,
-        replication_lag_lsns: if replicates {
-            wal.last_lsn().saturating_sub(replica.acked)
-        } else {
-            0
-        },
-        replication_lag: replica.lag_seconds,
-        replication_failures: replica.failures,
-        replication_messages: replica.messages,
-        replication_duplicates: replica.duplicates,
-        replication_purges: replica.purges,
-        replication_checkpoints: replica.checkpoints,
-        last_replication_error: replica.last_error,
-    }
-}
-
-/// What [`collect`] shows without replication.
-#[cfg(not(feature = "nats"))]
-#[derive(Default)]
-struct ReplicaFigures {
-    acked: u64,
-    lag_seconds: Duration,
-    failures: u64,
-    messages: u64,
-    duplicates: u64,
-    purges: u64,
-    checkpoints: u64,
-    last_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,9 +22,11 @@ type Cache = WriteBehind<String, i64>;
 
 fn builder(dir: &Path, url: &str, stream: &str, id: &str) -> writebehind::Builder<String, i64> {
     Cache::builder(dir)
-        .replicate(url)
-        .replicate_stream(stream)
-        .replicate_subject_prefix(stream)
+        .replicate(
+            writebehind::nats::JetStream::new(url)
+                .stream(stream)
+                .subject_prefix(stream),
+        )
         .instance_id(id)
 }
 

@@ -21,9 +21,11 @@ type Cache = WriteBehind<String, i64>;
 /// Each test's stream takes the subjects `<stream>.>`: streams may not overlap.
 fn builder(dir: &Path, url: &str, stream: &str, id: &str) -> writebehind::Builder<String, i64> {
     Cache::builder(dir)
-        .replicate(url)
-        .replicate_stream(stream)
-        .replicate_subject_prefix(stream)
+        .replicate(
+            writebehind::nats::JetStream::new(url)
+                .stream(stream)
+                .subject_prefix(stream),
+        )
         .instance_id(id)
 }
 
@@ -94,7 +96,7 @@ async fn nats_down_at_open_fails_replicated_writes_only() {
     let url = "nats://127.0.0.1:9";
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::builder(dir.path())
-        .replicate(url)
+        .replicate(writebehind::nats::JetStream::new(url))
         .backpressure(Backpressure::Wait(Duration::from_millis(300)))
         .open()
         .await
@@ -145,7 +147,7 @@ async fn nats_down_at_open_fails_replicated_writes_only() {
     // An empty directory with an explicit id cannot start without the stream.
     let empty = tempfile::tempdir().unwrap();
     let e = Cache::builder(empty.path())
-        .replicate(url)
+        .replicate(writebehind::nats::JetStream::new(url))
         .instance_id("lost-one")
         .open()
         .await

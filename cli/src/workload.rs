@@ -195,10 +195,11 @@ impl ReplicaArgs {
         builder: writebehind::Builder<K, V>,
         url: &str,
     ) -> writebehind::Builder<K, V> {
-        builder
-            .replicate(url)
-            .replicate_stream(&self.stream)
-            .replicate_replicas(self.replicas)
-            .replicate_subject_prefix(&self.subject_prefix)
+        builder.replicate(
+            writebehind::nats::JetStream::new(url)
+                .stream(&self.stream)
+                .replicas(self.replicas)
+                .subject_prefix(&self.subject_prefix),
+        )
     }
 }

@@ -24,7 +24,8 @@ use async_nats::jetstream::{self, stream::Stream};
 use bytes::Bytes;
 use writebehind_wal::Lsn;
 
-use super::Names;
+use crate::names::Names;
+use crate::session::{last_message, next_on};
 use crate::Result;
 
 /// The header naming the epoch a WAL or checkpoint message was published under.
@@ -89,7 +90,7 @@ pub(crate) async fn owners(n: &Names, stream: &Stream) -> Result<Owners> {
     let subject = n.owner_subject();
     let mut claims = Vec::new();
     let mut seq = 1;
-    while let Some(m) = super::next_on(n, stream, &subject, seq).await? {
+    while let Some(m) = next_on(n, stream, &subject, seq).await? {
         seq = m.sequence + 1;
         claims.push(parse(n, &m)?);
     }
@@ -121,7 +122,7 @@ fn parse(n: &Names, m: &jetstream::message::StreamMessage) -> Result<Claim> {
 /// The newest claim (one request): what an owner checks before it
 /// counts a publish as replicated.
 pub(crate) async fn newest(n: &Names, stream: &Stream) -> Result<Option<Claim>> {
-    match super::last_message(n, stream, &n.owner_subject()).await? {
+    match last_message(n, stream, &n.owner_subject()).await? {
         Some(m) => Ok(Some(parse(n, &m)?)),
         None => Ok(None),
     }
