@@ -1,6 +1,6 @@
 //! The records this crate writes to the WAL, and the checkpoint payload.
 //!
-//! Every record has WAL kind [`KIND`]; the payload is a [`LogEntry`] in the
+//! Every record has WAL kind [`KIND`]; the payload is a [`LogPayload`] in the
 //! codec's encoding. The golden-byte tests below fail if that encoding
 //! changes: bump [`FORMAT`] and keep a reader for the old one when it must.
 
@@ -10,14 +10,14 @@ use writebehind_wal::codec;
 
 use crate::{Error, Result};
 
-/// WAL record kind of a [`LogEntry`].
+/// WAL record kind of a [`LogPayload`].
 pub(crate) const KIND: u8 = 1;
 /// Format version of the checkpoint payload.
 pub(crate) const FORMAT: u32 = 1;
 
 /// One WAL record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum LogEntry {
+pub(crate) enum LogPayload {
     /// A write, with the version it was derived from.
     Op {
         key: Key,
@@ -31,9 +31,9 @@ pub(crate) enum LogEntry {
     FlushEnd { position: Lsn },
 }
 
-/// Borrowed twin of [`LogEntry::Op`] for the write path (same encoding).
+/// Borrowed twin of [`LogPayload::Op`] for the write path (same encoding).
 #[derive(Serialize)]
-enum LogEntryRef<'a> {
+enum LogPayloadRef<'a> {
     Op {
         key: &'a str,
         change: &'a Change,
@@ -57,7 +57,7 @@ pub(crate) fn encode_op_into(
 ) -> Result<()> {
     codec::encode_into(
         buf,
-        &LogEntryRef::Op {
+        &LogPayloadRef::Op {
             key,
             change,
             expected,
@@ -66,11 +66,11 @@ pub(crate) fn encode_op_into(
     .map_err(|e| Error::Codec(e.to_string()))
 }
 
-pub(crate) fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
+pub(crate) fn encode(entry: &LogPayload) -> Result<Vec<u8>> {
     codec::encode(entry).map_err(|e| Error::Codec(e.to_string()))
 }
 
-pub(crate) fn decode(payload: &[u8]) -> std::result::Result<LogEntry, String> {
+pub(crate) fn decode(payload: &[u8]) -> std::result::Result<LogPayload, String> {
     codec::decode(payload).map_err(|e| e.to_string())
 }
 
@@ -168,7 +168,7 @@ mod tests {
         ];
         assert_eq!(
             decode(&old_add).unwrap(),
-            LogEntry::Op {
+            LogPayload::Op {
                 key: Arc::from("k1"),
                 change: Change::Add(5),
                 expected: Expected::Any,
@@ -180,7 +180,7 @@ mod tests {
         ];
         assert_eq!(
             decode(&old_put).unwrap(),
-            LogEntry::Op {
+            LogPayload::Op {
                 key: Arc::from("k"),
                 change: Change::Put(Value::Bytes(Arc::from(&b"ab"[..]))),
                 expected: Expected::Version(7),
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn borrowed_and_owned_records_encode_alike() {
-        let owned = LogEntry::Op {
+        let owned = LogPayload::Op {
             key: Arc::from("key"),
             change: Change::Delete,
             expected: Expected::Absent,
@@ -202,9 +202,9 @@ mod tests {
 
     #[test]
     fn markers_are_frozen() {
-        assert_eq!(encode(&LogEntry::FlushBegin).unwrap(), [1, 0, 0, 0]);
+        assert_eq!(encode(&LogPayload::FlushBegin).unwrap(), [1, 0, 0, 0]);
         assert_eq!(
-            encode(&LogEntry::FlushEnd { position: 9 }).unwrap(),
+            encode(&LogPayload::FlushEnd { position: 9 }).unwrap(),
             [2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]
         );
     }

@@ -139,9 +139,9 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
         None => (None, None, None),
     };
-    let sink = replica
-        .as_ref()
-        .map(|r| -> recovery::Replica { (r.clone(), r.acks().clone(), replica_timeout(&cfg)) });
+    let sink = replica.as_ref().map(|r| -> recovery::Replica {
+        (r.clone(), r.watermark().clone(), replica_timeout(&cfg))
+    });
     let mut opened = recovery::open(&cfg, sink)?;
     if let Some(r) = rebuilt {
         opened.report.rebuilt_records = Some(r.records);
@@ -169,7 +169,7 @@ async fn open_in<K: CacheKey, V: CacheValue>(
                 opened.flushed,
                 wal.last_lsn(),
                 // The epoch taken on the stream: the database's is at least it.
-                opened.report.stream_epoch.unwrap_or(0),
+                opened.report.stream_owner_epoch.unwrap_or(0),
                 FlushParts {
                     state: state.clone(),
                     wal: wal.clone(),
@@ -351,7 +351,7 @@ fn reconcile(
         rep.defer_claim(local + 1);
         return Ok(());
     };
-    opened.report.stream_epoch = rep.epoch();
+    opened.report.stream_owner_epoch = rep.epoch();
     let stream = t.last_lsn();
     if stream <= local {
         return Ok(());

@@ -1,6 +1,6 @@
 //! The flush pipeline: take a cut, write it with the progress row in one
 //! transaction, complete it, announce it, report. [`Pipeline`] owns every
-//! rule of that protocol and its state (cut epoch, status, failures, the
+//! rule of that protocol and its state (cut generation, status, failures, the
 //! progress check); the rest of the crate calls its methods.
 
 use std::panic::AssertUnwindSafe;
@@ -76,7 +76,7 @@ pub(crate) struct Pipeline {
     wake: Notify,
     /// Bumped when a cut is taken and when one settles: reads that combine
     /// a loaded row with pending deltas start over when it moves.
-    cut_epoch: AtomicU64,
+    cut_generation: AtomicU64,
     create_tables: bool,
     tables_ready: AtomicBool,
     /// Whether the data table was checked against the mapping (nothing is
@@ -139,7 +139,7 @@ impl Pipeline {
             retrier: Retrier::new(cfg.retry().clone()),
             status,
             wake: Notify::new(),
-            cut_epoch: AtomicU64::new(0),
+            cut_generation: AtomicU64::new(0),
             create_tables: cfg.create_tables(),
             tables_ready: AtomicBool::new(false),
             schema_checked: AtomicBool::new(false),
@@ -172,9 +172,9 @@ impl Pipeline {
         self.wake.notify_one();
     }
 
-    /// The cut epoch (see the field).
-    pub(crate) fn epoch(&self) -> u64 {
-        self.cut_epoch.load(Ordering::Acquire)
+    /// The cut generation (see the field).
+    pub(crate) fn cut_generation(&self) -> u64 {
+        self.cut_generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<FlushStatus> {

@@ -99,7 +99,7 @@ pub(crate) async fn with_base(sh: &Shared, key: &Key) -> Result<Option<Value>> {
     let deadline = tokio::time::Instant::now() + p.wait_timeout();
     loop {
         status.borrow_and_update();
-        let epoch = p.epoch();
+        let cut_gen = p.cut_generation();
         let delta = match sh.state().get(key) {
             Lookup::Value(v) => return Ok(Some(v)),
             Lookup::Absent => return Ok(None),
@@ -112,7 +112,7 @@ pub(crate) async fn with_base(sh: &Shared, key: &Key) -> Result<Option<Value>> {
             continue;
         }
         let base = load(sh, key).await?;
-        if p.epoch() != epoch {
+        if p.cut_generation() != cut_gen {
             continue;
         }
         return add_to_base(key, base, &delta).map(Some);

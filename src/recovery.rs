@@ -7,7 +7,7 @@ use writebehind_core::{ItemOutcome, Lsn, State};
 use writebehind_wal::{Recovery, Wal, WalBuilder};
 
 use crate::config::Config;
-use crate::log::{self, CheckpointData, LogEntry};
+use crate::log::{self, CheckpointData, LogPayload};
 use crate::{Error, Result};
 
 /// What opening the cache found and rebuilt.
@@ -39,7 +39,7 @@ pub struct RecoveryReport {
     pub reconciled_records: Option<u64>,
     /// The owner epoch this cache claimed on the stream at open (`None`:
     /// replication off, or NATS unreachable then and claimed later).
-    pub stream_epoch: Option<u64>,
+    pub stream_owner_epoch: Option<u64>,
 }
 
 pub(crate) struct Opened {
@@ -54,7 +54,7 @@ pub(crate) struct Opened {
 /// long a `Replicated` write waits for it.
 pub(crate) type Replica = (
     Arc<dyn writebehind_wal::ReplicaSink>,
-    writebehind_wal::ReplicaAcks,
+    writebehind_wal::ReplicaWatermark,
     Duration,
 );
 
@@ -117,7 +117,7 @@ pub(crate) fn open(cfg: &Config, replica: Option<Replica>) -> Result<Opened> {
         rebuilt_records: None,
         rebuilt_checkpoint: None,
         reconciled_records: None,
-        stream_epoch: None,
+        stream_owner_epoch: None,
     };
     tracing::info!(
         dir = %cfg.dir().display(),
@@ -192,11 +192,11 @@ fn replay(cfg: &Config, wal: &Wal, state: &State, from: Lsn) -> Result<(u64, Lsn
 /// of a flush it completes.
 fn replay_one(
     state: &State,
-    entry: LogEntry,
+    entry: LogPayload,
     lsn: Lsn,
 ) -> std::result::Result<Option<Lsn>, String> {
     match entry {
-        LogEntry::Op {
+        LogPayload::Op {
             key,
             change,
             expected,
@@ -205,14 +205,14 @@ fn replay_one(
             // may have shrunk since.
             state.lock(&key).apply(key, change, expected, lsn);
         }
-        LogEntry::FlushBegin => {
+        LogPayload::FlushBegin => {
             if state.in_flight().is_some() {
                 return Err("a flush begins while another is in flight".into());
             }
             let mut all = state.lock_all();
             all.take_cut(lsn).map_err(|e| e.to_string())?;
         }
-        LogEntry::FlushEnd { position } => {
+        LogPayload::FlushEnd { position } => {
             // Only the cut in flight can end; an end for a cut a checkpoint
             // already absorbed is a no-op.
             if let Some(cut) = state.in_flight().filter(|c| c.position == position) {

@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     /// Times of the oldest unflushed writes.
     unflushed: Arc<Unflushed>,
     /// When the cache opened: the zero of `unflushed`'s timestamps.
-    epoch: Instant,
+    opened_at: Instant,
     supervisor: Arc<Supervisor>,
     recovery: RecoveryReport,
     closed: AtomicBool,
@@ -75,7 +75,7 @@ impl Shared {
             load_times: LoadTimes::default(),
             metrics: p.metrics,
             unflushed: p.unflushed,
-            epoch: Instant::now(),
+            opened_at: Instant::now(),
             supervisor: p.supervisor,
             recovery: p.recovery,
             closed: AtomicBool::new(false),
@@ -138,8 +138,8 @@ impl Shared {
         &self.unflushed
     }
 
-    pub(crate) fn epoch(&self) -> Instant {
-        self.epoch
+    pub(crate) fn opened_at(&self) -> Instant {
+        self.opened_at
     }
 
     pub(crate) fn supervisor(&self) -> &Supervisor {
@@ -228,7 +228,7 @@ impl Shared {
             hits: core.hits,
             misses: core.misses,
             loads: c.get(Count::Loads),
-            load_latency: sh.load_times().snapshot(),
+            load_latency: sh.load_times().latency(),
             refreshes: c.get(Count::Refreshes),
             refresh_failures: c.get(Count::RefreshFailures),
             dirty_entries: core.dirty_entries,
@@ -238,7 +238,7 @@ impl Shared {
             capacity_evictions: core.capacity_evictions,
             ttl_evictions: core.ttl_evictions,
             invalidation_evictions: core.invalidation_evictions,
-            oldest_unflushed: sh.unflushed().age(sh.epoch()),
+            oldest_unflushed: sh.unflushed().age(sh.opened_at()),
             last_lsn: wal.last_lsn(),
             durable_lsn: wal.durable_lsn(),
             flushed_lsn: flush.flushed_lsn,
@@ -263,9 +263,9 @@ impl Shared {
             last_flush_error: flush.last_error,
             owner_epoch: flush.owner_epoch,
             fenced: flush.fenced,
-            replicated_lsn: replica.acked,
+            replicated_lsn: replica.replicated_lsn,
             replication_lag_lsns: if replicates {
-                wal.last_lsn().saturating_sub(replica.acked)
+                wal.last_lsn().saturating_sub(replica.replicated_lsn)
             } else {
                 0
             },

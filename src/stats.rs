@@ -55,7 +55,7 @@ impl LoadTimes {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> LoadLatency {
+    pub(crate) fn latency(&self) -> LoadLatency {
         LoadLatency {
             counts: self
                 .buckets
@@ -263,13 +263,13 @@ mod tests {
     #[test]
     fn load_times_land_in_their_buckets() {
         let t = LoadTimes::default();
-        assert_eq!(t.snapshot().quantile_bound(0.99), None);
+        assert_eq!(t.latency().quantile_bound(0.99), None);
         for _ in 0..98 {
             t.record(Duration::from_micros(400));
         }
         t.record(Duration::from_millis(30));
         t.record(Duration::from_secs(9));
-        let s = t.snapshot();
+        let s = t.latency();
         assert_eq!(s.count(), 100);
         assert_eq!(
             s.sum(),

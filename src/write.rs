@@ -129,7 +129,7 @@ where
     let key = admit(sh, text)?;
     let mut f = f;
     loop {
-        let epoch = sh.pipeline().map_or(0, |p| p.epoch());
+        let cut_gen = sh.pipeline().map_or(0, |p| p.cut_generation());
         let loaded = match sh.state().get(&key) {
             Lookup::Miss => crate::read::load(sh, &key).await?,
             Lookup::Delta(_) | Lookup::DeltaCols(_) => {
@@ -144,7 +144,7 @@ where
         };
         sh.room().wait_async(sh, &key).await?;
         let timed = timed(sh, None);
-        match update_locked(sh, &key, loaded, epoch, f)? {
+        match update_locked(sh, &key, loaded, cut_gen, f)? {
             Updated::Retry(back) => f = back,
             Updated::Done(ticket, new) => {
                 ticket.await?;
@@ -168,7 +168,7 @@ fn update_locked<V: CacheValue, F>(
     sh: &Shared,
     key: &Key,
     loaded: Option<(Value, i64)>,
-    epoch: u64,
+    cut_gen: u64,
     f: F,
 ) -> Result<Updated<V, F>>
 where
@@ -187,7 +187,7 @@ where
         Err(pending) => {
             // A cut since the load may have put this delta in the loaded
             // row (cuts need every shard lock, so none runs now).
-            if sh.pipeline().map_or(0, |p| p.epoch()) != epoch {
+            if sh.pipeline().map_or(0, |p| p.cut_generation()) != cut_gen {
                 return Ok(Updated::Retry(f));
             }
             Some(add_to_base(key, loaded, &pending)?)
@@ -232,7 +232,7 @@ fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
         1,
     );
     if let Some(p) = sh.pipeline() {
-        sh.unflushed().wrote(sh.epoch());
+        sh.unflushed().wrote(sh.opened_at());
         let cfg = sh.cfg();
         if sh.state().dirty_entries() >= cfg.flush_dirty_entries()
             || sh.state().dirty_bytes() >= cfg.flush_dirty_bytes()

@@ -148,7 +148,7 @@ async fn a_second_owner_fences_the_first_on_the_stream() {
         .await
         .unwrap();
     assert_eq!(second.recovery().rebuilt_records, Some(20));
-    assert_eq!(second.recovery().stream_epoch, Some(2));
+    assert_eq!(second.recovery().stream_owner_epoch, Some(2));
     let started = Instant::now();
     let e = first.add("k", 1).await.unwrap_err();
     assert!(

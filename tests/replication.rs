@@ -126,7 +126,7 @@ async fn nats_down_at_open_fails_replicated_writes_only() {
             &e,
             Error::Wal(writebehind_wal::Error::ReplicaTimeout {
                 lsn: 4,
-                acked: 0,
+                replicated: 0,
                 ..
             })
         ),
@@ -183,7 +183,7 @@ async fn nats_down_mid_run_then_back_catches_up() {
     assert!(
         matches!(
             &e,
-            Error::Wal(writebehind_wal::Error::ReplicaTimeout { acked: 1, .. })
+            Error::Wal(writebehind_wal::Error::ReplicaTimeout { replicated: 1, .. })
         ),
         "{e:?}"
     );
@@ -217,7 +217,7 @@ async fn nats_down_mid_run_then_back_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_or_a_corrupt_message_in_the_stream_is_a_loud_error() {
     use writebehind_wal::replica::encode_frames;
-    use writebehind_wal::Record;
+    use writebehind_wal::Frame;
     let url = nats_url().await;
     let stream = unique("GAP");
     let client = async_nats::connect(url.as_str()).await.unwrap();
@@ -230,7 +230,7 @@ async fn a_gap_or_a_corrupt_message_in_the_stream_is_a_loud_error() {
     .await
     .unwrap();
     // Well-formed records of this crate: an add of 1 to "k".
-    let op = |lsn| Record {
+    let op = |lsn| Frame {
         lsn,
         kind: 1,
         payload: vec![
@@ -238,7 +238,7 @@ async fn a_gap_or_a_corrupt_message_in_the_stream_is_a_loud_error() {
             0,
         ],
     };
-    let publish = |subject: String, records: Vec<Record>| {
+    let publish = |subject: String, records: Vec<Frame>| {
         let js = js.clone();
         async move {
             js.publish(subject, encode_frames(&records).into())

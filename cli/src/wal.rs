@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use writebehind_core::{Change, Expected, Value};
 use writebehind_wal::inspect::{scan_dir, DirReport};
-use writebehind_wal::{codec, Record};
+use writebehind_wal::{codec, Frame};
 
 /// WAL record kind of the cache's records (`src/log.rs`, `KIND`).
 const CACHE_KIND: u8 = 1;
@@ -62,7 +62,7 @@ pub fn run(cmd: Command) -> Result<ExitCode, String> {
 
 /// Scans `dir`, refusing a missing directory or one without WAL files with one sentence (and
 /// creating nothing).
-fn scan(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result<DirReport, String> {
+fn scan(dir: &Path, mut on_record: impl FnMut(&Path, &Frame)) -> Result<DirReport, String> {
     if !dir.is_dir() {
         return Err(format!(
             "WAL directory {} does not exist or is not a directory",
@@ -198,10 +198,10 @@ fn verify(dir: &Path) -> Result<ExitCode, String> {
     }
 }
 
-/// The cache's WAL record (`src/log.rs` `LogEntry`): same variants in the same order, so the
+/// The cache's WAL record (`src/log.rs` `LogPayload`): same variants in the same order, so the
 /// codec decodes it identically; `tests/cli_wal.rs` checks this against records the cache wrote.
 #[derive(Deserialize)]
-enum LogEntry {
+enum LogPayload {
     Op {
         key: String,
         change: Change,
@@ -217,13 +217,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn record_json(r: &Record) -> Json {
+fn record_json(r: &Frame) -> Json {
     let mut o = json!({ "lsn": r.lsn, "kind": r.kind });
     let fields = if r.kind != CACHE_KIND {
         json!({ "type": "unknown", "payload_hex": hex(&r.payload) })
     } else {
-        match codec::decode::<LogEntry>(&r.payload) {
-            Ok(LogEntry::Op {
+        match codec::decode::<LogPayload>(&r.payload) {
+            Ok(LogPayload::Op {
                 key,
                 change,
                 expected,
@@ -243,8 +243,8 @@ fn record_json(r: &Record) -> Json {
                 };
                 json!({ "type": "op", "key": key, "change": change, "expected": expected })
             }
-            Ok(LogEntry::FlushBegin) => json!({ "type": "flush_begin" }),
-            Ok(LogEntry::FlushEnd { position }) => {
+            Ok(LogPayload::FlushBegin) => json!({ "type": "flush_begin" }),
+            Ok(LogPayload::FlushEnd { position }) => {
                 json!({ "type": "flush_end", "position": position })
             }
             Err(e) => json!({

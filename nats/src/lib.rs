@@ -8,7 +8,7 @@
 //! `<prefix>.<instance>.wal`, each message whole frames, at most the
 //! server's payload limit, with the message id `<instance>:<first LSN>` so
 //! a retried publish is a duplicate JetStream drops, and advances the WAL's
-//! [`ReplicaAcks`](writebehind_wal::ReplicaAcks) as JetStream acknowledges. While NATS is unreachable the
+//! [`ReplicaWatermark`](writebehind_wal::ReplicaWatermark) as JetStream acknowledges. While NATS is unreachable the
 //! task retries with backoff, and `Durability::Replicated` writes time out
 //! naming the failure; other modes go on locally.
 //!

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
 use writebehind_wal::replication::BoxFuture;
 use writebehind_wal::{
-    Group, Lsn, ReadBack, RebuildSource, Replica, ReplicaAcks, ReplicaCounts, ReplicaSink,
+    Group, Lsn, ReadBack, RebuildSource, Replica, ReplicaCounts, ReplicaSink, ReplicaWatermark,
 };
 
 use crate::history::take_over;
@@ -23,7 +23,7 @@ use crate::{Error, Result, QUEUE};
 #[derive(Debug)]
 pub(crate) struct Replicator {
     pub(crate) names: Names,
-    pub(crate) acks: ReplicaAcks,
+    pub(crate) watermark: ReplicaWatermark,
     tx: mpsc::Sender<Group>,
     rx: Mutex<Option<mpsc::Receiver<Group>>>,
     /// A full queue dropped a group: re-read from the local WAL.
@@ -80,7 +80,7 @@ impl Replicator {
         let (tx, rx) = mpsc::channel(QUEUE);
         Ok(Arc::new(Replicator {
             names,
-            acks: ReplicaAcks::new(0)?,
+            watermark: ReplicaWatermark::new(0)?,
             tx,
             rx: Mutex::new(Some(rx)),
             dropped: AtomicBool::new(false),
@@ -132,21 +132,21 @@ impl Replicator {
         let e = fenced_error(&self.names.instance, ours, epoch);
         tracing::error!(instance = %self.names.instance, ours, owner_epoch = epoch,
             "fenced: a newer owner claimed this instance on the stream; nothing more is published or acknowledged, and writes are refused");
-        self.acks.close(e.to_string());
+        self.watermark.close(e.to_string());
         e
     }
 
     /// The replica holds everything up to `lsn`.
-    pub(crate) fn acked(&self, lsn: Lsn) {
-        self.acks.ack(lsn);
+    pub(crate) fn advance_replicated(&self, lsn: Lsn) {
+        self.watermark.advance(lsn);
         let mut b = self.behind_since.lock();
         *b = (self.offered.load(Ordering::Acquire) > lsn).then(Instant::now);
     }
 }
 
 impl Replica for Replicator {
-    fn acks(&self) -> &ReplicaAcks {
-        &self.acks
+    fn watermark(&self) -> &ReplicaWatermark {
+        &self.watermark
     }
 
     fn take_over(&self, patience: Duration) -> BoxFuture<'_, Result<Box<dyn RebuildSource>>> {
@@ -186,7 +186,7 @@ impl Replica for Replicator {
     }
 
     fn counts(&self, last_lsn: Lsn) -> ReplicaCounts {
-        let acked = self.acks.acked();
+        let acked = self.watermark.replicated();
         let lag = if acked >= last_lsn {
             Duration::ZERO
         } else {
@@ -196,14 +196,14 @@ impl Replica for Replicator {
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ReplicaCounts {
-            acked,
+            replicated_lsn: acked,
             lag,
             failures: get(&self.failures),
             messages: get(&self.messages),
             duplicates: get(&self.duplicates),
             purges: get(&self.purges),
             checkpoints: get(&self.checkpoints),
-            last_error: self.acks.last_error(),
+            last_error: self.watermark.last_error(),
         }
     }
 
@@ -224,7 +224,7 @@ impl Replica for Replicator {
         let rep = self.clone();
         let task = tokio::spawn(async move {
             let work = crate::task::run(&rep, &log, rx, stop_rx);
-            supervised(work, &rep.acks, &rep.names.url, &panicked).await;
+            supervised(work, &rep.watermark, &rep.names.url, &panicked).await;
         });
         *self.task.lock() = Some((stop, task));
         Ok(())
@@ -245,8 +245,8 @@ impl Replica for Replicator {
                 task.abort();
             }
             let last = self.log().map_or(0, |log| log.wal().last_lsn());
-            let acked = self.acks.acked();
-            self.acks.close("the cache is closed");
+            let acked = self.watermark.replicated();
+            self.watermark.close("the cache is closed");
             match ended {
                 Ok(Err(e)) if !e.is_cancelled() => Err(Error::Stopped {
                     reason: e.to_string(),
@@ -254,7 +254,7 @@ impl Replica for Replicator {
                 _ if acked < last => Err(self.names.error(format!(
                     "LSN {}..={last} not replicated at close{}; they stay in the local WAL and are published at the next open",
                     acked + 1,
-                    self.acks.last_error().map(|e| format!(" ({e})")).unwrap_or_default()
+                    self.watermark.last_error().map(|e| format!(" ({e})")).unwrap_or_default()
                 ))),
                 _ => Ok(()),
             }
@@ -281,7 +281,7 @@ pub(crate) fn fenced_error(instance: &str, ours: u64, owner_epoch: u64) -> Error
 /// closes the watermark, so every `Replicated` wait fails at once naming it.
 pub(crate) async fn supervised(
     work: impl Future<Output = ()>,
-    acks: &ReplicaAcks,
+    acks: &ReplicaWatermark,
     url: &str,
     panicked: impl FnOnce(),
 ) {
@@ -312,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_task_fails_every_replicated_wait_at_once() {
-        let acks = ReplicaAcks::new(0).unwrap();
+        let acks = ReplicaWatermark::new(0).unwrap();
         let waiting = acks.wait_async(1, Instant::now() + Duration::from_secs(30));
         let mut counted = 0;
         supervised(

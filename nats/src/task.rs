@@ -99,7 +99,7 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let before = rep.acks.acked();
+        let before = rep.watermark.replicated();
         let err = match session(rep, weak, &mut rx, &mut shutdown, &mut cur).await {
             Ok(()) => return,
             Err(e) if rep.fenced_by().is_some() => {
@@ -110,11 +110,11 @@ pub(crate) async fn run(
             }
             Err(e) => e,
         };
-        if rep.acks.acked() > before {
+        if rep.watermark.replicated() > before {
             pause = BACKOFF_MIN;
         }
         rep.failures.fetch_add(1, Ordering::Relaxed);
-        rep.acks.fail(crate::describe(&err));
+        rep.watermark.fail(crate::describe(&err));
         tracing::warn!(url = %rep.names.url, error = %err, retry_in = ?pause, "replication interrupted; retrying");
         let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 4));
         tokio::select! {
@@ -177,7 +177,7 @@ pub(crate) async fn session(
     let retry: Vec<_> = cur.in_flight.drain(..).collect();
     match retry.first() {
         None => {
-            rep.acked(tail);
+            rep.advance_replicated(tail);
             cur.next = tail + 1;
         }
         Some(m) => cur.next = m.first,
@@ -244,9 +244,9 @@ pub(crate) async fn session(
     }
 }
 
-pub(crate) type Acked = std::result::Result<jetstream::publish::PublishAck, String>;
+pub(crate) type PubAckResult = std::result::Result<jetstream::publish::PublishAck, String>;
 
-pub(crate) async fn next_ack(q: &mut VecDeque<InFlight>) -> Acked {
+pub(crate) async fn next_ack(q: &mut VecDeque<InFlight>) -> PubAckResult {
     let Some(front) = q.front_mut() else {
         return Err("nothing in flight".into());
     };
@@ -256,7 +256,7 @@ pub(crate) async fn next_ack(q: &mut VecDeque<InFlight>) -> Acked {
     ack.await.map_err(|e| e.to_string())
 }
 
-pub(crate) fn settle(rep: &Replicator, cur: &mut Cursor, acked: Acked) -> Result<()> {
+pub(crate) fn settle(rep: &Replicator, cur: &mut Cursor, acked: PubAckResult) -> Result<()> {
     let Some(m) = cur.in_flight.front_mut() else {
         return Ok(());
     };
@@ -308,7 +308,7 @@ pub(crate) async fn confirm(
         cur.published = true;
     }
     if let Some(last) = last {
-        rep.acked(last);
+        rep.advance_replicated(last);
     }
     Ok(())
 }
@@ -453,7 +453,7 @@ pub(crate) async fn catch_up_to(
     if cur.next >= end || cur.next > wal.last_lsn() {
         return Ok(());
     }
-    let mut batch: Vec<writebehind_wal::Record> = Vec::new();
+    let mut batch: Vec<writebehind_wal::Frame> = Vec::new();
     let mut bytes = 0;
     let mut first_seen = false;
     for r in wal.replay(cur.next).map_err(Error::Wal)? {
@@ -487,7 +487,7 @@ pub(crate) async fn catch_up_to(
             if cp.lsn >= cur.next {
                 put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
                 cur.next = cp.lsn + 1;
-                rep.acked(cp.lsn);
+                rep.advance_replicated(cp.lsn);
             }
         }
         return Ok(());

@@ -39,7 +39,7 @@ pub(crate) async fn publish_checkpoint(
     };
     put_checkpoint(s, rep, cur, cp.lsn, &cp.data).await?;
     cur.next = cur.next.max(cp.lsn + 1);
-    rep.acked(cp.lsn);
+    rep.advance_replicated(cp.lsn);
     Ok(())
 }
 
@@ -241,7 +241,7 @@ pub(crate) async fn maintain(
         .trim_to
         .load(Ordering::Acquire)
         .min(log.wal().durable_lsn() + 1);
-    if flushed > cur.floor && flushed <= rep.acks.acked() {
+    if flushed > cur.floor && flushed <= rep.watermark.replicated() {
         // The checkpoint in the object store predates this flush: a
         // rebuild starts from the floor instead.
         trim(s, rep, cur, flushed).await?;

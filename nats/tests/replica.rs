@@ -40,7 +40,7 @@ async fn open(dir: &Path, log: &JetStream, instance: &str) -> (Arc<Wal>, Arc<dyn
     }
     let (wal, _) = WalBuilder::new(dir)
         .durability(Durability::Replicated)
-        .replica(replica.clone(), replica.acks().clone(), PATIENCE)
+        .replica(replica.clone(), replica.watermark().clone(), PATIENCE)
         .open()
         .unwrap();
     let wal = Arc::new(wal);
@@ -67,10 +67,10 @@ async fn replicated_records_rebuild_an_empty_directory() {
             u64::from(i)
         );
     }
-    assert_eq!(replica.acks().acked(), 20);
+    assert_eq!(replica.watermark().replicated(), 20);
     replica.stop(PATIENCE).await.unwrap();
     let counts = replica.counts(wal.last_lsn());
-    assert_eq!(counts.acked, 20);
+    assert_eq!(counts.replicated_lsn, 20);
     assert_eq!(counts.lag, Duration::ZERO);
     assert_eq!(counts.failures, 0);
 
@@ -129,7 +129,7 @@ async fn a_newer_claim_fences_the_owner_before_it_acknowledges_anything() {
         "{:?}",
         replica.fenced()
     );
-    assert_eq!(replica.acks().acked(), 1);
+    assert_eq!(replica.watermark().replicated(), 1);
     assert!(replica.stop(PATIENCE).await.is_err());
 
     // What the newer owner reads back leaves the fenced record out.

@@ -75,10 +75,10 @@ pub(crate) struct Metrics {
     checkpoint_failures: Counter,
     /// What was last published, to turn totals into increments.
     published: Mutex<Stats>,
-    /// When the last slow-fsync warning was logged (ms since `epoch`), to log
+    /// When the last slow-fsync warning was logged (ms since `opened_at`), to log
     /// one per second at most: a slow disk slows every writer at once.
     last_slow_warning: AtomicU64,
-    epoch: Instant,
+    opened_at: Instant,
 }
 
 /// The dirty limits, set once at open: what the dirty figures are drawn
@@ -143,7 +143,7 @@ impl Metrics {
             checkpoint_failures: c("writebehind_checkpoint_failures_total"),
             published: Mutex::new(Stats::default()),
             last_slow_warning: AtomicU64::new(0),
-            epoch: Instant::now(),
+            opened_at: Instant::now(),
         }
     }
 
@@ -180,7 +180,7 @@ impl Metrics {
     ) {
         self.fsync.record(elapsed.as_secs_f64());
         if elapsed > SLOW_FSYNC {
-            let now = self.epoch.elapsed().as_millis() as u64 + 1;
+            let now = self.opened_at.elapsed().as_millis() as u64 + 1;
             let last = self.last_slow_warning.load(Ordering::Relaxed);
             if (last == 0 || now.saturating_sub(last) >= 1_000)
                 && self

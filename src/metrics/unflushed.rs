@@ -16,9 +16,9 @@ impl Unflushed {
     /// After a write: remembers its time if it is the first since the last cut.
     /// One atomic load on the common path.
     #[inline]
-    pub(crate) fn wrote(&self, epoch: Instant) {
+    pub(crate) fn wrote(&self, opened_at: Instant) {
         if self.pending.load(Ordering::Relaxed) == 0 {
-            let now = epoch.elapsed().as_millis() as u64 + 1;
+            let now = opened_at.elapsed().as_millis() as u64 + 1;
             let _ = self
                 .pending
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
@@ -42,14 +42,16 @@ impl Unflushed {
     }
 
     /// The age of the oldest write not yet flushed.
-    pub(crate) fn age(&self, epoch: Instant) -> Duration {
+    pub(crate) fn age(&self, opened_at: Instant) -> Duration {
         let oldest = [&self.in_cut, &self.pending]
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .filter(|&t| t != 0)
             .min();
         match oldest {
-            Some(t) => epoch.elapsed().saturating_sub(Duration::from_millis(t - 1)),
+            Some(t) => opened_at
+                .elapsed()
+                .saturating_sub(Duration::from_millis(t - 1)),
             None => Duration::ZERO,
         }
     }
@@ -61,19 +63,19 @@ mod tests {
 
     #[test]
     fn age_follows_the_oldest_unflushed_write() {
-        let epoch = Instant::now() - Duration::from_secs(10);
+        let opened_at = Instant::now() - Duration::from_secs(10);
         let u = Unflushed::default();
-        assert_eq!(u.age(epoch), Duration::ZERO);
-        u.wrote(epoch);
+        assert_eq!(u.age(opened_at), Duration::ZERO);
+        u.wrote(opened_at);
         u.cut_taken();
-        let after_cut = u.age(epoch);
+        let after_cut = u.age(opened_at);
         assert!(after_cut < Duration::from_millis(500), "{after_cut:?}");
-        u.recovered(); // pending since the epoch: 10 s old
-        assert!(u.age(epoch) >= Duration::from_secs(10));
+        u.recovered(); // pending since the cache opened: 10 s old
+        assert!(u.age(opened_at) >= Duration::from_secs(10));
         u.cut_done();
-        assert!(u.age(epoch) >= Duration::from_secs(10));
+        assert!(u.age(opened_at) >= Duration::from_secs(10));
         u.cut_taken();
         u.cut_done();
-        assert_eq!(u.age(epoch), Duration::ZERO);
+        assert_eq!(u.age(opened_at), Duration::ZERO);
     }
 }

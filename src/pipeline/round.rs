@@ -14,7 +14,7 @@ use writebehind_writer::ErrorClass;
 
 use super::Pipeline;
 use crate::events::Flushed;
-use crate::log::{self, LogEntry};
+use crate::log::{self, LogPayload};
 use crate::supervise::call_hook;
 use crate::{Error, Result};
 
@@ -91,7 +91,7 @@ impl Pipeline {
         // The database never holds a flush whose start the stream lacks:
         // an adopt would find the progress row past the stream's end.
         if let Some(r) = &self.parts.replica {
-            r.acks()
+            r.watermark()
                 .wait_async(cut.position, Instant::now() + self.wait_timeout)
                 .await
                 .map_err(|e| match r.fenced() {
@@ -122,12 +122,12 @@ impl Pipeline {
             .instrument(span.clone())
             .await?;
         self.parts.state.complete_cut(&report.outcomes)?;
-        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
+        self.cut_generation.fetch_add(1, Ordering::AcqRel);
         self.parts.unflushed.cut_done();
         let elapsed = started.elapsed();
         // Not waited on: a lost end marker only makes the next open ask the
         // database's progress row, which says the cut is already there.
-        let end = log::encode(&LogEntry::FlushEnd {
+        let end = log::encode(&LogPayload::FlushEnd {
             position: cut.position,
         })
         .and_then(|p| {
@@ -239,7 +239,7 @@ impl Pipeline {
         if self.parts.state.dirty_entries() == 0 {
             return Ok(None);
         }
-        let payload = log::encode(&LogEntry::FlushBegin)?;
+        let payload = log::encode(&LogPayload::FlushBegin)?;
         let mut all = self.parts.state.lock_all();
         let begin = self
             .parts
@@ -247,7 +247,7 @@ impl Pipeline {
             .append_with(log::KIND, &payload, Durability::Fsync)?;
         let cut = all.take_cut(begin.lsn())?;
         // Under every shard lock: no read is between its lookup and this.
-        self.cut_epoch.fetch_add(1, Ordering::AcqRel);
+        self.cut_generation.fetch_add(1, Ordering::AcqRel);
         self.parts.unflushed.cut_taken();
         Ok(Some((cut, begin)))
     }

@@ -24,7 +24,7 @@ type Cell = Arc<OnceCell<LoadResult>>;
 
 /// A load in progress and the moment it belongs to: its ticket (the key's
 /// shard generation, which a cut that cleans the key or an invalidation
-/// moves) and the cut epoch (which taking or settling a cut moves). Only a
+/// moves) and the cut generation (which taking or settling a cut moves). Only a
 /// reader that finds both unchanged joins it: the row it brings may predate
 /// a flush that committed since, and a reader arriving after that flush
 /// must not see the row without the flushed change (a counter's delta
@@ -32,7 +32,7 @@ type Cell = Arc<OnceCell<LoadResult>>;
 struct Slot {
     cell: Cell,
     ticket: LoadTicket,
-    epoch: u64,
+    cut_gen: u64,
 }
 
 /// First pause of refreshes after a failed one; it doubles per failure.
@@ -60,7 +60,7 @@ struct Pause {
 
 impl Loads {
     /// The load of `key` in progress, if it began in the same generation
-    /// and cut epoch as now, or a new one (which replaces an older one in
+    /// and cut generation as now, or a new one (which replaces an older one in
     /// the map: its callers still get their row, later readers do not).
     /// Returns the load and its ticket, for
     /// [`insert_loaded`](writebehind_core::State::insert_loaded).
@@ -68,10 +68,10 @@ impl Loads {
         // Read before the map's lock, and before the query: a flush that
         // commits after this moment makes the load's row unfit to keep.
         let ticket = sh.state().load_ticket(key);
-        let epoch = cut_epoch(sh);
+        let cut_gen = cut_generation(sh);
         let mut map = self.map.lock();
         match map.get(key) {
-            Some(slot) if slot.epoch == epoch && slot.ticket.same_generation(&ticket) => {
+            Some(slot) if slot.cut_gen == cut_gen && slot.ticket.same_generation(&ticket) => {
                 (slot.cell.clone(), slot.ticket.clone())
             }
             _ => {
@@ -81,7 +81,7 @@ impl Loads {
                     Slot {
                         cell: cell.clone(),
                         ticket: ticket.clone(),
-                        epoch,
+                        cut_gen,
                     },
                 );
                 (cell, ticket)
@@ -93,11 +93,11 @@ impl Loads {
     /// progress.
     fn start(&self, sh: &Shared, key: &Key) -> Option<(Cell, LoadTicket)> {
         let ticket = sh.state().load_ticket(key);
-        let epoch = cut_epoch(sh);
+        let cut_gen = cut_generation(sh);
         let mut map = self.map.lock();
         if map
             .get(key)
-            .is_some_and(|slot| slot.epoch == epoch && slot.ticket.same_generation(&ticket))
+            .is_some_and(|slot| slot.cut_gen == cut_gen && slot.ticket.same_generation(&ticket))
         {
             return None;
         }
@@ -107,7 +107,7 @@ impl Loads {
             Slot {
                 cell: cell.clone(),
                 ticket: ticket.clone(),
-                epoch,
+                cut_gen,
             },
         );
         Some((cell, ticket))
@@ -153,9 +153,9 @@ impl Loads {
     }
 }
 
-/// The cut epoch (0 without a database: nothing is loaded then).
-fn cut_epoch(sh: &Shared) -> u64 {
-    sh.pipeline().map_or(0, |p| p.epoch())
+/// The cut generation (0 without a database: nothing is loaded then).
+fn cut_generation(sh: &Shared) -> u64 {
+    sh.pipeline().map_or(0, |p| p.cut_generation())
 }
 
 /// Read-through with concurrent misses on one key collapsed into one
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(get(&cache).await, Some(51));
 
         // A counter over an unknown base (row + pending delta): B must add
-        // its delta to the row with the flushed one. A, whose cut epoch
+        // its delta to the row with the flushed one. A, whose cut generation
         // moved, reads again and sees the same.
         ok(cache.invalidate(KEY).await.map(drop));
         ok(cache.add(KEY, 7).await.map(drop));

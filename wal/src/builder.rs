@@ -14,9 +14,9 @@ use crate::syncer::{SyncStart, Syncer};
 use crate::wal::AppendState;
 use crate::watermarks::Watermarks;
 use crate::{
-    frame, recovery, sync_watermark, Durability, Error, Io, Recovery, ReplicaAcks, ReplicaSink,
-    Result, StdIo, Wal, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
-    SEGMENT_HEADER_LEN,
+    frame, recovery, sync_watermark, Durability, Error, Io, Recovery, ReplicaSink,
+    ReplicaWatermark, Result, StdIo, Wal, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE, SEGMENT_HEADER_LEN,
 };
 
 /// Configures and opens a [`Wal`].
@@ -38,7 +38,7 @@ pub struct WalBuilder {
 #[derive(Clone, Debug)]
 struct ReplicaConfig {
     sink: Arc<dyn ReplicaSink>,
-    acks: ReplicaAcks,
+    acks: ReplicaWatermark,
     timeout: Duration,
 }
 
@@ -64,7 +64,7 @@ impl WalBuilder {
     pub fn replica(
         mut self,
         sink: Arc<dyn ReplicaSink>,
-        acks: ReplicaAcks,
+        acks: ReplicaWatermark,
         timeout: Duration,
     ) -> Self {
         self.replica = Some(ReplicaConfig {

@@ -106,7 +106,7 @@ impl CommitCell {
         c.offer = false;
         let mut r = Ok(());
         for (lsn, frame) in records {
-            let msg = Msg::Record {
+            let msg = Msg::Frame {
                 lsn,
                 frame: frame.to_vec(),
                 mode: Durability::Fsync,

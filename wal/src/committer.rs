@@ -37,7 +37,7 @@ const ZERO_LOW: u64 = 256 << 10;
 /// What appenders hand to the committer.
 pub(crate) enum Msg {
     /// A sealed frame.
-    Record {
+    Frame {
         lsn: Lsn,
         frame: Vec<u8>,
         mode: Durability,
@@ -132,7 +132,7 @@ impl Committer {
         shutdown: &mut bool,
     ) -> Result<(), Poisoned> {
         match msg {
-            Msg::Record { lsn, frame, mode } => {
+            Msg::Frame { lsn, frame, mode } => {
                 let pending = self.seg_len + self.buf.len() as u64;
                 if pending + frame.len() as u64 > self.segment_size
                     && pending > SEGMENT_HEADER_LEN as u64

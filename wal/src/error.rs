@@ -90,12 +90,12 @@ pub enum Error {
     },
     /// A `Replicated` append was not acknowledged by the replica within its wait bound. The
     /// record is in the local log; the sink goes on trying to replicate it.
-    #[error("the replica did not acknowledge LSN {lsn} within {waited:?} (it holds up to LSN {acked}){}", last_error.as_ref().map(|e| format!("; last replica error: {e}")).unwrap_or_default())]
+    #[error("the replica did not acknowledge LSN {lsn} within {waited:?} (it holds up to LSN {replicated}){}", last_error.as_ref().map(|e| format!("; last replica error: {e}")).unwrap_or_default())]
     ReplicaTimeout {
         /// The append's LSN.
         lsn: Lsn,
-        /// The highest LSN the replica acknowledged.
-        acked: Lsn,
+        /// The replicated watermark: every LSN up to it is in the replica.
+        replicated: Lsn,
         /// How long the append waited.
         waited: std::time::Duration,
         /// The sink's last failure, if any since its last acknowledgement.

@@ -7,7 +7,7 @@
 //! an all-zero run from a frame boundary to the end of the file is where the data ends, not a
 //! torn tail. Other bits are 0; readers ignore them.
 //!
-//! Record frame (20-byte header + payload): payload length u32 | CRC32C u32 | LSN u64 |
+//! Frame frame (20-byte header + payload): payload length u32 | CRC32C u32 | LSN u64 |
 //! kind u8 | frame version u8 | reserved u16 (0) | payload. The CRC covers the payload followed
 //! by the header without its CRC field (length, LSN, kind, version, reserved), so a torn,
 //! zero-filled or foreign byte run never passes.
@@ -22,7 +22,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Length of a record frame header.
 pub const FRAME_HEADER_LEN: usize = 20;
-/// Record frame version written by this crate.
+/// Frame frame version written by this crate.
 pub const FRAME_VERSION: u8 = 1;
 /// Segment flag: zeros after the last record are preallocated space.
 pub const FLAG_PREALLOCATED: u32 = 1;

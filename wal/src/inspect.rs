@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint;
 use crate::frame::{decode_segment_header, SEGMENT_HEADER_LEN};
 use crate::reader::{has_frame_after, DamageReason, Event, ScanState};
-use crate::{parse_lsn_name, Error, Lsn, Record, Result, SEGMENT_SUFFIX};
+use crate::{parse_lsn_name, Error, Frame, Lsn, Result, SEGMENT_SUFFIX};
 
 /// What one segment file holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl DirReport {
 /// Scans `dir` read-only: every checkpoint, then every segment in LSN order, calling
 /// `on_record` with each intact record (damaged ranges are skipped and reported, the scan goes
 /// on). Fails only if the directory or a file cannot be read; damage is in the report.
-pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result<DirReport> {
+pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Frame)) -> Result<DirReport> {
     let io_err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |e| Error::io(op, path, e)
@@ -231,12 +231,12 @@ pub fn scan_dir(dir: &Path, mut on_record: impl FnMut(&Path, &Record)) -> Result
         let mut st = ScanState::new(header);
         while let Some(ev) = st.next_event(&data) {
             match ev {
-                Event::Record { lsn, kind, payload } => {
+                Event::Frame { lsn, kind, payload } => {
                     sum.records += 1;
                     sum.last_lsn = Some(lsn);
                     on_record(
                         &path,
-                        &Record {
+                        &Frame {
                             lsn,
                             kind,
                             payload: payload.to_vec(),

@@ -40,7 +40,7 @@ pub mod rebuild;
 mod recovery;
 mod replay;
 pub mod replica;
-mod replica_acks;
+mod replica_watermark;
 pub mod replication;
 mod segment;
 pub mod sync_watermark;
@@ -58,7 +58,7 @@ pub use io::{Io, StdIo};
 pub use rebuild::{is_empty_log, RebuildSource, Rebuilt};
 pub use recovery::{CheckpointInfo, Recovery, Skipped, TornTail};
 pub use replay::Replay;
-pub use replica::{Group, ReplicaAcks, ReplicaSink, ReplicaWait};
+pub use replica::{Group, ReplicaSink, ReplicaWait, ReplicaWatermark};
 pub use replication::{ReadBack, Replica, ReplicaCounts, ReplicaError, ReplicatedLog};
 pub use ticket::{Append, AppendFuture};
 pub use wal::Wal;
@@ -104,12 +104,12 @@ pub enum Durability {
 /// Longest time a `Replicated` record stays unsynced locally (the replica holds it already).
 pub const REPLICATED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A record read back from the log.
+/// A frame read back from the log: one appended payload with its LSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct Frame {
     /// Its LSN.
     pub lsn: Lsn,
-    /// The caller's record type.
+    /// The caller's payload kind.
     pub kind: u8,
     /// The caller's bytes.
     pub payload: Vec<u8>,

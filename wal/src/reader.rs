@@ -13,7 +13,7 @@
 use crate::frame::{
     decode_segment_header, parse_frame, parse_frame_in, SegmentHeader, SEGMENT_HEADER_LEN,
 };
-use crate::{Lsn, Record};
+use crate::{Frame, Lsn};
 
 /// Why a byte range of a segment was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub struct Damage {
 /// One step of a segment scan.
 #[derive(Debug)]
 pub(crate) enum Event<'a> {
-    Record {
+    Frame {
         lsn: Lsn,
         kind: u8,
         payload: &'a [u8],
@@ -120,7 +120,7 @@ impl ScanState {
             Ok(f) if f.lsn == self.expected => {
                 self.pos = f.end;
                 self.expected += 1;
-                Some(Event::Record {
+                Some(Event::Frame {
                     lsn: f.lsn,
                     kind: f.kind,
                     payload: f.payload,
@@ -200,7 +200,7 @@ pub struct SegmentContents {
     /// First LSN from the header.
     pub first_lsn: Lsn,
     /// The records accepted, in order.
-    pub records: Vec<Record>,
+    pub records: Vec<Frame>,
     /// Every damaged range, in order. Without salvage, at most one (the scan stops there).
     pub damage: Vec<Damage>,
     /// Offset just past the last accepted record: where a torn tail would be cut.
@@ -225,8 +225,8 @@ pub fn read_segment(bytes: &[u8], salvage: bool) -> crate::Result<SegmentContent
     };
     while let Some(ev) = st.next_event(bytes) {
         match ev {
-            Event::Record { lsn, kind, payload } => {
-                out.records.push(Record {
+            Event::Frame { lsn, kind, payload } => {
+                out.records.push(Frame {
                     lsn,
                     kind,
                     payload: payload.to_vec(),

@@ -275,7 +275,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, salvage: bool, new_flags: u32) ->
         let mut torn = None;
         while let Some(ev) = st.next_event(&data) {
             match ev {
-                Event::Record { lsn, .. } => {
+                Event::Frame { lsn, .. } => {
                     rep.records += 1;
                     rep.first_lsn.get_or_insert(lsn);
                     rep.last_lsn = Some(lsn);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::reader::{Event, ScanState};
 use crate::segment::SegMeta;
-use crate::{frame, Error, Io, Lsn, Record, Result, Wal};
+use crate::{frame, Error, Frame, Io, Lsn, Result, Wal};
 
 impl Wal {
     /// Reads the on-disk log: every record with LSN `>= from`, in LSN order, as written
@@ -65,15 +65,15 @@ impl Replay {
 }
 
 impl Iterator for Replay {
-    type Item = Result<Record>;
+    type Item = Result<Frame>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             if let Some((buf, st, path)) = &mut self.cur {
                 match st.next_event(buf) {
-                    Some(Event::Record { lsn, kind, payload }) => {
+                    Some(Event::Frame { lsn, kind, payload }) => {
                         if lsn >= self.from {
-                            return Some(Ok(Record {
+                            return Some(Ok(Frame {
                                 lsn,
                                 kind,
                                 payload: payload.to_vec(),

@@ -3,7 +3,7 @@
 //! Right after the committer writes a group to the local log it hands the group's exact frame
 //! bytes and LSN range to a [`ReplicaSink`], which must not block the committer (it queues and
 //! publishes on its own task). The sink reports how far the replica has stored the log through
-//! [`ReplicaAcks`]: `Durability::Replicated` tickets resolve once the local write and that
+//! [`ReplicaWatermark`]: `Durability::Replicated` tickets resolve once the local write and that
 //! watermark both cover them, or fail when their wait bound passes. Other modes never look at
 //! it. Nothing here knows which replicated log is behind the trait.
 //!
@@ -17,7 +17,7 @@ use crate::frame::{encode_segment_header, parse_frame};
 use crate::io::Io;
 use crate::{checkpoint, segment_name, Error, Lsn, Result};
 
-pub use crate::replica_acks::{ReplicaAcks, ReplicaWait};
+pub use crate::replica_watermark::{ReplicaWait, ReplicaWatermark};
 
 /// One group as the committer wrote it: whole frames, LSNs `first..=last`, consecutive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub trait ReplicaSink: Send + Sync + std::fmt::Debug {
 }
 
 /// Re-encodes records as frames, byte for byte what the committer wrote for them.
-pub fn encode_frames<'a>(records: impl IntoIterator<Item = &'a crate::Record>) -> Vec<u8> {
+pub fn encode_frames<'a>(records: impl IntoIterator<Item = &'a crate::Frame>) -> Vec<u8> {
     let mut out = Vec::new();
     for r in records {
         out.extend_from_slice(&crate::frame::encode_frame(r.lsn, r.kind, &r.payload));

@@ -4,7 +4,7 @@
 //! depends on this crate only. The owner gets its settings as a [`ReplicatedLog`] and makes
 //! one [`Replica`] per instance: at open it takes the instance over (an owner epoch that
 //! fences earlier owners) and reads back what the replica holds ([`RebuildSource`]); the WAL
-//! then hands it every group ([`ReplicaSink`]) and waits on its [`ReplicaAcks`]; the owner
+//! then hands it every group ([`ReplicaSink`]) and waits on its [`ReplicaWatermark`]; the owner
 //! tells it what it may drop (a flush, a checkpoint), asks whether it was fenced and for its
 //! figures, and stops it at close.
 
@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::rebuild::RebuildSource;
-use crate::{Error, Lsn, ReplicaAcks, ReplicaSink, Wal};
+use crate::{Error, Lsn, ReplicaSink, ReplicaWatermark, Wal};
 
 /// A future a replica returns (its traits stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,7 +47,7 @@ pub trait ReplicatedLog: Send + Sync + Debug {
 /// One instance's replica: the WAL's sink, and what its owner asks of it.
 pub trait Replica: ReplicaSink {
     /// How far the replica holds the log (the WAL's `Replicated` waits use it).
-    fn acks(&self) -> &ReplicaAcks;
+    fn watermark(&self) -> &ReplicaWatermark;
     /// At open, before the local log is opened: claims the instance (a newer owner epoch:
     /// earlier owners are fenced from here on) and reads back what the replica holds, which
     /// no earlier owner can add to any more. An unreachable replica is retried for
@@ -91,7 +91,7 @@ pub trait Replica: ReplicaSink {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaCounts {
     /// Every LSN up to this one is in the replica.
-    pub acked: Lsn,
+    pub replicated_lsn: Lsn,
     /// How long the replica has been behind the local log (zero when caught up).
     pub lag: Duration,
     /// Sessions that failed (replica unreachable, a publish not acknowledged).

@@ -7,12 +7,12 @@ use std::task::{Context, Poll, Waker};
 
 use crate::commit_cell::CommitCell;
 use crate::watermarks::Watermarks;
-use crate::{Lsn, ReplicaAcks, Result};
+use crate::{Lsn, ReplicaWatermark, Result};
 
 /// What a `Replicated` ticket waits for after the local write.
 #[derive(Debug)]
 pub(crate) struct ReplicaTicket {
-    pub(crate) acks: ReplicaAcks,
+    pub(crate) acks: ReplicaWatermark,
     pub(crate) since: std::time::Instant,
     pub(crate) deadline: std::time::Instant,
 }

@@ -1,6 +1,6 @@
 //! "Wake me when the log reaches LSN n": one mechanism for every watermark of the crate (the
 //! written and durable LSNs of [`crate::watermarks::Watermarks`], the replica's acknowledged LSN of
-//! [`crate::ReplicaAcks`]), blocking or async, with or without a deadline.
+//! [`crate::ReplicaWatermark`]), blocking or async, with or without a deadline.
 //!
 //! A [`Mark`] is one watermark and the wakers parked on it, in a min-heap by LSN. Whoever
 //! raises the mark wakes exactly the waiters it satisfies, each once, outside the lock; with

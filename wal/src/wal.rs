@@ -14,7 +14,9 @@ use crate::committer::Msg;
 use crate::frame::PendingFrame;
 use crate::segment::Files;
 use crate::watermarks::Watermarks;
-use crate::{ticket, Append, Durability, Error, Io, Lsn, ReplicaAcks, Result, MAX_PAYLOAD_LEN};
+use crate::{
+    ticket, Append, Durability, Error, Io, Lsn, ReplicaWatermark, Result, MAX_PAYLOAD_LEN,
+};
 
 #[derive(Debug)]
 pub(crate) struct AppendState {
@@ -40,7 +42,7 @@ pub struct Wal {
     pub(crate) files: Arc<Mutex<Files>>,
     pub(crate) committer: Mutex<Option<JoinHandle<()>>>,
     pub(crate) ckpt_lock: Mutex<()>,
-    pub(crate) replica: Option<(ReplicaAcks, Duration)>,
+    pub(crate) replica: Option<(ReplicaWatermark, Duration)>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -98,7 +100,7 @@ impl Wal {
             return Err(Error::Closed);
         };
         frame.seal(lsn);
-        let msg = Msg::Record {
+        let msg = Msg::Frame {
             lsn,
             frame: frame.buf,
             mode: durability,
@@ -153,7 +155,7 @@ impl Wal {
     }
 
     /// The replica's watermark, when the log has one.
-    pub fn replica_acks(&self) -> Option<&ReplicaAcks> {
+    pub fn replica_watermark(&self) -> Option<&ReplicaWatermark> {
         self.replica.as_ref().map(|r| &r.0)
     }
 

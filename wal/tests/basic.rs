@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use writebehind_wal::io::FaultyIo;
-use writebehind_wal::{Durability, Error, Record, Wal, WalBuilder, MAX_PAYLOAD_LEN};
+use writebehind_wal::{Durability, Error, Frame, Wal, WalBuilder, MAX_PAYLOAD_LEN};
 
 fn payload(lsn: u64) -> Vec<u8> {
     format!("record-{lsn}").into_bytes()
 }
 
-fn replay_all(wal: &Wal, from: u64) -> Vec<Record> {
+fn replay_all(wal: &Wal, from: u64) -> Vec<Frame> {
     wal.replay(from)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -39,7 +39,7 @@ fn append_replay_reopen_on_real_files() {
     );
     assert_eq!(
         got[0],
-        Record {
+        Frame {
             lsn: 4,
             kind: 4,
             payload: payload(4)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use writebehind_wal::io::FaultyIo;
 use writebehind_wal::reader::read_segment;
-use writebehind_wal::{checkpoint, Error, Record, WalBuilder};
+use writebehind_wal::{checkpoint, Error, Frame, WalBuilder};
 
 fn cases() -> u32 {
     std::env::var("WB_PROPTEST_CASES")
@@ -18,7 +18,7 @@ fn cases() -> u32 {
 }
 
 /// A real segment with `n` records and a real checkpoint, produced by the log itself.
-fn sample(n: usize) -> (Vec<u8>, Vec<Record>, Vec<u8>) {
+fn sample(n: usize) -> (Vec<u8>, Vec<Frame>, Vec<u8>) {
     let fs = FaultyIo::new();
     // No preallocated zeros: the mutations should hit the records.
     fs.set_zero_extend(false);
@@ -31,7 +31,7 @@ fn sample(n: usize) -> (Vec<u8>, Vec<Record>, Vec<u8>) {
     }
     wal.sync().unwrap();
     wal.write_checkpoint(n as u64, b"checkpoint data").unwrap();
-    let recs: Vec<Record> = wal.replay(1).unwrap().map(|r| r.unwrap()).collect();
+    let recs: Vec<Frame> = wal.replay(1).unwrap().map(|r| r.unwrap()).collect();
     let seg = fs
         .read_file(std::path::Path::new("/w/00000000000000000001.wal"))
         .unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use writebehind_wal::io::FaultyIo;
 use writebehind_wal::{
-    Error, Record, Skipped, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    Error, Frame, Skipped, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 fn payload(lsn: u64) -> Vec<u8> {
@@ -41,7 +41,7 @@ fn build(fs: &FaultyIo, n: u64, seg: u64) -> Vec<PathBuf> {
         .collect()
 }
 
-fn replay(wal: &Wal) -> Vec<Record> {
+fn replay(wal: &Wal) -> Vec<Frame> {
     wal.replay(1)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -62,7 +62,7 @@ fn cutting_the_last_segment_at_every_offset_keeps_exactly_the_whole_records() {
     let last = segs.last().unwrap().clone();
     let bytes = base.read_file(&last).unwrap();
     let first_lsn: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    // Record boundaries in the last segment: (end offset, lsn).
+    // Frame boundaries in the last segment: (end offset, lsn).
     let mut ends = vec![(SEGMENT_HEADER_LEN as u64, first_lsn - 1)];
     let mut off = SEGMENT_HEADER_LEN as u64;
     for lsn in first_lsn..=30 {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use writebehind_wal::replica::{encode_frames, parse_frames, seed};
-use writebehind_wal::{Durability, Error, Group, ReplicaAcks, ReplicaSink, StdIo, WalBuilder};
+use writebehind_wal::{Durability, Error, Group, ReplicaSink, ReplicaWatermark, StdIo, WalBuilder};
 
 /// Keeps every group; acknowledges them only when the test says so.
 #[derive(Debug, Default)]
@@ -34,9 +34,9 @@ impl MemorySink {
 fn open(
     dir: &std::path::Path,
     timeout: Duration,
-) -> (writebehind_wal::Wal, Arc<MemorySink>, ReplicaAcks) {
+) -> (writebehind_wal::Wal, Arc<MemorySink>, ReplicaWatermark) {
     let sink = Arc::new(MemorySink::default());
-    let acks = ReplicaAcks::new(0).unwrap();
+    let acks = ReplicaWatermark::new(0).unwrap();
     let (wal, _) = WalBuilder::new(dir)
         .replica(sink.clone(), acks.clone(), timeout)
         .open()
@@ -91,17 +91,17 @@ fn replicated_resolves_after_the_ack_and_other_modes_never_wait() {
     ] {
         assert!(wal.append_with(1, b"x", mode).unwrap().wait().is_ok());
     }
-    assert_eq!(acks.acked(), 0);
+    assert_eq!(acks.replicated(), 0);
     let t = wal.append_with(1, b"r", Durability::Replicated).unwrap();
     let lsn = t.lsn();
     assert_eq!(lsn, 4);
     let waiter = std::thread::spawn(move || t.wait());
     std::thread::sleep(Duration::from_millis(50));
     assert!(!waiter.is_finished());
-    acks.ack(3);
+    acks.advance(3);
     std::thread::sleep(Duration::from_millis(20));
     assert!(!waiter.is_finished());
-    acks.ack(4);
+    acks.advance(4);
     assert_eq!(waiter.join().unwrap().unwrap(), 4);
     wal.close().unwrap();
 }
@@ -117,7 +117,7 @@ async fn replicated_awaited_ticket_leads_then_waits_for_the_ack() {
         tokio::spawn(async move {
             loop {
                 if let Some(last) = sink.groups.lock().last().map(|g| g.last) {
-                    acks.ack(last);
+                    acks.advance(last);
                     if last >= 20 {
                         return;
                     }
@@ -133,7 +133,7 @@ async fn replicated_awaited_ticket_leads_then_waits_for_the_ack() {
             .await
             .unwrap();
         assert_eq!(lsn, i);
-        assert!(acks.acked() >= i);
+        assert!(acks.replicated() >= i);
     }
     acker.await.unwrap();
     Arc::try_unwrap(wal).unwrap().close().unwrap();
@@ -156,7 +156,7 @@ async fn replicated_times_out_naming_the_sinks_error_and_stops_on_close() {
         "{waited:?}"
     );
     assert!(
-        matches!(&e, Error::ReplicaTimeout { lsn: 1, acked: 0, last_error: Some(m), .. } if m.contains("connection refused")),
+        matches!(&e, Error::ReplicaTimeout { lsn: 1, replicated: 0, last_error: Some(m), .. } if m.contains("connection refused")),
         "{e:?}"
     );
     // The record is in the local log all the same.
@@ -225,9 +225,9 @@ fn seed_rebuilds_a_log_from_replica_frames() {
     assert!(std::fs::read_dir(gap.path()).unwrap().next().is_none());
 }
 
-fn records(from: u64, to: u64) -> Vec<writebehind_wal::Record> {
+fn records(from: u64, to: u64) -> Vec<writebehind_wal::Frame> {
     (from..=to)
-        .map(|lsn| writebehind_wal::Record {
+        .map(|lsn| writebehind_wal::Frame {
             lsn,
             kind: 3,
             payload: format!("imported {lsn}").into_bytes(),
@@ -235,7 +235,7 @@ fn records(from: u64, to: u64) -> Vec<writebehind_wal::Record> {
         .collect()
 }
 
-fn all(wal: &writebehind_wal::Wal) -> Vec<writebehind_wal::Record> {
+fn all(wal: &writebehind_wal::Wal) -> Vec<writebehind_wal::Frame> {
     wal.replay(1).unwrap().map(|r| r.unwrap()).collect()
 }
 

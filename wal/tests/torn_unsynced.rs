@@ -10,8 +10,7 @@ use proptest::prelude::*;
 use writebehind_wal::io::{CrashMode, FaultyIo};
 use writebehind_wal::replica::encode_frames;
 use writebehind_wal::{
-    sync_watermark, Durability, Error, Record, Wal, WalBuilder, FRAME_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    sync_watermark, Durability, Error, Frame, Wal, WalBuilder, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 const SEG: &str = "/w/00000000000000000001.wal";
@@ -84,8 +83,8 @@ fn a_zero_hole_past_the_watermark_followed_by_intact_frames_is_a_torn_tail() {
     assert_eq!(lsns(&wal), vec![1, 2, 3, 4, 5]);
 }
 
-fn rec6() -> Record {
-    Record {
+fn rec6() -> Frame {
+    Frame {
         lsn: 6,
         kind: 1,
         payload: payload(6),
@@ -167,8 +166,8 @@ fn real_files_zero_hole_then_frames_past_the_watermark_is_a_torn_tail() {
     let seg = dir.join("00000000000000000001.wal");
     let mut bytes = std::fs::read(&seg).unwrap();
     let good = bytes.len() as u64;
-    let later: Vec<Record> = (5..=6)
-        .map(|lsn| Record {
+    let later: Vec<Frame> = (5..=6)
+        .map(|lsn| Frame {
             lsn,
             kind: 1,
             payload: payload(lsn),
@@ -222,13 +221,13 @@ proptest! {
         let fs = FaultyIo::with_seed(seed);
         fs.set_zero_extend(prealloc);
         let (wal, _) = open(&fs).unwrap();
-        let mut written: Vec<Record> = Vec::new();
+        let mut written: Vec<Frame> = Vec::new();
         for (n, len, sync) in &groups {
             let tickets: Vec<_> = (0..*n)
                 .map(|_| {
                     let lsn = wal.last_lsn() + 1;
                     let p: Vec<u8> = (0..*len).map(|i| (lsn as usize * 7 + i) as u8 | 1).collect();
-                    written.push(Record { lsn, kind: 2, payload: p.clone() });
+                    written.push(Frame { lsn, kind: 2, payload: p.clone() });
                     wal.append_with(2, &p, Durability::None).unwrap()
                 })
                 .collect();
@@ -255,7 +254,7 @@ proptest! {
             at += f.len();
         }
         let (wal, rec) = open(&fs).map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
-        let got: Vec<Record> = wal.replay(1).unwrap().collect::<Result<_, _>>().unwrap();
+        let got: Vec<Frame> = wal.replay(1).unwrap().collect::<Result<_, _>>().unwrap();
         prop_assert!(got.len() as u64 >= synced, "lost fsynced records: {} < {}", got.len(), synced);
         prop_assert_eq!(got.len(), intact);
         prop_assert_eq!(&got[..], &written[..got.len()]);

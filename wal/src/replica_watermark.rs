@@ -1,4 +1,4 @@
-//! How far the replica has stored the log ([`ReplicaAcks`]), and the waits on it.
+//! How far the replica has stored the log ([`ReplicaWatermark`]), and the waits on it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,41 +19,41 @@ use crate::{Error, Lsn, Result};
 /// timer thread (one per watermark, gone within a second of the last handle) wakes waits
 /// whose bound passed.
 #[derive(Clone, Debug)]
-pub struct ReplicaAcks {
+pub struct ReplicaWatermark {
     inner: Arc<Acks>,
 }
 
 #[derive(Debug)]
 struct Acks {
-    acked: Arc<Mark>,
-    /// Set before `acked` is closed, so a closed watermark always has its reason.
+    mark: Arc<Mark>,
+    /// Set before `mark` is closed, so a closed watermark always has its reason.
     last_error: Mutex<Option<String>>,
 }
 
-impl ReplicaAcks {
+impl ReplicaWatermark {
     /// A watermark at `acked` (what the replica is known to hold).
     pub fn new(acked: Lsn) -> Result<Self> {
         let mark = Mark::with_deadlines(acked, "wal-replica-timer")
             .map_err(|e| Error::io("spawn replica timer", "wal-replica-timer", e))?;
-        Ok(ReplicaAcks {
+        Ok(ReplicaWatermark {
             inner: Arc::new(Acks {
-                acked: mark,
+                mark,
                 last_error: Mutex::new(None),
             }),
         })
     }
 
     /// The highest LSN the replica acknowledged.
-    pub fn acked(&self) -> Lsn {
-        self.inner.acked.get()
+    pub fn replicated(&self) -> Lsn {
+        self.inner.mark.get()
     }
 
     /// The replica holds everything up to `lsn`: resolves the waits it covers, clears the
     /// last error.
-    pub fn ack(&self, lsn: Lsn) {
-        self.inner.acked.raise(lsn);
+    pub fn advance(&self, lsn: Lsn) {
+        self.inner.mark.raise(lsn);
         *self.inner.last_error.lock() = None;
-        self.inner.acked.wake_reached();
+        self.inner.mark.wake_reached();
     }
 
     /// The replica could not be reached or refused a group: waits go on (the sink retries),
@@ -73,17 +73,17 @@ impl ReplicaAcks {
             .last_error
             .lock()
             .get_or_insert_with(|| reason.into());
-        self.inner.acked.close();
+        self.inner.mark.close();
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.acked.is_closed()
+        self.inner.mark.is_closed()
     }
 
     fn check(&self, lsn: Lsn, since: Instant, deadline: Instant) -> Option<Result<Lsn>> {
-        let acked = self.acked();
-        if acked >= lsn {
+        let replicated = self.replicated();
+        if replicated >= lsn {
             return Some(Ok(lsn));
         }
         if self.is_closed() {
@@ -95,7 +95,7 @@ impl ReplicaAcks {
         if Instant::now() >= deadline {
             return Some(Err(Error::ReplicaTimeout {
                 lsn,
-                acked,
+                replicated,
                 waited: since.elapsed(),
                 last_error: self.last_error(),
             }));
@@ -110,7 +110,7 @@ impl ReplicaAcks {
             if let Some(r) = self.check(lsn, since, deadline) {
                 return r;
             }
-            self.inner.acked.block(lsn, Some(deadline), || false);
+            self.inner.mark.block(lsn, Some(deadline), || false);
         }
     }
 
@@ -140,7 +140,7 @@ impl ReplicaAcks {
             }
             if self
                 .inner
-                .acked
+                .mark
                 .poll(lsn, Some(deadline), slot, cx, || false)
                 .is_pending()
             {
@@ -154,11 +154,11 @@ impl ReplicaAcks {
     }
 }
 
-/// The future of [`ReplicaAcks::wait_async`].
+/// The future of [`ReplicaWatermark::wait_async`].
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct ReplicaWait {
-    acks: ReplicaAcks,
+    acks: ReplicaWatermark,
     lsn: Lsn,
     since: Instant,
     deadline: Instant,
@@ -183,13 +183,13 @@ mod tests {
 
     #[test]
     fn waits_resolve_on_ack_and_time_out_with_the_last_error() {
-        let acks = ReplicaAcks::new(3).unwrap();
+        let acks = ReplicaWatermark::new(3).unwrap();
         let far = Instant::now() + Duration::from_secs(10);
         assert_eq!(acks.wait(2, far).unwrap(), 2);
         let a2 = acks.clone();
         let t = std::thread::spawn(move || a2.wait(9, Instant::now() + Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(20));
-        acks.ack(9);
+        acks.advance(9);
         assert_eq!(t.join().unwrap().unwrap(), 9);
 
         acks.fail("replica unreachable");
@@ -199,7 +199,7 @@ mod tests {
             .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert!(
-            matches!(&e, Error::ReplicaTimeout { lsn: 10, acked: 9, last_error: Some(m), .. } if m == "replica unreachable"),
+            matches!(&e, Error::ReplicaTimeout { lsn: 10, replicated: 9, last_error: Some(m), .. } if m == "replica unreachable"),
             "{e:?}"
         );
         acks.close("stopped");
