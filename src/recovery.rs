@@ -150,7 +150,7 @@ impl Opened {
         self.report.in_flight = self.state.in_flight().map(|c| c.position);
         self.report.reconciled_records = Some(records);
         tracing::warn!(dir = %cfg.dir().display(), from, records,
-            "the local WAL ended before the replica: its tail was restored from the stream");
+            "the local WAL ended before the replica: its end was restored from the stream");
         Ok(())
     }
 }

@@ -163,7 +163,7 @@ async fn newest_checkpoint(
 
 /// What the stream holds of this instance, as a point to continue from:
 /// every LSN up to the returned one is in it (or covered by its floor).
-pub(crate) async fn tail(n: &Names, s: &Session, owners: &Owners) -> Result<Lsn> {
+pub(crate) async fn stream_end(n: &Names, s: &Session, owners: &Owners) -> Result<Lsn> {
     let floor = floor(n, &s.stream, owners).await?;
     let last = match last_message(n, &s.stream, &n.wal_subject()).await? {
         Some(m) => {

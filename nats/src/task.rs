@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use writebehind_wal::replica::parse_frames;
 use writebehind_wal::{Group, Lsn, ReadBack, Wal};
 
-use crate::history::tail;
+use crate::history::stream_end;
 use crate::owner::{self, Claim};
 use crate::replicator::Replicator;
 use crate::session::{connect, Session};
@@ -158,17 +158,17 @@ pub(crate) async fn session(
     }
     // Stored before this check, while still the owner: they count.
     confirm(&s, rep, cur, false).await?;
-    let tail = tail(n, &s, &owners).await?;
+    let end = stream_end(n, &s, &owners).await?;
     let local = weak.upgrade().map(|log| log.wal().last_lsn());
     // The stream's acknowledgement never counts for a record the local
     // WAL does not hold (open reconciled them; this is a guard).
-    let tail = match local {
-        Some(local) if tail > local => {
-            tracing::error!(instance = %n.instance, stream_lsn = tail, local_lsn = local,
+    let end = match local {
+        Some(local) if end > local => {
+            tracing::error!(instance = %n.instance, stream_lsn = end, local_lsn = local,
                 "the stream holds more of this instance than its local WAL; acknowledging only what the WAL holds");
             local
         }
-        _ => tail,
+        _ => end,
     };
     // Every unacknowledged message goes again as it was (same bytes, same
     // id: JetStream drops the copies it has). Not only those past the
@@ -177,15 +177,15 @@ pub(crate) async fn session(
     let retry: Vec<_> = cur.in_flight.drain(..).collect();
     match retry.first() {
         None => {
-            rep.advance_replicated(tail);
-            cur.next = tail + 1;
+            rep.advance_replicated(end);
+            cur.next = end + 1;
         }
         Some(m) => cur.next = m.first,
     }
     for m in retry {
         publish(&s, rep, cur, m.first, m.last, m.payload, true).await?;
     }
-    cur.next = cur.next.max(tail + 1);
+    cur.next = cur.next.max(end + 1);
     if let Some(log) = weak.upgrade() {
         catch_up(&s, rep, log.wal(), cur, max).await?;
     }
