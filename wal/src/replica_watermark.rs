@@ -13,7 +13,7 @@ use crate::{Error, Lsn, Result};
 
 /// How far the replica has stored the log, and the waits on it.
 ///
-/// The sink calls [`ack`](Self::ack) as the replica confirms groups and
+/// The sink calls [`advance`](Self::advance) as the replica confirms groups and
 /// [`fail`](Self::fail) when it cannot reach it (kept for the error a timed-out wait returns);
 /// [`close`](Self::close) when it stops for good, which fails every waiter at once. A small
 /// timer thread (one per watermark, gone within a second of the last handle) wakes waits
