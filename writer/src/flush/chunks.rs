@@ -89,6 +89,27 @@ pub(super) fn key_order(a: &WRow, b: &WRow) -> std::cmp::Ordering {
     a.data.key.cmp(&b.data.key)
 }
 
+/// Sorts a pass by [`key_order`]. A single integer key column (the common
+/// `id BIGINT` key) sorts by its values alone: comparing rows would read each
+/// row's key values from the heap at every comparison.
+pub(super) fn sort_rows(rows: &mut Vec<WRow>) {
+    let ids: Option<Vec<(i64, usize)>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.data.kvals.as_slice() {
+            [SqlValue::Int(id)] => Some((*id, i)),
+            _ => None,
+        })
+        .collect();
+    let Some(mut ids) = ids else {
+        rows.sort_unstable_by(key_order);
+        return;
+    };
+    ids.sort_unstable();
+    let mut slots: Vec<Option<WRow>> = rows.drain(..).map(Some).collect();
+    rows.extend(ids.iter().filter_map(|&(_, i)| slots[i].take()));
+}
+
 /// Splits rows into passes in which no key (its column values) appears
 /// twice: a multi-row upsert must not touch one row twice. Rows are
 /// counted by the hash of their key values: equal keys always land in
@@ -138,7 +159,7 @@ impl Flush<'_> {
         }
         let w = self.w;
         let d = w.dialect();
-        rows.sort_unstable_by(key_order);
+        sort_rows(&mut rows);
         let per_row = if kind == StmtKind::Delete {
             d.params_per_key()
         } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use writebehind_core::{Key, Value};
 
-use super::chunks::{key_order, passes};
+use super::chunks::{key_order, passes, sort_rows};
 use super::readback::{by_ordinal, Back};
 use crate::rows::WRow;
 use crate::schema::SqlValue;
@@ -71,4 +71,27 @@ fn key_order_follows_key_values() {
     rows.sort_unstable_by(key_order);
     let keys: Vec<&str> = rows.iter().map(|r| &*r.data.key).collect();
     assert_eq!(keys, vec!["9", "10", "100"]);
+}
+
+/// The integer-key sort gives the order of `key_order`, every row kept once;
+/// other keys take the general sort.
+#[test]
+fn sorting_by_integer_ids_keeps_key_order() {
+    let ids: Vec<i64> = (0..500i64).map(|i| (i * 7_919) % 1_009 - 500).collect();
+    let mut rows: Vec<WRow> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| row(i, &k.to_string(), k))
+        .collect();
+    let mut want = rows.clone();
+    want.sort_unstable_by(key_order);
+    sort_rows(&mut rows);
+    let idx = |rs: &[WRow]| rs.iter().map(|r| r.idx).collect::<Vec<_>>();
+    assert_eq!(idx(&rows), idx(&want));
+    let mut texts = vec![row(0, "b", 0), row(1, "a", 0)];
+    for r in &mut texts {
+        r.data.kvals = vec![SqlValue::Text(r.data.key.to_string())];
+    }
+    sort_rows(&mut texts);
+    assert_eq!(idx(&texts), vec![1, 0]);
 }
