@@ -110,6 +110,19 @@ pub(super) fn sort_rows(rows: &mut Vec<WRow>) {
     rows.extend(ids.iter().filter_map(|&(_, i)| slots[i].take()));
 }
 
+/// Frees a large pass's rows on a blocking thread: each holds its own key
+/// and column vectors, and freeing tens of thousands of them inside the
+/// transaction would hold the flush (and its row locks) for milliseconds.
+fn drop_aside(rows: Vec<WRow>) {
+    const ASIDE: usize = 1_024;
+    if rows.len() < ASIDE {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        drop(rt.spawn_blocking(move || drop(rows)));
+    }
+}
+
 /// Splits rows into passes in which no key (its column values) appears
 /// twice: a multi-row upsert must not touch one row twice. Rows are
 /// counted by the hash of their key values: equal keys always land in
@@ -213,6 +226,7 @@ impl Flush<'_> {
             let back = self.read_back(mode, &written).await?;
             self.record(kind, written, Some(back), &mut lost);
         }
+        drop_aside(rows);
         Ok(lost)
     }
 
