@@ -1011,3 +1011,58 @@ fn delta_record_adds_are_checked() {
     );
     assert_eq!(state.dirty_bytes(), 1 + 16 + 1 + 8);
 }
+
+/// A cut large enough to land on two threads leaves exactly the state the
+/// one-thread landing (a single shard) leaves: the written rows clean with
+/// their totals, the keys written again during the flight dirty over them.
+#[test]
+fn a_large_cut_lands_on_two_threads_as_on_one() {
+    let n = 3 * 8_192;
+    let limits = Limits {
+        clean_capacity: 2 * n,
+        ..Limits::default()
+    };
+    let run = |state: &State| {
+        for i in 0..n {
+            write(state, &format!("c{i}"), Change::Add(1), i as Lsn + 1).unwrap();
+        }
+        let c = cut(state, n as Lsn + 1);
+        assert_eq!(c.items.len(), n);
+        for i in (0..n).step_by(7) {
+            write(state, &format!("c{i}"), Change::Add(5), (n + i) as Lsn + 2).unwrap();
+        }
+        let done = outcomes(&c, |item| {
+            let i: i64 = item.key[1..].parse().unwrap();
+            if i % 11 == 0 {
+                UNKNOWN
+            } else {
+                written(2, Value::Int(100 + i))
+            }
+        });
+        state.complete_cut(&done).unwrap();
+        assert!(!state.has_in_flight());
+        (0..n)
+            .map(|i| state.get(&k(&format!("c{i}"))))
+            .collect::<Vec<_>>()
+    };
+    let two = State::with_shards(limits.clone(), 64);
+    let one = State::with_shards(limits, 1);
+    let (seen_two, seen_one) = (run(&two), run(&one));
+    assert_eq!(seen_two, seen_one);
+    for (i, seen) in seen_two.iter().enumerate() {
+        let want = match (i % 7 == 0, i % 11 == 0) {
+            (true, true) => Lookup::Delta(5),
+            (true, false) => Lookup::Value(Value::Int(100 + i as i64 + 5)),
+            (false, true) => Lookup::Miss,
+            (false, false) => Lookup::Value(Value::Int(100 + i as i64)),
+        };
+        assert_eq!(*seen, want, "c{i}");
+    }
+    let again = (0..n).step_by(7).count();
+    let clean = (0..n).filter(|i| i % 7 != 0 && i % 11 != 0).count();
+    for s in [&two, &one] {
+        assert_eq!(s.dirty_entries(), again);
+        assert_eq!(s.stats().clean_entries, clean);
+    }
+    assert_eq!(two.dirty_bytes(), one.dirty_bytes());
+}

@@ -12,6 +12,9 @@ use crate::types::{Cut, FlushItem, ItemOutcome, Key, Lsn, Value};
 use super::read::{to_lookup, Lookup};
 use super::{ShardInner, State};
 
+/// Cuts of at least this many items land on two threads.
+const PARALLEL_LANDING: usize = 8_192;
+
 impl State {
     /// Whether a cut is in flight (one atomic load).
     pub fn has_in_flight(&self) -> bool {
@@ -49,9 +52,43 @@ impl State {
             }
             Some(_) => slot.take(),
         };
-        for (item, outcome) in cut.iter().flat_map(|c| &c.items).zip(outcomes) {
+        let items = cut.as_ref().map_or(&[][..], |c| &c.items[..]);
+        let mut inners: Vec<&mut ShardInner> = guards.iter_mut().map(|g| &mut **g).collect();
+        let half = inners.len() / 2;
+        if items.len() >= PARALLEL_LANDING && half > 0 {
+            // Every writer waits on these locks: land half the shards on a
+            // second thread.
+            let (low, high) = inners.split_at_mut(half);
+            std::thread::scope(|s| {
+                s.spawn(|| self.land(items, outcomes, high, half));
+                self.land(items, outcomes, low, 0);
+            });
+        } else {
+            self.land(items, outcomes, &mut inners, 0);
+        }
+        self.in_flight_items.store(0, Ordering::Relaxed);
+        self.cut_active.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies the outcomes of the items whose shards are `inners`
+    /// (shards `first..first + inners.len()`); the rest are skipped.
+    fn land(
+        &self,
+        items: &[FlushItem],
+        outcomes: &[ItemOutcome],
+        inners: &mut [&mut ShardInner],
+        first: usize,
+    ) {
+        for (item, outcome) in items.iter().zip(outcomes) {
             let hash = self.hash(&item.key);
-            let inner = &mut *guards[self.shard_of(hash)];
+            let Some(inner) = self
+                .shard_of(hash)
+                .checked_sub(first)
+                .and_then(|i| inners.get_mut(i))
+            else {
+                continue;
+            };
             let Ok(mut entry) = inner.table.find_entry(hash, |n| *n.key == *item.key) else {
                 continue;
             };
@@ -88,9 +125,6 @@ impl State {
                 _ => self.clean.remove(&key),
             }
         }
-        self.in_flight_items.store(0, Ordering::Relaxed);
-        self.cut_active.store(false, Ordering::Release);
-        Ok(())
     }
 
     /// The cut failed or was not committed: every in-flight change merges
@@ -117,6 +151,24 @@ impl State {
         self.cut_active.store(false, Ordering::Release);
         true
     }
+}
+
+/// Moves every pending change of these shards in flight, one item each,
+/// in shard order.
+fn start_flights(inners: &mut [&mut ShardInner]) -> Vec<FlushItem> {
+    let mut items = Vec::with_capacity(inners.iter().map(|i| i.table.len()).sum());
+    for inner in inners {
+        for node in inner.table.iter_mut() {
+            if let Some(change) = node.start_flight() {
+                items.push(FlushItem {
+                    key: node.key.clone(),
+                    change,
+                    expected: node.known.expected(),
+                });
+            }
+        }
+    }
+    items
 }
 
 /// Every shard's write lock; see [`State::lock_all`].
@@ -146,18 +198,23 @@ impl AllGuard<'_> {
                 position: cut.position,
             });
         }
-        let mut items = Vec::with_capacity(state.dirty_entries());
-        for inner in &mut self.guards {
-            for node in inner.table.iter_mut() {
-                if let Some(change) = node.start_flight() {
-                    items.push(FlushItem {
-                        key: node.key.clone(),
-                        change,
-                        expected: node.known.expected(),
-                    });
-                }
+        let mut inners: Vec<&mut ShardInner> = self.guards.iter_mut().map(|g| &mut **g).collect();
+        let half = inners.len() / 2;
+        let items = if state.dirty_entries() >= PARALLEL_LANDING && half > 0 {
+            // As in `complete_cut`: writers wait; half the shards on a second thread.
+            let (low, high) = inners.split_at_mut(half);
+            let (mut items, rest) = std::thread::scope(|s| {
+                let high = s.spawn(|| start_flights(high));
+                (start_flights(low), high.join())
+            });
+            match rest {
+                Ok(rest) => items.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
-        }
+            items
+        } else {
+            start_flights(&mut inners)
+        };
         let cut = Cut { position, items };
         state
             .in_flight_items
