@@ -41,7 +41,8 @@ pub(crate) struct Shared {
     opened_at: Instant,
     supervisor: Arc<Supervisor>,
     recovery: RecoveryReport,
-    closed: AtomicBool,
+    /// Shared with the compactor, whose thread stops when it is set.
+    closed: Arc<AtomicBool>,
     /// The WAL's replica, when replicated.
     replica: Option<Arc<dyn Replica>>,
 }
@@ -58,6 +59,7 @@ pub(crate) struct Parts {
     pub(crate) unflushed: Arc<Unflushed>,
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) recovery: RecoveryReport,
+    pub(crate) closed: Arc<AtomicBool>,
     pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
@@ -78,7 +80,7 @@ impl Shared {
             opened_at: Instant::now(),
             supervisor: p.supervisor,
             recovery: p.recovery,
-            closed: AtomicBool::new(false),
+            closed: p.closed,
             replica: p.replica,
         }
     }
