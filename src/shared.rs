@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::lock::LockedWal;
 use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
-use crate::read::Loads;
+use crate::read::loads::Loads;
 use crate::recovery::RecoveryReport;
 use crate::stats::{Count, Counters, LoadTimes, Stats};
 use crate::supervise::Supervisor;
