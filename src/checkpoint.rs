@@ -200,37 +200,41 @@ impl Compactor {
     }
 }
 
-/// Starts the checkpoint thread. It runs when woken (WAL growth,
-/// backpressure, a flush) or every 200 ms, calls `each_turn` (which
-/// publishes the metrics), and stops once the cache is closed or its
-/// compactor dropped. A panic in one turn is caught, logged and counted;
-/// the thread goes on.
-pub(crate) fn spawn(
+/// Starts the checkpoint thread of the cache `owner`. It runs when woken
+/// (WAL growth, backpressure, a flush) or every 200 ms, calls `each_turn`
+/// with the owner (which publishes the metrics), and stops once the cache
+/// is closed or dropped. A panic in one turn is caught, logged and
+/// counted; the thread goes on.
+pub(crate) fn spawn<T: Send + Sync + 'static>(
     c: &Arc<Compactor>,
     wake: Receiver<()>,
-    each_turn: impl Fn() + Send + 'static,
+    owner: Weak<T>,
+    each_turn: impl Fn(&T) + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let weak = Arc::downgrade(c);
+    let c = Arc::downgrade(c);
     std::thread::Builder::new()
         .name("writebehind-checkpoint".into())
-        .spawn(move || run(weak, wake, each_turn))
+        .spawn(move || run(c, wake, owner, each_turn))
         .map_err(|source| Error::Io {
             path: std::path::PathBuf::from("writebehind-checkpoint thread"),
             source,
         })
 }
 
-fn run(weak: Weak<Compactor>, wake: Receiver<()>, each_turn: impl Fn()) {
+fn run<T>(c: Weak<Compactor>, wake: Receiver<()>, owner: Weak<T>, each_turn: impl Fn(&T)) {
     loop {
         match wake.recv_timeout(Duration::from_millis(200)) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Some(c) = weak.upgrade() else { return };
+        // The owner first: the compactor may outlive the cache a moment
+        // (the flush observers hold it), and no turn runs then.
+        let Some(owner) = owner.upgrade() else { return };
+        let Some(c) = c.upgrade() else { return };
         if c.parts.closed.load(Ordering::Acquire) {
             return;
         }
-        let turn = std::panic::catch_unwind(AssertUnwindSafe(|| c.turn(&each_turn)));
+        let turn = std::panic::catch_unwind(AssertUnwindSafe(|| c.turn(&|| each_turn(&owner))));
         if let Err(panic) = turn {
             let message = crate::supervise::panic_message(&*panic);
             tracing::error!(dir = %c.dir.display(), %message, "checkpoint thread panicked; it goes on");

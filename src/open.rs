@@ -271,13 +271,13 @@ async fn open_in<K: CacheKey, V: CacheValue>(
             shutdown_rx,
         ))
     });
-    // The checkpoint thread's turns publish the metrics.
-    let weak = Arc::downgrade(&shared);
-    let checkpointer = crate::checkpoint::spawn(&compactor, wake_checkpoint, move || {
-        if let Some(sh) = weak.upgrade() {
-            sh.publish_metrics();
-        }
-    })?;
+    // The checkpoint thread lives as long as the cache; its turns publish the metrics.
+    let checkpointer = crate::checkpoint::spawn(
+        &compactor,
+        wake_checkpoint,
+        Arc::downgrade(&shared),
+        Shared::publish_metrics,
+    )?;
     let life = Arc::new(Lifetime::new(
         shared.clone(),
         shutdown,
