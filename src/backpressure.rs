@@ -2,28 +2,58 @@
 //! background work to make some, or fails with [`Error::Backpressure`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
-use writebehind_core::Key;
+use writebehind_core::{Key, Limits, State};
 
-use crate::config::Backpressure;
+use crate::checkpoint::Compactor;
+use crate::config::{Backpressure, Config};
 use crate::error::Limit;
-use crate::shared::Shared;
 use crate::{Error, Result};
 
-/// Wakes writers waiting for room, and counts them.
-#[derive(Default)]
+/// Decides on room for writes, wakes the writers waiting for it, and
+/// counts them.
 pub(crate) struct Room {
     generation: Mutex<u64>,
     cvar: Condvar,
     notify: Notify,
     waits: AtomicU64,
     rejections: AtomicU64,
+    policy: Backpressure,
+    limits: Limits,
+    state: Arc<State>,
+    /// Knows the WAL's size and frees WAL bytes.
+    compactor: Arc<Compactor>,
+    /// Wakes the flusher (as `Pipeline::wake`), when a database is set.
+    flusher: Option<Arc<Notify>>,
 }
 
 impl Room {
+    /// The room of a cache over `state`, whose WAL the compactor keeps, and
+    /// whose flusher (if any) `flusher` wakes.
+    pub(crate) fn new(
+        cfg: &Config,
+        state: Arc<State>,
+        compactor: Arc<Compactor>,
+        flusher: Option<Arc<Notify>>,
+    ) -> Room {
+        Room {
+            generation: Mutex::new(0),
+            cvar: Condvar::new(),
+            notify: Notify::new(),
+            waits: AtomicU64::new(0),
+            rejections: AtomicU64::new(0),
+            policy: cfg.backpressure(),
+            limits: cfg.limits().clone(),
+            state,
+            compactor,
+            flusher,
+        }
+    }
+
     /// Room was made (a flush or a checkpoint): wakes the waiting writers.
     pub(crate) fn made(&self) {
         *self.generation.lock() += 1;
@@ -42,9 +72,9 @@ impl Room {
     }
 
     /// Returns once a write to `key` has room, or the policy's error.
-    pub(crate) async fn wait_async(&self, sh: &Shared, key: &Key) -> Result<()> {
+    pub(crate) async fn wait_async(&self, key: &Key) -> Result<()> {
         let started = Instant::now();
-        let Some(wait) = self.room_or_wait(sh, key, started)? else {
+        let Some(wait) = self.room_or_wait(key, started)? else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + wait;
@@ -52,12 +82,12 @@ impl Room {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let Some(limit) = over_limit(sh, key) else {
+            let Some(limit) = self.over_limit(key) else {
                 return Ok(());
             };
-            make_room(sh, limit);
+            self.make_room(limit);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return match over_limit(sh, key) {
+                return match self.over_limit(key) {
                     None => Ok(()),
                     Some(limit) => Err(self.reject(limit, started)),
                 };
@@ -66,18 +96,18 @@ impl Room {
     }
 
     /// Blocking [`wait_async`](Self::wait_async).
-    pub(crate) fn wait_blocking(&self, sh: &Shared, key: &Key) -> Result<()> {
+    pub(crate) fn wait_blocking(&self, key: &Key) -> Result<()> {
         let started = Instant::now();
-        let Some(wait) = self.room_or_wait(sh, key, started)? else {
+        let Some(wait) = self.room_or_wait(key, started)? else {
             return Ok(());
         };
         let deadline = started + wait;
         let mut generation = self.generation.lock();
         loop {
-            let Some(limit) = over_limit(sh, key) else {
+            let Some(limit) = self.over_limit(key) else {
                 return Ok(());
             };
-            make_room(sh, limit);
+            self.make_room(limit);
             // Short waits as well as notifications: the flusher runs elsewhere.
             let step = Instant::now() + Duration::from_millis(50);
             if self
@@ -86,7 +116,7 @@ impl Room {
                 .timed_out()
                 && Instant::now() >= deadline
             {
-                return match over_limit(sh, key) {
+                return match self.over_limit(key) {
                     None => Ok(()),
                     Some(limit) => Err(self.reject(limit, started)),
                 };
@@ -96,11 +126,11 @@ impl Room {
 
     /// `None` when there is room, the time to wait when the policy says
     /// wait, the `Backpressure` error when it says fail.
-    fn room_or_wait(&self, sh: &Shared, key: &Key, started: Instant) -> Result<Option<Duration>> {
-        let Some(limit) = over_limit(sh, key) else {
+    fn room_or_wait(&self, key: &Key, started: Instant) -> Result<Option<Duration>> {
+        let Some(limit) = self.over_limit(key) else {
             return Ok(None);
         };
-        match sh.cfg().backpressure() {
+        match self.policy {
             Backpressure::Fail => Err(self.reject(limit, started)),
             Backpressure::Wait(wait) => {
                 self.waits.fetch_add(1, Ordering::Relaxed);
@@ -116,31 +146,31 @@ impl Room {
             waited: started.elapsed(),
         }
     }
-}
 
-/// The limit a write to `key` would break, if any. A key that is already
-/// dirty takes no new entry, so only bytes and WAL limits apply to it.
-fn over_limit(sh: &Shared, key: &Key) -> Option<Limit> {
-    let limits = sh.cfg().limits();
-    let state = sh.state();
-    if state.dirty_entries() >= limits.max_dirty_entries && !state.is_dirty(key) {
-        Some(Limit::DirtyEntries)
-    } else if state.dirty_bytes() >= limits.max_dirty_bytes {
-        Some(Limit::DirtyBytes)
-    } else if sh.compactor().wal_bytes() >= sh.cfg().max_wal_bytes() {
-        Some(Limit::WalBytes)
-    } else {
-        None
+    /// The limit a write to `key` would break, if any. A key that is already
+    /// dirty takes no new entry, so only bytes and WAL limits apply to it.
+    fn over_limit(&self, key: &Key) -> Option<Limit> {
+        let limits = &self.limits;
+        let state = &self.state;
+        if state.dirty_entries() >= limits.max_dirty_entries && !state.is_dirty(key) {
+            Some(Limit::DirtyEntries)
+        } else if state.dirty_bytes() >= limits.max_dirty_bytes {
+            Some(Limit::DirtyBytes)
+        } else if self.compactor.wal_bytes() >= self.compactor.max_wal_bytes() {
+            Some(Limit::WalBytes)
+        } else {
+            None
+        }
     }
-}
 
-/// Asks the background work that frees `limit` to run now.
-fn make_room(sh: &Shared, limit: Limit) {
-    match limit {
-        Limit::WalBytes => sh.compactor().wake(),
-        Limit::DirtyEntries | Limit::DirtyBytes => {
-            if let Some(p) = sh.pipeline() {
-                p.wake();
+    /// Asks the background work that frees `limit` to run now.
+    fn make_room(&self, limit: Limit) {
+        match limit {
+            Limit::WalBytes => self.compactor.wake(),
+            Limit::DirtyEntries | Limit::DirtyBytes => {
+                if let Some(flusher) = &self.flusher {
+                    flusher.notify_one();
+                }
             }
         }
     }

@@ -212,7 +212,7 @@ impl<K: CacheKey, V: CacheValue> WriteBehind<K, V> {
     /// below it (compaction also runs on its own as the WAL grows).
     pub fn checkpoint(&self) -> Result<()> {
         self.shared.usable()?;
-        self.shared.compactor().checkpoint(&self.shared)
+        self.shared.compactor().checkpoint()
     }
 
     /// Waits until every write acknowledged before this call is in the

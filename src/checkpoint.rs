@@ -2,18 +2,25 @@
 //! WAL below it, so disk use follows the number of dirty keys, not writes.
 
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use writebehind_core::State;
+use writebehind_wal::Replica;
 
+use crate::config::Config;
+use crate::lock::LockedWal;
 use crate::log::{self, CheckpointData};
-use crate::shared::Shared;
+use crate::metrics::Metrics;
+use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
-/// Owns the WAL-size bookkeeping and the checkpoint thread's wake-ups.
+/// Owns the WAL-size bookkeeping, the checkpoints and the checkpoint
+/// thread's wake-ups.
 pub(crate) struct Compactor {
     wake: Sender<()>,
     /// WAL disk usage right after the last checkpoint.
@@ -25,13 +32,34 @@ pub(crate) struct Compactor {
     /// Serialises checkpoints.
     one_at_a_time: Mutex<()>,
     checkpoints: AtomicU64,
+    /// Told after each checkpoint (it made room).
+    observers: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
+    dir: PathBuf,
+    checkpoint_bytes: u64,
+    max_wal_bytes: u64,
+    segment_size: u64,
+    parts: CompactorParts,
+}
+
+/// What the compactor works on, handed to it when it is built.
+pub(crate) struct CompactorParts {
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: Arc<LockedWal>,
+    /// Told of each checkpoint, which it publishes to the stream.
+    pub(crate) replica: Option<Arc<dyn Replica>>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Counts the thread's panics and failed checkpoints.
+    pub(crate) supervisor: Arc<Supervisor>,
+    /// Set when the cache closes: the thread stops.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 impl Compactor {
-    /// A compactor for a WAL now `wal_bytes` large, and the receiving end
-    /// of its wake-ups for [`spawn`].
-    pub(crate) fn new(wal_bytes: u64) -> (Compactor, Receiver<()>) {
+    /// A compactor over `parts`, and the receiving end of its wake-ups for
+    /// [`spawn`].
+    pub(crate) fn new(cfg: &Config, parts: CompactorParts) -> (Compactor, Receiver<()>) {
         let (wake, rx) = crossbeam_channel::bounded(1);
+        let wal_bytes = parts.wal.disk_usage();
         let c = Compactor {
             wake,
             bytes_at_checkpoint: AtomicU64::new(wal_bytes),
@@ -39,8 +67,20 @@ impl Compactor {
             flushed_since: AtomicBool::new(false),
             one_at_a_time: Mutex::new(()),
             checkpoints: AtomicU64::new(0),
+            observers: RwLock::new(Vec::new()),
+            dir: cfg.dir().to_path_buf(),
+            checkpoint_bytes: cfg.checkpoint_bytes(),
+            max_wal_bytes: cfg.max_wal_bytes(),
+            segment_size: cfg.segment_size(),
+            parts,
         };
         (c, rx)
+    }
+
+    /// `observer` is told after every checkpoint from now on; it must not
+    /// block.
+    pub(crate) fn on_checkpoint(&self, observer: impl Fn() + Send + Sync + 'static) {
+        self.observers.write().push(Box::new(observer));
     }
 
     /// Wakes the checkpoint thread (a full wake-up channel already will).
@@ -52,6 +92,11 @@ impl Compactor {
     /// WAL bytes on disk as last read.
     pub(crate) fn wal_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The WAL limit (`max_wal_bytes`).
+    pub(crate) fn max_wal_bytes(&self) -> u64 {
+        self.max_wal_bytes
     }
 
     /// Checkpoints written.
@@ -67,25 +112,25 @@ impl Compactor {
 
     /// Re-reads the WAL's disk use and wakes the thread when it grew past
     /// the compaction threshold.
-    pub(crate) fn refresh(&self, sh: &Shared) {
-        let usage = sh.wal().disk_usage();
+    pub(crate) fn refresh(&self) {
+        let usage = self.parts.wal.disk_usage();
         self.bytes.store(usage, Ordering::Relaxed);
         let since = usage.saturating_sub(self.bytes_at_checkpoint.load(Ordering::Relaxed));
-        if since >= sh.cfg().checkpoint_bytes() {
+        if since >= self.checkpoint_bytes {
             self.wake();
         }
     }
 
     /// Writes a checkpoint of the current dirty state and truncates the WAL
     /// below it. Writers are paused only while the state is copied.
-    pub(crate) fn checkpoint(&self, sh: &Shared) -> Result<()> {
+    pub(crate) fn checkpoint(&self) -> Result<()> {
         let _one = self.one_at_a_time.lock();
-        let span = tracing::info_span!("checkpoint", dir = %sh.cfg().dir().display());
+        let span = tracing::info_span!("checkpoint", dir = %self.dir.display());
         let _enter = span.enter();
         let started = Instant::now();
-        let wal = sh.wal();
+        let wal = &self.parts.wal;
         let (snapshot, lsn) = {
-            let all = sh.state().lock_all();
+            let all = self.parts.state.lock_all();
             // Under every shard lock no write is between its LSN and its
             // apply, so the state is exactly the WAL up to `lsn`.
             let lsn = wal.last_lsn();
@@ -100,7 +145,7 @@ impl Compactor {
         })
         .map_err(|e| Error::Codec(e.to_string()))?;
         wal.write_checkpoint(lsn, &data)?;
-        if let Some(r) = sh.replica() {
+        if let Some(r) = &self.parts.replica {
             r.checkpointed(lsn);
         }
         let freed = wal.truncate_before(lsn + 1)?;
@@ -108,8 +153,10 @@ impl Compactor {
         self.bytes_at_checkpoint.store(usage, Ordering::Relaxed);
         self.bytes.store(usage, Ordering::Relaxed);
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
-        sh.metrics().checkpointed(started.elapsed());
-        sh.room().made();
+        self.parts.metrics.checkpointed(started.elapsed());
+        for observer in self.observers.read().iter() {
+            observer();
+        }
         tracing::debug!(
             lsn,
             bytes = data.len(),
@@ -121,68 +168,77 @@ impl Compactor {
     }
 
     /// Whether a checkpoint is due now (and forgets a pending flush note).
-    fn due(&self, sh: &Shared) -> (bool, u64) {
-        let usage = sh.wal().disk_usage();
+    fn due(&self) -> (bool, u64) {
+        let usage = self.parts.wal.disk_usage();
         self.bytes.store(usage, Ordering::Relaxed);
         let since = usage.saturating_sub(self.bytes_at_checkpoint.load(Ordering::Relaxed));
         // Right after a flush the dirty state is small, so a checkpoint is
         // cheap and lets every whole segment behind it go.
         let flushed = self.flushed_since.swap(false, Ordering::AcqRel);
-        let cfg = sh.cfg();
-        let due = since >= cfg.checkpoint_bytes()
-            || usage >= cfg.max_wal_bytes()
-            || (flushed && since >= cfg.segment_size());
+        let due = since >= self.checkpoint_bytes
+            || usage >= self.max_wal_bytes
+            || (flushed && since >= self.segment_size);
         (due, usage)
+    }
+
+    /// One turn of the thread: `each_turn` (the metrics), then a
+    /// checkpoint when one is due.
+    fn turn(&self, each_turn: &dyn Fn()) {
+        let (due, usage) = self.due();
+        each_turn();
+        if due {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    wal_bytes = usage,
+                    error = %e,
+                    "checkpoint failed; the WAL keeps growing until one succeeds"
+                );
+                self.parts.supervisor.failed();
+            }
+        }
     }
 }
 
-/// Starts the checkpoint thread. It runs when woken (WAL growth,
-/// backpressure, a flush) or every 200 ms, publishes metrics, and stops
-/// once the cache is closed or dropped. A panic in one turn is caught,
-/// logged and counted; the thread goes on.
-pub(crate) fn spawn(sh: &Arc<Shared>, wake: Receiver<()>) -> Result<std::thread::JoinHandle<()>> {
-    let weak = Arc::downgrade(sh);
+/// Starts the checkpoint thread of the cache `owner`. It runs when woken
+/// (WAL growth, backpressure, a flush) or every 200 ms, calls `each_turn`
+/// with the owner (which publishes the metrics), and stops once the cache
+/// is closed or dropped. A panic in one turn is caught, logged and
+/// counted; the thread goes on.
+pub(crate) fn spawn<T: Send + Sync + 'static>(
+    c: &Arc<Compactor>,
+    wake: Receiver<()>,
+    owner: Weak<T>,
+    each_turn: impl Fn(&T) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let c = Arc::downgrade(c);
     std::thread::Builder::new()
         .name("writebehind-checkpoint".into())
-        .spawn(move || run(weak, wake))
+        .spawn(move || run(c, wake, owner, each_turn))
         .map_err(|source| Error::Io {
             path: std::path::PathBuf::from("writebehind-checkpoint thread"),
             source,
         })
 }
 
-fn run(weak: Weak<Shared>, wake: Receiver<()>) {
+fn run<T>(c: Weak<Compactor>, wake: Receiver<()>, owner: Weak<T>, each_turn: impl Fn(&T)) {
     loop {
         match wake.recv_timeout(Duration::from_millis(200)) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Some(sh) = weak.upgrade() else { return };
-        if sh.is_closed() {
+        // The owner first: the compactor may outlive the cache a moment
+        // (the flush observers hold it), and no turn runs then.
+        let Some(owner) = owner.upgrade() else { return };
+        let Some(c) = c.upgrade() else { return };
+        if c.parts.closed.load(Ordering::Acquire) {
             return;
         }
-        let turn = std::panic::catch_unwind(AssertUnwindSafe(|| turn(&sh)));
+        let turn = std::panic::catch_unwind(AssertUnwindSafe(|| c.turn(&|| each_turn(&owner))));
         if let Err(panic) = turn {
             let message = crate::supervise::panic_message(&*panic);
-            tracing::error!(dir = %sh.cfg().dir().display(), %message, "checkpoint thread panicked; it goes on");
-            sh.supervisor().panicked();
-        }
-    }
-}
-
-fn turn(sh: &Shared) {
-    let c = sh.compactor();
-    let (due, usage) = c.due(sh);
-    sh.publish_metrics();
-    if due {
-        if let Err(e) = c.checkpoint(sh) {
-            tracing::error!(
-                dir = %sh.cfg().dir().display(),
-                wal_bytes = usage,
-                error = %e,
-                "checkpoint failed; the WAL keeps growing until one succeeds"
-            );
-            sh.supervisor().failed();
+            tracing::error!(dir = %c.dir.display(), %message, "checkpoint thread panicked; it goes on");
+            c.parts.supervisor.panicked();
         }
     }
 }

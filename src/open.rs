@@ -2,6 +2,7 @@
 //! the database's progress row, start the background work.
 
 use std::marker::PhantomData;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use writebehind_writer::{redact_url, Announcement, TableKind, TableSpec, Writer,
 
 use crate::backpressure::Room;
 use crate::cache::WriteBehind;
-use crate::checkpoint::Compactor;
+use crate::checkpoint::{Compactor, CompactorParts};
 use crate::config::{Builder, Config};
 use crate::key::{CacheKey, TypedKey};
 use crate::lock::{DirLock, LockedWal};
@@ -186,9 +187,32 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         }
         None => None,
     };
-    let (compactor, wake_checkpoint) = Compactor::new(wal.disk_usage());
+    let closed = Arc::new(AtomicBool::new(false));
+    let (compactor, wake_checkpoint) = Compactor::new(
+        &cfg,
+        CompactorParts {
+            state: state.clone(),
+            wal: wal.clone(),
+            replica: replica.clone(),
+            metrics: metrics.clone(),
+            supervisor: supervisor.clone(),
+            closed: closed.clone(),
+        },
+    );
     let compactor = Arc::new(compactor);
-    let room = Arc::new(Room::default());
+    let room = Arc::new(Room::new(
+        &cfg,
+        state.clone(),
+        compactor.clone(),
+        pipeline.as_ref().map(|p| p.waker()),
+    ));
+    // A checkpoint makes room. Weak: the room holds the compactor.
+    let r = Arc::downgrade(&room);
+    compactor.on_checkpoint(move || {
+        if let Some(r) = r.upgrade() {
+            r.made();
+        }
+    });
     // What a finished flush sets going: room for waiting writes, the
     // compactor's count, the replica's trim; the metrics below.
     if let Some(p) = &pipeline {
@@ -211,11 +235,12 @@ async fn open_in<K: CacheKey, V: CacheValue>(
         wal,
         pipeline,
         room,
-        compactor,
+        compactor: compactor.clone(),
         metrics,
         unflushed,
         supervisor,
         recovery: opened.report,
+        closed,
         replica,
     }));
     if let Some(p) = shared.pipeline() {
@@ -246,7 +271,13 @@ async fn open_in<K: CacheKey, V: CacheValue>(
             shutdown_rx,
         ))
     });
-    let checkpointer = crate::checkpoint::spawn(&shared, wake_checkpoint)?;
+    // The checkpoint thread lives as long as the cache; its turns publish the metrics.
+    let checkpointer = crate::checkpoint::spawn(
+        &compactor,
+        wake_checkpoint,
+        Arc::downgrade(&shared),
+        Shared::publish_metrics,
+    )?;
     let life = Arc::new(Lifetime::new(
         shared.clone(),
         shutdown,

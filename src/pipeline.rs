@@ -73,7 +73,8 @@ pub(crate) struct Pipeline {
     writer: Writer,
     retrier: Retrier,
     status: watch::Sender<FlushStatus>,
-    wake: Notify,
+    /// Shared with the parts that wake the flusher (`waker`).
+    wake: Arc<Notify>,
     /// Bumped when a cut is taken and when one settles: reads that combine
     /// a loaded row with pending deltas start over when it moves.
     cut_generation: AtomicU64,
@@ -138,7 +139,7 @@ impl Pipeline {
             writer,
             retrier: Retrier::new(cfg.retry().clone()),
             status,
-            wake: Notify::new(),
+            wake: Arc::default(),
             cut_generation: AtomicU64::new(0),
             create_tables: cfg.create_tables(),
             tables_ready: AtomicBool::new(false),
@@ -170,6 +171,12 @@ impl Pipeline {
     /// Runs the next round now instead of at the interval.
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// What [`wake`](Self::wake) notifies (`notify_one`), for a part that
+    /// wakes the flusher without holding the pipeline.
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// The cut generation (see the field).

@@ -6,8 +6,9 @@
 //! go; a dirty entry keeps its write, which is ours and will be flushed,
 //! and forgets the row it was read over).
 //!
-//! Here: what a read answers. By job: `load` (read-through loads, refresh-ahead, warming)
-//! and `invalidation` (dropping copies, here and announced by other instances).
+//! Here: what a read answers. By job: `load` (read-through loads, refresh-ahead, warming),
+//! `loads` (the loads in progress, which every handle shares: it imports nothing of
+//! `Shared`) and `invalidation` (dropping copies, here and announced by other instances).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,12 +22,13 @@ use crate::{Error, Result};
 
 mod invalidation;
 mod load;
+pub(crate) mod loads;
 
 pub(crate) use invalidation::{
     broadcasts, invalidate, invalidate_local, invalidate_local_and_broadcast, invalidated_elsewhere,
 };
 use load::refresh;
-pub(crate) use load::{load, warm, Loads};
+pub(crate) use load::{load, warm};
 
 /// Whether misses and unknown counter bases are read from the database.
 pub(crate) fn reads_through(sh: &Shared) -> bool {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::lock::LockedWal;
 use crate::metrics::{Metrics, Unflushed};
 use crate::pipeline::Pipeline;
-use crate::read::Loads;
+use crate::read::loads::Loads;
 use crate::recovery::RecoveryReport;
 use crate::stats::{Count, Counters, LoadTimes, Stats};
 use crate::supervise::Supervisor;
@@ -41,7 +41,8 @@ pub(crate) struct Shared {
     opened_at: Instant,
     supervisor: Arc<Supervisor>,
     recovery: RecoveryReport,
-    closed: AtomicBool,
+    /// Shared with the compactor, whose thread stops when it is set.
+    closed: Arc<AtomicBool>,
     /// The WAL's replica, when replicated.
     replica: Option<Arc<dyn Replica>>,
 }
@@ -58,6 +59,7 @@ pub(crate) struct Parts {
     pub(crate) unflushed: Arc<Unflushed>,
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) recovery: RecoveryReport,
+    pub(crate) closed: Arc<AtomicBool>,
     pub(crate) replica: Option<Arc<dyn Replica>>,
 }
 
@@ -78,7 +80,7 @@ impl Shared {
             opened_at: Instant::now(),
             supervisor: p.supervisor,
             recovery: p.recovery,
-            closed: AtomicBool::new(false),
+            closed: p.closed,
             replica: p.replica,
         }
     }

@@ -130,7 +130,7 @@ async fn close_in(sh: &Arc<Shared>, life: &Lifetime) -> Result<()> {
         }
     }
     if !sh.wal().is_poisoned() {
-        if let Err(e) = sh.compactor().checkpoint(sh) {
+        if let Err(e) = sh.compactor().checkpoint() {
             errors.push(e);
         }
     }

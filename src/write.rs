@@ -52,7 +52,7 @@ pub(crate) async fn write_async(
     durability: Option<Durability>,
 ) -> Result<Lsn> {
     let key = admit(sh, text)?;
-    sh.room().wait_async(sh, &key).await?;
+    sh.room().wait_async(&key).await?;
     let op = Op::of(&change);
     let timed = timed(sh, durability);
     let ticket = append(sh, key, change, durability)?;
@@ -69,7 +69,7 @@ pub(crate) fn write_blocking(
     durability: Option<Durability>,
 ) -> Result<Lsn> {
     let key = admit(sh, text)?;
-    sh.room().wait_blocking(sh, &key)?;
+    sh.room().wait_blocking(&key)?;
     let op = Op::of(&change);
     let timed = timed(sh, durability);
     let ticket = append(sh, key, change, durability)?;
@@ -142,7 +142,7 @@ where
             }
             _ => None,
         };
-        sh.room().wait_async(sh, &key).await?;
+        sh.room().wait_async(&key).await?;
         let timed = timed(sh, None);
         match update_locked(sh, &key, loaded, cut_gen, f)? {
             Updated::Retry(back) => f = back,
@@ -241,6 +241,6 @@ fn after_write(sh: &Shared, op: Op, timed: Option<Instant>) {
         }
     }
     if before.is_multiple_of(256) {
-        sh.compactor().refresh(sh);
+        sh.compactor().refresh();
     }
 }

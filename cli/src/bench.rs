@@ -13,11 +13,12 @@
 //! increments made (exit 1 if any differs). Tables are dropped afterwards.
 //!
 //! `--shape posts` runs the same on a table of the user's own shape through a delta record
-//! (`bench_posts.rs`).
+//! (`posts`).
 //!
 //! Here: the options and the run as a whole. By job: `harness` (keys, writer tasks,
 //! latencies, progress), `sql` (the baselines' SQL per backend), `counters` (the counter
-//! table's contenders), `report` (the figures, the table, the JSON and the chart).
+//! table's contenders), `posts` (the posts table's), `report` (the figures, the table, the
+//! JSON and the chart).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,15 +36,13 @@ use writebehind::redact_url as redact;
 
 use crate::workload::{self, durability_name, parse_dist, DbArgs, Dist};
 
-#[path = "bench_posts.rs"]
-mod posts;
-
 mod counters;
 mod harness;
+mod posts;
 mod report;
 mod sql;
 
-// `bench_posts.rs` takes what the contenders share through `use super::*`: these globs and
+// `posts` takes what the contenders share through `use super::*`: these globs and
 // some of the `use` lines above are for it.
 use counters::*;
 use harness::*;

@@ -1,161 +1,30 @@
 //! Read-through loads: concurrent misses on one key collapsed into one query, refresh-ahead
 //! (one supervised background load per due key), and warming the clean cache.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::OnceCell;
 use writebehind_core::{Key, LoadTicket, Value};
 use writebehind_writer::Writer;
 
+use super::loads::{Cell, LoadResult};
 use crate::shared::Shared;
 use crate::stats::Count;
 use crate::supervise::{bounded, Failure};
 use crate::{Error, Result};
 
-/// Result of one read-through load, shared by every caller waiting on it.
-type LoadResult = std::result::Result<Option<(Value, i64)>, Arc<Error>>;
-
-/// One load, shared by every caller of its key.
-type Cell = Arc<OnceCell<LoadResult>>;
-
-/// A load in progress and the moment it belongs to: its ticket (the key's
-/// shard generation, which a cut that cleans the key or an invalidation
-/// moves) and the cut generation (which taking or settling a cut moves). Only a
-/// reader that finds both unchanged joins it: the row it brings may predate
-/// a flush that committed since, and a reader arriving after that flush
-/// must not see the row without the flushed change (a counter's delta
-/// missed, or written back by `update` as a stale put).
-struct Slot {
-    cell: Cell,
-    ticket: LoadTicket,
-    cut_gen: u64,
-}
-
-/// First pause of refreshes after a failed one; it doubles per failure.
-const REFRESH_PAUSE: Duration = Duration::from_millis(50);
-/// Longest pause of refreshes.
-const REFRESH_PAUSE_MAX: Duration = Duration::from_secs(5);
-
-/// Loads in progress, one per key, and the pause of refreshes after
-/// failures (a database that is down is not asked once per read).
-#[derive(Default)]
-pub(crate) struct Loads {
-    map: Mutex<HashMap<Key, Slot>>,
-    pause: Mutex<Pause>,
-    /// Test seam: the next load of a key stops after its query returned.
-    #[cfg(test)]
-    hold: Mutex<Option<tests::Hold>>,
-}
-
-/// Refreshes start again at `until`; `failures` in a row so far.
-#[derive(Default)]
-struct Pause {
-    until: Option<Instant>,
-    failures: u32,
-}
-
-impl Loads {
-    /// The load of `key` in progress, if it began in the same generation
-    /// and cut generation as now, or a new one (which replaces an older one in
-    /// the map: its callers still get their row, later readers do not).
-    /// Returns the load and its ticket, for
-    /// [`insert_loaded`](writebehind_core::State::insert_loaded).
-    fn join(&self, sh: &Shared, key: &Key) -> (Cell, LoadTicket) {
-        // Read before the map's lock, and before the query: a flush that
-        // commits after this moment makes the load's row unfit to keep.
-        let ticket = sh.state().load_ticket(key);
-        let cut_gen = cut_generation(sh);
-        let mut map = self.map.lock();
-        match map.get(key) {
-            Some(slot) if slot.cut_gen == cut_gen && slot.ticket.same_generation(&ticket) => {
-                (slot.cell.clone(), slot.ticket.clone())
-            }
-            _ => {
-                let cell = Cell::default();
-                map.insert(
-                    key.clone(),
-                    Slot {
-                        cell: cell.clone(),
-                        ticket: ticket.clone(),
-                        cut_gen,
-                    },
-                );
-                (cell, ticket)
-            }
-        }
-    }
-
-    /// A new load of `key`, unless one that readers would join is in
-    /// progress.
-    fn start(&self, sh: &Shared, key: &Key) -> Option<(Cell, LoadTicket)> {
-        let ticket = sh.state().load_ticket(key);
-        let cut_gen = cut_generation(sh);
-        let mut map = self.map.lock();
-        if map
-            .get(key)
-            .is_some_and(|slot| slot.cut_gen == cut_gen && slot.ticket.same_generation(&ticket))
-        {
-            return None;
-        }
-        let cell = Cell::default();
-        map.insert(
-            key.clone(),
-            Slot {
-                cell: cell.clone(),
-                ticket: ticket.clone(),
-                cut_gen,
-            },
-        );
-        Some((cell, ticket))
-    }
-
-    /// The load behind `cell` is over: later reads start their own.
-    fn finish(&self, key: &Key, cell: &Cell) {
-        let mut loads = self.map.lock();
-        if loads.get(key).is_some_and(|s| Arc::ptr_eq(&s.cell, cell)) {
-            loads.remove(key);
-        }
-    }
-
-    /// Later reads of `key` start a load of their own rather than join one
-    /// that began before an invalidation (whose callers still get its row).
-    pub(super) fn forget(&self, key: &Key) {
-        self.map.lock().remove(key);
-    }
-
-    /// [`forget`](Self::forget) for every key starting with `prefix`.
-    pub(super) fn forget_prefix(&self, prefix: &str) {
-        self.map.lock().retain(|key, _| !key.starts_with(prefix));
-    }
-
-    /// Whether refreshes are paused after failures.
-    fn refreshes_paused(&self) -> bool {
-        self.pause.lock().until.is_some_and(|t| Instant::now() < t)
-    }
-
-    /// A refresh ended: a failure pauses refreshes (50 ms, doubling to
-    /// 5 s), a success ends the pause.
-    fn refresh_ended(&self, ok: bool) {
-        let mut p = self.pause.lock();
-        if ok {
-            *p = Pause::default();
-            return;
-        }
-        let wait = REFRESH_PAUSE
-            .saturating_mul(1 << p.failures.min(16))
-            .min(REFRESH_PAUSE_MAX);
-        p.failures = p.failures.saturating_add(1);
-        p.until = Instant::now().checked_add(wait);
-    }
-}
-
 /// The cut generation (0 without a database: nothing is loaded then).
 fn cut_generation(sh: &Shared) -> u64 {
     sh.pipeline().map_or(0, |p| p.cut_generation())
+}
+
+/// The moment a load of `key` belongs to: the key's load ticket, then the
+/// cut generation. Read before the query: a flush that commits after this
+/// moment makes the load's row unfit to keep.
+fn moment(sh: &Shared, key: &Key) -> (LoadTicket, u64) {
+    let ticket = sh.state().load_ticket(key);
+    (ticket, cut_generation(sh))
 }
 
 /// Read-through with concurrent misses on one key collapsed into one
@@ -165,7 +34,8 @@ pub(crate) async fn load(sh: &Shared, key: &Key) -> Result<Option<(Value, i64)>>
     let Some(writer) = loader(sh, key) else {
         return Ok(None);
     };
-    let (cell, ticket) = sh.loads().join(sh, key);
+    let (ticket, cut_gen) = moment(sh, key);
+    let (cell, ticket) = sh.loads().join(key, ticket, cut_gen);
     let result = fill(sh, writer, key, &cell, ticket).await;
     sh.loads().finish(key, &cell);
     result.map_err(|source| Error::Load {
@@ -229,7 +99,8 @@ pub(super) fn refresh(sh: &Arc<Shared>, key: Key, runtime: Option<Handle>) {
     if sh.loads().refreshes_paused() {
         return;
     }
-    let Some((cell, ticket)) = sh.loads().start(sh, &key) else {
+    let (ticket, cut_gen) = moment(sh, &key);
+    let Some((cell, ticket)) = sh.loads().start(&key, ticket, cut_gen) else {
         return;
     };
     // The copy this read saw may have been refreshed since: then the slot
@@ -290,46 +161,9 @@ pub(crate) async fn warm(sh: &Shared, keys: Vec<Key>) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use tokio::sync::oneshot;
-
-    /// A load to stop after its query returned; see [`Loads::hold`].
-    pub(super) struct Hold {
-        key: Key,
-        reached: oneshot::Sender<()>,
-        resume: oneshot::Receiver<()>,
-    }
-
-    impl Loads {
-        /// The next load of `key` stops after its query returned (its row
-        /// is the database's as of then), says so on the first channel,
-        /// and goes on when the second is sent to (or dropped).
-        fn hold(&self, key: &str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
-            let (reached, reached_rx) = oneshot::channel();
-            let (resume_tx, resume) = oneshot::channel();
-            *self.hold.lock() = Some(Hold {
-                key: Key::from(key),
-                reached,
-                resume,
-            });
-            (reached_rx, resume_tx)
-        }
-
-        /// Where a load stops when it is held.
-        pub(super) async fn held(&self, key: &Key) {
-            let hold = {
-                let mut hold = self.hold.lock();
-                match hold.as_ref() {
-                    Some(h) if h.key == *key => hold.take(),
-                    _ => None,
-                }
-            };
-            if let Some(h) = hold {
-                let _ = h.reached.send(());
-                let _ = h.resume.await;
-            }
-        }
-    }
 
     /// A reader that arrives after a flush committed never joins a load
     /// that began before it: it would be served the row without the
@@ -443,39 +277,5 @@ mod tests {
         ok(cache.invalidate(KEY).await.map(drop));
         assert_eq!(get(&cache).await, Some(59));
         ok(cache.close().await);
-    }
-
-    #[test]
-    fn failed_refreshes_pause_refreshes_doubling_and_a_success_ends_the_pause() {
-        let loads = Loads::default();
-        assert!(!loads.refreshes_paused());
-        let pause = |loads: &Loads| {
-            let until = loads.pause.lock().until.unwrap_or_else(Instant::now);
-            until.saturating_duration_since(Instant::now())
-        };
-        loads.refresh_ended(false);
-        assert!(loads.refreshes_paused());
-        let first = pause(&loads);
-        assert!(
-            first <= REFRESH_PAUSE && first > REFRESH_PAUSE / 2,
-            "{first:?}"
-        );
-        loads.refresh_ended(false);
-        let second = pause(&loads);
-        assert!(
-            second > REFRESH_PAUSE && second <= REFRESH_PAUSE * 2,
-            "{second:?}"
-        );
-        for _ in 0..40 {
-            loads.refresh_ended(false);
-        }
-        let capped = pause(&loads);
-        assert!(
-            capped <= REFRESH_PAUSE_MAX && capped > REFRESH_PAUSE_MAX / 2,
-            "{capped:?}"
-        );
-        loads.refresh_ended(true);
-        assert!(!loads.refreshes_paused());
-        assert_eq!(loads.pause.lock().failures, 0);
     }
 }
