@@ -54,6 +54,20 @@ struct Pause {
     failures: u32,
 }
 
+/// A new load of `key` in `map`, replacing any older one.
+fn begin(map: &mut HashMap<Key, Slot>, key: &Key, ticket: &LoadTicket, cut_gen: u64) -> Cell {
+    let cell = Cell::default();
+    map.insert(
+        key.clone(),
+        Slot {
+            cell: cell.clone(),
+            ticket: ticket.clone(),
+            cut_gen,
+        },
+    );
+    cell
+}
+
 impl Loads {
     /// The load of `key` in progress, if it began at the same moment
     /// (`ticket`, `cut_gen`: see [`Slot`]) as now, or a new one (which
@@ -66,18 +80,7 @@ impl Loads {
             Some(slot) if slot.cut_gen == cut_gen && slot.ticket.same_generation(&ticket) => {
                 (slot.cell.clone(), slot.ticket.clone())
             }
-            _ => {
-                let cell = Cell::default();
-                map.insert(
-                    key.clone(),
-                    Slot {
-                        cell: cell.clone(),
-                        ticket: ticket.clone(),
-                        cut_gen,
-                    },
-                );
-                (cell, ticket)
-            }
+            _ => (begin(&mut map, key, &ticket, cut_gen), ticket),
         }
     }
 
@@ -96,16 +99,7 @@ impl Loads {
         {
             return None;
         }
-        let cell = Cell::default();
-        map.insert(
-            key.clone(),
-            Slot {
-                cell: cell.clone(),
-                ticket: ticket.clone(),
-                cut_gen,
-            },
-        );
-        Some((cell, ticket))
+        Some((begin(&mut map, key, &ticket, cut_gen), ticket))
     }
 
     /// The load behind `cell` is over: later reads start their own.

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use writebehind::WriteBehind;
 
-use super::harness::{histogram, join_writers, key_text, micros, Keys, ProgressLine, Quota};
+use super::harness::{
+    finish_writers, histogram, key_text, micros, write_through_writers, Bind, Keys, ProgressLine,
+    Quota,
+};
 use super::report::Outcome;
 use super::sql::{exec, sql_text, total, Backend, ROWS_PER_STATEMENT};
 use super::{Args, Mode};
@@ -112,10 +115,7 @@ pub(super) async fn writebehind_run(
         let cache = cache.clone();
         let done = progress.done.clone();
         let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let quota = match args.duration {
-            Some(d) => Quota::Until(start + Duration::from_secs_f64(d)),
-            None => Quota::Ops(args.ops / args.writers + u64::from(w < args.ops % args.writers)),
-        };
+        let quota = Quota::of_writer(args, start, w);
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut n = 0u64;
@@ -130,17 +130,7 @@ pub(super) async fn writebehind_run(
             Ok::<_, writebehind::Error>((h, n))
         }));
     }
-    let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
-    progress.finish();
-    if let Some(f) = failure {
-        let _ = cache.close().await;
-        return Err(f);
-    }
-    cache
-        .flush()
-        .await
-        .map_err(|e| format!("writebehind final flush failed: {e}"))?;
-    let seconds = start.elapsed().as_secs_f64();
+    let (hist, per_writer, seconds) = finish_writers(&cache, tasks, progress, start).await?;
     let stats = cache.stats();
     cache
         .close()
@@ -284,45 +274,10 @@ pub(super) async fn write_through_run(
 ) -> Result<Outcome, String> {
     baseline_table(pool, backend, table).await?;
     let sql = sql_text(&backend.upsert(table, 1));
-    let progress = ProgressLine::start("write-through".into(), None);
-    let start = Instant::now();
-    let limit = args
-        .duration
-        .unwrap_or(f64::INFINITY)
-        .min(args.baseline_secs);
-    let deadline = start + Duration::from_secs_f64(limit);
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let pool = pool.clone();
-        let sql = sql.clone();
-        let done = progress.done.clone();
-        let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let ops = args.ops / args.writers + u64::from(w < args.ops % args.writers);
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut n = 0u64;
-            while n < ops && Instant::now() < deadline {
-                let key = key_text(keys.next_key());
-                let t0 = Instant::now();
-                sqlx::query(sql.clone())
-                    .bind(key)
-                    .bind(1i64)
-                    .execute(&pool)
-                    .await?;
-                h.saturating_record(t0.elapsed().as_nanos() as u64);
-                n += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, sqlx::Error>((h, n))
-        }));
-    }
-    let (hist, per_writer, failure) = join_writers(tasks, "write-through upsert").await;
+    let bind: Bind = |q, k, _| q.bind(key_text(k)).bind(1i64);
+    let (hist, per_writer, seconds) =
+        write_through_writers(args, pool, sql, bind, "write-through upsert").await?;
     let increments: u64 = per_writer.iter().sum();
-    let seconds = start.elapsed().as_secs_f64();
-    progress.finish();
-    if let Some(f) = failure {
-        return Err(f);
-    }
     let db_total = total(pool, backend, table, "total").await?;
     Ok(Outcome {
         contender: "write-through",

@@ -85,6 +85,94 @@ pub(super) async fn join_writers<E: std::fmt::Display>(
     (hist, counts, failure)
 }
 
+/// Writer `w`'s share of `--ops`: the remainder goes to the first writers.
+pub(super) fn share(args: &super::Args, w: u64) -> u64 {
+    args.ops / args.writers + u64::from(w < args.ops % args.writers)
+}
+
+/// The end of a writebehind run: the writers joined, the progress line
+/// closed, the cache's final flush. Returns the latencies, the writes per
+/// writer and the seconds from `start` to the end of that flush; on a
+/// failed writer the cache is closed and the failure returned.
+pub(super) async fn finish_writers<K, V>(
+    cache: &writebehind::WriteBehind<K, V>,
+    tasks: Vec<WriterTask<writebehind::Error>>,
+    progress: ProgressLine,
+    start: Instant,
+) -> Result<(Histogram<u64>, Vec<u64>, f64), String>
+where
+    K: writebehind::CacheKey,
+    V: writebehind::CacheValue,
+{
+    let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
+    progress.finish();
+    if let Some(f) = failure {
+        // Boxed: the close future inside this generic one is too deep to lay out inline.
+        if let Err(e) = Box::pin(cache.clone().close()).await {
+            return Err(format!("{f}; closing the cache failed too: {e}"));
+        }
+        return Err(f);
+    }
+    cache
+        .flush()
+        .await
+        .map_err(|e| format!("writebehind final flush failed: {e}"))?;
+    Ok((hist, per_writer, start.elapsed().as_secs_f64()))
+}
+
+/// A write-through statement bound for a writer's `n`-th write to key `k`.
+pub(super) type Bind = fn(AnyQuery, u64, u64) -> AnyQuery;
+type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// The write-through baseline's writers: one `sql` statement per write (bound
+/// by `bind`), until each writer's share of `--ops` or the baseline's time
+/// (`--baseline-secs`, at most the run's duration) is used up. Returns the
+/// latencies, the writes per writer and the seconds; `what` names the
+/// statement in a failure.
+pub(super) async fn write_through_writers(
+    args: &super::Args,
+    pool: &sqlx::AnyPool,
+    sql: sqlx::SqlStr,
+    bind: Bind,
+    what: &str,
+) -> Result<(Histogram<u64>, Vec<u64>, f64), String> {
+    let progress = ProgressLine::start("write-through".into(), None);
+    let start = Instant::now();
+    let limit = args
+        .duration
+        .unwrap_or(f64::INFINITY)
+        .min(args.baseline_secs);
+    let deadline = start + Duration::from_secs_f64(limit);
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let pool = pool.clone();
+        let sql = sql.clone();
+        let done = progress.done.clone();
+        let mut keys = Keys::new(args.dist, args.keys, w)?;
+        let ops = share(args, w);
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut n = 0u64;
+            while n < ops && Instant::now() < deadline {
+                let k = keys.next_key();
+                let t0 = Instant::now();
+                bind(sqlx::query(sql.clone()), k, n).execute(&pool).await?;
+                h.saturating_record(t0.elapsed().as_nanos() as u64);
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, sqlx::Error>((h, n))
+        }));
+    }
+    let (hist, per_writer, failure) = join_writers(tasks, what).await;
+    let seconds = start.elapsed().as_secs_f64();
+    progress.finish();
+    match failure {
+        Some(f) => Err(f),
+        None => Ok((hist, per_writer, seconds)),
+    }
+}
+
 pub(super) fn histogram() -> Histogram<u64> {
     // 1 ns .. 1 h, 3 significant digits: cannot fail for these bounds.
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
@@ -106,6 +194,15 @@ pub(super) enum Quota {
 }
 
 impl Quota {
+    /// Writer `w`'s quota in a writebehind run: the run's duration from
+    /// `start`, else its share of `--ops`.
+    pub(super) fn of_writer(args: &super::Args, start: Instant, w: u64) -> Quota {
+        match args.duration {
+            Some(d) => Quota::Until(start + Duration::from_secs_f64(d)),
+            None => Quota::Ops(share(args, w)),
+        }
+    }
+
     pub(super) fn more(self, done: u64) -> bool {
         match self {
             Quota::Ops(n) => done < n,

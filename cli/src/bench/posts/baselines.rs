@@ -144,44 +144,9 @@ pub(super) async fn write_through_run(
         backend.placeholder(1),
         backend.placeholder(2)
     ));
-    let progress = ProgressLine::start("write-through".into(), None);
-    let start = Instant::now();
-    let limit = args
-        .duration
-        .unwrap_or(f64::INFINITY)
-        .min(args.baseline_secs);
-    let deadline = start + Duration::from_secs_f64(limit);
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let pool = pool.clone();
-        let sql = sql.clone();
-        let done = progress.done.clone();
-        let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let ops = args.ops / args.writers + u64::from(w < args.ops % args.writers);
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut n = 0u64;
-            while n < ops && Instant::now() < deadline {
-                let id = keys.next_key() as i64;
-                let t0 = Instant::now();
-                sqlx::query(sql.clone())
-                    .bind(likes(n))
-                    .bind(id)
-                    .execute(&pool)
-                    .await?;
-                h.saturating_record(t0.elapsed().as_nanos() as u64);
-                n += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, sqlx::Error>((h, n))
-        }));
-    }
-    let (hist, per_writer, failure) = join_writers(tasks, "write-through update").await;
-    let seconds = start.elapsed().as_secs_f64();
-    progress.finish();
-    if let Some(f) = failure {
-        return Err(f);
-    }
+    let bind: Bind = |q, k, n| q.bind(likes(n)).bind(k as i64);
+    let (hist, per_writer, seconds) =
+        write_through_writers(args, pool, sql, bind, "write-through update").await?;
     let writes: u64 = per_writer.iter().sum();
     let read = check(pool, table, &expected(args, &per_writer)?).await?;
     Ok(outcome(

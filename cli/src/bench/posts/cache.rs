@@ -73,10 +73,7 @@ pub(super) async fn writebehind_run(
         let cache = cache.clone();
         let done = progress.done.clone();
         let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let quota = match args.duration {
-            Some(d) => Quota::Until(start + Duration::from_secs_f64(d)),
-            None => Quota::Ops(args.ops / args.writers + u64::from(w < args.ops % args.writers)),
-        };
+        let quota = Quota::of_writer(args, start, w);
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut n = 0u64;
@@ -95,17 +92,7 @@ pub(super) async fn writebehind_run(
             Ok::<_, writebehind::Error>((h, n))
         }));
     }
-    let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
-    progress.finish();
-    if let Some(f) = failure {
-        let _ = cache.close().await;
-        return Err(f);
-    }
-    cache
-        .flush()
-        .await
-        .map_err(|e| format!("writebehind final flush failed: {e}"))?;
-    let seconds = start.elapsed().as_secs_f64();
+    let (hist, per_writer, seconds) = finish_writers(&cache, tasks, progress, start).await?;
     let stats = close_cache(cache, pool, dir).await?;
     let writes: u64 = per_writer.iter().sum();
     let read = check(pool, table, &expected(args, &per_writer)?).await?;
