@@ -8,11 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use writebehind_core::State;
 use writebehind_wal::Replica;
 
 use crate::config::Config;
+use crate::events::{Checkpointed, Events};
 use crate::lock::LockedWal;
 use crate::log::{self, CheckpointData};
 use crate::metrics::Metrics;
@@ -33,7 +34,7 @@ pub(crate) struct Compactor {
     one_at_a_time: Mutex<()>,
     checkpoints: AtomicU64,
     /// Told after each checkpoint (it made room).
-    observers: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
+    checkpointed: Events<Checkpointed>,
     dir: PathBuf,
     checkpoint_bytes: u64,
     max_wal_bytes: u64,
@@ -67,7 +68,7 @@ impl Compactor {
             flushed_since: AtomicBool::new(false),
             one_at_a_time: Mutex::new(()),
             checkpoints: AtomicU64::new(0),
-            observers: RwLock::new(Vec::new()),
+            checkpointed: Events::default(),
             dir: cfg.dir().to_path_buf(),
             checkpoint_bytes: cfg.checkpoint_bytes(),
             max_wal_bytes: cfg.max_wal_bytes(),
@@ -80,7 +81,7 @@ impl Compactor {
     /// `observer` is told after every checkpoint from now on; it must not
     /// block.
     pub(crate) fn on_checkpoint(&self, observer: impl Fn() + Send + Sync + 'static) {
-        self.observers.write().push(Box::new(observer));
+        self.checkpointed.subscribe(move |_| observer());
     }
 
     /// Wakes the checkpoint thread (a full wake-up channel already will).
@@ -154,9 +155,7 @@ impl Compactor {
         self.bytes.store(usage, Ordering::Relaxed);
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.parts.metrics.checkpointed(started.elapsed());
-        for observer in self.observers.read().iter() {
-            observer();
-        }
+        self.checkpointed.announce(&Checkpointed);
         tracing::debug!(
             lsn,
             bytes = data.len(),

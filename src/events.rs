@@ -1,9 +1,10 @@
-//! A finished flush, announced to the parts that act on it.
+//! Finished work, announced to the parts that act on it.
 //!
-//! The flush pipeline does not know who cares about a committed flush: the
-//! parts subscribe when the cache is put together at open (the room
-//! backpressured writes wait for, the compactor, the replica, the metrics)
-//! and the pipeline announces each flush once, in commit order.
+//! The flush pipeline does not know who cares about a committed flush, nor
+//! the compactor who cares about a checkpoint: the parts subscribe when the
+//! cache is put together at open (the room backpressured writes wait for,
+//! the compactor, the replica, the metrics) and each event is announced
+//! once, in order.
 
 use std::time::Duration;
 
@@ -21,24 +22,38 @@ pub(crate) struct Flushed {
     pub(crate) elapsed: Duration,
 }
 
-type Observer = Box<dyn Fn(&Flushed) + Send + Sync>;
+/// A checkpoint was written (and the WAL below it truncated).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Checkpointed;
 
-/// The parts told of each finished flush.
-#[derive(Default)]
-pub(crate) struct FlushEvents {
-    observers: RwLock<Vec<Observer>>,
+type Observer<E> = Box<dyn Fn(&E) + Send + Sync>;
+
+/// The parts told of each event of one kind.
+pub(crate) struct Events<E> {
+    observers: RwLock<Vec<Observer<E>>>,
 }
 
-impl FlushEvents {
-    /// `observer` is told of every flush from now on; it must not block.
-    pub(crate) fn subscribe(&self, observer: impl Fn(&Flushed) + Send + Sync + 'static) {
+/// The parts told of each finished flush.
+pub(crate) type FlushEvents = Events<Flushed>;
+
+impl<E> Default for Events<E> {
+    fn default() -> Self {
+        Events {
+            observers: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl<E> Events<E> {
+    /// `observer` is told of every event from now on; it must not block.
+    pub(crate) fn subscribe(&self, observer: impl Fn(&E) + Send + Sync + 'static) {
         self.observers.write().push(Box::new(observer));
     }
 
     /// Tells every observer, in the order they subscribed.
-    pub(crate) fn announce(&self, flushed: &Flushed) {
+    pub(crate) fn announce(&self, event: &E) {
         for observer in self.observers.read().iter() {
-            observer(flushed);
+            observer(event);
         }
     }
 }

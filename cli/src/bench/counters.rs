@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use writebehind::WriteBehind;
 
 use super::harness::{
-    finish_writers, histogram, key_text, micros, write_through_writers, Bind, Keys, ProgressLine,
-    Quota,
+    histogram, key_text, micros, run_writers, write_through_writers, Bind, Keys, ProgressLine,
 };
 use super::report::Outcome;
 use super::sql::{exec, sql_text, total, Backend, ROWS_PER_STATEMENT};
@@ -107,30 +106,9 @@ pub(super) async fn writebehind_run(
         .open()
         .await
         .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))?;
-    let quota_total = args.duration.is_none().then_some(args.ops);
-    let progress = ProgressLine::start(format!("writebehind {mode} batch {batch}"), quota_total);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let cache = cache.clone();
-        let done = progress.done.clone();
-        let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let quota = Quota::of_writer(args, start, w);
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut n = 0u64;
-            while quota.more(n) {
-                let key = key_text(keys.next_key());
-                let t0 = Instant::now();
-                cache.add(key.as_str(), 1).await?;
-                h.saturating_record(t0.elapsed().as_nanos() as u64);
-                n += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, writebehind::Error>((h, n))
-        }));
-    }
-    let (hist, per_writer, seconds) = finish_writers(&cache, tasks, progress, start).await?;
+    let label = format!("writebehind {mode} batch {batch}");
+    let (hist, per_writer, seconds) =
+        run_writers(args, &cache, label, |k, _| (key_text(k), 1)).await?;
     let stats = cache.stats();
     cache
         .close()

@@ -90,20 +90,46 @@ pub(super) fn share(args: &super::Args, w: u64) -> u64 {
     args.ops / args.writers + u64::from(w < args.ops % args.writers)
 }
 
-/// The end of a writebehind run: the writers joined, the progress line
-/// closed, the cache's final flush. Returns the latencies, the writes per
-/// writer and the seconds from `start` to the end of that flush; on a
-/// failed writer the cache is closed and the failure returned.
-pub(super) async fn finish_writers<K, V>(
+/// A writebehind run's writers: `args.writers` tasks, each adding
+/// `pick(key, n)` (its `n`-th write, to the key its distribution draws)
+/// until its quota, every add timed; then the cache's final flush. Returns
+/// the latencies, the writes per writer and the seconds from the first
+/// write to the end of that flush; on a failed writer the cache is closed
+/// and the failure returned.
+pub(super) async fn run_writers<K, V, Q>(
+    args: &super::Args,
     cache: &writebehind::WriteBehind<K, V>,
-    tasks: Vec<WriterTask<writebehind::Error>>,
-    progress: ProgressLine,
-    start: Instant,
+    label: String,
+    pick: fn(u64, u64) -> (Q, V),
 ) -> Result<(Histogram<u64>, Vec<u64>, f64), String>
 where
     K: writebehind::CacheKey,
-    V: writebehind::CacheValue,
+    V: writebehind::Delta + Send + 'static,
+    Q: writebehind::KeyText + Send + Sync + 'static,
 {
+    let quota_total = args.duration.is_none().then_some(args.ops);
+    let progress = ProgressLine::start(label, quota_total);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let cache = cache.clone();
+        let done = progress.done.clone();
+        let mut keys = Keys::new(args.dist, args.keys, w)?;
+        let quota = Quota::of_writer(args, start, w);
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut n = 0u64;
+            while quota.more(n) {
+                let (key, value) = pick(keys.next_key(), n);
+                let t0 = Instant::now();
+                cache.add(&key, value).await?;
+                h.saturating_record(t0.elapsed().as_nanos() as u64);
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, writebehind::Error>((h, n))
+        }));
+    }
     let (hist, per_writer, failure) = join_writers(tasks, "writebehind add").await;
     progress.finish();
     if let Some(f) = failure {

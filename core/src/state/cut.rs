@@ -53,6 +53,8 @@ impl State {
             Some(_) => slot.take(),
         };
         let items = cut.as_ref().map_or(&[][..], |c| &c.items[..]);
+        // Hashed once: with two threads each must find its own items.
+        let hashes: Vec<u64> = items.iter().map(|i| self.hash(&i.key)).collect();
         let mut inners: Vec<&mut ShardInner> = guards.iter_mut().map(|g| &mut **g).collect();
         let half = inners.len() / 2;
         if items.len() >= PARALLEL_LANDING && half > 0 {
@@ -60,28 +62,29 @@ impl State {
             // second thread.
             let (low, high) = inners.split_at_mut(half);
             std::thread::scope(|s| {
-                s.spawn(|| self.land(items, outcomes, high, half));
-                self.land(items, outcomes, low, 0);
+                s.spawn(|| self.land(items, &hashes, outcomes, high, half));
+                self.land(items, &hashes, outcomes, low, 0);
             });
         } else {
-            self.land(items, outcomes, &mut inners, 0);
+            self.land(items, &hashes, outcomes, &mut inners, 0);
         }
         self.in_flight_items.store(0, Ordering::Relaxed);
         self.cut_active.store(false, Ordering::Release);
         Ok(())
     }
 
-    /// Applies the outcomes of the items whose shards are `inners`
-    /// (shards `first..first + inners.len()`); the rest are skipped.
+    /// Applies the outcomes of the items (their keys' `hashes` alongside)
+    /// whose shards are `inners` (shards `first..first + inners.len()`);
+    /// the rest are skipped.
     fn land(
         &self,
         items: &[FlushItem],
+        hashes: &[u64],
         outcomes: &[ItemOutcome],
         inners: &mut [&mut ShardInner],
         first: usize,
     ) {
-        for (item, outcome) in items.iter().zip(outcomes) {
-            let hash = self.hash(&item.key);
+        for ((item, &hash), outcome) in items.iter().zip(hashes).zip(outcomes) {
             let Some(inner) = self
                 .shard_of(hash)
                 .checked_sub(first)

@@ -65,34 +65,15 @@ pub(super) async fn writebehind_run(
     posts_table(pool, backend, table, args.keys).await?;
     let interval = Duration::from_millis(args.flush_interval_ms);
     let cache = open_cache(dir, url, table, mode, interval, batch).await?;
-    let quota_total = args.duration.is_none().then_some(args.ops);
-    let progress = ProgressLine::start(format!("writebehind {mode} batch {batch}"), quota_total);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let cache = cache.clone();
-        let done = progress.done.clone();
-        let mut keys = Keys::new(args.dist, args.keys, w)?;
-        let quota = Quota::of_writer(args, start, w);
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut n = 0u64;
-            while quota.more(n) {
-                let id = keys.next_key() as i64;
-                let delta = PostCounters {
-                    views: 1,
-                    likes: likes(n),
-                };
-                let t0 = Instant::now();
-                cache.add(&id, delta).await?;
-                h.saturating_record(t0.elapsed().as_nanos() as u64);
-                n += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, writebehind::Error>((h, n))
-        }));
-    }
-    let (hist, per_writer, seconds) = finish_writers(&cache, tasks, progress, start).await?;
+    let label = format!("writebehind {mode} batch {batch}");
+    let (hist, per_writer, seconds) = run_writers(args, &cache, label, |k, n| {
+        let delta = PostCounters {
+            views: 1,
+            likes: likes(n),
+        };
+        (k as i64, delta)
+    })
+    .await?;
     let stats = close_cache(cache, pool, dir).await?;
     let writes: u64 = per_writer.iter().sum();
     let read = check(pool, table, &expected(args, &per_writer)?).await?;
