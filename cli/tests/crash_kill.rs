@@ -149,7 +149,8 @@ async fn round(backend: &str, n: u64, seed: u64, tally: &mut Tally) {
         _ => (postgres_url(), format!("crash_{}_{n}", std::process::id())),
     };
     let writers = rng.u64(1..=8);
-    let keys = [3u64, 40, 400][rng.usize(0..3)];
+    // 20 000: cuts of 8 192 items and more, which are taken and landed on two threads.
+    let keys = [3u64, 40, 400, 20_000][rng.usize(0..4)];
     let durability = match (n % 4, n % 8) {
         (3, _) => "buffered:10ms",
         (_, 5) => "none",

@@ -184,7 +184,8 @@ async fn round(
     let nats = replicated.then(|| env_url("WB_NATS_URL", "nats://127.0.0.1:4222"));
     let instance = format!("pc-{pid}-{seed}");
     let writers = rng.u64(1..=8);
-    let keys = [3u64, 40, 400][rng.usize(0..3)];
+    // 20 000: cuts of 8 192 items and more, which are taken and landed on two threads.
+    let keys = [3u64, 40, 400, 20_000][rng.usize(0..4)];
     let dist = if rng.bool() { "uniform" } else { "zipf:1.0" };
     let delay = Duration::from_millis(rng.u64(30..1500));
     let cut = if torn {
