@@ -14,6 +14,17 @@ mod stress;
 mod wal;
 mod workload;
 
+/// The library's log (dead letters, retries, outages) on stderr: warnings
+/// and errors by default, more with `RUST_LOG` (e.g. `RUST_LOG=writebehind=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[derive(Parser)]
 #[command(
     name = "writebehind",
@@ -44,6 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         #[cfg(feature = "nats")]
         Command::Adopt(args) => adopt::run(args),
