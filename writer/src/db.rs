@@ -149,7 +149,11 @@ impl Pool {
                         None => url,
                     };
                     let url = crate::url::mysql_tls_spelling(url);
-                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(ctx())?;
+                    // Found rows, not changed rows: an update-only flush
+                    // counts the keys that matched (an add of 0 changes nothing).
+                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                        .map_err(ctx())?
+                        .found_rows(true);
                     let po = sqlx::mysql::MySqlPoolOptions::new()
                         .max_connections(cfg.pool_size)
                         .acquire_timeout(cfg.acquire_timeout);

@@ -56,6 +56,7 @@ macro_rules! suite {
 suite!(
     delta_record_adds_per_column_and_keeps_unmapped_columns,
     update_only_dead_letters_a_missing_row_and_flushes_the_rest,
+    update_only_without_values_trusts_a_full_row_count,
     uuid_keys_round_trip,
     composite_keys_round_trip,
     puts_only_mapping_without_a_version_column,
@@ -198,6 +199,14 @@ fn ints(c: &[i64]) -> Value {
 
 fn cols(c: &[i64]) -> Change {
     Change::AddCols(Arc::from(c))
+}
+
+/// Written, with neither version nor value known (nothing read back).
+fn unversioned_unknown() -> ItemOutcome {
+    ItemOutcome::Written {
+        version: None,
+        value: None,
+    }
 }
 
 fn unversioned(value: Value) -> ItemOutcome {
@@ -460,8 +469,10 @@ mod cases {
             ))
             .await
             .unwrap();
-        assert_eq!(r.outcomes[0], ItemOutcome::DeadLettered);
-        assert!(matches!(r.outcomes[1], ItemOutcome::Written { .. }));
+        assert_eq!(
+            r.outcomes,
+            vec![ItemOutcome::DeadLettered, unversioned_unknown()]
+        );
         let rows = query(
             &w,
             &format!("SELECT views, likes FROM {} WHERE id = 1", fx.q(&t)),
@@ -470,6 +481,97 @@ mod cases {
         .await;
         assert_eq!(rows, vec![vec![SqlValue::Int(12), SqlValue::Int(1)]]);
         w2.close().await;
+        w.close().await;
+    }
+
+    /// Update-only without values to report: when the statement's row
+    /// count equals its keys, every key matched and nothing is read back;
+    /// a short count asks which keys matched (one more statement).
+    pub async fn update_only_without_values_trusts_a_full_row_count(fx: &Fixture) {
+        let t = posts(fx, &format!("{} NOT NULL", name_type(fx))).await;
+        sql(
+            fx,
+            &format!(
+                "INSERT INTO {} (id, title, views, likes) VALUES (1, 'one', 10, 0), (2, 'two', 0, 0), (3, 'three', 5, 5)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        let w = Writer::connect(
+            &fx.url,
+            fx.config("n").report_values(false).table(
+                TableSpec::record(&t, post_counters())
+                    .unwrap()
+                    .key(IntKey::new("id"))
+                    .version_column(None)
+                    .unwrap()
+                    .mode(WriteMode::UpdateOnly),
+            ),
+        )
+        .await
+        .unwrap();
+        w.check_schema().await.unwrap();
+        w.create_tables().await.unwrap();
+        // Every key has a row; one adds 0 to both columns (MySQL's changed
+        // rows would not count it, its found rows do).
+        let all = w
+            .flush(&cut(
+                1,
+                vec![
+                    item("1", cols(&[1, 0]), Expected::Any),
+                    item("2", cols(&[0, 0]), Expected::Any),
+                    item("3", cols(&[2, 3]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(all.outcomes, vec![unversioned_unknown(); 3]);
+        assert_eq!(all.rows, 3);
+        let short = w
+            .flush(&cut(
+                2,
+                vec![
+                    item("1", cols(&[1, 1]), Expected::Any),
+                    item("9", cols(&[1, 1]), Expected::Any),
+                    item("3", cols(&[1, 1]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            short.outcomes,
+            vec![
+                unversioned_unknown(),
+                ItemOutcome::DeadLettered,
+                unversioned_unknown()
+            ]
+        );
+        assert_eq!(short.rows, 2);
+        // Progress row (create, lock, advance) and one UPDATE: no read-back.
+        assert_eq!(all.statements, 4);
+        // The short count costs the question of which keys matched, and the
+        // dead-letter row (in a savepoint on PostgreSQL).
+        let savepoint = if fx.backend == Backend::Postgres {
+            2
+        } else {
+            0
+        };
+        assert_eq!(short.statements, all.statements + 2 + savepoint);
+        let rows = query(
+            &w,
+            &format!("SELECT id, views, likes FROM {} ORDER BY id", fx.q(&t)),
+            &[SqlType::BigInt, SqlType::BigInt, SqlType::BigInt],
+        )
+        .await;
+        let int = SqlValue::Int;
+        assert_eq!(
+            rows,
+            vec![
+                vec![int(1), int(12), int(1)],
+                vec![int(2), int(0), int(0)],
+                vec![int(3), int(8), int(9)],
+            ]
+        );
         w.close().await;
     }
 

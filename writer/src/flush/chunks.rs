@@ -3,13 +3,14 @@
 //! is alone, and the one statement per chunk.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::readback::{by_key_columns, by_ordinal, Written};
+use super::readback::{by_key_columns, by_ordinal, Back, ReadBack, Written};
 use super::{Flush, StmtKind, SAVEPOINT};
 use crate::error::{Error, Result};
 use crate::ident::Backend;
 use crate::rows::WRow;
-use crate::schema::SqlValue;
+use crate::schema::{SqlType, SqlValue};
 use crate::sql::{Mode, RowData};
 
 /// A map keyed by [`key_hash`], which is already mixed: no second hash.
@@ -108,6 +109,22 @@ pub(super) fn sort_rows(rows: &mut Vec<WRow>) {
     ids.sort_unstable();
     let mut slots: Vec<Option<WRow>> = rows.drain(..).map(Some).collect();
     rows.extend(ids.iter().filter_map(|&(_, i)| slots[i].take()));
+}
+
+/// Rows of one 0-based position each: those written, with nothing read back.
+fn matched(n: usize, positions: Vec<Vec<SqlValue>>) -> ReadBack {
+    let mut back: ReadBack = vec![None; n];
+    for row in positions {
+        if let Some(SqlValue::Int(p)) = row.first() {
+            if let Some(slot) = usize::try_from(*p).ok().and_then(|p| back.get_mut(p)) {
+                *slot = Some(Back {
+                    version: None,
+                    totals: Arc::from([]),
+                });
+            }
+        }
+    }
+    back
 }
 
 /// Frees a large pass's rows on a blocking thread: each holds its own key
@@ -272,10 +289,14 @@ impl Flush<'_> {
                 // to learn which rows an InsertIfAbsent inserted, since its
                 // RETURNING costs as much as the write (the rest is read back
                 // after the statement kind); MySQL has none with ON DUPLICATE KEY.
+                // Update-only without values to report: the row count says
+                // whether every key matched (the keys of a chunk are distinct);
+                // only a short count asks which did.
+                let by_count = d.update_only() && mode != Mode::InsertIfAbsent && !report;
                 let returning = match d.backend {
                     Backend::MySql => false,
                     Backend::Sqlite => mode == Mode::InsertIfAbsent,
-                    Backend::Postgres => must_read || report,
+                    Backend::Postgres => (must_read || report) && !by_count,
                 };
                 let data: Vec<&RowData> = chunk.iter().map(|r| &r.data).collect();
                 let st = d.write(mode, &data, returning, w.facts());
@@ -304,9 +325,21 @@ impl Flush<'_> {
                     };
                     return Ok(Written::Returned(by_key_columns(w, chunk, rows)));
                 }
-                self.exec(st, "write").await?;
-                self.rows += chunk.len() as u64;
-                Ok(if report || must_read {
+                let affected = self.exec(st, "write").await?;
+                // MySQL counts an upsert's update as two rows; its row count is ours.
+                self.rows += if d.update_only() {
+                    affected
+                } else {
+                    chunk.len() as u64
+                };
+                let matched_all = by_count && affected == chunk.len() as u64;
+                if by_count && !matched_all && d.backend == Backend::Postgres {
+                    let positions = self
+                        .fetch(d.pg_matched(&data), &[SqlType::BigInt], "find matched keys")
+                        .await?;
+                    return Ok(Written::Returned(matched(chunk.len(), positions)));
+                }
+                Ok(if report || (must_read && !matched_all) {
                     Written::ReadLater
                 } else {
                     Written::Done

@@ -223,14 +223,20 @@ impl Flush<'_> {
             return;
         };
         let read = back.is_some();
+        // Without values to report, a counter's total read back to learn
+        // which keys matched is not reported either: every backend answers alike.
+        let report = self.w.cfg().report_values;
         let update_only = self.w.dialect().update_only() && mode != Mode::InsertIfAbsent;
         let delta = self.w.cfg().table.is_delta_record();
         let mut back = back.unwrap_or_default().into_iter();
         for r in chunk {
             let outcome = match back.next().flatten() {
                 Some(Back { version, totals }) => ItemOutcome::Written {
-                    version,
+                    // A count-checked write reads no version: the locked
+                    // row's, when there was one, still holds.
+                    version: version.or(r.version_after),
                     value: match mode {
+                        Mode::Add if !report => None,
                         Mode::Add if delta && !totals.is_empty() => Some(Value::Ints(totals)),
                         Mode::Add => totals.first().map(|t| Value::Int(*t)),
                         Mode::Set | Mode::InsertIfAbsent => Some(r.report.clone()),

@@ -10,17 +10,7 @@ use crate::schema::{SqlType, SqlValue};
 /// key column), else of arrays of them; bytes as hex.
 fn keys_json(keys: &[&KeyVals], single: bool) -> String {
     use serde_json::Value as J;
-    fn one(v: &SqlValue) -> J {
-        match v {
-            SqlValue::Null => J::Null,
-            SqlValue::Int(i) | SqlValue::Timestamp(i) => J::from(*i),
-            SqlValue::Float(f) => J::from(*f),
-            SqlValue::Text(s) | SqlValue::Json(s) => J::from(s.as_str()),
-            SqlValue::Bytes(b) => J::from(hex(b)),
-            SqlValue::Uuid(b) => J::from(hex(b)),
-            SqlValue::Bool(b) => J::from(*b),
-        }
-    }
+    let one = json_value;
     let list: Vec<J> = keys
         .iter()
         .map(|k| {
@@ -32,6 +22,20 @@ fn keys_json(keys: &[&KeyVals], single: bool) -> String {
         })
         .collect();
     serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A value as `JSON_TABLE` and `json_each` read it back: bytes in hex.
+pub(super) fn json_value(v: &SqlValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        SqlValue::Null => J::Null,
+        SqlValue::Int(i) | SqlValue::Timestamp(i) => J::from(*i),
+        SqlValue::Float(f) => J::from(*f),
+        SqlValue::Text(s) | SqlValue::Json(s) => J::from(s.as_str()),
+        SqlValue::Bytes(b) => J::from(hex(b)),
+        SqlValue::Uuid(b) => J::from(hex(b)),
+        SqlValue::Bool(b) => J::from(*b),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -77,38 +81,7 @@ impl Dialect {
             } else {
                 String::new()
             };
-            let mut defs = Vec::new();
-            let mut on = Vec::new();
-            for (i, (c, q)) in self.keys.iter().zip(&self.qkeys).enumerate() {
-                let path = if single {
-                    "$".to_owned()
-                } else {
-                    format!("$[{i}]")
-                };
-                let ty = match c.ty {
-                    SqlType::Text => {
-                        let (cs, coll) = facts
-                            .key_charsets
-                            .get(i)
-                            .cloned()
-                            .flatten()
-                            .unwrap_or_else(|| ("utf8mb4".to_owned(), "utf8mb4_bin".to_owned()));
-                        format!("VARCHAR(768) CHARACTER SET {cs} COLLATE {coll}")
-                    }
-                    SqlType::Bytes | SqlType::Uuid => {
-                        "VARCHAR(2048) CHARACTER SET ascii".to_owned()
-                    }
-                    SqlType::Double => "DOUBLE".to_owned(),
-                    _ => "BIGINT".to_owned(),
-                };
-                defs.push(format!("k{i} {ty} PATH '{path}'"));
-                let src = format!("wb_keys.k{i}");
-                let src = match c.ty {
-                    SqlType::Bytes | SqlType::Uuid => format!("UNHEX({src})"),
-                    ty => self.wx(ty, &src),
-                };
-                on.push(format!("{t}.{q} = {src}"));
-            }
+            let (defs, on) = self.json_table_keys(facts, "wb_keys", single);
             format!(
                 "SELECT CAST(wb_keys.n AS SIGNED) - 1, {version}{total} FROM JSON_TABLE(?, '$[*]' \
                  COLUMNS (n FOR ORDINALITY, {})) AS wb_keys \
@@ -153,6 +126,51 @@ impl Dialect {
             sql,
             args: vec![Arg::Text(Some(json))],
         }
+    }
+
+    /// MySQL `JSON_TABLE` columns for the key columns (`k0 .. PATH '$[0]'`,
+    /// or `'$'` for a `single` key of scalars), and the join of the table's
+    /// key columns to them in `alias`. A text key is declared with the table
+    /// column's character set and collation (`facts`): comparing two
+    /// collations fails (error 1267); bytes travel as hex.
+    pub(super) fn json_table_keys(
+        &self,
+        facts: &Facts,
+        alias: &str,
+        single: bool,
+    ) -> (Vec<String>, Vec<String>) {
+        let t = &self.t;
+        let mut defs = Vec::new();
+        let mut on = Vec::new();
+        for (i, (c, q)) in self.keys.iter().zip(&self.qkeys).enumerate() {
+            let path = if single {
+                "$".to_owned()
+            } else {
+                format!("$[{i}]")
+            };
+            let ty = match c.ty {
+                SqlType::Text => {
+                    let (cs, coll) = facts
+                        .key_charsets
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| ("utf8mb4".to_owned(), "utf8mb4_bin".to_owned()));
+                    format!("VARCHAR(768) CHARACTER SET {cs} COLLATE {coll}")
+                }
+                SqlType::Bytes | SqlType::Uuid => "VARCHAR(2048) CHARACTER SET ascii".to_owned(),
+                SqlType::Double => "DOUBLE".to_owned(),
+                _ => "BIGINT".to_owned(),
+            };
+            defs.push(format!("k{i} {ty} PATH '{path}'"));
+            let src = format!("{alias}.k{i}");
+            let src = match c.ty {
+                SqlType::Bytes | SqlType::Uuid => format!("UNHEX({src})"),
+                ty => self.wx(ty, &src),
+            };
+            on.push(format!("{t}.{q} = {src}"));
+        }
+        (defs, on)
     }
 
     /// `key columns, version (NULL without one), value columns`, as read.

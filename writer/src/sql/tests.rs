@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::db::Arg;
 use crate::schema::{Column, RowCodec, TableSpec};
 
 struct Counters(Vec<Column>);
@@ -91,8 +92,9 @@ fn mysql_read_back_uses_the_key_collation() {
     );
 }
 
-/// Update-only on MySQL joins the rows as a derived table whose text key
-/// carries the column's collation, and never inserts.
+/// Update-only counter deltas on MySQL join ONE JSON parameter through
+/// `JSON_TABLE` (one statement text for every chunk), whose text key
+/// carries the column's collation; puts join a derived table. Neither inserts.
 #[test]
 fn mysql_update_only_is_an_update() {
     let d = posts(WriteMode::UpdateOnly);
@@ -104,9 +106,23 @@ fn mysql_update_only_is_an_update() {
     let st = d.write(Mode::Add, &[&a, &b], false, &facts);
     assert_eq!(
         st.sql,
+        "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (k0 VARCHAR(768) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci PATH '$[0]', \
+         c0 BIGINT PATH '$[1]' ERROR ON ERROR, c1 BIGINT PATH '$[2]' ERROR ON ERROR)) AS wb_src \
+         STRAIGHT_JOIN `posts` ON `posts`.`id` = wb_src.k0 \
+         SET `posts`.`views` = `posts`.`views` + wb_src.c0, `posts`.`likes` = `posts`.`likes` + wb_src.c1"
+    );
+    assert_eq!(st.args.len(), 1);
+    assert!(
+        matches!(&st.args[0], Arg::Text(Some(j)) if j == r#"[["a",1,2],["b",1,2]]"#),
+        "{:?}",
+        st.args[0]
+    );
+    let st = d.write(Mode::Set, &[&a, &b], false, &facts);
+    assert_eq!(
+        st.sql,
         "UPDATE `posts` JOIN (SELECT CAST(? AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_unicode_ci AS k0, \
          ? AS c0, ? AS c1 UNION ALL SELECT ?, ?, ?) AS wb_src ON `posts`.`id` = wb_src.k0 \
-         SET `posts`.`views` = `posts`.`views` + wb_src.c0, `posts`.`likes` = `posts`.`likes` + wb_src.c1"
+         SET `posts`.`views` = wb_src.c0, `posts`.`likes` = wb_src.c1"
     );
     assert_eq!(st.args.len(), 6);
 }

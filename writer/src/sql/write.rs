@@ -1,9 +1,11 @@
 //! Writes: multi-row upserts (UNNEST arrays on PostgreSQL, VALUES lists
 //! elsewhere), update-only UPDATEs, and deletes.
 
+use super::read::json_value;
 use super::{
     array, array_of, pg_array_type, scalar, Dialect, Facts, KeyVals, Mode, Ph, RowData, Stmt,
 };
+use crate::db::Arg;
 use crate::ident::Backend;
 use crate::schema::SqlType;
 
@@ -343,6 +345,29 @@ impl Dialect {
                     on.join(" AND ")
                 )
             }
+            Backend::MySql if mode == Mode::Add => {
+                // Counter deltas: the rows as ONE JSON parameter read by
+                // `JSON_TABLE`, so the text is the same for every chunk (one
+                // prepared statement) and the server parses no row list.
+                let nk = self.keys.len();
+                let (mut defs, on) = self.json_table_keys(facts, "wb_src", false);
+                defs.extend(
+                    (0..self.cols.len())
+                        .map(|i| format!("c{i} BIGINT PATH '$[{}]' ERROR ON ERROR", nk + i)),
+                );
+                let list: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| r.kvals.iter().chain(&r.cols).map(json_value).collect())
+                    .collect();
+                let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned());
+                args.push(Arg::Text(Some(json)));
+                format!(
+                    "UPDATE JSON_TABLE(?, '$[*]' COLUMNS ({})) AS wb_src STRAIGHT_JOIN {t} ON {} SET {}",
+                    defs.join(", "),
+                    on.join(" AND "),
+                    self.mysql_update_sets(mode)
+                )
+            }
             Backend::MySql => {
                 // The rows as a derived table joined by key. Its first row
                 // gives each text key the table column's character set and
@@ -393,26 +418,63 @@ impl Dialect {
                     .enumerate()
                     .map(|(i, q)| format!("{t}.{q} = wb_src.k{i}"))
                     .collect();
-                let mut sets: Vec<String> = self
-                    .qcols
-                    .iter()
-                    .enumerate()
-                    .map(|(i, q)| match mode {
-                        Mode::Add => format!("{t}.{q} = {t}.{q} + wb_src.c{i}"),
-                        _ => format!("{t}.{q} = wb_src.c{i}"),
-                    })
-                    .collect();
-                if let Some(v) = &self.v {
-                    sets.push(format!("{t}.{v} = {t}.{v} + 1"));
-                }
                 format!(
                     "UPDATE {t} JOIN ({src}) AS wb_src ON {} SET {}",
                     on.join(" AND "),
-                    sets.join(", ")
+                    self.mysql_update_sets(mode)
                 )
             }
         };
         Stmt { sql, args }
+    }
+
+    /// PostgreSQL: the 0-based positions in `rows` of the keys that match a
+    /// row, as rows of one BIGINT. An update-only write that did not report
+    /// values asks this only when its count says some key matched nothing.
+    pub(crate) fn pg_matched(&self, rows: &[&RowData]) -> Stmt {
+        let t = &self.t;
+        let mut ph = Ph::new(self.backend);
+        let mut args = Vec::new();
+        let mut arrays = Vec::new();
+        let mut aliases = Vec::new();
+        let mut on = Vec::new();
+        for ((i, c), q) in self.keys.iter().enumerate().zip(&self.qkeys) {
+            args.push(array_of(rows.iter().map(|r| &r.kvals[i]), c.ty));
+            arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
+            aliases.push(format!("k{i}"));
+            on.push(format!(
+                "{t}.{q} = {}",
+                self.wx(c.ty, &format!("wb_src.k{i}"))
+            ));
+        }
+        aliases.push("wb_n".to_owned());
+        Stmt {
+            sql: format!(
+                "SELECT wb_src.wb_n - 1 FROM UNNEST({}) WITH ORDINALITY AS wb_src({}) JOIN {t} ON {}",
+                arrays.join(", "),
+                aliases.join(", "),
+                on.join(" AND ")
+            ),
+            args,
+        }
+    }
+
+    /// MySQL update-only `SET`: from `wb_src.c{i}`, version + 1.
+    fn mysql_update_sets(&self, mode: Mode) -> String {
+        let t = &self.t;
+        let mut sets: Vec<String> = self
+            .qcols
+            .iter()
+            .enumerate()
+            .map(|(i, q)| match mode {
+                Mode::Add => format!("{t}.{q} = {t}.{q} + wb_src.c{i}"),
+                _ => format!("{t}.{q} = wb_src.c{i}"),
+            })
+            .collect();
+        if let Some(v) = &self.v {
+            sets.push(format!("{t}.{v} = {t}.{v} + 1"));
+        }
+        sets.join(", ")
     }
 
     pub(crate) fn delete(&self, keys: &[&KeyVals]) -> Stmt {
