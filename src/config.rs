@@ -44,7 +44,8 @@ pub(crate) struct Config {
     bookkeeping_prefix: Option<String>,
     create_tables: bool,
     read_through: bool,
-    read_back: bool,
+    /// `None`: on, except for delta records (see `Builder::read_back`).
+    read_back: Option<bool>,
     flush_interval: Duration,
     flush_dirty_entries: usize,
     flush_dirty_bytes: usize,
@@ -107,7 +108,7 @@ impl Config {
     pub(crate) fn read_through(&self) -> bool {
         self.read_through
     }
-    pub(crate) fn read_back(&self) -> bool {
+    pub(crate) fn read_back(&self) -> Option<bool> {
         self.read_back
     }
     pub(crate) fn flush_interval(&self) -> Duration {

@@ -426,11 +426,12 @@ pub(crate) fn table_spec<K: CacheKey, V: CacheValue>(cfg: &Config) -> Result<Tab
 /// down (the pipeline's `at_open` then asks what it can).
 async fn connect<K: CacheKey, V: CacheValue>(cfg: &Config, url: &str) -> Result<Writer> {
     let spec = table_spec::<K, V>(cfg)?;
+    let read_back = cfg.read_back().unwrap_or(!spec.is_delta_record());
     let instance = crate::instance::id(cfg.dir(), cfg.instance_id())?;
     let mut wcfg = WriterConfig::new(instance)
         .table(spec)
         .conflict_policy(cfg.conflict_policy().clone())
-        .report_values(cfg.read_back());
+        .report_values(read_back);
     if let Some(prefix) = cfg.bookkeeping_prefix() {
         wcfg = wcfg.bookkeeping_prefix(prefix)?;
     }

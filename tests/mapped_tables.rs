@@ -395,6 +395,33 @@ async fn delta_record_adds_per_column_and_leaves_other_columns_alone(db: &Db) {
     db.drop_table(&table).await;
 }
 
+/// A delta record keeps no copy of its totals after a flush (no
+/// read-back by default): other code writes the table too, so a read after
+/// the flush loads the row and adds what is pending.
+async fn a_delta_records_read_after_a_flush_loads_the_row(db: &Db) {
+    let table = db.table("posts_rb");
+    db.posts(&table, &[(1, "one", 10, 0)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder::<i64, PostCounters>(db, dir.path(), &table)
+        .open()
+        .await
+        .unwrap();
+    cache.add(&1, pc(1, 0)).await.unwrap();
+    cache.flush().await.unwrap();
+    db.exec(&format!(
+        "UPDATE {table} SET views = views + 100 WHERE id = 1"
+    ))
+    .await;
+    let loads = cache.stats().loads;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(pc(111, 0)));
+    assert_eq!(cache.stats().loads, loads + 1);
+    cache.add(&1, pc(1, 2)).await.unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some(pc(112, 2)));
+    cache.close().await.unwrap();
+    assert_eq!(db.post_rows(&table).await[&1], (Some("one".into()), 112, 2));
+    db.drop_table(&table).await;
+}
+
 /// `put` of a delta record sets the counters; later adds fold into it.
 async fn delta_record_puts_set_and_adds_fold_in(db: &Db) {
     let table = db.table("posts_put");
@@ -796,6 +823,7 @@ macro_rules! suite {
 
 suite!(
     delta_record_adds_per_column_and_leaves_other_columns_alone,
+    a_delta_records_read_after_a_flush_loads_the_row,
     delta_record_puts_set_and_adds_fold_in,
     update_only_dead_letters_a_missing_row_and_flushes_the_rest,
     uuid_keys_bind_the_native_column_type,

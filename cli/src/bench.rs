@@ -96,12 +96,35 @@ pub struct Args {
     /// Longest the write-through baseline may run, in seconds (it is slow by design).
     #[arg(long, default_value_t = 10.0)]
     baseline_secs: f64,
+    /// Read each flushed row's totals back (`read_back`): `on` or `off`
+    /// (default: the library's, on for `counters`, off for `posts`).
+    #[arg(long, value_parser = parse_on_off)]
+    read_back: Option<bool>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
     /// Write a chart of throughput against batch size and durability to this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
+/// The builder with `--read-back` applied when given.
+fn with_read_back<K: writebehind::CacheKey, V: writebehind::CacheValue>(
+    b: writebehind::Builder<K, V>,
+    args: &Args,
+) -> writebehind::Builder<K, V> {
+    match args.read_back {
+        Some(on) => b.read_back(on),
+        None => b,
+    }
 }
 
 /// A durability mode, shown as its option text.

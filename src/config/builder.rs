@@ -38,7 +38,7 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
                 bookkeeping_prefix: None,
                 create_tables: false,
                 read_through: true,
-                read_back: true,
+                read_back: None,
                 flush_interval: Duration::from_secs(1),
                 flush_dirty_entries: 50_000,
                 flush_dirty_bytes: 32 << 20,
@@ -209,9 +209,15 @@ impl<K: CacheKey, V: CacheValue> Builder<K, V> {
     /// cache keeps an exact clean copy (and the next put carries the right
     /// version). Off: flushes are faster (no read-back query on SQLite and
     /// MySQL) and a counter read after its flush goes to the database.
-    /// Default: on.
+    ///
+    /// Default: on, except for a delta record (a record whose fields are all
+    /// counters, written into a table of the service's own): its totals
+    /// belong to a table other code writes too, so a copy read back at the
+    /// flush would soon be stale, and reading it back costs SQLite and MySQL
+    /// a second statement per flush. A read after the flush loads the row
+    /// and adds the pending deltas.
     pub fn read_back(mut self, on: bool) -> Self {
-        self.cfg.read_back = on;
+        self.cfg.read_back = Some(on);
         self
     }
 

@@ -96,13 +96,14 @@ pub(super) async fn writebehind_run(
     batch: usize,
 ) -> Result<(Outcome, u64, Vec<u64>), String> {
     exec(pool, &format!("DROP TABLE IF EXISTS {table}")).await?;
-    let cache = WriteBehind::<String, i64>::builder(dir)
+    let builder = WriteBehind::<String, i64>::builder(dir)
         .database(url)
         .table(table)
         .create_tables(true)
         .durability(mode.durability)
         .flush_interval(Duration::from_millis(args.flush_interval_ms))
-        .flush_dirty_entries(batch)
+        .flush_dirty_entries(batch);
+    let cache = super::with_read_back(builder, args)
         .open()
         .await
         .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))?;
