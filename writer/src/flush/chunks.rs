@@ -111,6 +111,34 @@ pub(super) fn sort_rows(rows: &mut Vec<WRow>) {
     rows.extend(ids.iter().filter_map(|&(_, i)| slots[i].take()));
 }
 
+/// The write mode of a statement kind (`None`: deletes).
+fn kind_mode(kind: StmtKind) -> Option<Mode> {
+    match kind {
+        StmtKind::Write(mode) => Some(mode),
+        StmtKind::Delete => None,
+    }
+}
+
+/// `[lo, hi)` of each chunk of `n` rows, at most `per` each. `stable`: the
+/// rows after the last full chunk go in chunks of powers of two, so each
+/// chunk's statement text (its row list) is one seen before: prepared once
+/// per connection, not at every flush.
+pub(super) fn chunk_bounds(n: usize, per: usize, stable: bool) -> Vec<(usize, usize)> {
+    let per = per.max(1);
+    let full = if stable { n - n % per } else { n };
+    let mut out: Vec<(usize, usize)> = (0..full)
+        .step_by(per)
+        .map(|lo| (lo, (lo + per).min(full)))
+        .collect();
+    let mut lo = full;
+    while lo < n {
+        let size = 1usize << (usize::BITS - 1 - (n - lo).leading_zeros());
+        out.push((lo, lo + size));
+        lo += size;
+    }
+    out
+}
+
 /// Rows of one 0-based position each: those written, with nothing read back.
 fn matched(n: usize, positions: Vec<Vec<SqlValue>>) -> ReadBack {
     let mut back: ReadBack = vec![None; n];
@@ -196,10 +224,7 @@ impl Flush<'_> {
             d.params_per_row()
         };
         let per = d.rows_per_statement(w.cfg().max_rows_per_statement, per_row);
-        let mut stack: Vec<(usize, usize)> = (0..rows.len())
-            .step_by(per)
-            .map(|lo| (lo, (lo + per).min(rows.len())))
-            .collect();
+        let mut stack = chunk_bounds(rows.len(), per, d.text_varies_with_rows(kind_mode(kind)));
         stack.reverse();
         let mut lost = Vec::new();
         // Written without RETURNING and to be read back after the statement kind.

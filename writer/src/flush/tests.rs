@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use writebehind_core::{Key, Value};
 
-use super::chunks::{key_order, passes, sort_rows};
+use super::chunks::{chunk_bounds, key_order, passes, sort_rows};
 use super::readback::{by_ordinal, Back};
 use crate::rows::WRow;
 use crate::schema::SqlValue;
@@ -94,4 +94,45 @@ fn sorting_by_integer_ids_keeps_key_order() {
     }
     sort_rows(&mut texts);
     assert_eq!(idx(&texts), vec![1, 0]);
+}
+
+/// Full chunks first; with `stable`, the rest in falling powers of two (a
+/// statement text seen before), every row in exactly one chunk.
+#[test]
+fn chunk_bounds_cover_every_row_once() {
+    assert_eq!(
+        chunk_bounds(12_394, 5_000, true),
+        vec![
+            (0, 5_000),
+            (5_000, 10_000),
+            (10_000, 12_048),
+            (12_048, 12_304),
+            (12_304, 12_368),
+            (12_368, 12_384),
+            (12_384, 12_392),
+            (12_392, 12_394),
+        ]
+    );
+    assert_eq!(
+        chunk_bounds(12_394, 5_000, false),
+        vec![(0, 5_000), (5_000, 10_000), (10_000, 12_394)]
+    );
+    assert_eq!(
+        chunk_bounds(10_000, 5_000, true),
+        vec![(0, 5_000), (5_000, 10_000)]
+    );
+    assert_eq!(chunk_bounds(1, 5_000, true), vec![(0, 1)]);
+    assert_eq!(chunk_bounds(0, 5_000, true), Vec::<(usize, usize)>::new());
+    for n in 0..300 {
+        for per in [1, 2, 7, 64, 100] {
+            let b = chunk_bounds(n, per, true);
+            let mut next = 0;
+            for &(lo, hi) in &b {
+                assert_eq!(lo, next);
+                assert!(hi > lo && hi - lo <= per, "{n} {per} {b:?}");
+                next = hi;
+            }
+            assert_eq!(next, n);
+        }
+    }
 }

@@ -459,6 +459,17 @@ impl Dialect {
         }
     }
 
+    /// Whether a statement's text depends on its row count (`None`:
+    /// deletes): VALUES and key lists on SQLite and MySQL, except MySQL's
+    /// update-only counter adds (one JSON parameter). PostgreSQL binds arrays.
+    pub(crate) fn text_varies_with_rows(&self, mode: Option<Mode>) -> bool {
+        match self.backend {
+            Backend::Postgres => false,
+            Backend::Sqlite => true,
+            Backend::MySql => !(self.update_only && mode == Some(Mode::Add)),
+        }
+    }
+
     /// MySQL update-only `SET`: from `wb_src.c{i}`, version + 1.
     fn mysql_update_sets(&self, mode: Mode) -> String {
         let t = &self.t;
