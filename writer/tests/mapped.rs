@@ -57,6 +57,7 @@ suite!(
     delta_record_adds_per_column_and_keeps_unmapped_columns,
     update_only_dead_letters_a_missing_row_and_flushes_the_rest,
     update_only_without_values_trusts_a_full_row_count,
+    update_only_delta_on_a_uuid_key_with_a_version_column,
     uuid_keys_round_trip,
     composite_keys_round_trip,
     puts_only_mapping_without_a_version_column,
@@ -574,6 +575,71 @@ mod cases {
                 vec![int(3), int(8), int(9)],
             ]
         );
+        w.close().await;
+    }
+
+    /// Update-only counter adds on a UUID key (hex in MySQL's JSON rows)
+    /// with a version column: each matched row's version goes up by one,
+    /// the totals come back, a missing key is a dead letter.
+    pub async fn update_only_delta_on_a_uuid_key_with_a_version_column(fx: &Fixture) {
+        let t = fx.name("uposts");
+        sql(
+            fx,
+            &format!(
+                "CREATE TABLE {} (id {} PRIMARY KEY, views BIGINT NOT NULL, likes BIGINT NOT NULL, version BIGINT NOT NULL)",
+                fx.q(&t),
+                uuid_type(fx)
+            ),
+        )
+        .await;
+        let a = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let missing = "ffffffff-0000-4000-8000-000000000001";
+        let literal = match fx.backend {
+            Backend::Postgres => format!("'{a}'"),
+            Backend::MySql => "UNHEX('0193A1B2C3D47E5F8A9B0C1D2E3F4A5B')".to_owned(),
+            Backend::Sqlite => "X'0193A1B2C3D47E5F8A9B0C1D2E3F4A5B'".to_owned(),
+        };
+        sql(
+            fx,
+            &format!(
+                "INSERT INTO {} (id, views, likes, version) VALUES ({literal}, 10, 1, 4)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        let spec = TableSpec::record(&t, post_counters())
+            .unwrap()
+            .key(Arc::new(UuidKey(vec![Column::new(
+                "id",
+                SqlType::Uuid,
+                false,
+            )
+            .unwrap()])))
+            .mode(WriteMode::UpdateOnly);
+        let w = open(fx, spec).await;
+        let r = w
+            .flush(&cut(
+                1,
+                vec![
+                    item(missing, cols(&[1, 1]), Expected::Any),
+                    item(a, cols(&[5, 2]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.outcomes,
+            vec![ItemOutcome::DeadLettered, written(5, ints(&[15, 3]))]
+        );
+        assert_eq!(r.rows, 1);
+        let rows = query(
+            &w,
+            &format!("SELECT views, likes, version FROM {}", fx.q(&t)),
+            &[SqlType::BigInt, SqlType::BigInt, SqlType::BigInt],
+        )
+        .await;
+        let int = SqlValue::Int;
+        assert_eq!(rows, vec![vec![int(15), int(3), int(5)]]);
         w.close().await;
     }
 
