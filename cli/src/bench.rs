@@ -116,15 +116,33 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
-/// The builder with `--read-back` applied when given.
-fn with_read_back<K: writebehind::CacheKey, V: writebehind::CacheValue>(
-    b: writebehind::Builder<K, V>,
+/// Opens a contender's cache on `table` with the run's durability, flush interval and
+/// batch, and `--read-back` when given; every shape opens its cache here.
+#[allow(clippy::too_many_arguments)]
+async fn open_cache<K: writebehind::CacheKey, V: writebehind::CacheValue>(
     args: &Args,
-) -> writebehind::Builder<K, V> {
-    match args.read_back {
-        Some(on) => b.read_back(on),
-        None => b,
-    }
+    dir: &Path,
+    url: &str,
+    table: &str,
+    mode: Mode,
+    interval: Duration,
+    batch: usize,
+) -> Result<WriteBehind<K, V>, String> {
+    let builder = WriteBehind::<K, V>::builder(dir)
+        .database(url)
+        .table(table)
+        .create_tables(true)
+        .durability(mode.durability)
+        .flush_interval(interval)
+        .flush_dirty_entries(batch);
+    let builder = match args.read_back {
+        Some(on) => builder.read_back(on),
+        None => builder,
+    };
+    builder
+        .open()
+        .await
+        .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))
 }
 
 /// A durability mode, shown as its option text.

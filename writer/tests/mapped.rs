@@ -58,6 +58,7 @@ suite!(
     update_only_dead_letters_a_missing_row_and_flushes_the_rest,
     update_only_without_values_trusts_a_full_row_count,
     update_only_delta_on_a_uuid_key_with_a_version_column,
+    update_only_delta_refused_for_one_row_dead_letters_that_row_alone,
     uuid_keys_round_trip,
     composite_keys_round_trip,
     puts_only_mapping_without_a_version_column,
@@ -246,12 +247,25 @@ mod cases {
 
     /// A writer on the user's table: check_schema, then the bookkeeping tables.
     async fn open(fx: &Fixture, spec: TableSpec) -> Writer {
-        let w = Writer::connect(&fx.url, fx.config("i").table(spec))
-            .await
-            .unwrap();
+        open_with(fx, fx.config("i").table(spec)).await
+    }
+
+    /// [`open`] with a config of the test's own.
+    async fn open_with(fx: &Fixture, cfg: WriterConfig) -> Writer {
+        let w = Writer::connect(&fx.url, cfg).await.unwrap();
         w.check_schema().await.unwrap();
         w.create_tables().await.unwrap();
         w
+    }
+
+    /// `posts` by its BIGINT `id`, update-only, without a version column.
+    fn update_only_posts(t: &str) -> TableSpec {
+        TableSpec::record(t, post_counters())
+            .unwrap()
+            .key(IntKey::new("id"))
+            .version_column(None)
+            .unwrap()
+            .mode(WriteMode::UpdateOnly)
     }
 
     async fn posts(fx: &Fixture, title: &str) -> String {
@@ -374,12 +388,7 @@ mod cases {
             ),
         )
         .await;
-        let spec = TableSpec::record(&t, post_counters())
-            .unwrap()
-            .key(IntKey::new("id"))
-            .version_column(None)
-            .unwrap()
-            .mode(WriteMode::UpdateOnly);
+        let spec = update_only_posts(&t);
         let w = open(fx, spec).await;
         let r = w
             .flush(&cut(
@@ -447,19 +456,13 @@ mod cases {
         .await;
         assert_eq!(dead, vec![vec![text("7"), text("no row with this key")]]);
         // Without read-back of values, the missing key is still found.
-        let w2 = Writer::connect(
-            &fx.url,
-            fx.config("j").report_values(false).table(
-                TableSpec::record(&t, post_counters())
-                    .unwrap()
-                    .key(IntKey::new("id"))
-                    .version_column(None)
-                    .unwrap()
-                    .mode(WriteMode::UpdateOnly),
-            ),
+        let w2 = open_with(
+            fx,
+            fx.config("j")
+                .report_values(false)
+                .table(update_only_posts(&t)),
         )
-        .await
-        .unwrap();
+        .await;
         let r = w2
             .flush(&cut(
                 5,
@@ -498,21 +501,13 @@ mod cases {
             ),
         )
         .await;
-        let w = Writer::connect(
-            &fx.url,
-            fx.config("n").report_values(false).table(
-                TableSpec::record(&t, post_counters())
-                    .unwrap()
-                    .key(IntKey::new("id"))
-                    .version_column(None)
-                    .unwrap()
-                    .mode(WriteMode::UpdateOnly),
-            ),
+        let w = open_with(
+            fx,
+            fx.config("n")
+                .report_values(false)
+                .table(update_only_posts(&t)),
         )
-        .await
-        .unwrap();
-        w.check_schema().await.unwrap();
-        w.create_tables().await.unwrap();
+        .await;
         // Every key has a row; one adds 0 to both columns (MySQL's changed
         // rows would not count it, its found rows do).
         let all = w
@@ -640,6 +635,85 @@ mod cases {
         .await;
         let int = SqlValue::Int;
         assert_eq!(rows, vec![vec![int(15), int(3), int(5)]]);
+        w.close().await;
+    }
+
+    /// A delta the table refuses for one row (a CHECK it would break), in an
+    /// update-only write that reports no values: the chunk is halved until
+    /// that row is alone, it is dead-lettered with the database's reason, and
+    /// the other rows are written exactly once.
+    pub async fn update_only_delta_refused_for_one_row_dead_letters_that_row_alone(fx: &Fixture) {
+        let t = fx.name("cposts");
+        sql(
+            fx,
+            &format!(
+                "CREATE TABLE {} (id BIGINT PRIMARY KEY, views BIGINT NOT NULL CHECK (views < 1000), \
+                 likes BIGINT NOT NULL)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        sql(
+            fx,
+            &format!(
+                "INSERT INTO {} (id, views, likes) VALUES (1, 10, 0), (2, 995, 0), (3, 0, 0), (4, 7, 7)",
+                fx.q(&t)
+            ),
+        )
+        .await;
+        let w = open_with(
+            fx,
+            fx.config("c")
+                .report_values(false)
+                .table(update_only_posts(&t)),
+        )
+        .await;
+        let r = w
+            .flush(&cut(
+                1,
+                vec![
+                    item("1", cols(&[1, 1]), Expected::Any),
+                    item("2", cols(&[10, 0]), Expected::Any),
+                    item("3", cols(&[1, 0]), Expected::Any),
+                    item("4", cols(&[0, 1]), Expected::Any),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.outcomes,
+            vec![
+                unversioned_unknown(),
+                ItemOutcome::DeadLettered,
+                unversioned_unknown(),
+                unversioned_unknown()
+            ]
+        );
+        assert_eq!(r.rows, 3);
+        assert_eq!(r.dead_letters.len(), 1);
+        assert_eq!(r.dead_letters[0].key, key("2"));
+        // The database's own words for the broken constraint, which name its column.
+        assert!(
+            r.dead_letters[0].error.contains("views"),
+            "{}",
+            r.dead_letters[0].error
+        );
+        let rows = query(
+            &w,
+            &format!("SELECT id, views, likes FROM {} ORDER BY id", fx.q(&t)),
+            &[SqlType::BigInt, SqlType::BigInt, SqlType::BigInt],
+        )
+        .await;
+        let int = SqlValue::Int;
+        assert_eq!(
+            rows,
+            vec![
+                vec![int(1), int(11), int(1)],
+                vec![int(2), int(995), int(0)],
+                vec![int(3), int(1), int(0)],
+                vec![int(4), int(7), int(8)],
+            ]
+        );
         w.close().await;
     }
 

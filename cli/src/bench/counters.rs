@@ -96,17 +96,9 @@ pub(super) async fn writebehind_run(
     batch: usize,
 ) -> Result<(Outcome, u64, Vec<u64>), String> {
     exec(pool, &format!("DROP TABLE IF EXISTS {table}")).await?;
-    let builder = WriteBehind::<String, i64>::builder(dir)
-        .database(url)
-        .table(table)
-        .create_tables(true)
-        .durability(mode.durability)
-        .flush_interval(Duration::from_millis(args.flush_interval_ms))
-        .flush_dirty_entries(batch);
-    let cache = super::with_read_back(builder, args)
-        .open()
-        .await
-        .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))?;
+    let interval = Duration::from_millis(args.flush_interval_ms);
+    let cache: WriteBehind<String, i64> =
+        super::open_cache(args, dir, url, table, mode, interval, batch).await?;
     let label = format!("writebehind {mode} batch {batch}");
     let (hist, per_writer, seconds) =
         run_writers(args, &cache, label, |k, _| (key_text(k), 1)).await?;

@@ -3,9 +3,8 @@
 //! is alone, and the one statement per chunk.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use super::readback::{by_key_columns, by_ordinal, Back, ReadBack, Written};
+use super::readback::{by_key_columns, by_ordinal, Written};
 use super::{Flush, StmtKind, SAVEPOINT};
 use crate::error::{Error, Result};
 use crate::ident::Backend;
@@ -137,22 +136,6 @@ pub(super) fn chunk_bounds(n: usize, per: usize, stable: bool) -> Vec<(usize, us
         lo += size;
     }
     out
-}
-
-/// Rows of one 0-based position each: those written, with nothing read back.
-fn matched(n: usize, positions: Vec<Vec<SqlValue>>) -> ReadBack {
-    let mut back: ReadBack = vec![None; n];
-    for row in positions {
-        if let Some(SqlValue::Int(p)) = row.first() {
-            if let Some(slot) = usize::try_from(*p).ok().and_then(|p| back.get_mut(p)) {
-                *slot = Some(Back {
-                    version: None,
-                    totals: Arc::from([]),
-                });
-            }
-        }
-    }
-    back
 }
 
 /// Frees a large pass's rows on a blocking thread: each holds its own key
@@ -360,9 +343,9 @@ impl Flush<'_> {
                 let matched_all = by_count && affected == chunk.len() as u64;
                 if by_count && !matched_all && d.backend == Backend::Postgres {
                     let positions = self
-                        .fetch(d.pg_matched(&data), &[SqlType::BigInt], "find matched keys")
+                        .fetch_columns(d.pg_matched(&data), &[SqlType::BigInt], "find matched keys")
                         .await?;
-                    return Ok(Written::Returned(matched(chunk.len(), positions)));
+                    return Ok(Written::Returned(by_ordinal(chunk.len(), positions)));
                 }
                 Ok(if report || (must_read && !matched_all) {
                     Written::ReadLater

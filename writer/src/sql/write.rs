@@ -267,18 +267,7 @@ impl Dialect {
         let mut args = Vec::new();
         let sql = match self.backend {
             Backend::Postgres => {
-                let mut arrays = Vec::new();
-                let mut aliases = Vec::new();
-                let mut on = Vec::new();
-                for ((i, c), q) in self.keys.iter().enumerate().zip(&self.qkeys) {
-                    args.push(array_of(rows.iter().map(|r| &r.kvals[i]), c.ty));
-                    arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
-                    aliases.push(format!("k{i}"));
-                    on.push(format!(
-                        "{t}.{q} = {}",
-                        self.wx(c.ty, &format!("wb_src.k{i}"))
-                    ));
-                }
+                let (mut arrays, mut aliases, on) = self.pg_key_arrays(rows, &mut ph, &mut args);
                 for (i, c) in self.cols.iter().enumerate() {
                     args.push(array(rows, i, c.ty));
                     arrays.push(format!("{}::{}", ph.next(), pg_array_type(c.ty)));
@@ -428,13 +417,16 @@ impl Dialect {
         Stmt { sql, args }
     }
 
-    /// PostgreSQL: the 0-based positions in `rows` of the keys that match a
-    /// row, as rows of one BIGINT. An update-only write that did not report
-    /// values asks this only when its count says some key matched nothing.
-    pub(crate) fn pg_matched(&self, rows: &[&RowData]) -> Stmt {
+    /// PostgreSQL: the key columns of `rows` bound as arrays, each
+    /// `$n::type[]`, named `k{i}` in `wb_src`, and the join of the table's key
+    /// columns to them.
+    fn pg_key_arrays(
+        &self,
+        rows: &[&RowData],
+        ph: &mut Ph,
+        args: &mut Vec<Arg>,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
         let t = &self.t;
-        let mut ph = Ph::new(self.backend);
-        let mut args = Vec::new();
         let mut arrays = Vec::new();
         let mut aliases = Vec::new();
         let mut on = Vec::new();
@@ -447,12 +439,24 @@ impl Dialect {
                 self.wx(c.ty, &format!("wb_src.k{i}"))
             ));
         }
+        (arrays, aliases, on)
+    }
+
+    /// PostgreSQL: the 1-based positions in `rows` of the keys that match a
+    /// row, as one aggregated array (`by_ordinal`'s first column). An
+    /// update-only write that did not report values asks this only when its
+    /// count says some key matched nothing.
+    pub(crate) fn pg_matched(&self, rows: &[&RowData]) -> Stmt {
+        let mut ph = Ph::new(self.backend);
+        let mut args = Vec::new();
+        let (arrays, mut aliases, on) = self.pg_key_arrays(rows, &mut ph, &mut args);
         aliases.push("wb_n".to_owned());
         Stmt {
             sql: format!(
-                "SELECT wb_src.wb_n - 1 FROM UNNEST({}) WITH ORDINALITY AS wb_src({}) JOIN {t} ON {}",
+                "SELECT array_agg(wb_src.wb_n) FROM UNNEST({}) WITH ORDINALITY AS wb_src({}) JOIN {} ON {}",
                 arrays.join(", "),
                 aliases.join(", "),
+                self.t,
                 on.join(" AND ")
             ),
             args,

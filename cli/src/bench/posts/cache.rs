@@ -4,28 +4,6 @@
 use super::table::{check, expected, outcome, posts_table};
 use super::*;
 
-async fn open_cache(
-    args: &Args,
-    dir: &Path,
-    url: &str,
-    table: &str,
-    mode: Mode,
-    interval: Duration,
-    batch: usize,
-) -> Result<WriteBehind<i64, PostCounters>, String> {
-    let builder = WriteBehind::<i64, PostCounters>::builder(dir)
-        .database(url)
-        .table(table)
-        .create_tables(true)
-        .durability(mode.durability)
-        .flush_interval(interval)
-        .flush_dirty_entries(batch);
-    with_read_back(builder, args)
-        .open()
-        .await
-        .map_err(|e| format!("cannot open the cache in {}: {e}", dir.display()))
-}
-
 /// Closes the cache, then forgets its throw-away instance's progress row.
 async fn close_cache(
     cache: WriteBehind<i64, PostCounters>,
@@ -66,7 +44,8 @@ pub(super) async fn writebehind_run(
 ) -> Result<(Outcome, u64, Vec<u64>), String> {
     posts_table(pool, backend, table, args.keys).await?;
     let interval = Duration::from_millis(args.flush_interval_ms);
-    let cache = open_cache(args, dir, url, table, mode, interval, batch).await?;
+    let cache: WriteBehind<i64, PostCounters> =
+        open_cache(args, dir, url, table, mode, interval, batch).await?;
     let label = format!("writebehind {mode} batch {batch}");
     let (hist, per_writer, seconds) = run_writers(args, &cache, label, |k, n| {
         let delta = PostCounters {
@@ -110,7 +89,8 @@ pub(super) async fn flush_run(
 ) -> Result<Outcome, String> {
     posts_table(pool, backend, table, args.keys).await?;
     let hour = Duration::from_secs(3_600);
-    let cache = open_cache(args, dir, url, table, mode, hour, usize::MAX).await?;
+    let cache: WriteBehind<i64, PostCounters> =
+        open_cache(args, dir, url, table, mode, hour, usize::MAX).await?;
     let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
     let progress = ProgressLine::start(format!("writebehind flush, batch {batch}"), Some(rows));
     let mut hist = histogram();
